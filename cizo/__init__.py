@@ -1,0 +1,1 @@
+"""Shared core of the CIZO kit backend: settings, clock, the kit contract and the CLI."""

@@ -1,0 +1,272 @@
+"""Start real Mosquitto and influxd processes on chosen ports in a private directory.
+
+Used by ``cizo up`` (the local stack), by the test fixtures and by the benchmarks, so
+all three run exactly the same servers. Each server is a child process that the
+caller stops; nothing here touches the system-wide services.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+class PortInUseError(RuntimeError):
+    """A port we were asked to listen on is already taken."""
+
+    def __init__(self, name: str, port: int) -> None:
+        super().__init__(
+            f"port {port} for {name} is already in use on 127.0.0.1 "
+            f"(choose another with --{name}-port or CIZO_{name.upper()}_PORT)"
+        )
+        self.name = name
+        self.port = port
+
+
+class ServiceStartError(RuntimeError):
+    """A server did not come up; the message carries the tail of its log."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def ensure_free(name: str, port: int) -> None:
+    if not port_is_free(port):
+        raise PortInUseError(name, port)
+
+
+def wait_for_port(port: int, timeout_s: float = 15.0, host: str = "127.0.0.1") -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def find_binary(name: str, *extra_dirs: str) -> str:
+    found = shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), *extra_dirs]))
+    if not found:
+        raise ServiceStartError(
+            f"{name} is not installed (Debian package: "
+            f"{'mosquitto' if name == 'mosquitto' else 'influxdb'}); run scripts/bootstrap"
+        )
+    return found
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class ManagedProcess:
+    """A server child process with its log file; restartable for fault tests."""
+
+    name: str
+    argv: list[str]
+    port: int
+    workdir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        ensure_free(self.name, self.port)
+        log_fh = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=self.workdir,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log_fh.close()
+        if not self._ready(timeout_s):
+            self.kill()
+            raise ServiceStartError(
+                f"{self.name} did not start on port {self.port}:\n{_tail(self.log_path)}"
+            )
+        log.info("%s started", self.name, extra={"port": self.port, "pid": self.proc.pid})
+
+    def _ready(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                return False
+            if wait_for_port(self.port, timeout_s=0.2):
+                return True
+        return False
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def mosquitto_config(
+    *,
+    port: int,
+    data_dir: Path,
+    allow_anonymous: bool = True,
+    password_file: Path | None = None,
+    acl_file: Path | None = None,
+    max_inflight: int = 100,
+    max_queued: int = 1_000_000,
+) -> str:
+    """A mosquitto.conf for a private broker.
+
+    ``max_inflight_messages`` and ``max_queued_messages`` are raised deliberately from
+    Mosquitto's defaults (20 and 1000): with the defaults a backlog after a network
+    outage is silently dropped beyond 1000 messages per client (docs/telemetry.md).
+    """
+    lines = [
+        "per_listener_settings false",
+        f"listener {port} 127.0.0.1",
+        f"allow_anonymous {'true' if allow_anonymous else 'false'}",
+        "persistence true",
+        f"persistence_location {data_dir}/",
+        "autosave_interval 1",
+        f"max_inflight_messages {max_inflight}",
+        f"max_queued_messages {max_queued}",
+        "max_queued_bytes 0",
+        "max_packet_size 65536",
+        "log_dest stdout",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "connection_messages false",
+    ]
+    if password_file is not None:
+        lines.append(f"password_file {password_file}")
+    if acl_file is not None:
+        lines.append(f"acl_file {acl_file}")
+    return "\n".join(lines) + "\n"
+
+
+def mosquitto(workdir: Path, port: int, **config: object) -> ManagedProcess:
+    """A private Mosquitto on ``port`` keeping its state under ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = workdir / "data"
+    data.mkdir(exist_ok=True)
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(mosquitto_config(port=port, data_dir=data, **config))  # type: ignore[arg-type]
+    binary = find_binary("mosquitto", "/usr/sbin")
+    return ManagedProcess("mqtt", [binary, "-c", str(conf)], port, workdir, workdir / "mosquitto.log")
+
+
+def influxd_config(*, port: int, rpc_port: int, data_dir: Path) -> str:
+    """influxd 1.x configuration for a private server.
+
+    ``max-values-per-tag = 0``: the 1.x default (100,000) would refuse writes once more
+    than 100,000 kits report, since ``kit_id`` is a tag (docs/telemetry.md).
+    """
+    return f"""reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+
+[meta]
+  dir = "{data_dir}/meta"
+
+[data]
+  dir = "{data_dir}/data"
+  wal-dir = "{data_dir}/wal"
+  query-log-enabled = false
+  max-values-per-tag = 0
+  max-series-per-database = 0
+
+[monitor]
+  store-enabled = false
+
+[http]
+  bind-address = "127.0.0.1:{port}"
+  log-enabled = false
+  max-body-size = 0
+
+[continuous_queries]
+  enabled = false
+"""
+
+
+@dataclass
+class InfluxProcess(ManagedProcess):
+    def _ready(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        url = f"http://127.0.0.1:{self.port}/ping"
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                return False
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=0.5).status_code == 204:
+                    return True
+            time.sleep(0.1)
+        return False
+
+
+def influxd(workdir: Path, port: int, rpc_port: int | None = None) -> InfluxProcess:
+    """A private influxd 1.x on ``port`` keeping its data under ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "influxdb.conf"
+    conf.write_text(
+        influxd_config(port=port, rpc_port=rpc_port or free_port(), data_dir=workdir)
+    )
+    binary = find_binary("influxd", "/usr/bin")
+    return InfluxProcess("influx", [binary, "-config", str(conf)], port, workdir, workdir / "influxd.log")
+
+
+@contextlib.contextmanager
+def running(*procs: ManagedProcess) -> Iterator[None]:
+    """Start each process in order; stop them all in reverse order on exit."""
+    started: list[ManagedProcess] = []
+    try:
+        for p in procs:
+            p.start()
+            started.append(p)
+        yield
+    finally:
+        for p in reversed(started):
+            p.stop()
