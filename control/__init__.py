@@ -1,0 +1,1 @@
+"""Control service: ledger, credit, commands, HTTP API and scheduler."""

@@ -1,0 +1,41 @@
+"""Everything one control-service process holds, built once from Settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from cizo.clock import Clock, SystemClock
+from cizo.settings import Settings
+from control.db import Database
+from control.security import SecretBox
+from control.service import ControlService
+
+if TYPE_CHECKING:
+    from control.paygate_client import PayGateClient
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    box: SecretBox
+    clock: Clock
+    service: ControlService
+    paygate: PayGateClient
+    started_at: float = field(default=0.0)
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Clock | None = None) -> Runtime:
+        from control.paygate_client import PayGateClient
+
+        clock = clock or SystemClock()
+        db = Database(settings.database_url)
+        box = SecretBox(settings.require_secret_key())
+        service = ControlService(settings, db, box, clock)
+        paygate = PayGateClient(
+            settings.paygate_url,
+            settings.paygate_auth_token.get_secret_value(),
+            timeout_s=settings.paygate_timeout_s,
+        )
+        return cls(settings, db, box, clock, service, paygate, started_at=clock.now())

@@ -1,0 +1,209 @@
+"""The kit firmware's rules, as pure code: command checks, credit, fail-safe lock, telemetry.
+
+No I/O and no wall clock: the MQTT side (``firmware_sim.kit``) feeds bytes in and
+publishes the dicts that come out, and every time is read from the injected ``Clock``,
+so the unit tests move a ``FrozenClock`` instead of sleeping.
+
+Command checks, in order (the first failure is the ack's ``reason``):
+
+1. ``malformed`` - not a valid v1 command (or an ``unlock`` without ``credit_until``);
+2. ``wrong_kit`` - ``kit_id`` is another kit's (checked before the signature so a
+   misrouted command is reported as such rather than as a forgery);
+3. ``bad_signature`` - the HMAC does not verify with this kit's secret;
+4. a repeat of the last applied command (same ``id`` and ``seq``) is acked ``applied``
+   again without changing anything - retained/QoS1 redelivery is normal, and the
+   server needs the ack even if the first one was lost; this is checked before expiry
+   so an old retained command redelivered after a reconnect still gets its ack;
+5. ``replayed_seq`` - ``seq`` is not above the last applied one;
+6. ``expired`` - ``expires_at`` is not in the future.
+
+``own`` unlocks for good (``tick`` never locks an owned kit), but a later valid signed
+command still applies: the server stays the authority (e.g. after a reversed payment).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from cizo import protocol
+from cizo.clock import Clock
+from firmware_sim.physics import KitProfile, PhysicsState
+
+log = logging.getLogger(__name__)
+
+# At most this many physics sub-steps per telemetry() call, so a clock jumped forward
+# by weeks costs the same as one jumped by minutes.
+_MAX_SUBSTEPS = 500
+_MIN_SUBSTEP_S = 300.0
+
+
+class KitFirmware:
+    """One kit's controller state: lock, credit, command sequence and energy counters."""
+
+    def __init__(
+        self,
+        kit_id: str,
+        secret_hex: str,
+        clock: Clock,
+        *,
+        fw: str = "sim-1.0",
+        profile: KitProfile | None = None,
+        soc: float = 70.0,
+        boot: int = 1,
+    ) -> None:
+        bytes.fromhex(secret_hex)  # fail fast on a bad secret, not on the first command
+        self.kit_id = kit_id
+        self.fw = fw
+        self.clock = clock
+        self.profile = profile or KitProfile.for_kit(kit_id)
+        self.locked = True
+        self.owned = False
+        self.credit_until: int | None = None
+        self.last_seq = 0
+        self.last_applied_id: str | None = None
+        self.boot = boot
+        self.seq = 0  # telemetry sequence within this boot
+        self.physics = PhysicsState(soc=soc)
+        self._secret_hex = secret_hex
+        self._physics_t: float | None = None
+
+    # --- commands ------------------------------------------------------------------
+
+    def handle_command(self, payload: bytes) -> dict[str, Any]:
+        """Check and maybe apply one command; returns the v1 ack to publish."""
+        now = self.clock.now()
+        self._advance(now)
+        try:
+            cmd = protocol.parse_command(payload)
+        except protocol.ContractError as exc:
+            cmd_id, seq = _best_effort_id(payload)
+            return self._ack(cmd_id, seq, "malformed", detail=str(exc))
+        if cmd.action == "unlock" and cmd.credit_until is None:
+            return self._ack(cmd.id, cmd.seq, "malformed", detail="unlock without credit_until")
+        if cmd.kit_id != self.kit_id:
+            return self._ack(cmd.id, cmd.seq, "wrong_kit", detail=cmd.kit_id)
+        # verify the fields as sent, not as parsed: extra fields are signed too
+        if not protocol.verify(json.loads(payload), self._secret_hex):
+            return self._ack(cmd.id, cmd.seq, "bad_signature")
+        if cmd.id == self.last_applied_id and cmd.seq == self.last_seq:
+            return self._ack(cmd.id, cmd.seq, None)
+        if cmd.seq <= self.last_seq:
+            return self._ack(cmd.id, cmd.seq, "replayed_seq",
+                             detail=f"seq {cmd.seq} <= last {self.last_seq}")
+        if cmd.expires_at <= now:
+            return self._ack(cmd.id, cmd.seq, "expired", detail=f"expires_at {cmd.expires_at}")
+
+        if cmd.action == "unlock":
+            assert cmd.credit_until is not None  # checked above
+            self.owned = False
+            self.credit_until = cmd.credit_until
+            self.locked = cmd.credit_until <= now
+        elif cmd.action == "lock":
+            self.owned = False
+            self.locked = True
+            self.credit_until = cmd.credit_until
+        else:  # own
+            self.owned = True
+            self.locked = False
+            self.credit_until = None
+        self.last_seq = cmd.seq
+        self.last_applied_id = cmd.id
+        log.info("kit %s applied %s seq=%d locked=%s credit_until=%s",
+                 self.kit_id, cmd.action, cmd.seq, self.locked, self.credit_until)
+        return self._ack(cmd.id, cmd.seq, None)
+
+    def _ack(self, cmd_id: str, seq: int, reason: str | None, detail: str = "") -> dict[str, Any]:
+        if reason is not None:
+            log.warning("kit %s rejected command %r seq=%d: %s %s",
+                        self.kit_id, cmd_id, seq, reason, detail)
+        return {
+            "v": protocol.PROTOCOL_VERSION,
+            "id": cmd_id,
+            "seq": seq,
+            "result": "rejected" if reason else "applied",
+            "reason": reason,
+            "locked": self.locked,
+            "credit_until": self.credit_until,
+        }
+
+    # --- fail-safe -------------------------------------------------------------------
+
+    def _update_lock(self, t: float) -> bool:
+        if self.locked or self.owned:
+            return False
+        if self.credit_until is None or self.credit_until <= t:
+            self.locked = True
+            return True
+        return False
+
+    def tick(self) -> bool:
+        """Lock when the credit has run out, server or no server; True if it just locked."""
+        changed = self._update_lock(self.clock.now())
+        if changed:
+            log.info("kit %s credit ran out at %s: locked", self.kit_id, self.credit_until)
+        return changed
+
+    # --- telemetry -------------------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        """Run the physics (and the fail-safe) from the last call up to ``now``."""
+        start = self._physics_t
+        self._physics_t = now
+        if start is None or now <= start:
+            self.tick()
+            self.physics.step(self.profile, now, 0.0, load_enabled=not self.locked)
+            return
+        span = now - start
+        steps = min(_MAX_SUBSTEPS, max(1, int(span // _MIN_SUBSTEP_S)))
+        dt = span / steps
+        for i in range(1, steps + 1):
+            t = start + i * dt
+            if self._update_lock(t):
+                log.info("kit %s credit ran out at %s: locked", self.kit_id, self.credit_until)
+            self.physics.step(self.profile, t, dt, load_enabled=not self.locked)
+
+    def telemetry(self) -> dict[str, Any]:
+        """The next v1 telemetry payload (advances the physics to now)."""
+        now = self.clock.now()
+        self._advance(now)
+        self.seq += 1
+        ph = self.physics
+        return {
+            "v": protocol.PROTOCOL_VERSION,
+            "kit_id": self.kit_id,
+            "ts": int(now),
+            "seq": self.seq,
+            "boot": self.boot,
+            "battery_v": round(ph.battery_v, 2),
+            "soc": round(ph.soc, 1),
+            "pv_w": round(ph.pv_w, 1),
+            "load_w": round(ph.load_w, 1),
+            "pv_wh_total": round(ph.pv_wh_total, 2),
+            "load_wh_total": round(ph.load_wh_total, 2),
+            "locked": self.locked,
+            "credit_until": self.credit_until,
+            "temp_c": round(ph.temp_c, 1),
+        }
+
+    def reboot(self) -> None:
+        """A power cycle: new boot number, telemetry seq restarts; lock state is in flash."""
+        self.boot += 1
+        self.seq = 0
+
+
+def _best_effort_id(payload: bytes) -> tuple[str, int]:
+    """The id/seq of a malformed command, when they can be read, so the ack can be matched."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        return "", 0
+    if not isinstance(data, dict):
+        return "", 0
+    cmd_id = data.get("id")
+    seq = data.get("seq")
+    return (
+        cmd_id if isinstance(cmd_id, str) else "",
+        seq if isinstance(seq, int) and not isinstance(seq, bool) else 0,
+    )
