@@ -197,7 +197,8 @@ def mosquitto(workdir: Path, port: int, **config: object) -> ManagedProcess:
     conf = workdir / "mosquitto.conf"
     conf.write_text(mosquitto_config(port=port, data_dir=data, **config))  # type: ignore[arg-type]
     binary = find_binary("mosquitto", "/usr/sbin")
-    return ManagedProcess("mqtt", [binary, "-c", str(conf)], port, workdir, workdir / "mosquitto.log")
+    argv = [binary, "-c", str(conf)]
+    return ManagedProcess("mqtt", argv, port, workdir, workdir / "mosquitto.log")
 
 
 def influxd_config(*, port: int, rpc_port: int, data_dir: Path) -> str:
@@ -255,7 +256,8 @@ def influxd(workdir: Path, port: int, rpc_port: int | None = None) -> InfluxProc
         influxd_config(port=port, rpc_port=rpc_port or free_port(), data_dir=workdir)
     )
     binary = find_binary("influxd", "/usr/bin")
-    return InfluxProcess("influx", [binary, "-config", str(conf)], port, workdir, workdir / "influxd.log")
+    argv = [binary, "-config", str(conf)]
+    return InfluxProcess("influx", argv, port, workdir, workdir / "influxd.log")
 
 
 @contextlib.contextmanager

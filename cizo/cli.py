@@ -1,0 +1,144 @@
+"""``cizo``: one console script, a subcommand per process or task.
+
+    cizo up           the whole local stack with a simulated fleet (cizo.stack)
+    cizo bridge       MQTT -> InfluxDB telemetry bridge
+    cizo control      HTTP API + MQTT command link + sweep scheduler
+    cizo sim          a simulated fleet of kits from a credentials file
+    cizo paygate-sim  a local simulator of PayGate Global's merchant API
+    cizo migrate      bring the ledger schema up to date
+    cizo keygen       print a fresh CIZO_SECRET_KEY
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from cizo.settings import Settings
+
+log = logging.getLogger("cizo")
+
+PORT_FLAGS = {
+    "mqtt": ("CIZO_MQTT_PORT", 11883),
+    "api": ("CIZO_API_PORT", 8000),
+    "influx": ("CIZO_INFLUX_PORT", 18086),
+    "paygate": ("CIZO_PAYGATE_PORT", 18090),
+}
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"cizo: {name}={raw!r} is not a port number") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cizo", description="CIZO kit backend")
+    p.add_argument("--log-level", default=os.environ.get("CIZO_LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start the whole local stack with a simulated fleet")
+    for name, (env, default) in PORT_FLAGS.items():
+        up.add_argument(f"--{name}-port", type=int, default=_env_int(env, default),
+                        help=f"(env {env}, default {default})")
+    up.add_argument("--kits", type=int, default=_env_int("CIZO_SIM_KITS", 50),
+                    help="simulated kits (env CIZO_SIM_KITS, default 50)")
+    up.add_argument("--data-dir", type=Path,
+                    default=Path(os.environ.get("CIZO_STACK_DIR", "var/stack")),
+                    help="where the local stack keeps its state (env CIZO_STACK_DIR)")
+    up.add_argument("--fresh", action="store_true", help="wipe the data directory first")
+    up.add_argument("--pay-every", type=float, default=15.0,
+                    help="seconds between simulated customer payments (0: none)")
+
+    sub.add_parser("bridge", help="run the MQTT -> InfluxDB telemetry bridge")
+    sub.add_parser("control", help="run the control service (API, command link, sweep)")
+
+    sim = sub.add_parser("sim", help="run a simulated fleet")
+    sim.add_argument("--fleet", type=Path, required=True,
+                     help="JSON file of kit credentials (written by provisioning)")
+
+    pg = sub.add_parser("paygate-sim", help="run the PayGate Global simulator")
+    pg.add_argument("--port", type=int, default=_env_int("CIZO_PAYGATE_PORT", 18090))
+    pg.add_argument("--callback-url", required=True)
+    pg.add_argument("--approve-after", type=float, default=2.0)
+
+    sub.add_parser("migrate", help="apply ledger migrations")
+    sub.add_parser("keygen", help="print a new CIZO_SECRET_KEY")
+    return p
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except (ValidationError, ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"cizo: invalid configuration:\n{exc}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    if args.command == "keygen":
+        from control.security import generate_secret_key
+
+        print(generate_secret_key())
+        return 0
+    if args.command == "up":
+        from cizo.stack import StackOptions, run_stack
+
+        return run_stack(StackOptions(
+            mqtt_port=args.mqtt_port, api_port=args.api_port, influx_port=args.influx_port,
+            paygate_port=args.paygate_port, kits=args.kits, data_dir=args.data_dir,
+            fresh=args.fresh, pay_every_s=args.pay_every,
+        ))
+    if args.command == "paygate-sim":
+        from payment_sim.paygate import PayGateSimConfig, serve
+
+        settings = _settings()
+        serve(
+            PayGateSimConfig(
+                auth_token=settings.paygate_auth_token.get_secret_value(),
+                callback_url=args.callback_url,
+                approve_after_s=args.approve_after,
+            ),
+            "127.0.0.1",
+            args.port,
+        )
+        return 0
+    settings = _settings()
+    if args.command == "migrate":
+        from control.db import migrate
+
+        migrate(settings.database_url)
+        return 0
+    if args.command == "bridge":
+        from broker_bridge import main as bridge_main
+
+        bridge_main(settings)
+        return 0
+    if args.command == "control":
+        from control.main import main as control_main
+
+        control_main(settings)
+        return 0
+    if args.command == "sim":
+        from firmware_sim.fleet import main as sim_main
+
+        sim_main(settings, args.fleet)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""``cizo up``: the whole platform on one machine, with a simulated fleet.
+
+Starts, in order: Mosquitto and influxd (private instances under the data directory),
+the PayGate simulator, the bridge, the control service; provisions the simulated kits
+through the API; starts the fleet simulator and a stream of simulated customer
+payments. Ctrl-C (or SIGTERM) stops every process it started, newest first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+from cizo import services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    mqtt_port: int
+    api_port: int
+    influx_port: int
+    paygate_port: int
+    kits: int
+    data_dir: Path
+    fresh: bool = False
+    pay_every_s: float = 15.0
+
+
+# tunables a developer may override from the environment when running the local stack
+DEV_DEFAULTS = {
+    "CIZO_PAYGATE_AUTH_TOKEN": "dev-paygate-token",
+    "CIZO_SWEEP_INTERVAL_S": "2",
+    "CIZO_SIM_TELEMETRY_INTERVAL_S": "10",
+}
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _persistent_secret(path: Path, make: str) -> str:
+    """Development secrets survive restarts of the local stack (never used in production)."""
+    if path.exists():
+        return path.read_text().strip()
+    path.write_text(make + "\n")
+    path.chmod(0o600)
+    return make
+
+
+class Stack:
+    def __init__(self, opts: StackOptions) -> None:
+        self.opts = opts
+        self.dir = opts.data_dir.resolve()
+        self.procs: list[services.ManagedProcess] = []
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.stopping = threading.Event()
+
+    # --- environment shared by every child ------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        from control.security import generate_secret_key
+
+        admin_key = os.environ.get("CIZO_ADMIN_API_KEY") or _persistent_secret(
+            self.dir / "admin_api_key", "cizo_dev_" + secrets.token_urlsafe(24))
+        secret_key = os.environ.get("CIZO_SECRET_KEY") or _persistent_secret(
+            self.dir / "secret_key", generate_secret_key())
+        o = self.opts
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CIZO_")}
+        env.update({
+            "CIZO_MQTT_HOST": "127.0.0.1",
+            "CIZO_MQTT_PORT": str(o.mqtt_port),
+            "CIZO_INFLUX_URL": f"http://127.0.0.1:{o.influx_port}",
+            "CIZO_INFLUX_DB": "cizo",
+            "CIZO_DATABASE_URL": os.environ.get(
+                "CIZO_DATABASE_URL", f"sqlite:///{self.dir / 'ledger.db'}"),
+            "CIZO_API_HOST": "127.0.0.1",
+            "CIZO_API_PORT": str(o.api_port),
+            "CIZO_ADMIN_API_KEY": admin_key,
+            "CIZO_SECRET_KEY": secret_key,
+            "CIZO_PAYGATE_URL": f"http://127.0.0.1:{o.paygate_port}",
+        })
+        for name, default in DEV_DEFAULTS.items():
+            env[name] = os.environ.get(name, default)
+        return env
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def check_ports(self) -> None:
+        o = self.opts
+        taken = [
+            f"{name} port {port}"
+            for name, port in (("mqtt", o.mqtt_port), ("api", o.api_port),
+                               ("influx", o.influx_port), ("paygate", o.paygate_port))
+            if not services.port_is_free(port)
+        ]
+        if taken:
+            raise StackError(
+                "already in use on 127.0.0.1: " + ", ".join(taken)
+                + " (choose others with --mqtt-port/--api-port/--influx-port/--paygate-port"
+                " or CIZO_MQTT_PORT/CIZO_API_PORT/CIZO_INFLUX_PORT/CIZO_PAYGATE_PORT)"
+            )
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log_path = self.dir / "logs" / f"{name}.log"
+        with log_path.open("ab") as fh:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cizo.cli", *args], env=env, stdout=fh,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.children.append((name, proc))
+        return proc
+
+    def start(self) -> dict[str, str]:
+        o = self.opts
+        if o.fresh and self.dir.exists():
+            shutil.rmtree(self.dir)
+        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.check_ports()
+        env = self.env()
+
+        mqtt = services.mosquitto(self.dir / "mosquitto", o.mqtt_port)
+        influx = services.influxd(self.dir / "influxdb", o.influx_port)
+        for p in (mqtt, influx):
+            p.start()
+            self.procs.append(p)
+        api = f"http://127.0.0.1:{o.api_port}"
+        self.spawn("paygate-sim", ["paygate-sim", "--port", str(o.paygate_port),
+                                   "--callback-url", f"{api}/v1/payments/paygate"], env)
+        self.spawn("bridge", ["bridge"], env)
+        self.spawn("control", ["control"], env)
+        self.wait_http(f"{api}/readyz", "control", timeout_s=60)
+        self.wait_http(f"http://127.0.0.1:{o.paygate_port}/_sim/transactions", "paygate-sim")
+        fleet = self.provision(api, env["CIZO_ADMIN_API_KEY"])
+        if fleet is not None:
+            self.spawn("sim", ["sim", "--fleet", str(fleet)], env)
+        return env
+
+    def wait_http(self, url: str, name: str, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_children()
+            try:
+                if httpx.get(url, timeout=1).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise StackError(f"{name} did not answer at {url} within {timeout_s:.0f} s "
+                         f"(see {self.dir / 'logs' / (name + '.log')})")
+
+    def check_children(self) -> None:
+        for name, proc in self.children:
+            if proc.poll() is not None:
+                raise StackError(f"{name} exited with code {proc.returncode} "
+                                 f"(see {self.dir / 'logs' / (name + '.log')})")
+
+    def provision(self, api: str, admin_key: str) -> Path | None:
+        """Provision the simulated kits once; their credentials go to fleet.json."""
+        fleet_file = self.dir / "fleet.json"
+        if self.opts.kits <= 0:
+            return None
+        if fleet_file.exists():
+            return fleet_file
+        headers = {"Authorization": f"Bearer {admin_key}"}
+        kits = []
+        rng = random.Random(42)
+        with httpx.Client(base_url=api, headers=headers, timeout=10) as client:
+            for i in range(self.opts.kits):
+                kit_id = f"SIM{i + 1:05d}"
+                phone = f"+2289{rng.randrange(10**7):07d}"
+                r = client.post("/v1/kits", json={
+                    "kit_id": kit_id,
+                    "phone": phone,
+                    "plan": {"deposit_fcfa": 5000, "daily_rate_fcfa": 100,
+                             "total_price_fcfa": 5000 + 365 * 100},
+                })
+                if r.status_code != 201:
+                    raise StackError(f"provisioning {kit_id} failed: {r.status_code} {r.text}")
+                body = r.json()
+                creds = ("kit_id", "mqtt_username", "mqtt_password", "command_secret")
+                kits.append({k: body[k] for k in creds} | {"phone": phone})
+        fleet_file.write_text(json.dumps(kits, indent=1))
+        fleet_file.chmod(0o600)
+        return fleet_file
+
+    def customers(self, api: str, admin_key: str) -> None:
+        """Simulated customers: now and then one pays a few days through PayGate."""
+        fleet_file = self.dir / "fleet.json"
+        if self.opts.pay_every_s <= 0 or not fleet_file.exists():
+            return
+        kits = json.loads(fleet_file.read_text())
+        rng = random.Random()
+        headers = {"Authorization": f"Bearer {admin_key}"}
+        with httpx.Client(base_url=api, headers=headers, timeout=10) as client:
+            while not self.stopping.wait(self.opts.pay_every_s):
+                kit = rng.choice(kits)
+                try:
+                    client.post("/v1/payments/intents", json={
+                        "kit_id": kit["kit_id"], "amount_fcfa": rng.choice([100, 300, 700]),
+                        "phone": kit["phone"],
+                        "network": rng.choice(["FLOOZ", "TMONEY"]),
+                    })
+                except httpx.HTTPError as exc:
+                    log.warning("simulated payment failed: %s", exc)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for _name, proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in reversed(self.children):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", name)
+                proc.kill()
+                proc.wait()
+        for p in reversed(self.procs):
+            p.stop()
+
+
+def run_stack(opts: StackOptions) -> int:
+    stack = Stack(opts)
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        env = stack.start()
+        api = f"http://127.0.0.1:{opts.api_port}"
+        admin_key_source = (
+            "$CIZO_ADMIN_API_KEY" if os.environ.get("CIZO_ADMIN_API_KEY")
+            else f"in {stack.dir / 'admin_api_key'}"
+        )
+        print(
+            "\nCIZO stack is up\n"
+            f"  API        {api}/v1   (docs {api}/docs)\n"
+            f"  dashboard  {api}/dashboard\n"
+            f"  broker     mqtt://127.0.0.1:{opts.mqtt_port}\n"
+            f"  influxdb   http://127.0.0.1:{opts.influx_port}  (database cizo)\n"
+            f"  paygate    http://127.0.0.1:{opts.paygate_port}  (simulator)\n"
+            f"  fleet      {opts.kits} simulated kits\n"
+            f"  admin key  {admin_key_source}\n"
+            f"  logs       {stack.dir / 'logs'}\n"
+            "Press Ctrl-C to stop.",
+            flush=True,
+        )
+        payer = threading.Thread(target=stack.customers, args=(api, env["CIZO_ADMIN_API_KEY"]),
+                                 name="customers", daemon=True)
+        payer.start()
+        while True:
+            stack.check_children()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+        return 0
+    except (StackError, services.PortInUseError, services.ServiceStartError) as exc:
+        print(f"cizo up: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        stack.stop()
+        print("stopped every process cizo up started", flush=True)

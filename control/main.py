@@ -1,0 +1,51 @@
+"""Run the control service: HTTP API + MQTT link + sweep scheduler, in one process."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+
+from cizo.clock import Clock
+from cizo.settings import Settings
+from control.db import migrate
+from control.mqtt_link import MqttLink
+from control.runtime import Runtime
+from control.scheduler import start_scheduler
+
+log = logging.getLogger(__name__)
+
+
+def build_app(settings: Settings, clock: Clock | None = None, *, migrate_db: bool = True) -> FastAPI:
+    """The control app; its lifespan connects to the broker and starts the sweep."""
+    from control.api import create_app, ensure_admin_key
+
+    if migrate_db:
+        migrate(settings.database_url)
+    rt = Runtime.build(settings, clock)
+    ensure_admin_key(rt)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        link = MqttLink(settings, rt.service)
+        rt.service.publisher = link
+        link.start()
+        scheduler = start_scheduler(rt.service, settings.sweep_interval_s)
+        try:
+            yield
+        finally:
+            scheduler.shutdown(wait=True)
+            link.stop()
+            rt.db.dispose()
+
+    app = create_app(rt, lifespan=lifespan)
+    app.state.runtime = rt
+    return app
+
+
+def main(settings: Settings) -> None:
+    app = build_app(settings)
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")
