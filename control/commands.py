@@ -111,15 +111,15 @@ def to_publish(s: Session, now: float, resend_after_s: float, limit: int = 1000)
     return list(s.scalars(q))
 
 
-def expire(s: Session, now: float) -> int:
-    """Pending commands past ``expires_at`` become ``expired``; their kits are re-derived."""
+def expire(s: Session, now: float) -> list[str]:
+    """Pending commands past ``expires_at`` become ``expired``; returns their kits' ids."""
     rows = s.execute(
         select(Command.id, Command.kit_id).where(
             Command.status.in_(PENDING), Command.expires_at <= int(now)
         )
     ).all()
     if not rows:
-        return 0
+        return []
     s.execute(
         update(Command)
         .where(Command.id.in_([r.id for r in rows]))
@@ -131,7 +131,7 @@ def expire(s: Session, now: float) -> int:
         .where(Kit.id.in_({r.kit_id for r in rows}))
         .values(commanded_action=None, commanded_credit_until=None, lock_due_at=None)
     )
-    return len(rows)
+    return sorted({r.kit_id for r in rows})
 
 
 def apply_ack(s: Session, *, kit: Kit, ack: protocol.Ack, now: float) -> Command | None:

@@ -132,7 +132,9 @@ def provision_kit(
         total_price_fcfa=plan.total_price_fcfa, paid_total_fcfa=0, remainder_fcfa=0,
         credit_until=None, owned=False, created_at=now,
     )
-    s.add_all([kit, acct])
+    s.add(kit)
+    s.flush()  # no ORM relationships: insert the kit before the account that refers to it
+    s.add(acct)
     s.flush()
     if deposit_paid and plan.deposit_fcfa > 0:
         change = credit.apply_payment(plan, state_of(acct), plan.deposit_fcfa, int(now))

@@ -30,7 +30,7 @@ def build_app(settings: Settings, clock: Clock | None = None, *, migrate_db: boo
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        link = MqttLink(settings, rt.service)
+        link = MqttLink(settings, rt.service, client_id=settings.mqtt_client_id)
         rt.service.publisher = link
         link.start()
         scheduler = start_scheduler(rt.service, settings.sweep_interval_s)

@@ -34,7 +34,7 @@ class CommandPublisher(Protocol):
 @dataclass
 class SweepResult:
     expired: int = 0
-    locks_issued: int = 0
+    issued: int = 0
     published: int = 0
 
 
@@ -107,22 +107,18 @@ class ControlService:
         now = self.clock.now()
         result = SweepResult()
         with self.db.session() as s:
-            result.expired = commands.expire(s, now)
-            due = commands.due_for_lock(s, now)
-            for kit_id in due:
+            expired_kits = commands.expire(s, now)
+            result.expired = len(expired_kits)
+            # a kit whose command expired converges again from its account
+            for kit_id in [*expired_kits, *commands.due_for_lock(s, now)]:
                 if self.converge_kit(s, kit_id, origin="sweep") is not None:
-                    result.locks_issued += 1
-        if result.expired:
-            # kits whose command expired converge again from their account
-            with self.db.session() as s:
-                for kit in s.query(Kit).filter(Kit.commanded_action.is_(None)).limit(10_000):
-                    self.converge_kit(s, kit.id, origin="retry")
+                    result.issued += 1
         if self.publisher is not None:
             with self.db.session() as s:
                 for cmd in commands.to_publish(s, now, self.settings.command_resend_after_s):
                     result.published += self._publish_one(s, cmd)
-        if result.locks_issued or result.expired:
-            log.info("sweep", extra={"locks": result.locks_issued, "expired": result.expired,
+        if result.issued or result.expired:
+            log.info("sweep", extra={"issued": result.issued, "expired": result.expired,
                                      "published": result.published})
         return result
 
