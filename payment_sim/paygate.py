@@ -1,0 +1,546 @@
+"""A local stand-in for PayGate Global's merchant API (Flooz / T-Money push payments, Togo).
+
+Faithful where the behaviour is known (shared/reference/mobile-money-feeds.md and
+public client code), explicit where it is a guess:
+
+* ``POST /api/v1/pay`` answers HTTP 200 with ``{"tx_reference": <int>, "status": 0}``;
+  on failure only ``{"status": N}`` (2 invalid token, 4 invalid params, 6 duplicate
+  identifier) - no ``tx_reference``, so a client that skips the status check fails
+  loudly. Bodies may be JSON or form-encoded; ``amount`` must be a positive whole
+  number of XOF (int, or digit string as form posts send it).
+* ``POST /api/v1/status {auth_token, tx_reference}`` and ``POST /api/v2/status
+  {auth_token, identifier}`` answer the observed shape, ``status`` 0 paid, 2 pending,
+  4 expired, 6 cancelled; ``payment_reference`` is ``""`` until paid and ``datetime``
+  is the creation time until paid, then the payment time.
+* Errors on the status endpoints never carry a ``status`` field, because ``status: 2``
+  there means *pending*, and a merchant must not be able to read an error as any
+  payment state. Unknown transaction: HTTP 404 (``not_found_http_status``) with the
+  body a real client logged, ``{"error_code": 403, "error_message": "Transaction non
+  trouvée."}``; bad token: HTTP 401 ``{"error_code": 401, ...}``; bad request: HTTP 400
+  ``{"error_code": 400, ...}``. The real HTTP codes are not documented.
+* The customer answers after ``approve_after_s``: paid (then the callback), cancelled
+  (no callback unless ``callback_on_decline``: the callback carries no status, so
+  PayGate only sends it for paid transactions, as far as is known) or never (pending,
+  or expired after ``expire_after_s`` if set). The outcome is fixed when the payment is
+  created; ``/_sim/config`` changes it for later payments.
+* The callback is unsigned JSON ``{tx_reference, identifier, payment_reference, amount,
+  datetime, payment_method, phone_number}``; non-2xx answers and connection errors are
+  retried ``callback_retries`` times with exponential backoff, and ``duplicate_callbacks``
+  extra identical copies are sent *concurrently* with the first (the nasty case for a
+  merchant's idempotency).
+
+Simulator-only endpoints live under ``/_sim/``: ``GET /_sim/transactions``, ``POST
+/_sim/config``, ``POST /_sim/callback`` (send any body, e.g. a forged one, once, to the
+callback URL or ``?url=``), ``POST /_sim/settle`` (settle a pending payment now).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import itertools
+import json
+import logging
+import secrets
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import parse_qsl
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from cizo.clock import Clock, SystemClock
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["approve", "decline", "never"]
+
+PAID, PENDING, EXPIRED, CANCELLED = 0, 2, 4, 6
+STATE_NAMES = {PAID: "paid", PENDING: "pending", EXPIRED: "expired", CANCELLED: "cancelled"}
+PAY_OK, PAY_BAD_TOKEN, PAY_BAD_PARAMS, PAY_DUPLICATE = 0, 2, 4, 6
+NETWORKS = {"FLOOZ": "FLOOZ", "TMONEY": "T-Money"}  # request value -> payment_method
+
+
+@dataclass
+class PayGateSimConfig:
+    """How the simulated PayGate and its simulated customers behave."""
+
+    auth_token: str
+    callback_url: str | None = None  # as set in PayGate's merchant dashboard
+    approve_after_s: float = 2.0
+    outcome: Outcome = "approve"
+    duplicate_callbacks: int = 0
+    callback_retries: int = 3
+    retry_backoff_s: float = 0.5
+    callback_timeout_s: float = 5.0
+    callback_on_decline: bool = False
+    expire_after_s: float | None = None
+    not_found_http_status: int = 404
+    first_tx_reference: int | None = None  # None: from the clock, unique across restarts
+    clock: Clock = field(default_factory=SystemClock)
+
+
+@dataclass
+class SimTransaction:
+    tx_reference: int
+    identifier: str
+    amount: int
+    phone_number: str  # 228XXXXXXXX
+    network: str
+    description: str
+    outcome: Outcome
+    created_at: float  # clock time
+    created_mono: float
+    state: int = PENDING
+    paid_at: float | None = None
+    payment_reference: str = ""
+    callbacks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def payment_method(self) -> str:
+        return NETWORKS[self.network]
+
+    def status_body(self) -> dict[str, Any]:
+        return {
+            "tx_reference": self.tx_reference,
+            "identifier": self.identifier,
+            "amount": self.amount,
+            "payment_reference": self.payment_reference,
+            "payment_method": self.payment_method,
+            "datetime": iso_ms(self.paid_at if self.paid_at is not None else self.created_at),
+            "phone_number": self.phone_number,
+            "status": self.state,
+        }
+
+    def callback_body(self) -> dict[str, Any]:
+        body = self.status_body()
+        del body["status"]
+        return body
+
+    def sim_view(self) -> dict[str, Any]:
+        return {
+            **self.status_body(),
+            "state": STATE_NAMES[self.state],
+            "network": self.network,
+            "description": self.description,
+            "outcome": self.outcome,
+            "callbacks_delivered": sum(1 for c in self.callbacks if c["ok"]),
+            "callback_attempts": list(self.callbacks),
+        }
+
+
+def iso_ms(t: float) -> str:
+    """``2025-09-09T13:03:31.000Z``, as PayGate writes times."""
+    dt = datetime.fromtimestamp(t, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def normalise_phone(value: Any) -> str | None:
+    """8-digit Togolese number, with or without 228 / +228 / 00228 -> ``228XXXXXXXX``."""
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        return None
+    digits = str(value).strip().replace(" ", "")
+    for prefix in ("+228", "00228"):
+        if digits.startswith(prefix):
+            digits = "228" + digits[len(prefix):]
+    if len(digits) == 8 and digits.isdigit():
+        return "228" + digits
+    if len(digits) == 11 and digits.isdigit() and digits.startswith("228"):
+        return digits
+    return None
+
+
+def _whole_amount(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, str) and value.isdigit() and value.isascii():
+        return int(value) if int(value) > 0 else None
+    return None
+
+
+class _ConfigPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: Outcome | None = None
+    approve_after_s: float | None = Field(default=None, ge=0)
+    duplicate_callbacks: int | None = Field(default=None, ge=0)
+    callback_retries: int | None = Field(default=None, ge=0)
+    callback_url: str | None = None
+    callback_on_decline: bool | None = None
+    expire_after_s: float | None = Field(default=None, gt=0)
+
+
+class _Settle(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tx_reference: int | None = None
+    identifier: str | None = None
+    outcome: Literal["approve", "decline", "expire"]
+
+
+class PayGateSim:
+    """The simulator's state; lives on ``app.state.paygate``. Event-loop thread only."""
+
+    def __init__(self, config: PayGateSimConfig) -> None:
+        self.config = dataclasses.replace(config)
+        first = config.first_tx_reference
+        if first is None:
+            first = int(time.time() * 1000) % 10**13
+        self._tx_refs = itertools.count(first)
+        self.by_ref: dict[int, SimTransaction] = {}
+        self.by_identifier: dict[str, SimTransaction] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._http: httpx.AsyncClient | None = None
+
+    # --- plumbing --------------------------------------------------------------------
+
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self.config.callback_timeout_s)
+        return self._http
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("paygate sim task failed", exc_info=task.exception())
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    # --- transactions ---------------------------------------------------------------
+
+    def refresh(self, tx: SimTransaction) -> SimTransaction:
+        """Apply a lapsed expiry lazily (a pending push is not pending forever)."""
+        limit = self.config.expire_after_s
+        age = time.monotonic() - tx.created_mono
+        if tx.state == PENDING and limit is not None and age >= limit:
+            tx.state = EXPIRED
+            log.info("paygate sim: tx %d expired", tx.tx_reference)
+        return tx
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        token = body.get("auth_token")
+        if not isinstance(token, str) or not hmac.compare_digest(
+            token.encode(), self.config.auth_token.encode()
+        ):
+            return {"status": PAY_BAD_TOKEN}
+        amount = _whole_amount(body.get("amount"))
+        phone = normalise_phone(body.get("phone_number"))
+        identifier, description = body.get("identifier"), body.get("description")
+        network = body.get("network")
+        if (
+            amount is None
+            or phone is None
+            or not isinstance(identifier, str)
+            or not identifier.strip()
+            or not isinstance(description, str)
+            or network not in NETWORKS
+        ):
+            return {"status": PAY_BAD_PARAMS}
+        if identifier in self.by_identifier:
+            return {"status": PAY_DUPLICATE}
+        tx = SimTransaction(
+            tx_reference=next(self._tx_refs),
+            identifier=identifier,
+            amount=amount,
+            phone_number=phone,
+            network=str(network),
+            description=description,
+            outcome=self.config.outcome,
+            created_at=self.config.clock.now(),
+            created_mono=time.monotonic(),
+        )
+        self.by_ref[tx.tx_reference] = tx
+        self.by_identifier[identifier] = tx
+        log.info("paygate sim: tx %d %s %d XOF from %s, customer will %s",
+                 tx.tx_reference, identifier, amount, tx.phone_number, tx.outcome)
+        if tx.outcome != "never":
+            self.spawn(self._customer(tx, self.config.approve_after_s))
+        return {"tx_reference": tx.tx_reference, "status": PAY_OK}
+
+    async def _customer(self, tx: SimTransaction, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        if self.refresh(tx).state != PENDING:
+            return
+        await self.settle(tx, "approve" if tx.outcome == "approve" else "decline")
+
+    async def settle(self, tx: SimTransaction, outcome: Literal["approve", "decline", "expire"]
+                     ) -> None:
+        if outcome == "approve":
+            tx.state = PAID
+            tx.paid_at = self.config.clock.now()
+            tx.payment_reference = str(10**10 + secrets.randbelow(9 * 10**10))
+        elif outcome == "decline":
+            tx.state = CANCELLED
+        else:
+            tx.state = EXPIRED
+        log.info("paygate sim: tx %d %s", tx.tx_reference, STATE_NAMES[tx.state])
+        if tx.state == PAID or (tx.state == CANCELLED and self.config.callback_on_decline):
+            self.spawn(self.deliver_all(tx))
+
+    # --- callbacks ---------------------------------------------------------------------
+
+    async def deliver_all(self, tx: SimTransaction) -> None:
+        url = self.config.callback_url
+        if not url:
+            log.info("paygate sim: no callback URL, tx %d not announced", tx.tx_reference)
+            return
+        body = tx.callback_body()
+        copies = 1 + self.config.duplicate_callbacks
+        await asyncio.gather(*(self._deliver(tx, url, body, copy) for copy in range(copies)))
+
+    async def _deliver(self, tx: SimTransaction, url: str, body: dict[str, Any], copy: int
+                       ) -> None:
+        retries = self.config.callback_retries
+        for attempt in range(retries + 1):
+            if attempt:
+                await asyncio.sleep(self.config.retry_backoff_s * 2 ** (attempt - 1))
+            record: dict[str, Any] = {"copy": copy, "attempt": attempt, "at": time.time(),
+                                      "status_code": None, "error": None, "ok": False}
+            tx.callbacks.append(record)
+            try:
+                resp = await self.http().post(url, json=body)
+            except httpx.HTTPError as exc:
+                record["error"] = f"{type(exc).__name__}: {exc}"
+                log.warning("paygate sim: callback tx %d copy %d attempt %d failed: %s",
+                            tx.tx_reference, copy, attempt, record["error"])
+                continue
+            record["status_code"] = resp.status_code
+            if resp.is_success:
+                record["ok"] = True
+                return
+            log.warning("paygate sim: callback tx %d copy %d attempt %d got HTTP %d",
+                        tx.tx_reference, copy, attempt, resp.status_code)
+        log.error("paygate sim: gave up delivering callback for tx %d (copy %d) after %d tries",
+                  tx.tx_reference, copy, retries + 1)
+
+
+def _error(http_status: int, code: int, message: str) -> JSONResponse:
+    return JSONResponse({"error_code": code, "error_message": message}, status_code=http_status)
+
+
+async def _read_body(request: Request) -> dict[str, Any] | None:
+    """JSON or form body as a dict; None if it is neither."""
+    raw = await request.body()
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        try:
+            return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+        except UnicodeDecodeError:
+            return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def create_app(config: PayGateSimConfig) -> FastAPI:
+    """The simulator as an ASGI app; its state is ``app.state.paygate`` (a ``PayGateSim``)."""
+    sim = PayGateSim(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await sim.aclose()
+
+    app = FastAPI(title="PayGate Global simulator", lifespan=lifespan)
+    app.state.paygate = sim
+
+    def authorised(body: dict[str, Any]) -> bool:
+        token = body.get("auth_token")
+        return isinstance(token, str) and hmac.compare_digest(
+            token.encode(), sim.config.auth_token.encode()
+        )
+
+    def not_found() -> JSONResponse:
+        return _error(sim.config.not_found_http_status, 403, "Transaction non trouvée.")
+
+    @app.post("/api/v1/pay")
+    async def pay(request: Request) -> dict[str, Any]:
+        body = await _read_body(request)
+        if body is None:
+            return {"status": PAY_BAD_PARAMS}
+        return sim.create(body)
+
+    @app.post("/api/v1/status", response_model=None)
+    async def status_v1(request: Request) -> dict[str, Any] | JSONResponse:
+        body = await _read_body(request)
+        if body is None:
+            return _error(400, 400, "Paramètres invalides.")
+        if not authorised(body):
+            return _error(401, 401, "Jeton d'authentification invalide.")
+        ref = body.get("tx_reference")
+        if isinstance(ref, str) and ref.isdigit():
+            ref = int(ref)
+        if not isinstance(ref, int) or isinstance(ref, bool):
+            return _error(400, 400, "Paramètres invalides.")
+        tx = sim.by_ref.get(ref)
+        return sim.refresh(tx).status_body() if tx else not_found()
+
+    @app.post("/api/v2/status", response_model=None)
+    async def status_v2(request: Request) -> dict[str, Any] | JSONResponse:
+        body = await _read_body(request)
+        if body is None:
+            return _error(400, 400, "Paramètres invalides.")
+        if not authorised(body):
+            return _error(401, 401, "Jeton d'authentification invalide.")
+        identifier = body.get("identifier")
+        if not isinstance(identifier, str) or not identifier:
+            return _error(400, 400, "Paramètres invalides.")
+        tx = sim.by_identifier.get(identifier)
+        return sim.refresh(tx).status_body() if tx else not_found()
+
+    # --- simulator controls --------------------------------------------------------
+
+    def config_view() -> dict[str, Any]:
+        c = sim.config
+        return {
+            "callback_url": c.callback_url,
+            "approve_after_s": c.approve_after_s,
+            "outcome": c.outcome,
+            "duplicate_callbacks": c.duplicate_callbacks,
+            "callback_retries": c.callback_retries,
+            "callback_on_decline": c.callback_on_decline,
+            "expire_after_s": c.expire_after_s,
+        }
+
+    @app.get("/_sim/transactions")
+    async def transactions() -> list[dict[str, Any]]:
+        return [sim.refresh(tx).sim_view() for tx in sim.by_ref.values()]
+
+    @app.post("/_sim/config")
+    async def set_config(patch: _ConfigPatch) -> dict[str, Any]:
+        changes = patch.model_dump(exclude_unset=True)
+        sim.config = dataclasses.replace(sim.config, **changes)
+        log.info("paygate sim: config changed: %s", sorted(changes))
+        return config_view()
+
+    @app.get("/_sim/config")
+    async def get_config() -> dict[str, Any]:
+        return config_view()
+
+    @app.post("/_sim/settle")
+    async def settle(req: _Settle) -> dict[str, Any]:
+        if req.tx_reference is not None:
+            tx = sim.by_ref.get(req.tx_reference)
+        elif req.identifier is not None:
+            tx = sim.by_identifier.get(req.identifier)
+        else:
+            raise HTTPException(400, "give tx_reference or identifier")
+        if tx is None:
+            raise HTTPException(404, "no such transaction")
+        if sim.refresh(tx).state != PENDING:
+            raise HTTPException(409, f"transaction is {STATE_NAMES[tx.state]}, not pending")
+        await sim.settle(tx, req.outcome)
+        return tx.sim_view()
+
+    @app.post("/_sim/callback")
+    async def send_callback(request: Request, url: str | None = None) -> dict[str, Any]:
+        target = url or sim.config.callback_url
+        if not target:
+            raise HTTPException(409, "no callback URL configured")
+        raw = await request.body()
+        try:
+            resp = await sim.http().post(
+                target, content=raw, headers={"content-type": "application/json"}
+            )
+        except httpx.HTTPError as exc:
+            raise HTTPException(502, f"callback failed: {type(exc).__name__}: {exc}") from exc
+        return {"url": target, "status_code": resp.status_code, "body": resp.text[:2000]}
+
+    return app
+
+
+# --- running it --------------------------------------------------------------------------
+
+
+def serve(config: PayGateSimConfig, host: str = "127.0.0.1", port: int = 8090) -> None:
+    """Run the simulator in the foreground (blocks until interrupted)."""
+    uvicorn.run(create_app(config), host=host, port=port, ws="none", log_level="info")
+
+
+@dataclass
+class SimServerHandle:
+    """A simulator running in a background thread (for tests and the local stack)."""
+
+    app: FastAPI
+    server: uvicorn.Server
+    thread: threading.Thread
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def sim(self) -> PayGateSim:
+        sim: PayGateSim = self.app.state.paygate
+        return sim
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+        if self.thread.is_alive():
+            raise RuntimeError(f"paygate simulator on port {self.port} did not stop")
+
+
+def run_in_thread(config: PayGateSimConfig, port: int = 0, host: str = "127.0.0.1",
+                  timeout_s: float = 10.0) -> SimServerHandle:
+    """Start the simulator on ``port`` (0: any free port) and wait until it serves."""
+    app = create_app(config)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    bound_port = int(sock.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host, port=bound_port, ws="none", log_level="warning", access_log=False,
+        lifespan="on",
+    ))
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run(sockets=[sock])
+        except BaseException as exc:  # SystemExit from uvicorn included: reported below
+            failure.append(exc)
+            log.exception("paygate simulator thread died")
+        finally:
+            sock.close()
+
+    thread = threading.Thread(target=run, name=f"paygate-sim-{bound_port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"paygate simulator did not start on port {bound_port}: {failure}")
+        time.sleep(0.02)
+    log.info("paygate simulator listening on http://%s:%d", host, bound_port)
+    return SimServerHandle(app, server, thread, host, bound_port)
