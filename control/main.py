@@ -19,7 +19,9 @@ from control.scheduler import start_scheduler
 log = logging.getLogger(__name__)
 
 
-def build_app(settings: Settings, clock: Clock | None = None, *, migrate_db: bool = True) -> FastAPI:
+def build_app(
+    settings: Settings, clock: Clock | None = None, *, migrate_db: bool = True
+) -> FastAPI:
     """The control app; its lifespan connects to the broker and starts the sweep."""
     from control.api import create_app, ensure_admin_key
 
@@ -39,6 +41,7 @@ def build_app(settings: Settings, clock: Clock | None = None, *, migrate_db: boo
         finally:
             scheduler.shutdown(wait=True)
             link.stop()
+            rt.paygate.close()
             rt.db.dispose()
 
     app = create_app(rt, lifespan=lifespan)

@@ -10,7 +10,7 @@ import pytest
 from cizo import protocol
 from cizo.clock import ManualClock
 from cizo.settings import Settings
-from control import commands, credit
+from control import credit
 from control.db import Database, migrate
 from control.ledger import SYSTEM, account_for_kit, credit_payment, provision_kit
 from control.models import Command, Kit, Payment
@@ -77,7 +77,7 @@ def test_payment_issues_a_signed_unlock_with_the_exact_credit_end(loop) -> None:
 
 
 def test_a_newer_command_supersedes_the_pending_one(loop) -> None:
-    svc, rec, _clock, _kit = loop
+    svc, _rec, _clock, _kit = loop
     first = pay(svc, 700, "p1")[0]
     second = pay(svc, 300, "p2")[0]
     with svc.db.session() as s:
@@ -87,7 +87,7 @@ def test_a_newer_command_supersedes_the_pending_one(loop) -> None:
 
 
 def test_sweep_locks_when_credit_ends_and_ack_makes_it_applied(loop) -> None:
-    svc, rec, clock, kit = loop
+    svc, rec, clock, _kit = loop
     pay(svc, 100, "p1")
     unlock_id = rec.sent[-1][1]["id"]
     clock.advance(86400 + 5)
@@ -126,7 +126,7 @@ def test_unacked_command_is_resent_then_expires_and_is_reissued(loop) -> None:
 
 
 def test_rejected_ack_records_the_kits_reason(loop) -> None:
-    svc, rec, _clock, _kit = loop
+    svc, _rec, _clock, _kit = loop
     cid = pay(svc, 700, "p1")[0]
     ack = {"v": 1, "id": cid, "seq": 1, "result": "rejected", "reason": "expired",
            "locked": True, "credit_until": None}

@@ -76,8 +76,8 @@ def test_command_signature_matches_the_documented_canonical_form() -> None:
                           credit_until=NOW + 7 * 86400, issued_at=NOW, expires_at=NOW + 3600,
                           secret_hex=secret)
     canonical = (
-        '{"action":"unlock","credit_until":%d,"expires_at":%d,"id":"c-1","issued_at":%d,'
-        '"kit_id":"KIT1","seq":7,"v":1}' % (NOW + 7 * 86400, NOW + 3600, NOW)
+        f'{{"action":"unlock","credit_until":{NOW + 7 * 86400},"expires_at":{NOW + 3600},'
+        f'"id":"c-1","issued_at":{NOW},"kit_id":"KIT1","seq":7,"v":1}}'
     ).encode()
     assert cmd["sig"] == hmac.new(bytes.fromhex(secret), canonical, hashlib.sha256).hexdigest()
     assert p.verify(cmd, secret)

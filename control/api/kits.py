@@ -1,0 +1,291 @@
+"""/v1/kits and /v1/commands: provisioning, fleet state, support unlocks, command lifecycle."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import Response
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from control import credit, ledger
+from control.api.auth import AdminKey, ReaderKey, RuntimeDep, SupportKey
+from control.api.idempotency import IdempotencyKey, run_idempotent
+from control.api.schemas import (
+    AuditOut,
+    AuditPage,
+    CommandOut,
+    KitCreate,
+    KitCredentials,
+    KitDetail,
+    KitPage,
+    KitSummary,
+    PlanOut,
+    Problem,
+    UnlockIn,
+    UnlockOut,
+)
+from control.commands import desired_for
+from control.ledger import Actor
+from control.models import Account, AuditEntry, Command, Desco, Kit
+from control.payments import publish_after_commit
+from control.phone import PhoneError, normalise_phone
+from control.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+FREE_DAYS_WITHOUT_ADMIN = 7
+LATEST_COMMANDS = 5
+TELEMETRY_TIMEOUT_S = 2.0
+
+router = APIRouter(prefix="/v1", tags=["kits"])
+
+_errors: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem},
+}
+
+
+def _in_scope(actor: Actor, desco_id: str) -> bool:
+    return actor.desco_id is None or actor.desco_id == desco_id
+
+
+def _kit_or_404(s: Session, actor: Actor, kit_id: str) -> Kit:
+    kit = s.get(Kit, kit_id)
+    if kit is None or not _in_scope(actor, kit.desco_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"kit {kit_id} not found")
+    return kit
+
+
+def command_out(cmd: Command) -> CommandOut:
+    return CommandOut(
+        id=cmd.id, kit_id=cmd.kit_id, seq=cmd.seq, action=cmd.action,
+        credit_until=cmd.credit_until, status=cmd.status, reason=cmd.reason, origin=cmd.origin,
+        attempts=cmd.attempts, issued_at=cmd.issued_at, expires_at=cmd.expires_at,
+        created_at=cmd.created_at, sent_at=cmd.sent_at, finished_at=cmd.finished_at,
+    )
+
+
+# --- provisioning -----------------------------------------------------------------------
+
+
+@router.post(
+    "/kits", status_code=status.HTTP_201_CREATED, response_model=KitCredentials,
+    responses={**_errors, 409: {"model": Problem}, 422: {"model": Problem}},
+    summary="Provision a kit (admin); its credentials are returned once",
+)
+def provision(
+    rt: RuntimeDep, actor: AdminKey, body: KitCreate, request: Request,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    desco_id = body.desco_id or actor.desco_id or rt.settings.default_desco_id
+    if not _in_scope(actor, desco_id):
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            detail="this key may only provision kits for its own DESCO")
+    try:
+        phone = normalise_phone(body.phone)
+        plan = credit.Plan(body.plan.deposit_fcfa, body.plan.daily_rate_fcfa,
+                           body.plan.total_price_fcfa)
+    except (PhoneError, credit.CreditError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+
+    def act() -> KitCredentials:
+        try:
+            with rt.db.session() as s:
+                if s.get(Kit, body.kit_id) is not None:
+                    raise HTTPException(status.HTTP_409_CONFLICT,
+                                        detail=f"kit {body.kit_id} already exists")
+                if s.get(Desco, desco_id) is None:
+                    raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                        detail=f"unknown DESCO {desco_id}")
+                created = ledger.provision_kit(
+                    s, kit_id=body.kit_id, desco_id=desco_id, phone_e164=phone, plan=plan,
+                    box=rt.box, now=rt.clock.now(), actor=actor,
+                    deposit_paid=body.deposit_paid,
+                )
+        except IntegrityError as exc:  # a concurrent provisioning of the same serial
+            raise HTTPException(status.HTTP_409_CONFLICT,
+                                detail=f"kit {body.kit_id} already exists") from exc
+        return KitCredentials(**dataclasses.asdict(created))
+
+    return run_idempotent(rt, actor=actor, key=idempotency_key, method="POST",
+                          path=request.url.path, body=body.model_dump(mode="json"),
+                          status_code=status.HTTP_201_CREATED, action=act)
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+@router.get("/kits", response_model=KitPage, responses=_errors, summary="List kits (paged)")
+def list_kits(
+    rt: RuntimeDep, actor: ReaderKey,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> KitPage:
+    with rt.db.session() as s:
+        q = select(Kit, Account).join(Account, Account.kit_id == Kit.id, isouter=True)
+        count_q = select(func.count()).select_from(Kit)
+        if actor.desco_id is not None:
+            q = q.where(Kit.desco_id == actor.desco_id)
+            count_q = count_q.where(Kit.desco_id == actor.desco_id)
+        total = s.scalar(count_q) or 0
+        rows = s.execute(q.order_by(Kit.id).limit(limit).offset(offset)).all()
+        items = [
+            KitSummary(
+                kit_id=kit.id, desco_id=kit.desco_id,
+                account_number=acct.account_number if acct else None,
+                locked=kit.reported_locked,
+                credit_until=acct.credit_until if acct else None, online=kit.online,
+                last_seen=kit.last_seen, owned=bool(acct and acct.owned),
+                commanded_action=kit.commanded_action,
+            )
+            for kit, acct in rows
+        ]
+    return KitPage(items=items, total=total, limit=limit, offset=offset)
+
+
+def last_telemetry(rt: Runtime, kit_id: str) -> dict[str, Any] | None:
+    """The kit's latest reading from InfluxDB, or None (logged) if it cannot be had."""
+    try:
+        module = importlib.import_module("telemetry.influx")
+    except ImportError:
+        return None
+    extra = {"kit_id": kit_id, "payment_id": None}
+    try:
+        # a short timeout: a slow InfluxDB must not make the kit page slow
+        client: Any = module.InfluxClient.from_settings(rt.settings,
+                                                        timeout_s=TELEMETRY_TIMEOUT_S)
+        try:
+            reading: Any = client.last_telemetry(kit_id)
+        finally:
+            close = getattr(client, "close", None)
+            if callable(close):
+                close()
+    except Exception as exc:
+        log.warning("last telemetry unavailable (InfluxDB): %s", type(exc).__name__,
+                    extra=extra)
+        return None
+    if reading is None:
+        return None
+    if isinstance(reading, dict):
+        return reading
+    if hasattr(reading, "model_dump"):
+        dumped: dict[str, Any] = reading.model_dump(mode="json")
+        return dumped
+    if dataclasses.is_dataclass(reading) and not isinstance(reading, type):
+        return dataclasses.asdict(reading)
+    log.warning("last telemetry of unexpected type %s", type(reading).__name__, extra=extra)
+    return None
+
+
+@router.get("/kits/{kit_id}", response_model=KitDetail, responses=_errors,
+            summary="One kit: reported state, credit, money, commands")
+def get_kit(rt: RuntimeDep, actor: ReaderKey, kit_id: str) -> KitDetail:
+    with rt.db.session() as s:
+        kit = _kit_or_404(s, actor, kit_id)
+        acct = ledger.account_for_kit(s, kit_id)
+        cmds = s.scalars(select(Command).where(Command.kit_id == kit_id)
+                         .order_by(Command.seq.desc()).limit(LATEST_COMMANDS)).all()
+        plan = ledger.plan_of(acct) if acct else None
+        detail = KitDetail(
+            kit_id=kit.id, desco_id=kit.desco_id,
+            account_number=acct.account_number if acct else None,
+            customer_phone=acct.customer_phone if acct else None,
+            locked=kit.reported_locked, reported_credit_until=kit.reported_credit_until,
+            credit_until=acct.credit_until if acct else None, online=kit.online,
+            last_seen=kit.last_seen, fw=kit.fw, last_telemetry=None,
+            paid_total_fcfa=acct.paid_total_fcfa if acct else 0,
+            balance_fcfa=credit.balance_fcfa(plan, ledger.state_of(acct))
+            if acct and plan else 0,
+            remainder_fcfa=acct.remainder_fcfa if acct else 0,
+            owned=bool(acct and acct.owned),
+            plan=PlanOut(deposit_fcfa=plan.deposit_fcfa, daily_rate_fcfa=plan.daily_rate_fcfa,
+                         total_price_fcfa=plan.total_price_fcfa) if plan else None,
+            desired_action=desired_for(acct, rt.clock.now()).action if acct else None,
+            commanded_action=kit.commanded_action,
+            commanded_credit_until=kit.commanded_credit_until,
+            decommissioned_at=kit.decommissioned_at,
+            latest_commands=[command_out(c) for c in cmds],
+        )
+    # outside the transaction: InfluxDB may be slow or away
+    detail.last_telemetry = last_telemetry(rt, kit_id)
+    return detail
+
+
+@router.get("/kits/{kit_id}/audit", response_model=AuditPage, responses=_errors,
+            summary="Who did what to this kit, newest first")
+def kit_audit(
+    rt: RuntimeDep, actor: ReaderKey, kit_id: str,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> AuditPage:
+    with rt.db.session() as s:
+        _kit_or_404(s, actor, kit_id)
+        rows = s.scalars(select(AuditEntry).where(AuditEntry.kit_id == kit_id)
+                         .order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
+                         .limit(limit).offset(offset)).all()
+        items = [
+            AuditOut(id=e.id, at=e.at, actor=e.actor, role=e.role, action=e.action,
+                     desco_id=e.desco_id, kit_id=e.kit_id, reason=e.reason, before=e.before,
+                     after=e.after)
+            for e in rows
+        ]
+    return AuditPage(items=items, limit=limit, offset=offset)
+
+
+@router.get("/commands/{command_id}", response_model=CommandOut, responses=_errors,
+            tags=["commands"], summary="A command's lifecycle")
+def get_command(rt: RuntimeDep, actor: ReaderKey, command_id: str) -> CommandOut:
+    with rt.db.session() as s:
+        cmd = s.get(Command, command_id)
+        kit = s.get(Kit, cmd.kit_id) if cmd is not None else None
+        if cmd is None or kit is None or not _in_scope(actor, kit.desco_id):
+            raise HTTPException(status.HTTP_404_NOT_FOUND,
+                                detail=f"command {command_id} not found")
+        return command_out(cmd)
+
+
+# --- support unlock ---------------------------------------------------------------------
+
+
+@router.post(
+    "/kits/{kit_id}/unlock", response_model=UnlockOut,
+    responses={**_errors, 409: {"model": Problem}, 422: {"model": Problem}},
+    summary="Free days on top of paid credit (support; more than 7 days: admin)",
+)
+def unlock(
+    rt: RuntimeDep, actor: SupportKey, kit_id: str, body: UnlockIn, request: Request,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    if body.days > FREE_DAYS_WITHOUT_ADMIN and actor.role != "admin":
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail=f"more than {FREE_DAYS_WITHOUT_ADMIN} free days needs the admin role",
+        )
+
+    def act() -> UnlockOut:
+        with rt.db.session() as s:
+            _kit_or_404(s, actor, kit_id)
+            acct = ledger.account_for_kit(s, kit_id, for_update=True)
+            if acct is None:
+                raise HTTPException(status.HTTP_404_NOT_FOUND,
+                                    detail=f"kit {kit_id} has no account")
+            before, after = ledger.grant_free_days(s, acct=acct, days=body.days,
+                                                   now=rt.clock.now(), actor=actor,
+                                                   reason=body.reason)
+            cmd = rt.service.converge_kit(s, kit_id, origin="support")
+            command_id = cmd.id if cmd is not None else None
+            credit_until = acct.credit_until
+        log.info("support unlock: %d free days by %s", body.days, actor.name,
+                 extra={"kit_id": kit_id, "payment_id": None})
+        publish_after_commit(rt, command_id, kit_id=kit_id)
+        return UnlockOut(kit_id=kit_id, days=body.days, command_id=command_id,
+                         credit_until=credit_until, before=before, after=after)
+
+    return run_idempotent(rt, actor=actor, key=idempotency_key, method="POST",
+                          path=request.url.path, body=body.model_dump(mode="json"),
+                          status_code=status.HTTP_200_OK, action=act)

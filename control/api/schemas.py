@@ -1,0 +1,211 @@
+"""Request and response models of the HTTP API: the OpenAPI document is built from these."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Network = Literal["FLOOZ", "TMONEY"]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Problem(BaseModel):
+    """Every error answer: ``{"detail": ...}``."""
+
+    detail: Any
+
+
+class Health(BaseModel):
+    status: str
+
+
+class PlanIn(_In):
+    deposit_fcfa: int = Field(ge=0, le=100_000_000)
+    daily_rate_fcfa: int = Field(gt=0, le=10_000_000)
+    total_price_fcfa: int = Field(gt=0, le=100_000_000)
+
+
+class PlanOut(BaseModel):
+    deposit_fcfa: int
+    daily_rate_fcfa: int
+    total_price_fcfa: int
+
+
+class KitCreate(_In):
+    kit_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    desco_id: str | None = Field(default=None, min_length=1, max_length=64)
+    phone: str = Field(min_length=8, max_length=32, description="customer phone, any Togo form")
+    plan: PlanIn
+    deposit_paid: bool = Field(default=True, description="deposit taken in cash at the sale")
+
+
+class KitCredentials(BaseModel):
+    """Shown once, at provisioning: only hashes and ciphertext are stored."""
+
+    kit_id: str
+    account_number: str
+    desco_id: str
+    mqtt_username: str
+    mqtt_password: str
+    command_secret: str
+
+
+class CommandOut(BaseModel):
+    id: str
+    kit_id: str
+    seq: int
+    action: str
+    credit_until: int | None
+    status: str = Field(description="queued|sent|applied|rejected|expired|superseded")
+    reason: str | None
+    origin: str
+    attempts: int
+    issued_at: int
+    expires_at: int
+    created_at: float
+    sent_at: float | None
+    finished_at: float | None
+
+
+class KitSummary(BaseModel):
+    kit_id: str
+    desco_id: str
+    account_number: str | None
+    locked: bool | None = Field(description="as last reported by the kit")
+    credit_until: int | None
+    online: bool
+    last_seen: float | None
+    owned: bool
+    commanded_action: str | None
+
+
+class KitPage(BaseModel):
+    items: list[KitSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class KitDetail(BaseModel):
+    kit_id: str
+    desco_id: str
+    account_number: str | None
+    customer_phone: str | None
+    locked: bool | None = Field(description="as last reported by the kit")
+    reported_credit_until: int | None
+    credit_until: int | None = Field(description="from the ledger: when credit ends")
+    online: bool
+    last_seen: float | None
+    fw: str | None
+    last_telemetry: dict[str, Any] | None = Field(
+        description="latest reading from InfluxDB; null if none or InfluxDB is unreachable"
+    )
+    paid_total_fcfa: int
+    balance_fcfa: int
+    remainder_fcfa: int
+    owned: bool
+    plan: PlanOut | None
+    desired_action: str | None
+    commanded_action: str | None
+    commanded_credit_until: int | None
+    decommissioned_at: float | None
+    latest_commands: list[CommandOut]
+
+
+class UnlockIn(_In):
+    days: int = Field(ge=1, le=3650)
+    reason: str = Field(min_length=1, max_length=1000)
+
+    @field_validator("reason")
+    @classmethod
+    def _reason_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("reason must not be blank")
+        return value.strip()
+
+
+class UnlockOut(BaseModel):
+    kit_id: str
+    days: int
+    command_id: str | None = Field(description="null when the kit needs no new command")
+    credit_until: int | None
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: float
+    actor: str
+    role: str
+    action: str
+    desco_id: str | None
+    kit_id: str | None
+    reason: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+class AuditPage(BaseModel):
+    items: list[AuditOut]
+    limit: int
+    offset: int
+
+
+class IntentIn(_In):
+    kit_id: str = Field(min_length=1, max_length=64)
+    amount_fcfa: int = Field(gt=0, le=10_000_000)
+    phone: str = Field(min_length=8, max_length=32)
+    network: Network
+
+
+class IntentOut(BaseModel):
+    identifier: str
+    kit_id: str
+    amount_fcfa: int
+    status: str
+    tx_reference: str | None
+
+
+class PaymentOut(BaseModel):
+    identifier: str
+    provider: str
+    kit_id: str | None
+    desco_id: str
+    status: str = Field(description="initiated|pending|credited|suspense|failed")
+    requested_fcfa: int | None
+    amount_fcfa: int | None = Field(description="as confirmed by the provider")
+    network: str | None
+    phone: str | None
+    reason: str | None
+    tx_reference: str | None
+    payment_reference: str | None
+    created_at: float
+    updated_at: float
+    credited_at: float | None
+
+
+class PayGateCallbackIn(BaseModel):
+    """What PayGate posts; only ``identifier`` is used, the rest is confirmed via status API."""
+
+    model_config = ConfigDict(extra="allow")
+
+    identifier: str
+    tx_reference: str | int | None = None
+    payment_reference: str | int | None = None
+    amount: int | str | None = None
+    datetime: str | None = None
+    payment_method: str | None = None
+    phone_number: str | int | None = None
+
+
+class CallbackAck(BaseModel):
+    outcome: str = Field(
+        description="credited|already_credited|pending|failed|suspense|unknown|unmatched"
+    )
+    identifier: str
+    credited: bool

@@ -1,0 +1,399 @@
+"""Mobile-money payments through PayGate Global: intents, and callbacks confirmed before credit.
+
+A callback carries no signature, so it is only a hint: the money is credited only when
+PayGate's status API says the identifier is paid, and only the amount that API gives.
+PayGate HTTP calls never run inside a database transaction (no row lock held across the
+network). Crediting is exactly-once: the payment row is locked and re-checked inside the
+transaction, and the ledger entry's unique ``payment_id`` is a second guard.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from control import ledger
+from control.ledger import Actor
+from control.models import Account, Payment
+from control.paygate_client import (
+    NETWORKS,
+    STATUS_CANCELLED,
+    STATUS_EXPIRED,
+    STATUS_PENDING,
+    PayGateError,
+    PayGateStatus,
+    PayGateUnavailable,
+)
+from control.phone import PhoneError, local_digits, normalise_phone
+from control.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "paygate"
+PAYGATE_ACTOR = Actor(name="paygate-callback", role="system")
+MAX_AMOUNT_FCFA = 10_000_000
+
+
+class PaymentError(Exception):
+    """Base of the errors the API turns into clear answers."""
+
+
+class PaymentInvalid(PaymentError):
+    """The request itself is wrong (amount, phone, network)."""
+
+
+class PaymentNotFound(PaymentError):
+    """No such kit or payment in the caller's scope."""
+
+
+class PaymentRejected(PaymentError):
+    """PayGate answered and refused to start the payment."""
+
+
+class PaymentProviderUnavailable(PaymentError):
+    """PayGate could not be reached: nothing was credited; try again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackOutcome:
+    """What a callback led to; ``credited`` is True only for the one call that credited."""
+
+    outcome: str  # credited|already_credited|pending|failed|suspense|unknown|unmatched
+    identifier: str
+    payment_id: int | None = None
+    credited: bool = False
+    command_id: str | None = None
+    detail: str | None = None
+
+
+def new_identifier(kit_id: str) -> str:
+    """Unique, readable in PayGate's back office, tied to the kit's account."""
+    return f"CIZO-{kit_id}-{uuid.uuid4().hex[:12]}"
+
+
+# --- intents ----------------------------------------------------------------------------
+
+
+def create_intent(
+    rt: Runtime, *, actor: Actor, kit_id: str, amount_fcfa: int, phone: str, network: str
+) -> Payment:
+    """Record an intent, then ask PayGate to collect it from the customer's phone."""
+    if isinstance(amount_fcfa, bool) or not isinstance(amount_fcfa, int) or not (
+        0 < amount_fcfa <= MAX_AMOUNT_FCFA
+    ):
+        raise PaymentInvalid(f"amount_fcfa must be a whole number of FCFA in 1..{MAX_AMOUNT_FCFA}")
+    network = network.upper()
+    if network not in NETWORKS:
+        raise PaymentInvalid(f"network must be one of {', '.join(NETWORKS)}")
+    try:
+        phone_e164 = normalise_phone(phone)
+    except PhoneError as exc:
+        raise PaymentInvalid(str(exc)) from exc
+    if not phone_e164.startswith("+228"):
+        raise PaymentInvalid("PayGate collects from Togolese (+228) numbers only")
+
+    identifier = new_identifier(kit_id)
+    now = rt.clock.now()
+    with rt.db.session() as s:
+        acct = ledger.account_for_kit(s, kit_id)
+        if acct is None or (actor.desco_id is not None and acct.desco_id != actor.desco_id):
+            raise PaymentNotFound(f"kit {kit_id} not found")
+        payment = Payment(
+            desco_id=acct.desco_id, provider=PROVIDER, provider_ref=identifier,
+            account_id=acct.id, requested_fcfa=amount_fcfa, phone=phone_e164, network=network,
+            status="initiated", created_at=now, updated_at=now,
+        )
+        s.add(payment)
+        s.flush()
+        ledger.audit(s, actor=actor, action="payment.intent", now=now, kit_id=kit_id,
+                     desco_id=acct.desco_id,
+                     after={"identifier": identifier, "amount_fcfa": amount_fcfa,
+                            "network": network})
+    extra = {"kit_id": kit_id, "payment_id": payment.id}
+    log.info("payment intent %s created", identifier, extra=extra)
+
+    try:
+        result = rt.paygate.pay(
+            phone_local=local_digits(phone_e164), amount=amount_fcfa,
+            description=f"CIZO kit {kit_id}", identifier=identifier, network=network,
+        )
+    except PayGateUnavailable as exc:
+        _mark_failed(rt, payment.id, f"PayGate unavailable: {exc}")
+        log.warning("payment intent %s: PayGate unavailable", identifier, extra=extra)
+        raise PaymentProviderUnavailable(
+            f"PayGate could not be reached; payment {identifier} was not started"
+        ) from exc
+    except PayGateError as exc:
+        _mark_failed(rt, payment.id, str(exc))
+        log.error("payment intent %s: PayGate error %s", identifier, exc, extra=extra)
+        raise PaymentRejected(f"PayGate did not start payment {identifier}: {exc}") from exc
+
+    if not result.registered:
+        reason = f"PayGate /pay status {result.status}: {result.status_text}"
+        _mark_failed(rt, payment.id, reason)
+        log.warning("payment intent %s refused: %s", identifier, reason, extra=extra)
+        raise PaymentRejected(f"PayGate refused payment {identifier}: {result.status_text}")
+
+    with rt.db.session() as s:
+        row = s.get(Payment, payment.id)
+        assert row is not None
+        if row.status == "initiated":  # a fast callback may already have moved it on
+            row.status = "pending"
+        row.tx_reference = result.tx_reference or row.tx_reference
+        row.updated_at = rt.clock.now()
+        s.flush()
+        s.expunge(row)
+    log.info("payment intent %s registered at PayGate", identifier, extra=extra)
+    return row
+
+
+def _mark_failed(rt: Runtime, payment_id: int, reason: str) -> None:
+    with rt.db.session() as s:
+        row = s.get(Payment, payment_id)
+        if row is not None and row.status in ("initiated", "pending"):
+            row.status = "failed"
+            row.reason = reason
+            row.updated_at = rt.clock.now()
+
+
+def get_payment(s: Session, identifier: str, *, desco_id: str | None) -> Payment | None:
+    """A payment by its PayGate identifier, within the caller's DESCO (None: national)."""
+    q = select(Payment).where(Payment.provider == PROVIDER, Payment.provider_ref == identifier)
+    row = s.scalars(q).one_or_none()
+    if row is None or (desco_id is not None and row.desco_id != desco_id):
+        return None
+    return row
+
+
+# --- callbacks --------------------------------------------------------------------------
+
+
+def _safe_callback(body: dict[str, Any]) -> dict[str, Any]:
+    """The callback fields worth keeping for staff; nothing else a sender put in."""
+    keep = ("identifier", "tx_reference", "payment_reference", "amount", "datetime",
+            "payment_method", "status")
+    return {k: body[k] for k in keep if k in body and isinstance(body[k], str | int | float)}
+
+
+def handle_paygate_callback(rt: Runtime, body: dict[str, Any]) -> CallbackOutcome:
+    """Confirm a callback with PayGate's status API and credit the confirmed amount once.
+
+    Raises ``PaymentInvalid`` for a body without identifier and
+    ``PaymentProviderUnavailable`` when PayGate cannot confirm (the provider retries).
+    """
+    raw_id = body.get("identifier")
+    if not isinstance(raw_id, str | int) or isinstance(raw_id, bool) or not str(raw_id).strip():
+        raise PaymentInvalid("callback has no identifier")
+    identifier = str(raw_id).strip()
+
+    with rt.db.session() as s:
+        payment = get_payment(s, identifier, desco_id=None)
+        known = payment is not None
+        payment_id = payment.id if payment is not None else None
+        status_now = payment.status if payment is not None else None
+        kit_id = _kit_of(s, payment)
+    extra = {"kit_id": kit_id, "payment_id": payment_id}
+
+    if status_now == "credited":
+        log.info("callback for %s: already credited", identifier, extra=extra)
+        return CallbackOutcome("already_credited", identifier, payment_id)
+    if status_now == "suspense":
+        log.info("callback for %s: payment is in suspense", identifier, extra=extra)
+        return CallbackOutcome("suspense", identifier, payment_id, detail="already in suspense")
+
+    try:
+        confirmed = rt.paygate.status_by_identifier(identifier)
+    except PayGateError as exc:
+        log.warning("callback for %s not confirmed, PayGate status API failed: %s",
+                    identifier, exc, extra=extra)
+        raise PaymentProviderUnavailable("PayGate status API unavailable; retry later") from exc
+
+    if confirmed is None:
+        _record_unconfirmed(rt, identifier, body, known=known, kit_id=kit_id)
+        log.warning("callback for %s: PayGate does not know this identifier; nothing credited",
+                    identifier, extra=extra)
+        return CallbackOutcome("unknown", identifier, payment_id,
+                               detail="PayGate does not know this identifier")
+
+    if not known:
+        return _park_unmatched(rt, identifier, body, confirmed)
+    assert payment_id is not None
+    if confirmed.status == STATUS_PENDING:
+        _set_status(rt, payment_id, "pending", None, confirmed)
+        log.info("callback for %s: still pending at PayGate", identifier, extra=extra)
+        return CallbackOutcome("pending", identifier, payment_id)
+    if confirmed.status in (STATUS_EXPIRED, STATUS_CANCELLED):
+        _set_status(rt, payment_id, "failed", f"PayGate: {confirmed.status_text}", confirmed)
+        log.info("callback for %s: %s at PayGate", identifier, confirmed.status_text,
+                 extra=extra)
+        return CallbackOutcome("failed", identifier, payment_id, detail=confirmed.status_text)
+    if not confirmed.paid:
+        log.warning("callback for %s: unexpected PayGate status %s; nothing credited",
+                    identifier, confirmed.status, extra=extra)
+        return CallbackOutcome("pending", identifier, payment_id, detail=confirmed.status_text)
+
+    try:
+        return _credit_confirmed(rt, payment_id, identifier, confirmed)
+    except IntegrityError:
+        # the ledger's unique payment_id: another worker credited it between our checks
+        log.info("callback for %s: credited concurrently", identifier, extra=extra)
+        return CallbackOutcome("already_credited", identifier, payment_id)
+
+
+def _kit_of(s: Session, payment: Payment | None) -> str | None:
+    if payment is None or payment.account_id is None:
+        return None
+    acct = s.get(Account, payment.account_id)
+    return acct.kit_id if acct is not None else None
+
+
+def _lock_payment(rt: Runtime, s: Session, payment_id: int) -> Payment:
+    """Lock the payment row for this transaction (FOR UPDATE; SQLite: take the write lock)."""
+    if not rt.db.is_postgres:
+        # SQLite ignores FOR UPDATE; a write first takes its single writer lock now, so
+        # the re-check below cannot race another writer.
+        s.execute(update(Payment).where(Payment.id == payment_id)
+                  .values(updated_at=Payment.updated_at))
+    row = s.scalars(
+        select(Payment).where(Payment.id == payment_id).with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    return row
+
+
+def _apply_confirmation(row: Payment, confirmed: PayGateStatus) -> None:
+    row.tx_reference = confirmed.tx_reference or row.tx_reference
+    row.payment_reference = confirmed.payment_reference or row.payment_reference
+    if confirmed.payment_method in ("FLOOZ", "TMONEY"):
+        row.network = confirmed.payment_method
+
+
+def _set_status(
+    rt: Runtime, payment_id: int, status: str, reason: str | None, confirmed: PayGateStatus
+) -> None:
+    with rt.db.session() as s:
+        row = _lock_payment(rt, s, payment_id)
+        if row.status in ("credited", "suspense"):
+            return
+        row.status = status
+        row.reason = reason
+        row.updated_at = rt.clock.now()
+        _apply_confirmation(row, confirmed)
+
+
+def _credit_confirmed(
+    rt: Runtime, payment_id: int, identifier: str, confirmed: PayGateStatus
+) -> CallbackOutcome:
+    now = rt.clock.now()
+    command_id: str | None = None
+    with rt.db.session() as s:
+        row = _lock_payment(rt, s, payment_id)
+        acct = s.get(Account, row.account_id) if row.account_id is not None else None
+        extra = {"kit_id": acct.kit_id if acct else None, "payment_id": payment_id}
+        if row.status == "credited":
+            log.info("callback for %s: already credited", identifier, extra=extra)
+            return CallbackOutcome("already_credited", identifier, payment_id)
+        if row.status == "suspense":
+            return CallbackOutcome("suspense", identifier, payment_id, detail=row.reason)
+        _apply_confirmation(row, confirmed)
+        row.updated_at = now
+        reason: str | None = None
+        if acct is None:
+            reason = "payment is not linked to an account"
+        elif confirmed.amount is None or confirmed.amount <= 0:
+            reason = f"PayGate confirmed no usable amount ({confirmed.amount!r})"
+        elif row.requested_fcfa is not None and confirmed.amount != row.requested_fcfa:
+            reason = (f"PayGate confirmed {confirmed.amount} FCFA but {row.requested_fcfa} "
+                      "FCFA was requested")
+        if reason is not None or acct is None or confirmed.amount is None:
+            row.status = "suspense"
+            row.reason = reason
+            row.amount_fcfa = confirmed.amount
+            ledger.audit(s, actor=PAYGATE_ACTOR, action="payment.suspense", now=now,
+                         kit_id=acct.kit_id if acct else None, desco_id=row.desco_id,
+                         reason=reason, after={"identifier": identifier,
+                                               "amount_fcfa": confirmed.amount})
+            log.warning("payment %s to suspense: %s", identifier, reason, extra=extra)
+            return CallbackOutcome("suspense", identifier, payment_id, detail=reason)
+
+        locked_acct = ledger.account_for_kit(s, acct.kit_id, for_update=True)
+        assert locked_acct is not None
+        before = ledger.account_snapshot(locked_acct)
+        ledger.credit_payment(s, payment=row, acct=locked_acct, amount_fcfa=confirmed.amount,
+                              now=now)
+        s.flush()  # the ledger entry's unique payment_id fails here, not at commit
+        ledger.audit(s, actor=PAYGATE_ACTOR, action="payment.credit", now=now,
+                     kit_id=acct.kit_id, desco_id=row.desco_id,
+                     before=before, after={**ledger.account_snapshot(locked_acct),
+                                           "identifier": identifier,
+                                           "amount_fcfa": confirmed.amount})
+        cmd = rt.service.converge_kit(s, acct.kit_id, origin="payment")
+        command_id = cmd.id if cmd is not None else None
+    publish_after_commit(rt, command_id, kit_id=acct.kit_id, payment_id=payment_id)
+    return CallbackOutcome("credited", identifier, payment_id, credited=True,
+                           command_id=command_id)
+
+
+def publish_after_commit(
+    rt: Runtime, command_id: str | None, *, kit_id: str, payment_id: int | None = None
+) -> None:
+    """Publish a committed command now; on failure the sweep re-publishes it (still queued)."""
+    if command_id is None:
+        return
+    try:
+        rt.service.publish([command_id])
+    except Exception:
+        log.exception("publishing command %s failed; the sweep will retry", command_id,
+                      extra={"kit_id": kit_id, "payment_id": payment_id})
+
+
+def _record_unconfirmed(
+    rt: Runtime, identifier: str, body: dict[str, Any], *, known: bool, kit_id: str | None
+) -> None:
+    """A callback PayGate does not confirm (forged?): kept in the audit log, never credited."""
+    with rt.db.session() as s:
+        ledger.audit(s, actor=PAYGATE_ACTOR, action="payment.callback_unconfirmed",
+                     now=rt.clock.now(), kit_id=kit_id,
+                     reason="PayGate status API does not know this identifier"
+                     + ("" if known else "; no intent of ours either"),
+                     after=_safe_callback(body))
+
+
+def _park_unmatched(
+    rt: Runtime, identifier: str, body: dict[str, Any], confirmed: PayGateStatus
+) -> CallbackOutcome:
+    """PayGate knows it, we never created it: paid ones are parked in suspense for staff."""
+    if not confirmed.paid:
+        _record_unconfirmed(rt, identifier, body, known=False, kit_id=None)
+        log.warning("callback for %s: not ours and not paid (%s); nothing recorded",
+                    identifier, confirmed.status_text)
+        return CallbackOutcome("unmatched", identifier, detail=confirmed.status_text)
+    now = rt.clock.now()
+    reason = "paid at PayGate but no intent of ours: link it by hand"
+    try:
+        with rt.db.session() as s:
+            row = Payment(
+                desco_id=rt.settings.default_desco_id, provider=PROVIDER,
+                provider_ref=identifier, account_id=None, requested_fcfa=None,
+                amount_fcfa=confirmed.amount, phone=confirmed.phone_e164,
+                network=confirmed.payment_method, status="suspense", reason=reason,
+                tx_reference=confirmed.tx_reference,
+                payment_reference=confirmed.payment_reference, created_at=now, updated_at=now,
+            )
+            s.add(row)
+            s.flush()
+            payment_id = row.id
+            ledger.audit(s, actor=PAYGATE_ACTOR, action="payment.suspense", now=now,
+                         desco_id=row.desco_id, reason=reason, after=_safe_callback(body))
+    except IntegrityError:
+        log.info("unmatched payment %s already parked", identifier)
+        return CallbackOutcome("unmatched", identifier, detail="already parked")
+    log.warning("payment %s paid but unmatched: parked in suspense", identifier,
+                extra={"kit_id": None, "payment_id": payment_id})
+    return CallbackOutcome("unmatched", identifier, payment_id, detail=reason)
