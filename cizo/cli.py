@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from cizo.logs import configure as configure_logging
 from cizo.settings import Settings
 
 log = logging.getLogger("cizo")
@@ -85,10 +86,7 @@ def _settings() -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(args.log_level)
     if args.command == "keygen":
         from control.security import generate_secret_key
 

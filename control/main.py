@@ -51,4 +51,4 @@ def build_app(
 
 def main(settings: Settings) -> None:
     app = build_app(settings)
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None)

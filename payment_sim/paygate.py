@@ -478,7 +478,7 @@ def create_app(config: PayGateSimConfig) -> FastAPI:
 
 def serve(config: PayGateSimConfig, host: str = "127.0.0.1", port: int = 8090) -> None:
     """Run the simulator in the foreground (blocks until interrupted)."""
-    uvicorn.run(create_app(config), host=host, port=port, ws="none", log_level="info")
+    uvicorn.run(create_app(config), host=host, port=port, ws="none", log_config=None)
 
 
 @dataclass

@@ -1,0 +1,35 @@
+"""Structured logging: the message, then every ``extra={...}`` field as key=value.
+
+``log.info("command applied", extra={"kit_id": k, "command_id": c})`` prints
+``... control.commands command applied kit_id=K1 command_id=...`` so logs can be
+grepped and parsed by kit, command or payment without a JSON pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message", "asctime", "color_message"}
+
+# libraries that log every request or job run at INFO: quiet unless debugging
+_CHATTY = ("httpx", "httpcore", "apscheduler", "uvicorn.access")
+
+
+class KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        extras = [f"{k}={v}" for k, v in record.__dict__.items()
+                  if k not in _STANDARD and not k.startswith("_")]
+        return f"{base} {' '.join(extras)}" if extras else base
+
+
+def configure(level: str = "INFO") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    if level.upper() != "DEBUG":
+        for name in _CHATTY:
+            logging.getLogger(name).setLevel(logging.WARNING)
