@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bridge":
         from broker_bridge import main as bridge_main
 
-        bridge_main(settings)
+        bridge_main(settings, client_id=settings.bridge_client_id,
+                    shared_group=settings.bridge_shared_group)
         return 0
     if args.command == "control":
         from control.main import main as control_main

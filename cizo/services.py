@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -166,6 +167,9 @@ def mosquitto_config(
     outage is silently dropped beyond 1000 messages per client (docs/telemetry.md).
     """
     lines = [
+        # run as the invoking user: as root, Mosquitto would otherwise drop to user
+        # "mosquitto", which cannot write this private data dir (persistence would be lost)
+        f"user {pwd.getpwuid(os.getuid()).pw_name}",
         "per_listener_settings false",
         f"listener {port} 127.0.0.1",
         f"allow_anonymous {'true' if allow_anonymous else 'false'}",

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     mqtt_tls_ca: Path | None = None
     mqtt_keepalive_s: int = 30
     mqtt_client_id: str = "cizo-control"  # the control service's (persistent) session
+    bridge_client_id: str = "cizo-bridge"  # unique per bridge process (persistent session)
+    bridge_shared_group: str | None = None  # several bridges share the load via $share/<group>
 
     # --- InfluxDB (v1 wire API: /write + /query; 1.x, 2.x via DBRP, 3.x) -------------
     influx_url: str = "http://127.0.0.1:8086"

@@ -122,8 +122,8 @@ def test_kit_reports_customer_pays_kit_unlocks_credit_ends_kit_locks(stack: Stac
         paid_at = int(stack.clock.now())
         wait_for(lambda: stack.api.get(f"/v1/payments/{identifier}").json()["status"]
                  == "credited", what="payment credited")
-        state = wait_for(lambda: (s := stack.kit(kit_id))["locked"] is False and s,
-                         what="kit reports unlocked")
+        wait_for(lambda: stack.kit(kit_id)["locked"] is False, what="kit reports unlocked")
+        state = stack.kit(kit_id)
         assert paid_at + 7 * DAY <= state["credit_until"] <= paid_at + 7 * DAY + 5
         assert state["paid_total_fcfa"] == 5700
         unlock = next(c for c in state["latest_commands"] if c["action"] == "unlock")
@@ -131,8 +131,9 @@ def test_kit_reports_customer_pays_kit_unlocks_credit_ends_kit_locks(stack: Stac
                  what="unlock applied")
         assert kit.firmware.credit_until == state["credit_until"]
         # the retained command on the kit's topic is signed with the kit's own secret
-        retained = subscribe.simple(protocol.cmd_topic(kit_id), hostname="127.0.0.1",
-                                    port=stack.settings.mqtt_port, retained=True)
+        retained = subscribe.simple(  # type: ignore[no-untyped-call]
+            protocol.cmd_topic(kit_id), hostname="127.0.0.1", port=stack.settings.mqtt_port,
+            retained=True)
         signed = json.loads(retained.payload)
         assert signed["id"] == unlock["id"] and signed["action"] == "unlock"
         assert protocol.verify(signed, identity.command_secret)
@@ -152,11 +153,13 @@ def test_kit_reports_customer_pays_kit_unlocks_credit_ends_kit_locks(stack: Stac
 
         # 4. time passes beyond the credit end: the sweep locks the kit, the kit applies it
         stack.clock.advance(7 * DAY + 60)
-        locked = wait_for(
-            lambda: (s := stack.kit(kit_id))["locked"] is True
-            and any(c["action"] == "lock" and c["status"] == "applied"
-                    for c in s["latest_commands"])
-            and s, what="lock applied")
+        def lock_applied() -> bool:
+            s = stack.kit(kit_id)
+            return s["locked"] is True and any(
+                c["action"] == "lock" and c["status"] == "applied" for c in s["latest_commands"])
+
+        wait_for(lock_applied, what="lock applied")
+        locked = stack.kit(kit_id)
         assert command(stack, unlock["id"])["status"] == "applied"  # applied is final
         assert locked["paid_total_fcfa"] == 5700
     finally:

@@ -1,0 +1,38 @@
+"""The MQTT -> InfluxDB bridge: ``Bridge`` and the ``main`` entry point of ``cizo bridge``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from broker_bridge.bridge import Bridge, BridgeStats, RejectCounters
+from cizo.clock import SystemClock
+from cizo.settings import Settings
+
+__all__ = ["Bridge", "BridgeStats", "RejectCounters", "main"]
+
+log = logging.getLogger(__name__)
+
+
+def main(settings: Settings, *, client_id: str = "cizo-bridge",
+         shared_group: str | None = None) -> None:
+    """Run one bridge until SIGINT or SIGTERM, then flush, acknowledge and disconnect.
+
+    Must be called from the main thread (signal handlers can only be installed there).
+    Each process needs its own ``client_id``: the broker keeps one session per id.
+    """
+    stop = threading.Event()
+
+    def _handle(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s: stopping the bridge", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        Bridge(settings, SystemClock(), client_id=client_id,
+               shared_group=shared_group).run_forever(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

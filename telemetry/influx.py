@@ -1,0 +1,232 @@
+"""A small InfluxDB client for the v1 wire API (``/write``, ``/query``, ``/ping``).
+
+That API is the one InfluxDB 1.x serves natively, 2.x through DBRP mappings and 3.x
+Core directly, so one client covers every version we may be deployed on. Auth is a
+``Token`` header (2.x/3.x) when a token is set, else ``u``/``p`` parameters (1.x).
+
+Errors are sorted for the caller (telemetry.errors): 5xx, 429 and connection failures
+are retryable (:class:`InfluxUnavailable`); other 4xx carry the server's own message.
+"""
+
+from __future__ import annotations
+
+import gzip as _gzip
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from cizo.settings import Settings
+from telemetry.errors import (
+    InfluxQueryError,
+    InfluxUnavailable,
+    InfluxWriteRejected,
+)
+from telemetry.schema import PRECISION, TAG_KIT_ID, TELEMETRY_MEASUREMENT
+
+log = logging.getLogger(__name__)
+
+
+def quote_string(value: str) -> str:
+    """An InfluxQL string literal: the value can never end the literal early."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+    return f"'{escaped}'"
+
+
+def quote_ident(name: str) -> str:
+    """An InfluxQL double-quoted identifier (database, measurement, tag names)."""
+    escaped = name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The server's ``{"error": ...}`` message, or the raw body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500]
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    if isinstance(body, dict) and isinstance(body.get("message"), str):  # 2.x style
+        return str(body["message"])
+    return response.text.strip()[:500]
+
+
+def _is_retryable(status_code: int) -> bool:
+    return status_code >= 500 or status_code == 429
+
+
+class InfluxClient:
+    """Writes line protocol and runs InfluxQL against one database (and optional RP)."""
+
+    def __init__(
+        self,
+        url: str,
+        db: str,
+        *,
+        rp: str | None = None,
+        token: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        timeout_s: float = 10.0,
+        gzip: bool = False,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.db = db
+        self.rp = rp
+        self.gzip = gzip
+        headers: dict[str, str] = {}
+        self._auth_params: dict[str, str] = {}
+        if token:
+            headers["Authorization"] = f"Token {token}"
+        elif username:
+            self._auth_params = {"u": username, "p": password or ""}
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 3.0)),
+            transport=transport,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> InfluxClient:
+        """The client the ``influx_*`` settings describe; keyword overrides win."""
+        kwargs: dict[str, Any] = {
+            "rp": settings.influx_rp,
+            "token": settings.influx_token.get_secret_value() if settings.influx_token else None,
+            "username": settings.influx_username,
+            "password": (
+                settings.influx_password.get_secret_value() if settings.influx_password else None
+            ),
+        }
+        kwargs.update(overrides)
+        return cls(settings.influx_url, settings.influx_db, **kwargs)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> InfluxClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- requests ---------------------------------------------------------------------
+
+    def _post(
+        self, path: str, *, params: dict[str, str], content: bytes | None = None,
+        data: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        try:
+            return self._http.post(
+                path, params={**params, **self._auth_params}, content=content, data=data,
+                headers=headers,
+            )
+        except httpx.TransportError as exc:  # connect refused, reset, timeout, ...
+            raise InfluxUnavailable(f"{path}: {type(exc).__name__}: {exc}") from exc
+
+    def ping(self) -> bool:
+        """True when the server answers ``/ping``; never raises."""
+        try:
+            response = self._http.get("/ping", timeout=2.0)
+        except httpx.TransportError as exc:
+            log.debug("influx ping failed: %s", exc)
+            return False
+        return response.status_code == 204
+
+    def write(self, body: bytes) -> None:
+        """POST one line-protocol batch (``precision=s``); raises on anything but 204."""
+        params = {"db": self.db, "precision": PRECISION}
+        if self.rp:
+            params["rp"] = self.rp
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if self.gzip:
+            body = _gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        response = self._post("/write", params=params, content=body, headers=headers)
+        if response.status_code == 204 or response.status_code == 200:
+            return
+        error = _error_text(response)
+        if _is_retryable(response.status_code):
+            raise InfluxUnavailable(f"/write: HTTP {response.status_code}: {error}",
+                                    response.status_code)
+        raise InfluxWriteRejected(response.status_code, error)
+
+    def query(
+        self,
+        q: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        epoch: str | None = "s",
+        db: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run InfluxQL; every row of every series as a dict, with the series' tags merged.
+
+        ``params`` are InfluxQL bind parameters (``$name``) where the server supports
+        them; ``epoch="s"`` returns ``time`` as unix seconds, like the writes.
+        """
+        url_params: dict[str, str] = {"db": self.db if db is None else db}
+        if not url_params["db"]:
+            del url_params["db"]
+        if epoch:
+            url_params["epoch"] = epoch
+        form = {"q": q}
+        if params:
+            form["params"] = json.dumps(dict(params))
+        response = self._post("/query", params=url_params, data=form)
+        if _is_retryable(response.status_code):
+            raise InfluxUnavailable(
+                f"/query: HTTP {response.status_code}: {_error_text(response)}",
+                response.status_code,
+            )
+        if response.status_code != 200:
+            raise InfluxQueryError(response.status_code, _error_text(response))
+        try:
+            payload = response.json()
+        except ValueError as exc:
+            raise InfluxQueryError(response.status_code, "response is not JSON") from exc
+        return _rows(payload, response.status_code)
+
+    def create_database(self) -> None:
+        """``CREATE DATABASE`` (idempotent on 1.x; 2.x/3.x refuse it: buckets exist there)."""
+        self.query(f"CREATE DATABASE {quote_ident(self.db)}", db="", epoch=None)
+
+    def last_telemetry(self, kit_id: str) -> dict[str, Any] | None:
+        """The newest ``kit_telemetry`` point of one kit, or None.
+
+        The kit id is an InfluxQL string literal built by :func:`quote_string`, which
+        works on every server version (bind parameters are not served by all of them),
+        and cannot be escaped out of: a kit id is only ever compared, never parsed as query
+        text.
+        """
+        q = (
+            f"SELECT * FROM {quote_ident(TELEMETRY_MEASUREMENT)} "
+            f"WHERE {quote_ident(TAG_KIT_ID)} = {quote_string(kit_id)} "
+            "ORDER BY time DESC LIMIT 1"
+        )
+        rows = self.query(q)
+        return rows[0] if rows else None
+
+
+def _rows(payload: Any, status_code: int) -> list[dict[str, Any]]:
+    if not isinstance(payload, dict):
+        raise InfluxQueryError(status_code, "unexpected response shape")
+    if isinstance(payload.get("error"), str):
+        raise InfluxQueryError(status_code, payload["error"])
+    rows: list[dict[str, Any]] = []
+    for result in payload.get("results") or []:
+        if "error" in result:
+            raise InfluxQueryError(status_code, str(result["error"]))
+        for series in result.get("series") or []:
+            tags = series.get("tags") or {}
+            columns = series.get("columns") or []
+            for values in series.get("values") or []:
+                row = dict(zip(columns, values, strict=False))
+                row.update(tags)
+                rows.append(row)
+    return rows

@@ -1,0 +1,101 @@
+"""How kit readings are stored in InfluxDB: measurements, tags, fields, line protocol.
+
+Pure code, no I/O. ``kit_id`` is the only tag: every other value changes from reading
+to reading, so as a tag it would multiply the series count (docs/telemetry.md). Times
+are whole seconds (writes use ``precision=s``).
+
+Tag values are escaped for ``,``, ``=`` and space. A backslash or a control character
+in a tag value cannot be written so that every InfluxDB version reads it back the same
+(1.x has no escape for a backslash before a special character or at the end), so such
+values raise :class:`LineProtocolError` instead of producing a corrupt or shifted line.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+
+from cizo.protocol import Status, Telemetry
+
+TELEMETRY_MEASUREMENT = "kit_telemetry"
+STATUS_MEASUREMENT = "kit_status"
+TAG_KIT_ID = "kit_id"
+PRECISION = "s"
+
+FLOAT_FIELDS = ("battery_v", "soc", "pv_w", "load_w", "pv_wh_total", "load_wh_total", "temp_c")
+INTEGER_FIELDS = ("seq", "boot", "credit_until")  # credit_until omitted when null
+BOOLEAN_FIELDS = ("locked",)
+
+_TAG_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
+_FIELD_STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+_UNWRITABLE = re.compile(r"[\x00-\x1f\x7f\\]")
+_UNWRITABLE_STRING = re.compile(r"[\x00-\x1f\x7f]")
+
+# One format for the whole line: a single %-operation per reading keeps encoding fast.
+_TELEMETRY_LINE = (
+    TELEMETRY_MEASUREMENT + ",kit_id=%s "
+    "battery_v=%r,soc=%r,pv_w=%r,load_w=%r,pv_wh_total=%r,load_wh_total=%r,temp_c=%r,"
+    "seq=%di,boot=%di,locked=%s%s %d"
+)
+
+
+class LineProtocolError(ValueError):
+    """A value that cannot be written as line protocol without corrupting the line."""
+
+    reason = "unencodable"
+
+
+def escape_tag_value(value: str) -> str:
+    """Escape a tag value; refuse values no InfluxDB version would read back intact."""
+    if not value:
+        raise LineProtocolError("empty tag value")
+    if _UNWRITABLE.search(value):
+        raise LineProtocolError(f"tag value {value!r} contains a backslash or control character")
+    return value.translate(_TAG_ESCAPES)
+
+
+def quote_string_field(value: str) -> str:
+    """A double-quoted string field value."""
+    if _UNWRITABLE_STRING.search(value):
+        raise LineProtocolError(f"string field {value!r} contains a control character")
+    return '"' + value.translate(_FIELD_STRING_ESCAPES) + '"'
+
+
+def _check_finite(t: Telemetry) -> None:
+    for value in (t.battery_v, t.soc, t.pv_w, t.load_w, t.pv_wh_total, t.load_wh_total,
+                  t.temp_c):
+        if not math.isfinite(value):
+            raise LineProtocolError(f"kit {t.kit_id!r}: non-finite field value {value!r}")
+
+
+def encode_line(t: Telemetry) -> str:
+    """One ``kit_telemetry`` line (no trailing newline) for a validated reading."""
+    _check_finite(t)
+    credit = "" if t.credit_until is None else f",credit_until={t.credit_until}i"
+    return _TELEMETRY_LINE % (
+        escape_tag_value(t.kit_id),
+        float(t.battery_v), float(t.soc), float(t.pv_w), float(t.load_w),
+        float(t.pv_wh_total), float(t.load_wh_total), float(t.temp_c),
+        t.seq, t.boot, "true" if t.locked else "false", credit, t.ts,
+    )
+
+
+def encode_lines(readings: Iterable[Telemetry]) -> bytes:
+    """A whole batch as one ``/write`` body (``precision=s``), lines joined by newlines."""
+    return "\n".join([encode_line(t) for t in readings]).encode()
+
+
+def encode_status_line(kit_id: str, status: Status, ts: int) -> str:
+    """One ``kit_status`` line; ``fw`` is omitted when the kit did not report it.
+
+    Status payloads carry no time of their own, so the caller stamps them (receipt time).
+    """
+    fw = "" if status.fw is None else ",fw=" + quote_string_field(status.fw)
+    online = "true" if status.online else "false"
+    return f"{STATUS_MEASUREMENT},kit_id={escape_tag_value(kit_id)} online={online}{fw} {ts}"
+
+
+def encode_status_lines(statuses: Iterable[tuple[str, Status, int]]) -> bytes:
+    """``(kit_id, status, ts)`` triples as one ``/write`` body."""
+    return "\n".join([encode_status_line(k, s, ts) for k, s, ts in statuses]).encode()

@@ -1,0 +1,352 @@
+"""The bridge end to end: real Mosquitto and influxd, paho publishers, InfluxQL checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from broker_bridge import Bridge
+from cizo import protocol, services
+from cizo.clock import SystemClock
+from cizo.settings import Settings
+from telemetry import InfluxClient, InfluxQueryError, quote_string
+
+pytestmark = pytest.mark.integration
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def reading(kit_id: str, seq: int, ts: int | None = None, **over: Any) -> dict[str, Any]:
+    msg: dict[str, Any] = {
+        "v": 1, "kit_id": kit_id, "ts": ts if ts is not None else int(time.time()) - 3600 + seq,
+        "seq": seq, "boot": 3, "battery_v": 12.75, "soc": 64.5, "pv_w": 41.0, "load_w": 6.5,
+        "pv_wh_total": 1200.25, "load_wh_total": 800.0, "locked": False, "credit_until": None,
+        "temp_c": 31.5,
+    }
+    msg.update(over)
+    return msg
+
+
+def wait_until(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or check}")
+        time.sleep(0.05)
+
+
+class Publisher:
+    """A kit-side paho client publishing at QoS1 and waiting for each PUBACK."""
+
+    def __init__(self, port: int) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"),
+                                  protocol=mqtt.MQTTv5)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def send(self, topic: str, payload: bytes | dict[str, Any]) -> None:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        info = self.client.publish(topic, body, qos=1)
+        info.wait_for_publish(5)
+        assert info.is_published()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def publisher(mosquitto: services.ManagedProcess) -> Iterator[Publisher]:
+    pub = Publisher(mosquitto.port)
+    yield pub
+    pub.close()
+
+
+def make_settings(mqtt_port: int, influx_port: int, db: str) -> Settings:
+    return Settings(mqtt_port=mqtt_port, influx_url=f"http://127.0.0.1:{influx_port}",
+                    influx_db=db, influx_flush_interval_s=0.1)
+
+
+@pytest.fixture
+def settings(mosquitto: services.ManagedProcess, influxd: services.InfluxProcess,
+             influx_db: str) -> Settings:
+    return make_settings(mosquitto.port, influxd.port, influx_db)
+
+
+def start_bridge(settings: Settings, **kwargs: Any) -> Bridge:
+    kwargs.setdefault("client_id", unique("bridge"))
+    kwargs.setdefault("session_expiry_s", 30)  # tests leave no long-lived sessions behind
+    kwargs.setdefault("retry_max_s", 0.5)
+    bridge = Bridge(settings, SystemClock(), **kwargs)
+    bridge.start()
+    assert bridge.wait_subscribed(10), "bridge did not subscribe"
+    return bridge
+
+
+@pytest.fixture
+def bridge(settings: Settings) -> Iterator[Bridge]:
+    b = start_bridge(settings)
+    yield b
+    b.stop()
+
+
+def count_points(influx: InfluxClient, kit_id: str) -> int:
+    q = f"SELECT count(seq) FROM kit_telemetry WHERE kit_id = {quote_string(kit_id)}"
+    rows = influx.query(q)
+    return int(rows[0]["count"]) if rows else 0
+
+
+def seqs(influx: InfluxClient, kit_id: str) -> list[int]:
+    rows = influx.query(f"SELECT seq FROM kit_telemetry WHERE kit_id = {quote_string(kit_id)}")
+    return sorted(int(r["seq"]) for r in rows)
+
+
+# --- (a) one reading, exact values --------------------------------------------------------
+
+
+def test_published_telemetry_is_queryable_with_exact_values(
+    bridge: Bridge, publisher: Publisher, settings: Settings
+) -> None:
+    kit = unique("TG a")  # a space: the tag value must be escaped on the way in
+    ts = int(time.time()) - 5
+    publisher.send(protocol.telemetry_topic(kit),
+                   reading(kit, 42, ts=ts, locked=True, credit_until=ts + 86400, load_w=7))
+    publisher.send(protocol.status_topic(kit), {"v": 1, "online": True, "fw": "1.4.2"})
+    with InfluxClient.from_settings(settings) as influx:
+        row = wait_until(lambda: influx.last_telemetry(kit), what="telemetry point")
+        assert row == {
+            "time": ts, "kit_id": kit, "battery_v": 12.75, "soc": 64.5, "pv_w": 41.0,
+            "load_w": 7.0, "pv_wh_total": 1200.25, "load_wh_total": 800.0, "temp_c": 31.5,
+            "seq": 42, "boot": 3, "locked": True, "credit_until": ts + 86400,
+        }
+        status = wait_until(lambda: influx.query(
+            f"SELECT online, fw FROM kit_status WHERE kit_id = {quote_string(kit)}"), what="status")
+        assert status[0]["online"] is True and status[0]["fw"] == "1.4.2"
+    stats = bridge.stats()
+    assert stats.written >= 2 and stats.last_write_latency_s is not None
+
+
+def test_run_forever_stops_on_event_and_flushes(settings: Settings, publisher: Publisher) -> None:
+    kit = unique("KIT")
+    stop = threading.Event()
+    bridge = Bridge(settings, SystemClock(), client_id=unique("bridge"), session_expiry_s=30)
+    runner = threading.Thread(target=bridge.run_forever, args=(stop,))
+    runner.start()
+    try:
+        assert bridge.wait_subscribed(10)
+        publisher.send(protocol.telemetry_topic(kit), reading(kit, 1))
+        wait_until(lambda: bridge.stats().messages_in >= 1, what="message received")
+    finally:
+        stop.set()
+        runner.join(15)
+    assert not runner.is_alive()
+    with InfluxClient.from_settings(settings) as influx:
+        assert seqs(influx, kit) == [1]  # written by stop() at the latest
+
+
+# --- (b) invalid messages are counted, acked, and do not disturb valid ones ----------------
+
+
+def test_invalid_messages_are_rejected_by_reason_and_valid_ones_all_land(
+    settings: Settings, publisher: Publisher
+) -> None:
+    kit, other = unique("KIT"), unique("OTHER")
+    topic = protocol.telemetry_topic(kit)
+    client_id = unique("bridge")
+    bridge = start_bridge(settings, client_id=client_id)
+    invalid: list[bytes | dict[str, Any]] = [
+        b"this is not json",
+        reading(kit, 100, soc=150),
+        json.dumps(reading(kit, 101)).replace('"soc": 64.5', '"soc": NaN').encode(),
+        reading(other, 102),
+        reading(kit, 103, ts=int(time.time()) + 86400),
+    ]
+    try:
+        for i, bad in enumerate(invalid):
+            publisher.send(topic, reading(kit, i))
+            publisher.send(topic, bad)
+        publisher.send(topic, reading(kit, len(invalid)))
+        expected = len(invalid) + 1
+        with InfluxClient.from_settings(settings) as influx:
+            wait_until(lambda: count_points(influx, kit) == expected, what="valid points")
+            assert seqs(influx, kit) == list(range(expected))
+            assert count_points(influx, other) == 0
+        wait_until(lambda: sum(bridge.counters.for_kit(kit).values()) == len(invalid))
+        assert bridge.counters.for_kit(kit) == {
+            "not_json": 1, "invalid_field": 1, "non_finite": 1, "kit_id_mismatch": 1,
+            "ts_in_future": 1,
+        }
+        wait_until(lambda: bridge.stats().acked >= expected + len(invalid), what="acks")
+    finally:
+        bridge.stop()
+
+    # Everything above was acknowledged (valid after its write, invalid at once): the
+    # same persistent session gets only what was published while the bridge was away.
+    publisher.send(topic, reading(kit, 50))
+    again = start_bridge(settings, client_id=client_id)
+    try:
+        with InfluxClient.from_settings(settings) as influx:
+            wait_until(lambda: count_points(influx, kit) == expected + 1, what="queued point")
+        time.sleep(0.3)  # room for any (wrong) redelivery to show up
+        stats = again.stats()
+        assert stats.messages_in == 1 and stats.written == 1 and stats.rejected_total == 0
+    finally:
+        again.stop()
+
+
+def test_line_influx_refuses_is_rejected_alone_and_the_rest_lands(
+    settings: Settings, publisher: Publisher
+) -> None:
+    kit = unique("KIT")
+    old_ts = int(time.time()) - 60 * 86400  # another shard, where seq is already a float
+    with InfluxClient.from_settings(settings) as influx:
+        influx.write(f"kit_telemetry,kit_id=seed seq=0.5 {old_ts - 10}".encode())
+        # long flush interval: all three go out in one batch, which influx refuses (400)
+        bridge = start_bridge(settings.model_copy(update={"influx_flush_interval_s": 1.0}))
+        try:
+            topic = protocol.telemetry_topic(kit)
+            publisher.send(topic, reading(kit, 1))
+            publisher.send(topic, reading(kit, 2, ts=old_ts))
+            publisher.send(topic, reading(kit, 3))
+            wait_until(lambda: count_points(influx, kit) == 2, what="the two good points")
+            wait_until(lambda: bridge.counters.for_kit(kit) == {"influx_rejected": 1})
+            assert seqs(influx, kit) == [1, 3]
+        finally:
+            bridge.stop()
+
+
+def test_dropped_database_is_recreated_and_nothing_is_lost(
+    settings: Settings, publisher: Publisher
+) -> None:
+    kit = unique("KIT")
+    bridge = start_bridge(settings)
+    try:
+        with InfluxClient.from_settings(settings) as influx:
+            publisher.send(protocol.telemetry_topic(kit), reading(kit, 1))
+            wait_until(lambda: count_points(influx, kit) == 1)
+            influx.query(f'DROP DATABASE "{settings.influx_db}"', db="")
+            publisher.send(protocol.telemetry_topic(kit), reading(kit, 2))
+
+            def recreated_with_point() -> bool:
+                try:
+                    return seqs(influx, kit) == [2]
+                except InfluxQueryError:  # "database not found" until the bridge recreates it
+                    return False
+
+            wait_until(recreated_with_point, what="point in the recreated db")
+    finally:
+        bridge.stop()
+
+
+# --- (d) InfluxDB down and back: every message lands exactly once ---------------------------
+
+
+def test_influxd_restart_while_publishing_loses_and_duplicates_nothing(
+    tmp_path: Path, mosquitto: services.ManagedProcess, publisher: Publisher
+) -> None:
+    influxd = services.influxd(tmp_path / "influxd", services.free_port())
+    influxd.start()
+    try:
+        settings = make_settings(mosquitto.port, influxd.port, "cizo_restart")
+        kit = unique("KIT")
+        topic = protocol.telemetry_topic(kit)
+        bridge = start_bridge(settings)
+        total = 60
+        try:
+            with InfluxClient.from_settings(settings) as influx:
+                for seq in range(20):
+                    publisher.send(topic, reading(kit, seq))
+                # Wait for the bridge's own success, not just visibility: a loaded influxd
+                # 1.6 can store a batch and still answer 500, which the bridge retries.
+                wait_until(lambda: bridge.stats().written == 20, what="first 20 written")
+                assert count_points(influx, kit) == 20
+                influxd.stop()
+                for seq in range(20, 45):
+                    publisher.send(topic, reading(kit, seq))
+                    time.sleep(0.01)
+                wait_until(lambda: bridge.stats().write_retries > 0, what="a failed write")
+                assert bridge.stats().written == 20  # nothing written, so nothing acked
+                influxd.start()
+                for seq in range(45, total):
+                    publisher.send(topic, reading(kit, seq))
+                wait_until(lambda: count_points(influx, kit) == total, timeout_s=15,
+                           what="all points after restart")
+                assert seqs(influx, kit) == list(range(total))
+            wait_until(lambda: bridge.stats().acked == total, what="all acks")
+            stats = bridge.stats()
+            assert stats.written == total and stats.messages_in == total
+            assert stats.rejected_total == 0
+        finally:
+            bridge.stop()
+    finally:
+        influxd.stop()
+
+
+# --- broker restart while InfluxDB is down: session redelivery, no duplicates ---------------
+
+
+def persistent_mosquitto(workdir: Path) -> services.ManagedProcess:
+    """``services.mosquitto`` plus ``user <us>``: run as root, Mosquitto otherwise drops to
+    user ``mosquitto``, cannot write its root-owned data dir, and persists nothing."""
+    proc = services.mosquitto(workdir, services.free_port())
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(conf.read_text() + f"user {pwd.getpwuid(os.getuid()).pw_name}\n")
+    return proc
+
+
+def test_broker_restart_redelivers_unwritten_messages_once(tmp_path: Path) -> None:
+    broker = persistent_mosquitto(tmp_path / "mosquitto")
+    own_influx = services.influxd(tmp_path / "influxd", services.free_port())
+    broker.start()
+    own_influx.start()
+    publisher: Publisher | None = None
+    try:
+        settings = make_settings(broker.port, own_influx.port, "cizo_broker_restart")
+        kit = unique("KIT")
+        topic = protocol.telemetry_topic(kit)
+        bridge = start_bridge(settings, reconnect_max_s=2)
+        publisher = Publisher(broker.port)
+        try:
+            own_influx.stop()
+            for seq in range(10):
+                publisher.send(topic, reading(kit, seq))
+            wait_until(lambda: bridge.stats().messages_in == 10 and
+                       bridge.stats().write_retries > 0, what="10 received, write failing")
+            broker.restart()  # the bridge's session and its 10 unacked messages persist
+            assert bridge.wait_subscribed(15), "bridge did not resubscribe after restart"
+            own_influx.start()
+            publisher.close()
+            publisher = Publisher(broker.port)
+            for seq in range(10, 15):
+                publisher.send(topic, reading(kit, seq))
+            with InfluxClient.from_settings(settings) as influx:
+                wait_until(lambda: count_points(influx, kit) == 15, timeout_s=15,
+                           what="all 15 points")
+                assert seqs(influx, kit) == list(range(15))
+            wait_until(lambda: bridge.stats().acked == 15, what="acks on the new connection")
+            stats = bridge.stats()
+            # the 10 were received twice (before and after the restart) and written once
+            assert stats.messages_in == 25 and stats.written == 15
+        finally:
+            bridge.stop()
+    finally:
+        if publisher is not None:
+            publisher.close()
+        own_influx.stop()
+        broker.stop()
