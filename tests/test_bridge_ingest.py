@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import pwd
 import threading
 import time
 import uuid
@@ -301,17 +299,8 @@ def test_influxd_restart_while_publishing_loses_and_duplicates_nothing(
 # --- broker restart while InfluxDB is down: session redelivery, no duplicates ---------------
 
 
-def persistent_mosquitto(workdir: Path) -> services.ManagedProcess:
-    """``services.mosquitto`` plus ``user <us>``: run as root, Mosquitto otherwise drops to
-    user ``mosquitto``, cannot write its root-owned data dir, and persists nothing."""
-    proc = services.mosquitto(workdir, services.free_port())
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(conf.read_text() + f"user {pwd.getpwuid(os.getuid()).pw_name}\n")
-    return proc
-
-
 def test_broker_restart_redelivers_unwritten_messages_once(tmp_path: Path) -> None:
-    broker = persistent_mosquitto(tmp_path / "mosquitto")
+    broker = services.mosquitto(tmp_path / "mosquitto", services.free_port())
     own_influx = services.influxd(tmp_path / "influxd", services.free_port())
     broker.start()
     own_influx.start()

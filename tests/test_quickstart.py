@@ -1,0 +1,100 @@
+"""The README's first command, run from a fresh clone: it installs, starts the whole stack,
+answers on its ports, and Ctrl-C stops every process it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cizo import services
+from tests.support import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ports() -> dict[str, int]:
+    return {name: services.free_port() for name in ("mqtt", "api", "influx", "paygate")}
+
+
+def _mqtt_answers(port: int) -> bool:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="quickstart-probe")
+    try:
+        return client.connect("127.0.0.1", port) == 0
+    finally:
+        client.disconnect()
+
+
+def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) -> None:
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    ports = _ports()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIZO_")}
+    env["CIZO_ADMIN_API_KEY"] = "quickstart-admin-key-0123456789"
+    log = (tmp_path / "up.log").open("wb")
+    proc = subprocess.Popen(
+        ["scripts/up", "--kits", "3", "--pay-every", "1",
+         *[arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))]],
+        cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{ports['api']}"
+    headers = {"Authorization": "Bearer quickstart-admin-key-0123456789"}
+    try:
+        wait_for(lambda: b"CIZO stack is up" in (tmp_path / "up.log").read_bytes()
+                 or proc.poll() is not None, timeout_s=420, what="the stack to come up")
+        out = (tmp_path / "up.log").read_text()
+        assert proc.poll() is None, out
+        assert f"{api}/dashboard" in out and f"mqtt://127.0.0.1:{ports['mqtt']}" in out
+        assert httpx.get(f"{api}/readyz").status_code == 200
+        assert httpx.get(f"{api}/dashboard").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{ports['influx']}/ping").status_code == 204
+        assert _mqtt_answers(ports["mqtt"])
+        kit = httpx.get(f"{api}/v1/kits/SIM00001", headers=headers)
+        assert kit.status_code == 200, kit.text
+        # the simulated kit is online and its telemetry lands in InfluxDB
+        wait_for(lambda: httpx.get(f"{api}/v1/kits/SIM00001", headers=headers)
+                 .json().get("online"), timeout_s=30, what="SIM00001 online")
+        query = {"db": "cizo", "q": "SELECT count(soc) FROM kit_telemetry"}
+        wait_for(lambda: "series" in httpx.get(
+            f"http://127.0.0.1:{ports['influx']}/query", params=query).json()["results"][0],
+            timeout_s=30, what="telemetry in InfluxDB")
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does in a terminal
+        try:
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    out = (tmp_path / "up.log").read_text()
+    assert code == 0, out
+    assert "stopped every process" in out
+    time.sleep(0.5)
+    for name, port in ports.items():
+        assert services.port_is_free(port), f"{name} port {port} still held after Ctrl-C"
+    leftover = subprocess.run(["pgrep", "-f", str(clone)], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", f"processes left behind: {leftover.stdout}"
+
+
+def test_up_refuses_a_taken_port_naming_it(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = _ports()
+        ports["mqtt"] = port
+        result = subprocess.run(
+            [sys.executable, "-m", "cizo.cli", "up", "--data-dir", str(tmp_path / "stack"),
+             *[a for n, p in ports.items() for a in (f"--{n}-port", str(p))]],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"mqtt port {port}" in result.stderr and "already in use" in result.stderr
