@@ -12,10 +12,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -74,7 +77,29 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="apply ledger migrations")
     sub.add_parser("keygen", help="print a new CIZO_SECRET_KEY")
+    for module in _plugin_modules():
+        module.register(sub)
     return p
+
+
+# Packages add their own subcommands (``cizo support ...``, ``cizo deadletter ...``) in a
+# module ``<package>/commands_cli.py`` with ``register(subparsers)``; each registered
+# parser sets ``func=handler`` where ``handler(args: Namespace) -> int``.
+PLUGIN_PACKAGES = ("broker_bridge", "telemetry", "control", "firmware_sim", "payment_sim")
+
+
+def _plugin_modules() -> list[Any]:
+    found = []
+    for package in PLUGIN_PACKAGES:
+        name = f"{package}.commands_cli"
+        if importlib.util.find_spec(name) is not None:
+            found.append(importlib.import_module(name))
+    return found
+
+
+def load_settings() -> Settings:
+    """Settings for a CLI command, or a clear exit: used by plug-in subcommands too."""
+    return _settings()
 
 
 def _settings() -> Settings:
@@ -87,6 +112,10 @@ def _settings() -> Settings:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
+    handler = getattr(args, "func", None)
+    if handler is not None:
+        result: int = handler(args)
+        return result
     if args.command == "keygen":
         from control.security import generate_secret_key
 
