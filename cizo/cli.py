@@ -82,16 +82,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# Packages add their own subcommands (``cizo support ...``, ``cizo deadletter ...``) in a
-# module ``<package>/commands_cli.py`` with ``register(subparsers)``; each registered
-# parser sets ``func=handler`` where ``handler(args: Namespace) -> int``.
-PLUGIN_PACKAGES = ("broker_bridge", "telemetry", "control", "firmware_sim", "payment_sim")
+# Packages add their own subcommands (``cizo support ...``, ``cizo deadletter ...``) in one
+# of these modules, each with ``register(subparsers)``; every parser it adds sets
+# ``func=handler`` where ``handler(args: Namespace) -> int``. Missing modules are skipped.
+PLUGIN_MODULES = (
+    "broker_bridge.commands_cli",  # cizo deadletter ...
+    "telemetry.commands_cli",  # cizo rollup / analytics / export ...
+    "control.support_cli",  # cizo support ...
+    "control.finance_cli",  # cizo reconcile / settlement ...
+    "control.admin_cli",  # cizo keys / broker credentials / erase ...
+    "firmware_sim.commands_cli",  # scenario tools
+    "payment_sim.commands_cli",  # momo-sim ...
+)
 
 
 def _plugin_modules() -> list[Any]:
     found = []
-    for package in PLUGIN_PACKAGES:
-        name = f"{package}.commands_cli"
+    for name in PLUGIN_MODULES:
         if importlib.util.find_spec(name) is not None:
             found.append(importlib.import_module(name))
     return found
