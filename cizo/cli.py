@@ -67,8 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("control", help="run the control service (API, command link, sweep)")
 
     sim = sub.add_parser("sim", help="run a simulated fleet")
-    sim.add_argument("--fleet", type=Path, required=True,
+    sim.add_argument("--fleet", type=Path,
                      help="JSON file of kit credentials (written by provisioning)")
+    sim.add_argument("--scenario", type=Path,
+                     help="TOML/YAML scenario (docs/simulation.md): asyncio fleet driver")
+    sim.add_argument("--seed", type=int, default=1, help="scenario seed (default 1)")
+    sim.add_argument("--api-key", default=os.environ.get("CIZO_SIM_API_KEY"),
+                     help="finance/admin API key: customers pay through the control API "
+                          "(env CIZO_SIM_API_KEY)")
 
     pg = sub.add_parser("paygate-sim", help="run the PayGate Global simulator")
     pg.add_argument("--port", type=int, default=_env_int("CIZO_PAYGATE_PORT", 18090))
@@ -168,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         control_main(settings)
         return 0
     if args.command == "sim":
+        if args.scenario is not None:
+            from firmware_sim.driver import run_scenario
+
+            run_scenario(settings, args.scenario, seed=args.seed, fleet_file=args.fleet,
+                         api_key=args.api_key)
+            return 0
+        if args.fleet is None:
+            raise SystemExit("cizo sim: give --fleet FILE and/or --scenario FILE")
         from firmware_sim.fleet import main as sim_main
 
         sim_main(settings, args.fleet)

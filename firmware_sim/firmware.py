@@ -23,6 +23,7 @@ command still applies: the server stays the authority (e.g. after a reversed pay
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 from typing import Any
@@ -68,6 +69,11 @@ class KitFirmware:
         self.physics = PhysicsState(soc=soc)
         self._secret_hex = secret_hex
         self._physics_t: float | None = None
+        # misbehaviour on demand (issue 6): set by the fleet driver's fault plan
+        self.tamper = False  # the output is bypassed: load flows while locked
+        self.stuck_sensor = False  # readings freeze at their last value
+        self._stuck_reading: dict[str, Any] | None = None
+        self.received: collections.deque[bytes] = collections.deque(maxlen=8)
 
     # --- commands ------------------------------------------------------------------
 
@@ -75,6 +81,7 @@ class KitFirmware:
         """Check and maybe apply one command; returns the v1 ack to publish."""
         now = self.clock.now()
         self._advance(now)
+        self.received.append(payload)
         try:
             cmd = protocol.parse_command(payload)
         except protocol.ContractError as exc:
@@ -153,7 +160,7 @@ class KitFirmware:
         self._physics_t = now
         if start is None or now <= start:
             self.tick()
-            self.physics.step(self.profile, now, 0.0, load_enabled=not self.locked)
+            self.physics.step(self.profile, now, 0.0, load_enabled=self.output_on)
             return
         span = now - start
         steps = min(_MAX_SUBSTEPS, max(1, int(span // _MIN_SUBSTEP_S)))
@@ -162,7 +169,12 @@ class KitFirmware:
             t = start + i * dt
             if self._update_lock(t):
                 log.info("kit %s credit ran out at %s: locked", self.kit_id, self.credit_until)
-            self.physics.step(self.profile, t, dt, load_enabled=not self.locked)
+            self.physics.step(self.profile, t, dt, load_enabled=self.output_on)
+
+    @property
+    def output_on(self) -> bool:
+        """Power reaches the loads: unlocked, or locked but tampered with (bypassed)."""
+        return not self.locked or self.tamper
 
     def telemetry(self) -> dict[str, Any]:
         """The next v1 telemetry payload (advances the physics to now)."""
@@ -170,21 +182,34 @@ class KitFirmware:
         self._advance(now)
         self.seq += 1
         ph = self.physics
+        sensors = {
+            "battery_v": round(ph.battery_v, 2),
+            "soc": round(ph.soc, 1),
+            "pv_w": round(ph.pv_w, 1),
+            "load_w": round(ph.load_w, 1),
+            "temp_c": round(ph.temp_c, 1),
+        }
+        if self.stuck_sensor:
+            if self._stuck_reading is None:
+                self._stuck_reading = sensors
+            sensors = self._stuck_reading
+        else:
+            self._stuck_reading = None
         return {
             "v": protocol.PROTOCOL_VERSION,
             "kit_id": self.kit_id,
             "ts": int(now),
             "seq": self.seq,
             "boot": self.boot,
-            "battery_v": round(ph.battery_v, 2),
-            "soc": round(ph.soc, 1),
-            "pv_w": round(ph.pv_w, 1),
-            "load_w": round(ph.load_w, 1),
+            "battery_v": sensors["battery_v"],
+            "soc": sensors["soc"],
+            "pv_w": sensors["pv_w"],
+            "load_w": sensors["load_w"],
             "pv_wh_total": round(ph.pv_wh_total, 2),
             "load_wh_total": round(ph.load_wh_total, 2),
             "locked": self.locked,
             "credit_until": self.credit_until,
-            "temp_c": round(ph.temp_c, 1),
+            "temp_c": sensors["temp_c"],
         }
 
     def reboot(self) -> None:

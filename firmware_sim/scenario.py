@@ -1,0 +1,262 @@
+"""Fleet scenarios: a TOML or YAML file in, a deterministic plan of kits and events out.
+
+Pure code (no I/O beyond reading the file): ``load_scenario`` validates the file into a
+``Scenario``; ``build_plan(scenario, seed)`` draws every kit (size, household, region,
+clock drift, payment behaviour, misbehaviour) and every event (payments, link drops,
+region outages) from ``random.Random(seed)``, so the same scenario and seed give the same
+fleet and the same events. The asyncio driver (``firmware_sim.driver``) then plays the
+plan against real servers. The file format is documented in docs/simulation.md.
+"""
+
+from __future__ import annotations
+
+import random
+import tomllib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from firmware_sim.physics import HOUSEHOLDS, KIT_SIZES, Household
+
+DAY = 86_400
+HOUR = 3_600
+
+PaymentBehaviour = Literal["daily", "weekly", "late", "stops", "early", "never"]
+BEHAVIOURS: tuple[PaymentBehaviour, ...] = ("daily", "weekly", "late", "stops", "early", "never")
+Misbehaviour = Literal["malformed", "wrong_kit_id", "replay", "tamper", "stuck_sensor",
+                       "never_ack"]
+MISBEHAVIOURS: tuple[Misbehaviour, ...] = ("malformed", "wrong_kit_id", "replay", "tamper",
+                                           "stuck_sensor", "never_ack")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PlanSpec(_Strict):
+    deposit_fcfa: int = Field(default=2_000, ge=0)
+    daily_rate_fcfa: int = Field(default=100, gt=0)
+    total_price_fcfa: int = Field(default=20_000, gt=0)
+
+
+class RegionOutage(_Strict):
+    region: str
+    start_day: float = Field(ge=0)  # days after the scenario start
+    hours: float = Field(gt=0)
+
+
+class NetworkSpec(_Strict):
+    drop_rate_per_day: float = Field(default=0.0, ge=0)  # link drops per kit per sim day
+    outage_s: tuple[float, float] = (300.0, 3_600.0)  # how long a dropped kit stays away
+    region_outages: list[RegionOutage] = Field(default_factory=list)
+    reconnect_base_s: float = Field(default=0.5, gt=0)  # real seconds, jittered backoff
+    reconnect_cap_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("outage_s")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("outage_s must be [min, max] with 0 < min <= max")
+        return v
+
+
+class Scenario(_Strict):
+    """What a scenario file holds (see docs/simulation.md for each key)."""
+
+    name: str = "scenario"
+    kits: int = Field(default=100, ge=1)
+    kit_id_prefix: str = Field(default="SIM-", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+    days: float = Field(default=1.0, gt=0)
+    speed: float = Field(default=1440.0, gt=0)  # sim seconds per real second
+    telemetry_interval_s: float = Field(default=900.0, gt=0)  # sim seconds
+    keepalive_s: int = Field(default=120, ge=10, le=65_535)
+    drift_ppm: float = Field(default=50.0, ge=0)  # kits drift uniformly within +-this
+    sizes: dict[str, float] = Field(default_factory=lambda: {"S": 0.5, "M": 0.35, "L": 0.15})
+    households: dict[str, float] = Field(
+        default_factory=lambda: {"basic": 0.4, "standard": 0.4, "large": 0.2})
+    regions: dict[str, float] = Field(default_factory=lambda: {"Maritime": 1.0})
+    payments: dict[str, float] = Field(
+        default_factory=lambda: {"daily": 0.3, "weekly": 0.3, "late": 0.15, "stops": 0.1,
+                                 "early": 0.05, "never": 0.1})
+    plan: PlanSpec = PlanSpec()
+    network: NetworkSpec = NetworkSpec()
+    misbehaviour: dict[str, float] = Field(default_factory=dict)  # share of kits per kind
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _utc(cls, v: Any) -> Any:
+        if isinstance(v, datetime) and v.tzinfo is None:
+            return v.replace(tzinfo=UTC)
+        return v
+
+    @model_validator(mode="after")
+    def _mixes(self) -> Scenario:
+        checks: list[tuple[str, dict[str, float], tuple[str, ...] | None]] = [
+            ("sizes", self.sizes, tuple(KIT_SIZES)),
+            ("households", self.households, HOUSEHOLDS),
+            ("regions", self.regions, None),
+            ("payments", self.payments, BEHAVIOURS),
+        ]
+        for name, mix, allowed in checks:
+            if not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+                raise ValueError(f"{name}: give positive weights")
+            if allowed is not None and set(mix) - set(allowed):
+                raise ValueError(f"{name}: unknown {sorted(set(mix) - set(allowed))}, "
+                                 f"expected some of {list(allowed)}")
+        unknown = set(self.misbehaviour) - set(MISBEHAVIOURS)
+        if unknown:
+            raise ValueError(f"misbehaviour: unknown {sorted(unknown)}, "
+                             f"expected some of {list(MISBEHAVIOURS)}")
+        if any(not 0 <= v <= 1 for v in self.misbehaviour.values()):
+            raise ValueError("misbehaviour shares are fractions of the fleet, 0..1")
+        for outage in self.network.region_outages:
+            if outage.region not in self.regions:
+                raise ValueError(f"region outage in unknown region {outage.region!r}")
+        return self
+
+    @property
+    def start_ts(self) -> float:
+        return self.start.timestamp()
+
+    @property
+    def end_ts(self) -> float:
+        return self.start_ts + self.days * DAY
+
+
+def load_scenario(path: Path, **overrides: Any) -> Scenario:
+    """Read a ``.toml`` or ``.yaml``/``.yml`` scenario; ``overrides`` replace top-level keys."""
+    text = Path(path).read_text(encoding="utf-8")
+    data: Any
+    if Path(path).suffix.lower() in (".yaml", ".yml"):
+        data = yaml.safe_load(text) or {}
+    else:
+        data = tomllib.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a scenario is a mapping of keys")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return Scenario.model_validate(data)
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    at: float  # sim time
+    amount_fcfa: int
+
+
+@dataclass(frozen=True, slots=True)
+class KitPlan:
+    kit_id: str
+    size: str
+    household: Household
+    region: str
+    drift_ppm: float
+    clock_offset_s: float
+    first_report_s: float  # offset of its own telemetry schedule
+    behaviour: PaymentBehaviour
+    payments: tuple[Payment, ...]
+    outages: tuple[tuple[float, float], ...]  # (start, end) sim times, link down
+    misbehaviour: frozenset[Misbehaviour]
+    phone: str
+
+
+@dataclass(frozen=True, slots=True)
+class FleetPlan:
+    scenario: Scenario
+    seed: int
+    kits: tuple[KitPlan, ...]
+    events: tuple[tuple[float, str, str], ...] = field(default=())  # (sim t, kit, what)
+
+
+def _pick(rng: random.Random, mix: dict[str, float]) -> str:
+    keys = sorted(mix)
+    return rng.choices(keys, weights=[mix[k] for k in keys])[0]
+
+
+def payment_schedule(behaviour: PaymentBehaviour, plan: PlanSpec, start: float, end: float,
+                     rng: random.Random) -> tuple[Payment, ...]:
+    """When and how much one customer pays (the deposit was taken at the sale)."""
+    rate = plan.daily_rate_fcfa
+    out: list[Payment] = []
+    hour = rng.uniform(7, 20) * HOUR  # the customer's usual time of day
+
+    def at(day: float) -> float:
+        return start + day * DAY + hour
+
+    if behaviour == "daily":
+        day = 0.0
+        while at(day) < end:
+            out.append(Payment(at(day), rate))
+            day += 1
+    elif behaviour in ("weekly", "late", "stops"):
+        stop_day = rng.uniform(5, 15) if behaviour == "stops" else float("inf")
+        day = 0.0
+        while at(day) < end and day < stop_day:
+            out.append(Payment(at(day), 7 * rate))
+            day += 7 + (rng.randint(1, 3) if behaviour == "late" else 0)
+    elif behaviour == "early":
+        out.append(Payment(at(0), 7 * rate))
+        payoff_day = rng.uniform(3, 10)
+        if at(payoff_day) < end:
+            owed = plan.total_price_fcfa - plan.deposit_fcfa - 7 * rate
+            if owed > 0:
+                out.append(Payment(at(payoff_day), owed))
+    return tuple(p for p in out if p.at < end)
+
+
+def _outages(rng: random.Random, net: NetworkSpec, start: float, end: float
+             ) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    if net.drop_rate_per_day <= 0:
+        return out
+    rate_per_s = net.drop_rate_per_day / DAY
+    t = start + rng.expovariate(rate_per_s)
+    while t < end:
+        length = rng.uniform(*net.outage_s)
+        out.append((t, t + length))
+        t += length + rng.expovariate(rate_per_s)
+    return out
+
+
+def build_plan(scenario: Scenario, seed: int) -> FleetPlan:
+    """Every kit and event of the run, from the scenario and the seed alone."""
+    rng = random.Random(seed)
+    start, end = scenario.start_ts, scenario.end_ts
+    width = max(6, len(str(scenario.kits)))
+    kits: list[KitPlan] = []
+    events: list[tuple[float, str, str]] = []
+    for i in range(scenario.kits):
+        kit_id = f"{scenario.kit_id_prefix}{i:0{width}d}"
+        size = _pick(rng, scenario.sizes)
+        household: Household = _pick(rng, scenario.households)  # type: ignore[assignment]
+        region = _pick(rng, scenario.regions)
+        behaviour: PaymentBehaviour = _pick(rng, scenario.payments)  # type: ignore[assignment]
+        payments = payment_schedule(behaviour, scenario.plan, start, end, rng)
+        outages = _outages(rng, scenario.network, start, end)
+        for ro in scenario.network.region_outages:
+            if ro.region == region:
+                s = start + ro.start_day * DAY
+                outages.append((s, s + ro.hours * HOUR))
+        outages.sort()
+        misbehaviour = frozenset(
+            m for m in MISBEHAVIOURS if rng.random() < scenario.misbehaviour.get(m, 0.0))
+        kit = KitPlan(
+            kit_id=kit_id, size=size, household=household, region=region,
+            drift_ppm=rng.uniform(-scenario.drift_ppm, scenario.drift_ppm),
+            clock_offset_s=rng.uniform(-2.0, 2.0),
+            first_report_s=rng.uniform(0, scenario.telemetry_interval_s),
+            behaviour=behaviour, payments=payments, outages=tuple(outages),
+            misbehaviour=misbehaviour, phone=f"+2289{rng.randrange(10**7):07d}",
+        )
+        kits.append(kit)
+        events.extend((p.at, kit_id, f"pay {p.amount_fcfa}") for p in payments)
+        events.extend((a, kit_id, f"link down until {b:.0f}") for a, b in outages)
+    events.sort()
+    return FleetPlan(scenario, seed, tuple(kits), tuple(events))
