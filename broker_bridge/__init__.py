@@ -8,10 +8,11 @@ import threading
 from types import FrameType
 
 from broker_bridge.bridge import Bridge, BridgeStats, RejectCounters
+from broker_bridge.deadletter import DeadLetter, DeadLetterStore
 from cizo.clock import SystemClock
 from cizo.settings import Settings
 
-__all__ = ["Bridge", "BridgeStats", "RejectCounters", "main"]
+__all__ = ["Bridge", "BridgeStats", "DeadLetter", "DeadLetterStore", "RejectCounters", "main"]
 
 log = logging.getLogger(__name__)
 

@@ -88,6 +88,18 @@ class Settings(BaseSettings):
     paygate_auth_token: SecretStr = SecretStr("dev-paygate-token")
     paygate_timeout_s: float = 5.0
 
+    # --- Issue 4: MTN MoMo collections, status polling, signed webhooks ---------------------
+    momo_url: str = "https://sandbox.momodeveloper.mtn.com"
+    momo_subscription_key: SecretStr = SecretStr("dev-momo-subscription-key")
+    momo_api_user: str = "dev-momo-api-user"
+    momo_api_key: SecretStr = SecretStr("dev-momo-api-key")
+    momo_target_environment: str = "sandbox"
+    momo_currency: str = "XOF"
+    momo_timeout_s: float = 5.0
+    payment_poll_interval_s: float = 30.0  # pending payments re-checked with their provider
+    payment_poll_max_backoff_s: float = 3600.0
+    webhook_tolerance_s: int = 300
+
     # --- Control loop ------------------------------------------------------------------
     sweep_interval_s: float = 5.0
     command_ttl_s: int = 7 * 24 * 3600
@@ -98,6 +110,80 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     sim_kits: int = Field(default=50, ge=0)
     sim_telemetry_interval_s: float = 10.0
+
+    # --- Dashboards, rollups and analytics (issue 7) -------------------------------------
+    influx_hourly_db: str | None = None  # hourly aggregates tier; default <influx_db>_hourly
+    influx_daily_db: str | None = None  # daily aggregates tier; default <influx_db>_daily
+    raw_retention_days: int = Field(default=30, ge=1)
+    aggregate_retention_days: int = Field(default=3650, ge=1)
+    rollup_interval_s: float = 300.0
+    rollup_chunk_hours: int = Field(default=6, ge=1)
+    fleet_summary_interval_s: float = 60.0  # the fleet page's figures are at most this old
+    analytics_interval_s: float = 3600.0
+    silent_alert_days: float = 3.0
+    opendata_min_households: int = Field(default=10, ge=1)
+
+    # --- Issue 3: telemetry bridge durability, dead letters, health --------------------
+    # Local disk spool used while InfluxDB is down (None: <data_dir>/spool/<client_id>).
+    bridge_spool_dir: Path | None = None
+    bridge_spool_max_bytes: int = Field(default=1 << 30, ge=0)  # full: stop acking (broker buffers)
+    # Dead-letter store (SQLite file deadletter.sqlite3 in this dir; None: <data_dir>/deadletter).
+    bridge_deadletter_dir: Path | None = None
+    bridge_deadletter_max_rows: int = Field(default=1_000_000, ge=1_000)
+    bridge_deadletter_payload_bytes: int = Field(default=4096, ge=0)  # payload kept per row
+    # Recent (kit_id, ts) -> payload hash and (kit_id, boot, seq) records, for conflicts.
+    bridge_dedup_entries: int = Field(default=600_000, ge=1_000)
+    # Check kit ids against the ledger's kits table (database_url): unknown kits and
+    # readings from before a kit was provisioned (minus the slack) are dead-lettered.
+    bridge_kit_registry: bool = False
+    bridge_kit_ts_slack_s: int = Field(default=86_400, ge=0)
+    # MQTT v5 Receive Maximum the bridge asks for (None: 2 x influx_batch_lines, >= 1000).
+    bridge_receive_maximum: int | None = Field(default=None, ge=1, le=65_535)
+    bridge_metrics_host: str = "127.0.0.1"
+    bridge_metrics_port: int | None = None  # Prometheus /metrics; None: off, 0: any free port
+    # "v1": /write (1.x, 2.x DBRP, 3.x); "v2": influxdb-client's /api/v2/write (2.x native).
+    influx_write_api: str = Field(default="v1", pattern="^(v1|v2)$")
+    influx_org: str | None = None  # v2 write API
+    influx_bucket: str | None = None  # v2 write API (None: "<db>/<rp>" or "<db>")
+
+    # --- Issue 8: security (rate limits, broker credentials, personal data) --------------
+    # Failed API authentications per client address in the window; beyond: 429 for all.
+    auth_fail_limit: int = Field(default=20, ge=1)
+    auth_fail_window_s: float = Field(default=60.0, gt=0)
+    # Manual (support) unlocks per API key in the window; beyond: 429.
+    unlock_limit: int = Field(default=30, ge=1)
+    unlock_window_s: float = Field(default=3600.0, gt=0)
+    # `cizo broker sync`: where Mosquitto's password file and ACL are written, the service
+    # accounts' passwords, and the broker's pid file (SIGHUP makes it reload both files).
+    broker_password_file: Path | None = None
+    broker_acl_file: Path | None = None
+    broker_bridge_password: SecretStr | None = None
+    broker_control_password: SecretStr | None = None
+    broker_pid_file: Path | None = None
+    # Days a closed account's phone number is kept (disputes, refunds) before erasure.
+    personal_data_retention_days: int = Field(default=365, ge=0)
+
+    # --- Issue 5: command delivery, keypad tokens, notifications, support CLI ----------------
+    # Re-sends of an unacked command back off from command_resend_after_s, doubling up to
+    # this cap, each delay scaled by a random factor in [1 - jitter, 1 + jitter].
+    command_backoff_max_s: float = Field(default=900.0, gt=0)
+    command_backoff_jitter: float = Field(default=0.3, ge=0, lt=1)
+    # Refuse acks without a valid signature (optional "sig" in v1; see docs/protocol.md).
+    require_ack_sig: bool = False
+    # A kit not seen for this long also gets an OpenPAYGO token for each payment.
+    keypad_offline_after_s: float = Field(default=3 * 86_400.0, gt=0)
+    # "file" (JSON lines, the default), "log", or "http" (generic SMS gateway below).
+    notify_backend: str = Field(default="file", pattern="^(file|log|http)$")
+    notify_file: Path | None = None  # None: <data_dir>/notifications.jsonl
+    notify_templates_dir: Path | None = None  # <dir>/<desco_id>/<name>.txt overrides ours
+    notify_language: str = "fr"
+    sms_gateway_url: str | None = None
+    sms_gateway_token: SecretStr | None = None
+    sms_gateway_timeout_s: float = 5.0
+    reminder_lead_s: float = Field(default=2 * 86_400.0, gt=0)  # remind this long before
+    reminder_interval_s: float = Field(default=3600.0, gt=0)  # how often the job looks
+    support_api_url: str | None = None  # `cizo support`: the API (None: api_base_url)
+    support_api_key: SecretStr | None = None  # `cizo support`: the staff member's own key
 
     @classmethod
     def settings_customise_sources(

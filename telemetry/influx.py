@@ -4,6 +4,10 @@ That API is the one InfluxDB 1.x serves natively, 2.x through DBRP mappings and 
 Core directly, so one client covers every version we may be deployed on. Auth is a
 ``Token`` header (2.x/3.x) when a token is set, else ``u``/``p`` parameters (1.x).
 
+Writes can instead go through influxdb-client's native 2.x API (``/api/v2/write`` with
+org and bucket; setting ``influx_write_api = "v2"``), for a 2.x server without DBRP
+mappings. Queries stay on the v1 API.
+
 Errors are sorted for the caller (telemetry.errors): 5xx, 429 and connection failures
 are retryable (:class:`InfluxUnavailable`); other 4xx carry the server's own message.
 """
@@ -73,11 +77,23 @@ class InfluxClient:
         timeout_s: float = 10.0,
         gzip: bool = False,
         transport: httpx.BaseTransport | None = None,
+        write_api: str = "v1",
+        org: str | None = None,
+        bucket: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.db = db
         self.rp = rp
         self.gzip = gzip
+        if write_api not in ("v1", "v2"):
+            raise ValueError(f"write_api must be 'v1' or 'v2', not {write_api!r}")
+        self.write_api = write_api
+        self._v2: _V2Writer | None = None
+        if write_api == "v2":
+            self._v2 = _V2Writer(
+                self.url, token=token or "", org=org or "",
+                bucket=bucket or (f"{db}/{rp}" if rp else db), timeout_s=timeout_s, gzip=gzip,
+            )
         headers: dict[str, str] = {}
         self._auth_params: dict[str, str] = {}
         if token:
@@ -98,6 +114,9 @@ class InfluxClient:
             "rp": settings.influx_rp,
             "token": settings.influx_token.get_secret_value() if settings.influx_token else None,
             "username": settings.influx_username,
+            "write_api": settings.influx_write_api,
+            "org": settings.influx_org,
+            "bucket": settings.influx_bucket,
             "password": (
                 settings.influx_password.get_secret_value() if settings.influx_password else None
             ),
@@ -109,6 +128,8 @@ class InfluxClient:
 
     def close(self) -> None:
         self._http.close()
+        if self._v2 is not None:
+            self._v2.close()
 
     def __enter__(self) -> InfluxClient:
         return self
@@ -141,6 +162,9 @@ class InfluxClient:
 
     def write(self, body: bytes) -> None:
         """POST one line-protocol batch (``precision=s``); raises on anything but 204."""
+        if self._v2 is not None:
+            self._v2.write(body)
+            return
         params = {"db": self.db, "precision": PRECISION}
         if self.rp:
             params["rp"] = self.rp
@@ -211,6 +235,59 @@ class InfluxClient:
         )
         rows = self.query(q)
         return rows[0] if rows else None
+
+
+class _V2Writer:
+    """influxdb-client's synchronous write API, with its errors mapped to ours.
+
+    The library's own retries are off: the bridge decides when to retry (and spools).
+    """
+
+    def __init__(self, url: str, *, token: str, org: str, bucket: str, timeout_s: float,
+                 gzip: bool) -> None:
+        from influxdb_client.client.influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+        from influxdb_client.domain.write_precision import WritePrecision
+
+        self.org = org
+        self.bucket = bucket
+        self._precision: Any = WritePrecision.S
+        self._client = InfluxDBClient(url=url, token=token, org=org,
+                                      timeout=int(timeout_s * 1000), enable_gzip=gzip,
+                                      retries=False)
+        self._api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    def write(self, body: bytes) -> None:
+        from influxdb_client.rest import ApiException
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        try:
+            self._api.write(bucket=self.bucket, org=self.org, record=body,
+                            write_precision=self._precision)
+        except ApiException as exc:
+            status = int(exc.status or 0)
+            error = _v2_error_text(exc.body)
+            if status == 0 or _is_retryable(status):
+                raise InfluxUnavailable(f"/api/v2/write: HTTP {status}: {error}",
+                                        status or None) from exc
+            raise InfluxWriteRejected(status, error) from exc
+        except (Urllib3Error, OSError) as exc:
+            raise InfluxUnavailable(f"/api/v2/write: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        self._api.close()  # type: ignore[no-untyped-call]
+        self._client.close()  # type: ignore[no-untyped-call]
+
+
+def _v2_error_text(body: Any) -> str:
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return text.strip()[:500]
+    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+        return str(parsed["message"])
+    return text.strip()[:500]
 
 
 def _rows(payload: Any, status_code: int) -> list[dict[str, Any]]:

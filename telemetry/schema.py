@@ -33,7 +33,7 @@ _UNWRITABLE = re.compile(r"[\x00-\x1f\x7f\\]")
 _UNWRITABLE_STRING = re.compile(r"[\x00-\x1f\x7f]")
 
 # One format for the whole line: a single %-operation per reading keeps encoding fast.
-_TELEMETRY_LINE = (
+TELEMETRY_LINE_FORMAT = _TELEMETRY_LINE = (
     TELEMETRY_MEASUREMENT + ",kit_id=%s "
     "battery_v=%r,soc=%r,pv_w=%r,load_w=%r,pv_wh_total=%r,load_wh_total=%r,temp_c=%r,"
     "seq=%di,boot=%di,locked=%s%s %d"
@@ -79,6 +79,23 @@ def encode_line(t: Telemetry) -> str:
         float(t.pv_wh_total), float(t.load_wh_total), float(t.temp_c),
         t.seq, t.boot, "true" if t.locked else "false", credit, t.ts,
     )
+
+
+def line_kit_id(line: str) -> str:
+    """The ``kit_id`` tag of a line this module wrote (for logs and dead letters)."""
+    start = line.find(",kit_id=")
+    if start < 0:
+        return "?"
+    start += len(",kit_id=")
+    i = start
+    while i < len(line):
+        if line[i] == "\\":
+            i += 2
+            continue
+        if line[i] in ", ":
+            break
+        i += 1
+    return line[start:i].replace("\\,", ",").replace("\\=", "=").replace("\\ ", " ")
 
 
 def encode_lines(readings: Iterable[Telemetry]) -> bytes:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -76,15 +77,16 @@ def publisher(mosquitto: services.ManagedProcess) -> Iterator[Publisher]:
     pub.close()
 
 
-def make_settings(mqtt_port: int, influx_port: int, db: str) -> Settings:
+def make_settings(mqtt_port: int, influx_port: int, db: str, data_dir: Path,
+                  **over: Any) -> Settings:
     return Settings(mqtt_port=mqtt_port, influx_url=f"http://127.0.0.1:{influx_port}",
-                    influx_db=db, influx_flush_interval_s=0.1)
+                    influx_db=db, influx_flush_interval_s=0.1, data_dir=data_dir, **over)
 
 
 @pytest.fixture
 def settings(mosquitto: services.ManagedProcess, influxd: services.InfluxProcess,
-             influx_db: str) -> Settings:
-    return make_settings(mosquitto.port, influxd.port, influx_db)
+             influx_db: str, tmp_path: Path) -> Settings:
+    return make_settings(mosquitto.port, influxd.port, influx_db, tmp_path / "var")
 
 
 def start_bridge(settings: Settings, **kwargs: Any) -> Bridge:
@@ -136,8 +138,9 @@ def test_published_telemetry_is_queryable_with_exact_values(
         status = wait_until(lambda: influx.query(
             f"SELECT online, fw FROM kit_status WHERE kit_id = {quote_string(kit)}"), what="status")
         assert status[0]["online"] is True and status[0]["fw"] == "1.4.2"
-    stats = bridge.stats()
-    assert stats.written >= 2 and stats.last_write_latency_s is not None
+    # the points are visible in InfluxDB a moment before the bridge counts its write
+    wait_until(lambda: bridge.stats().written >= 2, what="writes counted")
+    assert bridge.stats().last_write_latency_s is not None
 
 
 def test_run_forever_stops_on_event_and_flushes(settings: Settings, publisher: Publisher) -> None:
@@ -261,7 +264,8 @@ def test_influxd_restart_while_publishing_loses_and_duplicates_nothing(
     influxd = services.influxd(tmp_path / "influxd", services.free_port())
     influxd.start()
     try:
-        settings = make_settings(mosquitto.port, influxd.port, "cizo_restart")
+        settings = make_settings(mosquitto.port, influxd.port, "cizo_restart",
+                                 tmp_path / "var")
         kit = unique("KIT")
         topic = protocol.telemetry_topic(kit)
         bridge = start_bridge(settings)
@@ -278,8 +282,8 @@ def test_influxd_restart_while_publishing_loses_and_duplicates_nothing(
                 for seq in range(20, 45):
                     publisher.send(topic, reading(kit, seq))
                     time.sleep(0.01)
-                wait_until(lambda: bridge.stats().write_retries > 0, what="a failed write")
-                assert bridge.stats().written == 20  # nothing written, so nothing acked
+                wait_until(lambda: bridge.stats().spooled == 25, what="outage spooled")
+                assert bridge.stats().written == 20 and bridge.stats().write_retries > 0
                 influxd.start()
                 for seq in range(45, total):
                     publisher.send(topic, reading(kit, seq))
@@ -306,7 +310,9 @@ def test_broker_restart_redelivers_unwritten_messages_once(tmp_path: Path) -> No
     own_influx.start()
     publisher: Publisher | None = None
     try:
-        settings = make_settings(broker.port, own_influx.port, "cizo_broker_restart")
+        # spool off: this test is about the broker holding what the bridge did not ack
+        settings = make_settings(broker.port, own_influx.port, "cizo_broker_restart",
+                                 tmp_path / "var", bridge_spool_max_bytes=0)
         kit = unique("KIT")
         topic = protocol.telemetry_topic(kit)
         bridge = start_bridge(settings, reconnect_max_s=2)
@@ -339,3 +345,98 @@ def test_broker_restart_redelivers_unwritten_messages_once(tmp_path: Path) -> No
             publisher.close()
         own_influx.stop()
         broker.stop()
+
+
+# --- redelivery vs conflict, dead letters, /metrics ------------------------------------------
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert "# TYPE cizo_bridge_messages_in_total counter" in text
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_same_kit_and_ts_is_idempotent_when_identical_and_dead_lettered_when_not(
+    settings: Settings, publisher: Publisher
+) -> None:
+    kit = unique("KIT")
+    topic = protocol.telemetry_topic(kit)
+    ts = int(time.time()) - 100
+    bridge = start_bridge(settings.model_copy(update={"bridge_metrics_port": 0}))
+    try:
+        original = reading(kit, 5, ts=ts)
+        publisher.send(topic, original)
+        publisher.send(topic, original)  # a redelivery: the same point again
+        publisher.send(topic, json.dumps(original, indent=1).encode())  # same values
+        publisher.send(topic, reading(kit, 5, ts=ts, soc=10.0))  # would overwrite: refused
+        publisher.send(topic, reading(kit, 5, ts=ts + 30))  # (boot, seq) reused: refused
+        publisher.send(topic, b"x" * (protocol.MAX_PAYLOAD_BYTES + 1))
+        publisher.send(topic, reading(kit, 6, ts=ts + 60))
+        with InfluxClient.from_settings(settings) as influx:
+            wait_until(lambda: count_points(influx, kit) == 2, what="two distinct points")
+            wait_until(lambda: bridge.stats().acked == 7, what="all acked")
+            row = influx.query(f"SELECT soc FROM kit_telemetry WHERE kit_id = "
+                               f"{quote_string(kit)} AND time = {ts}s")
+            assert row[0]["soc"] == 64.5  # the first reading was not overwritten
+        assert bridge.counters.for_kit(kit) == {"ts_conflict": 1, "duplicate_seq": 1,
+                                                "oversized": 1}
+        assert bridge.deadletters is not None
+        letters = bridge.deadletters.list(kit_id=kit)
+        assert sorted(d.reason for d in letters) == ["duplicate_seq", "oversized", "ts_conflict"]
+        conflict = bridge.deadletters.list(kit_id=kit, reason="ts_conflict")[0]
+        assert json.loads(conflict.payload)["soc"] == 10.0 and conflict.topic == topic
+        assert bridge.metrics_port is not None
+        m = scrape(bridge.metrics_port)
+        assert m["cizo_bridge_messages_in_total"] == 7
+        assert m['cizo_bridge_rejected_total{reason="ts_conflict"}'] == 1
+        assert m["cizo_bridge_deadletters_total"] == 3 and m["cizo_bridge_written_total"] == 4
+        assert m["cizo_bridge_write_latency_seconds"] > 0 and m["cizo_bridge_lag_seconds"] >= 0
+        assert m["cizo_bridge_spool_bytes"] == 0 and m["cizo_bridge_connected"] == 1
+    finally:
+        bridge.stop()
+
+
+def test_kit_registry_dead_letters_unknown_kits_and_readings_before_provisioning(
+    settings: Settings, publisher: Publisher, tmp_path: Path
+) -> None:
+    from control.db import Database, migrate
+    from control.models import Desco, Kit
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate(url)
+    db = Database(url)
+    now = time.time()
+    known = unique("KNOWN")
+    with db.session() as s:
+        s.add(Desco(id="d1", name="D1", created_at=now))
+        s.flush()
+        s.add(Kit(id=known, desco_id="d1", mqtt_username=known, mqtt_password_hash="x",
+                  secret_enc="x", cmd_seq=0, online=False, created_at=now - 7 * 86400))
+    bridge = start_bridge(settings.model_copy(update={
+        "bridge_kit_registry": True, "database_url": url, "bridge_kit_ts_slack_s": 3600}))
+    late = unique("LATE")
+    try:
+        stranger = unique("STRANGER")
+        publisher.send(protocol.telemetry_topic(stranger), reading(stranger, 1))
+        publisher.send(protocol.telemetry_topic(known),
+                       reading(known, 1, ts=int(now) - 9 * 86400))  # before provisioning
+        publisher.send(protocol.telemetry_topic(known), reading(known, 2))
+        with db.session() as s:  # provisioned while the bridge runs: known at first reading
+            s.add(Kit(id=late, desco_id="d1", mqtt_username=late, mqtt_password_hash="x",
+                      secret_enc="x", cmd_seq=0, online=False, created_at=now))
+        publisher.send(protocol.telemetry_topic(late), reading(late, 1))
+        with InfluxClient.from_settings(settings) as influx:
+            wait_until(lambda: count_points(influx, late) == 1, what="late kit's point")
+            assert seqs(influx, known) == [2] and count_points(influx, stranger) == 0
+        assert bridge.counters.for_kit(stranger) == {"unknown_kit": 1}
+        assert bridge.counters.for_kit(known) == {"ts_before_kit": 1}
+        assert bridge.deadletters is not None
+        assert bridge.deadletters.counts() == {"unknown_kit": 1, "ts_before_kit": 1}
+    finally:
+        bridge.stop()
+        db.dispose()

@@ -52,7 +52,7 @@ class Stack:
 
 
 @pytest.fixture
-def stack(mosquitto, influxd, influx_db: str, database_url: str) -> Iterator[Stack]:
+def stack(mosquitto, influxd, influx_db: str, database_url: str, tmp_path) -> Iterator[Stack]:
     api_port = services.free_port()
     run = uuid.uuid4().hex[:8]
     settings = Settings(
@@ -61,7 +61,7 @@ def stack(mosquitto, influxd, influx_db: str, database_url: str) -> Iterator[Sta
         influx_flush_interval_s=0.1, database_url=database_url,
         api_port=api_port, admin_api_key=ADMIN, secret_key=generate_secret_key(),
         paygate_auth_token=PAYGATE_TOKEN, sweep_interval_s=0.5,
-        sim_telemetry_interval_s=1.0,
+        sim_telemetry_interval_s=1.0, data_dir=tmp_path,
     )
     paygate = run_in_thread(PayGateSimConfig(
         auth_token=PAYGATE_TOKEN, approve_after_s=0.3,
