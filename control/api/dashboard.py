@@ -1,0 +1,248 @@
+"""/v1/dashboard, /v1/alerts, /v1/opendata: what the built-in dashboard pages read.
+
+National aggregates (fleet summary, open data) accept the ``regulator`` role besides the
+DESCO staff roles; everything about one kit needs a staff role. A DESCO-scoped key only
+ever sees its own DESCO, whatever filter it asks for.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+from fastapi.responses import PlainTextResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control import fleet_jobs, ledger
+from control.api.auth import (
+    AggregateReaderKey,
+    CurrentKey,
+    ReaderKey,
+    RequireRole,
+    RuntimeDep,
+)
+from control.api.kits import command_out
+from control.ledger import Actor
+from control.models import (
+    Alert,
+    Command,
+    FleetSummary,
+    Kit,
+    KitMetrics,
+    LedgerEntry,
+    Payment,
+)
+from telemetry import opendata
+from telemetry.errors import InfluxError
+from telemetry.influx import quote_ident, quote_string
+from telemetry.rollups import client_for
+from telemetry.schema import TELEMETRY_MEASUREMENT
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["dashboard"])
+
+# National aggregates (issue 8's alias): the "regulator" may read these and nothing per kit.
+AggregateKey = AggregateReaderKey
+StaffKey = Annotated[Actor, Depends(RequireRole("operator", "support"))]
+
+MAX_POINTS = 400
+
+
+def _alert_out(a: Alert) -> dict[str, Any]:
+    return {"id": a.id, "kit_id": a.kit_id, "desco_id": a.desco_id, "kind": a.kind,
+            "state": a.state, "detail": a.detail, "evidence": a.evidence,
+            "opened_at": a.opened_at, "last_seen_at": a.last_seen_at,
+            "acknowledged_at": a.acknowledged_at, "acknowledged_by": a.acknowledged_by,
+            "closed_at": a.closed_at, "closed_by": a.closed_by}
+
+
+def _scope(actor: Actor, desco_id: str | None) -> str | None:
+    if actor.desco_id is not None:
+        return actor.desco_id
+    return desco_id
+
+
+@router.get("/v1/dashboard/me", summary="Who this key is (the pages show what it may do)")
+def me(actor: CurrentKey) -> dict[str, Any]:
+    return {"name": actor.name, "role": actor.role, "desco_id": actor.desco_id,
+            "can_unlock": actor.role in ("support", "admin")}
+
+
+@router.get("/v1/dashboard/fleet", summary="Fleet figures, pre-aggregated (at most a minute old)")
+def fleet(
+    rt: RuntimeDep, actor: AggregateKey,
+    desco_id: Annotated[str | None, Query(max_length=64)] = None,
+    region: Annotated[str | None, Query(max_length=32)] = None,
+) -> dict[str, Any]:
+    desco = _scope(actor, desco_id)
+    with rt.db.session() as s:
+        rows = list(s.scalars(select(FleetSummary)))
+    if not rows:  # first start: the scheduled job has not run yet
+        fleet_jobs.refresh_fleet_summary(rt.db, rt.clock.now())
+        with rt.db.session() as s:
+            rows = list(s.scalars(select(FleetSummary)))
+    visible = [r for r in rows if actor.desco_id is None or r.desco_id == actor.desco_id]
+    chosen = [r for r in visible if (desco is None or r.desco_id == desco)
+              and (region is None or r.region == region)]
+    figures = fleet_jobs.combine(chosen)
+    computed_at = min((r.computed_at for r in rows), default=None)
+    figures.update(
+        computed_at=computed_at,
+        age_s=None if computed_at is None else max(0.0, rt.clock.now() - computed_at),
+        filters={"desco_id": desco, "region": region},
+        descos=sorted({r.desco_id for r in visible}),
+        regions=list(fleet_jobs.REGIONS),
+    )
+    return figures
+
+
+def _kit(s: Session, actor: Actor, kit_id: str) -> Kit:
+    kit = s.get(Kit, kit_id)
+    if kit is None or (actor.desco_id is not None and actor.desco_id != kit.desco_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"kit {kit_id} not found")
+    return kit
+
+
+@router.get("/v1/dashboard/kits/{kit_id}",
+            summary="One kit's page: payments, commands, alerts, analytics and solvency")
+def kit_page(rt: RuntimeDep, actor: ReaderKey, kit_id: str) -> dict[str, Any]:
+    with rt.db.session() as s:
+        kit = _kit(s, actor, kit_id)
+        acct = ledger.account_for_kit(s, kit_id)
+        entries = [] if acct is None else [
+            {"id": e.id, "kind": e.kind, "amount_fcfa": e.amount_fcfa, "days": e.days,
+             "created_at": e.created_at, "credit_until_after": e.credit_until_after,
+             "payment_id": e.payment_id}
+            for e in s.scalars(select(LedgerEntry).where(LedgerEntry.account_id == acct.id)
+                               .order_by(LedgerEntry.created_at.desc()).limit(100))]
+        payments = [] if acct is None else [
+            {"id": p.id, "provider": p.provider, "status": p.status,
+             "amount_fcfa": p.amount_fcfa, "requested_fcfa": p.requested_fcfa,
+             "network": p.network, "created_at": p.created_at, "credited_at": p.credited_at}
+            for p in s.scalars(select(Payment).where(Payment.account_id == acct.id)
+                               .order_by(Payment.created_at.desc()).limit(100))]
+        commands = [command_out(c).model_dump() for c in s.scalars(
+            select(Command).where(Command.kit_id == kit_id).order_by(Command.seq.desc())
+            .limit(50))]
+        alerts = [_alert_out(a) for a in s.scalars(
+            select(Alert).where(Alert.kit_id == kit_id).order_by(Alert.opened_at.desc()))]
+        m = s.get(KitMetrics, kit_id)
+        out: dict[str, Any] = {
+            "kit_id": kit.id, "desco_id": kit.desco_id, "region": kit.region,
+            "online": kit.online, "last_seen": kit.last_seen, "locked": kit.reported_locked,
+            "owned": bool(acct and acct.owned),
+            "credit_until": acct.credit_until if acct else None,
+            "paid_total_fcfa": acct.paid_total_fcfa if acct else 0,
+            "total_price_fcfa": acct.total_price_fcfa if acct else 0,
+            "ledger": entries, "payments": payments, "commands": commands, "alerts": alerts,
+            "metrics": None if m is None else {
+                "computed_at": m.computed_at, "energy_wh_30d": m.energy_wh_30d,
+                "battery_health_pct": m.battery_health_pct, "load_pattern": m.load_pattern,
+                "sizing": m.sizing, "solvency_score": m.solvency_score,
+                "solvency_inputs": m.solvency_inputs,
+            },
+        }
+    return out
+
+
+@router.get("/v1/dashboard/kits/{kit_id}/telemetry",
+            summary="State of charge, PV and load over the last hours (for the charts)")
+def kit_telemetry(
+    rt: RuntimeDep, actor: ReaderKey, kit_id: str,
+    hours: Annotated[int, Query(ge=1, le=24 * 31)] = 72,
+) -> dict[str, Any]:
+    with rt.db.session() as s:
+        _kit(s, actor, kit_id)
+    now = int(rt.clock.now())
+    step = max(600, (hours * 3600 // MAX_POINTS) // 60 * 60)
+    q = (f"SELECT mean(soc) AS soc, mean(pv_w) AS pv_w, mean(load_w) AS load_w "
+         f"FROM {quote_ident(TELEMETRY_MEASUREMENT)} "
+         f"WHERE {quote_ident('kit_id')} = {quote_string(kit_id)} "
+         f"AND time >= {now - hours * 3600}s AND time <= {now}s "
+         f"GROUP BY time({step}s) fill(none)")
+    try:
+        with client_for(rt.settings, rt.settings.influx_db, timeout_s=5.0) as client:
+            rows = client.query(q)
+    except InfluxError as exc:
+        log.warning("kit telemetry unavailable: %s", exc, extra={"kit_id": kit_id})
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail="telemetry store unavailable; retry later") from exc
+    points = [{"t": int(r["time"]), "soc": _round(r.get("soc")), "pv_w": _round(r.get("pv_w")),
+               "load_w": _round(r.get("load_w"))} for r in rows]
+    return {"kit_id": kit_id, "step_s": step, "hours": hours, "points": points}
+
+
+def _round(v: Any) -> float | None:
+    return None if v is None else round(float(v), 2)
+
+
+@router.get("/v1/alerts", tags=["alerts"], summary="Alerts, newest first")
+def list_alerts(
+    rt: RuntimeDep, actor: ReaderKey,
+    state: Annotated[str | None, Query(pattern="^(open|acknowledged|closed)$")] = None,
+    kit_id: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> dict[str, Any]:
+    with rt.db.session() as s:
+        q = select(Alert).order_by(Alert.opened_at.desc(), Alert.id.desc()).limit(limit)
+        if state:
+            q = q.where(Alert.state == state)
+        if kit_id:
+            q = q.where(Alert.kit_id == kit_id)
+        if actor.desco_id is not None:
+            q = q.where(Alert.desco_id == actor.desco_id)
+        return {"items": [_alert_out(a) for a in s.scalars(q)]}
+
+
+_NEXT = {"acknowledge": ("acknowledged", {"open"}),
+         "close": ("closed", {"open", "acknowledged"})}
+
+
+@router.post("/v1/alerts/{alert_id}/{action}", tags=["alerts"],
+             summary="Acknowledge or close an alert (audited)")
+def change_alert(
+    rt: RuntimeDep, actor: StaffKey, alert_id: int,
+    action: Annotated[str, Path(pattern="^(acknowledge|close)$")],
+) -> dict[str, Any]:
+    new_state, allowed_from = _NEXT[action]
+    now = rt.clock.now()
+    with rt.db.session() as s:
+        alert = s.get(Alert, alert_id)
+        if alert is None or (actor.desco_id is not None and actor.desco_id != alert.desco_id):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"alert {alert_id} not found")
+        if alert.state not in allowed_from:
+            raise HTTPException(status.HTTP_409_CONFLICT,
+                                detail=f"alert is {alert.state}; cannot {action}")
+        before = alert.state
+        alert.state = new_state
+        if new_state == "acknowledged":
+            alert.acknowledged_at, alert.acknowledged_by = now, actor.name
+        else:
+            alert.closed_at, alert.closed_by = now, actor.name
+        ledger.audit(s, actor=actor, action=f"alert.{action}", now=now, kit_id=alert.kit_id,
+                     desco_id=alert.desco_id, before={"state": before},
+                     after={"state": new_state, "alert_id": alert.id, "kind": alert.kind})
+        return _alert_out(alert)
+
+
+@router.get("/v1/opendata/{month}.csv", tags=["opendata"], response_class=PlainTextResponse,
+            # issue 8: document the media type actually sent (schemathesis checks it)
+            responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+            summary="Anonymised aggregates per region for one month (YYYY-MM)")
+def opendata_csv(
+    rt: RuntimeDep, actor: AggregateKey,
+    month: Annotated[str, Path(pattern=r"^\d{4}-\d{2}$")],
+) -> PlainTextResponse:
+    try:
+        opendata.month_bounds(month)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+    started = time.monotonic()
+    households = fleet_jobs.opendata_households(rt.settings, rt.db, month)
+    rows = opendata.build_rows(households, rt.settings.opendata_min_households)
+    log.info("open data %s: %d rows in %.2f s", month, len(rows), time.monotonic() - started)
+    return PlainTextResponse(opendata.to_csv(rows), media_type="text/csv")

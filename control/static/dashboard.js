@@ -1,0 +1,210 @@
+// The fleet page (#/fleet) and the kit page (#/kit/<id>), over the /v1 API.
+"use strict";
+const KEY = "cizo_api_key";
+const $ = (id) => document.getElementById(id);
+let me = null;
+
+const fcfa = (n) => n == null ? "–" : Number(n).toLocaleString("fr-FR") + " FCFA";
+const pct = (x) => x == null ? "–" : (100 * x).toFixed(1) + " %";
+const when = (u) => u == null ? "—" : new Date(u * 1000).toISOString().replace("T", " ").slice(0, 16);
+
+function cell(tr, text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text == null ? "—" : String(text); // never innerHTML: data from the API
+  if (cls) td.className = cls;
+  tr.appendChild(td);
+  return td;
+}
+
+async function api(path, opts) {
+  const key = localStorage.getItem(KEY);
+  if (!key) throw new Error("Type an API key.");
+  const headers = Object.assign({ Authorization: "Bearer " + key }, (opts && opts.headers) || {});
+  const resp = await fetch(path, Object.assign({}, opts || {}, { headers }));
+  const data = await resp.json().catch(() => ({}));
+  if (!resp.ok) throw new Error(`Error ${resp.status}: ${JSON.stringify(data.detail ?? data)}`);
+  return data;
+}
+
+function route() {
+  const h = location.hash || "#/fleet";
+  const m = h.match(/^#\/kit\/(.+)$/);
+  $("fleet-page").hidden = !!m;
+  $("kit-page").hidden = !m;
+  return m ? loadKit(decodeURIComponent(m[1])) : loadFleet();
+}
+
+async function loadMe() {
+  me = await api("/v1/dashboard/me");
+  $("who").textContent = `${me.name} (${me.role}${me.desco_id ? ", " + me.desco_id : ""})`;
+}
+
+function fillSelect(sel, values) {
+  const current = sel.value;
+  sel.replaceChildren(new Option("all", ""));
+  for (const v of values) sel.appendChild(new Option(v, v));
+  sel.value = values.includes(current) ? current : "";
+}
+
+async function loadFleet() {
+  const q = new URLSearchParams();
+  if ($("f-desco").value) q.set("desco_id", $("f-desco").value);
+  if ($("f-region").value) q.set("region", $("f-region").value);
+  const f = await api("/v1/dashboard/fleet?" + q);
+  window.cizoFleet = f;
+  fillSelect($("f-desco"), f.descos);
+  fillSelect($("f-region"), f.regions);
+  $("age").textContent = `figures ${Math.round(f.age_s)} s old (computed ${when(f.computed_at)} UTC)`;
+  $("t-kits").textContent = f.kits;
+  $("t-today").textContent = fcfa(f.payments_today_fcfa);
+  $("t-month").textContent = fcfa(f.payments_month_fcfa);
+  $("t-repay").textContent = pct(f.repayment_rate);
+  $("t-par30").textContent = pct(f.par30);
+  $("t-energy").textContent = (f.energy_wh_30d / 1000).toFixed(1) + " kWh";
+  $("t-alerts").textContent = f.open_alerts_total;
+  barChart($("c-online"), ["online", "offline"], [f.online, f.offline], "#2a9d55");
+  barChart($("c-state"), ["locked", "unlocked", "owned", "unknown"],
+           [f.locked, f.unlocked, f.owned, f.unknown], "#3b7dd8");
+  const hb = ["90-100", "80-90", "70-80", "<70", "unknown"];
+  barChart($("c-health"), hb, hb.map((b) => f.battery_health[b] || 0), "#8e6bd8");
+  const kinds = ["power_while_locked", "capacity_fading", "pv_below_neighbours", "silent"];
+  barChart($("c-alerts"), ["locked power", "fading", "low PV", "silent"],
+           kinds.map((k) => f.open_alerts[k] || 0), "#d8563b");
+  if (me && me.role !== "regulator") {
+    const alerts = await api("/v1/alerts?state=open&limit=50");
+    const body = $("alert-rows");
+    body.replaceChildren();
+    for (const a of alerts.items) {
+      const tr = document.createElement("tr");
+      const td = cell(tr, "");
+      const link = document.createElement("a");
+      link.href = "#/kit/" + encodeURIComponent(a.kit_id);
+      link.textContent = a.kit_id;
+      td.appendChild(link);
+      cell(tr, a.kind); cell(tr, a.detail); cell(tr, a.state, "state-" + a.state);
+      cell(tr, when(a.opened_at));
+      body.appendChild(tr);
+    }
+  }
+}
+
+async function loadKit(kitId) {
+  const [k, tel, audit] = await Promise.all([
+    api("/v1/dashboard/kits/" + encodeURIComponent(kitId)),
+    api("/v1/dashboard/kits/" + encodeURIComponent(kitId) + "/telemetry?hours=72"),
+    api("/v1/kits/" + encodeURIComponent(kitId) + "/audit?limit=50"),
+  ]);
+  window.cizoKit = { kit: k, telemetry: tel, audit };
+  $("k-title").textContent = `Kit ${k.kit_id}`;
+  const state = k.owned ? "owned" : k.locked == null ? "state unknown" : k.locked ? "locked" : "unlocked";
+  $("k-facts").textContent = `${k.desco_id} · ${k.region} · ${k.online ? "online" : "offline"} · ${state}` +
+    ` · credit until ${when(k.credit_until)} · paid ${fcfa(k.paid_total_fcfa)} of ${fcfa(k.total_price_fcfa)}`;
+  const x = tel.points.map((p) => p.t);
+  lineChart($("c-soc"), x, [{ name: "soc", values: tel.points.map((p) => p.soc), color: "#2a9d55" }],
+            { ymin: 0, ymax: 100 });
+  lineChart($("c-power"), x, [
+    { name: "pv_w", values: tel.points.map((p) => p.pv_w), color: "#e08a00" },
+    { name: "load_w", values: tel.points.map((p) => p.load_w), color: "#3b7dd8" },
+  ], { ymin: 0 });
+  $("unlock-box").hidden = !(me && me.can_unlock);
+  const m = k.metrics;
+  const mt = $("k-metrics");
+  mt.replaceChildren();
+  const rows = m ? [
+    ["Solvency score (0–100)", m.solvency_score],
+    ["… payments in window", m.solvency_inputs && m.solvency_inputs.payments],
+    ["… paid before credit ran out", m.solvency_inputs && pct(m.solvency_inputs.on_time_share)],
+    ["… days locked / window days", m.solvency_inputs &&
+      `${m.solvency_inputs.locked_days} / ${m.solvency_inputs.window_days}`],
+    ["… days used / credited days", m.solvency_inputs &&
+      `${m.solvency_inputs.used_days ?? "no data"} / ${m.solvency_inputs.credited_days}`],
+    ["Energy delivered, 30 days", m.energy_wh_30d == null ? null : (m.energy_wh_30d / 1000).toFixed(2) + " kWh"],
+    ["Battery health", m.battery_health_pct == null ? null : m.battery_health_pct + " %"],
+    ["Household pattern", m.load_pattern], ["Sizing", m.sizing],
+    ["Computed", when(m.computed_at)],
+  ] : [["Analytics", "not computed yet"]];
+  for (const [name, value] of rows) {
+    const tr = document.createElement("tr");
+    cell(tr, name); cell(tr, value);
+    mt.appendChild(tr);
+  }
+  const at = $("k-alerts");
+  at.replaceChildren();
+  for (const a of k.alerts) {
+    const tr = document.createElement("tr");
+    cell(tr, a.kind); cell(tr, a.detail); cell(tr, a.state, "state-" + a.state); cell(tr, when(a.opened_at));
+    const td = cell(tr, "");
+    if (me && ["operator", "support", "admin"].includes(me.role)) {
+      for (const [action, label, from] of [["acknowledge", "Acknowledge", ["open"]],
+                                           ["close", "Close", ["open", "acknowledged"]]]) {
+        if (!from.includes(a.state)) continue;
+        const b = document.createElement("button");
+        b.textContent = label;
+        b.dataset.alert = a.id;
+        b.addEventListener("click", () => act(() => api(`/v1/alerts/${a.id}/${action}`, { method: "POST" })
+          .then(() => loadKit(kitId))));
+        td.appendChild(b);
+      }
+    }
+    at.appendChild(tr);
+  }
+  const lt = $("k-ledger");
+  lt.replaceChildren();
+  for (const e of k.ledger) {
+    const tr = document.createElement("tr");
+    cell(tr, when(e.created_at)); cell(tr, e.kind); cell(tr, fcfa(e.amount_fcfa)); cell(tr, e.days);
+    cell(tr, when(e.credit_until_after));
+    lt.appendChild(tr);
+  }
+  const ct = $("k-commands");
+  ct.replaceChildren();
+  for (const c of k.commands) {
+    const tr = document.createElement("tr");
+    cell(tr, c.seq); cell(tr, c.action); cell(tr, c.origin); cell(tr, c.status);
+    cell(tr, when(c.created_at)); cell(tr, when(c.sent_at)); cell(tr, when(c.finished_at)); cell(tr, c.attempts);
+    ct.appendChild(tr);
+  }
+  const au = $("k-audit");
+  au.replaceChildren();
+  for (const e of audit.items) {
+    const tr = document.createElement("tr");
+    cell(tr, when(e.at)); cell(tr, e.actor); cell(tr, e.role); cell(tr, e.action); cell(tr, e.reason);
+    au.appendChild(tr);
+  }
+}
+
+async function act(fn) {
+  $("msg").textContent = "";
+  try { await fn(); } catch (err) { $("msg").textContent = String(err.message || err); }
+}
+
+$("unlock-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const kitId = decodeURIComponent(location.hash.replace(/^#\/kit\//, ""));
+  act(async () => {
+    const out = await api("/v1/kits/" + encodeURIComponent(kitId) + "/unlock", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ days: Number($("u-days").value), reason: $("u-reason").value }),
+    });
+    $("u-result").textContent = `unlocked: credit until ${when(out.credit_until)}` +
+      (out.command_id ? `, command ${out.command_id}` : "");
+    await loadKit(kitId);
+  });
+});
+$("keyform").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const v = $("apikey").value.trim();
+  if (v) localStorage.setItem(KEY, v);
+  $("apikey").value = "";
+  act(() => loadMe().then(route));
+});
+$("forget").addEventListener("click", () => { localStorage.removeItem(KEY); location.reload(); });
+$("filters").addEventListener("change", () => act(loadFleet));
+$("filters").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const k = $("f-kit").value.trim();
+  if (k) location.hash = "#/kit/" + encodeURIComponent(k);
+});
+window.addEventListener("hashchange", () => act(route));
+act(() => loadMe().then(route).then(() => { window.cizoReady = true; }));
+setInterval(() => { if (!$("fleet-page").hidden) act(loadFleet); }, 30000);

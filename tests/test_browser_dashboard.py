@@ -1,0 +1,162 @@
+"""The dashboard pages in a real headless Chromium (Debian's), driven by Playwright.
+
+Loads the fleet and kit pages over a real uvicorn server with a simulated fleet's
+telemetry in the real influxd, checks that the charts plot the numbers the API returns,
+and performs a support unlock from the kit page.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from cizo import services
+from cizo.clock import ManualClock
+from cizo.settings import Settings
+from control import fleet_jobs
+from control.api import create_api_key, create_app
+from control.db import migrate
+from control.runtime import Runtime
+from control.security import generate_secret_key
+from tests.dashboard_support import FleetSpec, simulate, write_readings
+from tests.test_api_helpers import ADMIN_KEY, PLAN, RecordingPublisher, serve_in_thread
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+KITS = ["KIT-B0", "KIT-B1", "KIT-B2"]
+SHOTS = Path(__file__).resolve().parent.parent / "var" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def site(influxd: services.InfluxProcess, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[dict[str, Any]]:
+    url = f"http://127.0.0.1:{influxd.port}"
+    db = f"b_{int(time.time() * 1000)}"
+    httpx.post(f"{url}/query", params={"q": f'CREATE DATABASE "{db}"'}).raise_for_status()
+    now = int(time.time())
+    write_readings(url, db, simulate(FleetSpec(KITS), now - 3 * 86400, now, 900))
+    dburl = f"sqlite:///{tmp_path_factory.mktemp('browser') / 'ledger.db'}"
+    migrate(dburl)
+    settings = Settings(database_url=dburl, secret_key=generate_secret_key(),
+                        admin_api_key=ADMIN_KEY, influx_url=url, influx_db=db,
+                        paygate_url="http://127.0.0.1:9")
+    rt = Runtime.build(settings, clock=ManualClock())
+    rt.service.publisher = RecordingPublisher()
+    app = create_app(rt)
+    server = serve_in_thread(app)
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    from control.api import ensure_admin_key
+
+    ensure_admin_key(rt)
+    for i, kit in enumerate(KITS):
+        r = httpx.post(f"{server.url}/v1/kits", headers=admin, json={
+            "kit_id": kit, "phone": f"90 12 34 5{i}", "plan": PLAN})
+        assert r.status_code == 201, r.text
+    from telemetry import rollups
+
+    rollups.ensure_tiers(settings)
+    rollups.run_rollups(settings, now)
+    fleet_jobs.run_analytics(settings, rt.db, now)
+    fleet_jobs.refresh_fleet_summary(rt.db, rt.clock.now())
+    keys = {"operator": create_api_key(rt, name="ops", role="operator")[1],
+            "support": create_api_key(rt, name="support-ama", role="support")[1]}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield {"url": server.url, "keys": keys, "browser": browser, "rt": rt}
+        browser.close()
+    server.stop()
+    rt.db.dispose()
+    for name in (db, f"{db}_hourly", f"{db}_daily"):
+        httpx.post(f"{url}/query", params={"q": f'DROP DATABASE "{name}"'})
+
+
+def _page(site: dict[str, Any], role: str, hash_: str) -> Page:
+    ctx = site["browser"].new_context(viewport={"width": 1280, "height": 1100})
+    ctx.add_init_script(f"localStorage.setItem('cizo_api_key', {site['keys'][role]!r});")
+    page: Page = ctx.new_page()
+    page.goto(f"{site['url']}/dashboard{hash_}")
+    return page
+
+
+def _api(site: dict[str, Any], role: str, path: str) -> Any:
+    r = httpx.get(site["url"] + path, headers={"Authorization": f"Bearer {site['keys'][role]}"})
+    r.raise_for_status()
+    return r.json()
+
+
+def test_fleet_page_charts_plot_the_api_figures(site: dict[str, Any]) -> None:
+    page = _page(site, "operator", "#/fleet")
+    page.wait_for_function("window.cizoCharts && window.cizoCharts['c-alerts']", timeout=15000)
+    f = _api(site, "operator", "/v1/dashboard/fleet")
+    charts = page.evaluate("window.cizoCharts")
+    assert charts["c-online"]["series"][0]["values"] == [f["online"], f["offline"]]
+    assert charts["c-state"]["series"][0]["values"] == [f["locked"], f["unlocked"], f["owned"],
+                                                          f["unknown"]]
+    assert sum(charts["c-state"]["series"][0]["values"]) == len(KITS)
+    bars = page.locator("#c-state rect")
+    assert bars.count() == 4
+    assert page.inner_text("#t-kits") == str(len(KITS))
+    health = charts["c-health"]["series"][0]["values"]
+    assert health == [f["battery_health"].get(b, 0) for b in
+                      ("90-100", "80-90", "70-80", "<70", "unknown")]
+    assert sum(health) == len(KITS) and f["energy_wh_30d"] > 0
+    assert "FCFA" in page.inner_text("#t-month")
+    assert "s old" in page.inner_text("#age")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "fleet.png"), full_page=True)
+    page.context.close()
+
+
+def test_kit_page_charts_and_support_unlock(site: dict[str, Any]) -> None:
+    kit = KITS[0]
+    ready = (f"window.cizoKit && window.cizoKit.kit.kit_id === '{kit}' "
+             "&& window.cizoCharts['c-power']")
+    page = _page(site, "operator", f"#/kit/{kit}")
+    page.wait_for_function(ready, timeout=15000)
+    assert page.locator("#unlock-box").is_hidden()  # operators cannot unlock
+    page.context.close()
+
+    page = _page(site, "support", f"#/kit/{kit}")
+    page.wait_for_function(ready, timeout=15000)
+    tel = _api(site, "support", f"/v1/dashboard/kits/{kit}/telemetry?hours=72")
+    assert len(tel["points"]) > 100
+    charts = page.evaluate("window.cizoCharts")
+    soc = charts["c-soc"]["series"][0]
+    assert soc["values"] == [p["soc"] for p in tel["points"]]
+    assert charts["c-soc"]["x"] == [p["t"] for p in tel["points"]]
+    assert len(soc["points"]) == len(tel["points"])
+    # the highest value is drawn highest (smallest y), the lowest lowest
+    hi = max(range(len(soc["values"])), key=lambda i: soc["values"][i])
+    lo = min(range(len(soc["values"])), key=lambda i: soc["values"][i])
+    assert soc["points"][hi][1] < soc["points"][lo][1]
+    power = {s["name"]: s["values"] for s in charts["c-power"]["series"]}
+    assert power["pv_w"] == [p["pv_w"] for p in tel["points"]]
+    assert power["load_w"] == [p["load_w"] for p in tel["points"]]
+    assert max(power["pv_w"]) > 10  # the sun shone on the simulated days
+    assert page.locator("#c-soc path[data-series='soc']").count() == 1
+    assert "Solvency score" in page.inner_text("#k-metrics")
+    before = _api(site, "support", f"/v1/dashboard/kits/{kit}")["credit_until"]
+    assert page.locator("#unlock-box").is_visible()
+    page.fill("#u-days", "2")
+    page.fill("#u-reason", "customer paid cash at the agency")
+    page.click("#u-submit")
+    page.wait_for_function("document.getElementById('u-result').textContent.includes('unlocked')",
+                           timeout=15000)
+    after = _api(site, "support", f"/v1/dashboard/kits/{kit}")
+    base = before if before is not None and before > time.time() else time.time()
+    assert abs(after["credit_until"] - (base + 2 * 86400)) < 120
+    assert after["commands"] and after["commands"][0]["origin"] == "support"
+    audit = _api(site, "support", f"/v1/kits/{kit}/audit")["items"]
+    assert audit[0]["reason"] == "customer paid cash at the agency"
+    assert audit[0]["actor"] == "support-ama"
+    page.wait_for_function(
+        "document.getElementById('k-audit').textContent.includes('customer paid cash')",
+        timeout=15000)
+    page.screenshot(path=str(SHOTS / "kit.png"), full_page=True)
+    page.context.close()
