@@ -19,6 +19,7 @@ PROTOCOL_VERSION = 1
 MAX_PAYLOAD_BYTES = 4096
 MAX_FUTURE_SKEW_S = 600  # a reading stamped further ahead than this is rejected
 EARLIEST_TS = 1_577_836_800  # 2020-01-01: no CIZO kit reports from before this
+MAX_JSON_DEPTH = 4  # v1 payloads are flat objects; deeper nesting is refused unparsed
 
 TOPIC_ROOT = "kits"
 TELEMETRY = "telemetry"
@@ -26,7 +27,7 @@ STATUS = "status"
 CMD = "cmd"
 CMD_ACK = "cmd/ack"
 
-Action = Literal["unlock", "lock", "own"]
+Action = Literal["unlock", "lock", "own", "rotate"]  # rotate: issue 5, secret rotation
 AckResult = Literal["applied", "rejected"]
 
 
@@ -128,6 +129,7 @@ class Command(_Strict):
     issued_at: int
     expires_at: int
     sig: str
+    nonce: str | None = None  # rotate only: 32 hex chars, see derive_rotated_secret
 
 
 class Ack(_Strict):
@@ -138,6 +140,7 @@ class Ack(_Strict):
     reason: str | None = None
     locked: bool
     credit_until: int | None
+    sig: str | None = None  # optional in v1: HMAC of the ack under the kit's secret (issue 5)
 
 
 def _loads(payload: bytes) -> Any:
@@ -151,15 +154,49 @@ def _loads(payload: bytes) -> Any:
     def _no_constants(name: str) -> Any:
         raise ContractError("non_finite", name)
 
+    def _finite_float(literal: str) -> float:
+        value = float(literal)  # 1e999 parses as inf: as bad as a literal Infinity
+        if not math.isfinite(value):
+            raise ContractError("non_finite", literal[:40])
+        return value
+
+    # the scan is skipped for the usual flat payload (one "{"): no cost on the hot path
+    if (text.count("{") + text.count("[") > MAX_JSON_DEPTH
+            and _nesting_depth(text) > MAX_JSON_DEPTH):
+        raise ContractError("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH}")
     try:
-        data = json.loads(text, parse_constant=_no_constants)
+        data = json.loads(text, parse_constant=_no_constants, parse_float=_finite_float)
     except ContractError:
         raise
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ContractError("not_json", str(exc)[:200]) from exc
+    except ValueError as exc:  # e.g. an integer literal beyond Python's digit limit
+        raise ContractError("not_json", str(exc)[:200]) from exc
     if not isinstance(data, dict):
         raise ContractError("not_object", type(data).__name__)
     return data
+
+
+def _nesting_depth(text: str) -> int:
+    """Deepest ``[``/``{`` nesting outside strings: checked before parsing (issue 8)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def _model(cls: type[_Strict], data: Any) -> Any:
@@ -240,8 +277,9 @@ def build_command(
     issued_at: int,
     expires_at: int,
     secret_hex: str,
+    nonce: str | None = None,
 ) -> dict[str, Any]:
-    """A signed v1 command, ready to be published as JSON."""
+    """A signed v1 command, ready to be published as JSON (``nonce``: rotate only)."""
     fields: dict[str, Any] = {
         "v": PROTOCOL_VERSION,
         "kit_id": kit_id,
@@ -252,8 +290,28 @@ def build_command(
         "issued_at": issued_at,
         "expires_at": expires_at,
     }
+    if nonce is not None:
+        fields["nonce"] = nonce
     fields["sig"] = sign(fields, secret_hex)
     return fields
+
+
+def derive_rotated_secret(secret_hex: str, nonce: str) -> str:
+    """Issue 5: the new secret after a ``rotate``: HMAC-SHA256(old secret, "rotate" + nonce).
+
+    The key is the old secret's 32 raw bytes, the message the ASCII bytes of ``rotate``
+    followed by the nonce as sent (hex text); the result, as 64 hex chars, is the new
+    secret. Both sides compute it, so the secret itself never travels.
+    """
+    msg = b"rotate" + nonce.encode("ascii")
+    return hmac.new(bytes.fromhex(secret_hex), msg, hashlib.sha256).hexdigest()
+
+
+def sign_ack(fields: dict[str, Any], secret_hex: str) -> dict[str, Any]:
+    """Issue 5: an ack with its optional ``sig`` (same canonical form as commands)."""
+    out = {k: v for k, v in fields.items() if k != "sig"}
+    out["sig"] = sign(out, secret_hex)
+    return out
 
 
 def encode(message: dict[str, Any] | BaseModel) -> bytes:

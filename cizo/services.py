@@ -150,6 +150,39 @@ class ManagedProcess:
         self.start()
 
 
+@dataclass(frozen=True)
+class Listener:
+    """An extra Mosquitto listener (issue 8): kits' TLS port, optionally with client certs.
+
+    ``username_as_clientid`` makes the broker replace a client's id with its username, so
+    a kit cannot take over another kit's session. With ``require_certificate`` and
+    ``identity_as_username`` the certificate's CN is the username (no password).
+    """
+
+    port: int
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    cafile: Path | None = None
+    require_certificate: bool = False
+    identity_as_username: bool = False
+    username_as_clientid: bool = False
+
+    def lines(self) -> list[str]:
+        out = [f"listener {self.port} 127.0.0.1"]
+        if self.certfile is not None and self.keyfile is not None:
+            out += [f"certfile {self.certfile}", f"keyfile {self.keyfile}",
+                    "tls_version tlsv1.2"]
+        if self.cafile is not None:
+            out.append(f"cafile {self.cafile}")
+        if self.require_certificate:
+            out.append("require_certificate true")
+        if self.identity_as_username:
+            out.append("use_identity_as_username true")
+        if self.username_as_clientid:
+            out.append("use_username_as_clientid true")
+        return out
+
+
 def mosquitto_config(
     *,
     port: int,
@@ -159,6 +192,7 @@ def mosquitto_config(
     acl_file: Path | None = None,
     max_inflight: int = 100,
     max_queued: int = 1_000_000,
+    listeners: tuple[Listener, ...] = (),
 ) -> str:
     """A mosquitto.conf for a private broker.
 
@@ -190,6 +224,8 @@ def mosquitto_config(
         lines.append(f"password_file {password_file}")
     if acl_file is not None:
         lines.append(f"acl_file {acl_file}")
+    for extra in listeners:  # after the global options: listener options follow "listener"
+        lines += extra.lines()
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,9 @@ import secrets
 
 from cryptography.fernet import Fernet, InvalidToken
 
-ROLES = ("admin", "operator", "support", "finance")
+# issue 8: "regulator" reads national aggregates only (never a kit, account or phone)
+ROLES = ("admin", "operator", "support", "finance", "regulator")
+NATIONAL_ONLY_ROLES = ("regulator",)  # such keys may not be scoped to one DESCO
 
 _PBKDF2_ITERATIONS = 101
 

@@ -1,9 +1,22 @@
-"""Bearer API keys: hashed at rest, one role each, optionally scoped to one DESCO."""
+"""Bearer API keys: hashed at rest, named, revocable, one role each, scoped to a DESCO or national.
+
+Every protected endpoint takes exactly one of the ``*Key`` aliases below; the role set
+is carried by the dependency object itself (``RequireRole.allowed``), so a test can walk
+``app.routes`` and know, for every endpoint, who may call it (tests/test_security_routes.py).
+
+Roles (admin is admitted everywhere):
+  operator   read kits, accounts, payments, commands, audit of its DESCO
+  support    operator + manual unlocks (rate-limited) and suspense link proposals
+  finance    operator + payments, reconciliation, approvals
+  regulator  national aggregates only: never a kit, an account, a payment or a phone
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+import threading
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -13,8 +26,9 @@ from sqlalchemy.exc import IntegrityError
 
 from control.ledger import Actor
 from control.models import ApiKey
+from control.ratelimit import SlidingWindow
 from control.runtime import Runtime
-from control.security import ROLES, hash_api_key, new_api_key
+from control.security import NATIONAL_ONLY_ROLES, ROLES, hash_api_key, new_api_key
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +48,74 @@ def _unauthorized(detail: str) -> HTTPException:
                          headers={"WWW-Authenticate": "Bearer"})
 
 
+def _too_many(detail: str, wait_s: float) -> HTTPException:
+    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=detail,
+                         headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
+
+
+# --- rate limits (per process; see control/ratelimit.py) ------------------------------
+
+
+@dataclass
+class Limits:
+    failed_auth: SlidingWindow  # per client address
+    unlocks: SlidingWindow  # per API key
+
+
+_limits_lock = threading.Lock()
+
+
+def limits(request: Request, rt: Runtime) -> Limits:
+    """The app's limiters, made on first use from the runtime's settings."""
+    found: Limits | None = getattr(request.app.state, "cizo_limits", None)
+    if found is not None:
+        return found
+    with _limits_lock:
+        found = getattr(request.app.state, "cizo_limits", None)
+        if found is None:
+            st = rt.settings
+            found = Limits(
+                failed_auth=SlidingWindow(st.auth_fail_limit, st.auth_fail_window_s),
+                unlocks=SlidingWindow(st.unlock_limit, st.unlock_window_s),
+            )
+            request.app.state.cizo_limits = found
+        return found
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
 def current_actor(
+    request: Request,
     rt: RuntimeDep,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Actor:
-    """The key holder; 401 for a missing, unknown or revoked key."""
+    """The key holder; 401 for a missing, unknown or revoked key; 429 after too many failures.
+
+    While an address is over its failure limit every attempt from it is refused, even
+    with a good key, so guessing gains nothing from an occasional success.
+    """
+    lim = limits(request, rt).failed_auth
+    client = _client(request)
+    now = rt.clock.now()
+    wait = lim.retry_after(client, now)
+    if wait > 0:
+        raise _too_many("too many failed authentications from this address; retry later", wait)
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
+        lim.add(client, now)
         raise _unauthorized("missing API key: send Authorization: Bearer <key>")
     with rt.db.session() as s:
         key = s.scalars(
             select(ApiKey).where(ApiKey.key_hash == hash_api_key(creds.credentials))
         ).one_or_none()
         if key is None:
+            lim.add(client, now)
+            log.info("unknown API key presented", extra={"client": client})
             raise _unauthorized("unknown API key")
         if key.revoked_at is not None:
-            log.info("revoked API key used", extra={"api_key_id": key.id})
+            lim.add(client, now)
+            log.info("revoked API key used", extra={"api_key_id": key.id, "client": client})
             raise _unauthorized("API key revoked")
         return Actor(name=key.name, role=key.role, desco_id=key.desco_id, key_id=key.id)
 
@@ -56,25 +123,60 @@ def current_actor(
 CurrentKey = Annotated[Actor, Depends(current_actor)]
 
 
-def require_role(*roles: str) -> Callable[[Actor], Actor]:
-    """A dependency admitting these roles (admin is always admitted); 403 otherwise."""
-    allowed = frozenset(roles) | {"admin"}
+class RequireRole:
+    """A dependency admitting these roles (admin always); 403 otherwise.
 
-    def dependency(actor: CurrentKey) -> Actor:
-        if actor.role not in allowed:
+    ``allowed`` is public on purpose: the route-walking test reads it from each route's
+    dependency tree. ``limit="unlock"`` also counts the call against the per-key unlock
+    limit (429 beyond it).
+    """
+
+    def __init__(self, *roles: str, limit: str | None = None) -> None:
+        unknown = set(roles) - set(ROLES)
+        if unknown:
+            raise ValueError(f"unknown role(s) {sorted(unknown)}")
+        if limit not in (None, "unlock"):
+            raise ValueError(f"unknown limit {limit!r}")
+        self.allowed = frozenset(roles) | {"admin"}
+        self.limit = limit
+
+    def __call__(self, request: Request, rt: RuntimeDep, actor: CurrentKey) -> Actor:
+        if actor.role not in self.allowed:
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
-                detail=f"role {actor.role!r} may not do this (needs {', '.join(sorted(allowed))})",
+                detail=f"role {actor.role!r} may not do this "
+                       f"(needs {', '.join(sorted(self.allowed))})",
             )
+        if self.limit == "unlock":
+            wait = limits(request, rt).unlocks.hit(f"key:{actor.key_id}", rt.clock.now())
+            if wait > 0:
+                log.warning("manual unlock rate limit reached by %s", actor.name,
+                            extra={"api_key_id": actor.key_id})
+                raise _too_many("too many manual unlocks with this key; retry later", wait)
         return actor
 
-    return dependency
+    def __repr__(self) -> str:
+        return f"RequireRole({', '.join(sorted(self.allowed))})"
 
 
-ReaderKey = Annotated[Actor, Depends(require_role("operator", "support", "finance"))]
-SupportKey = Annotated[Actor, Depends(require_role("support"))]
-FinanceKey = Annotated[Actor, Depends(require_role("finance"))]
-AdminKey = Annotated[Actor, Depends(require_role())]
+def require_role(*roles: str) -> RequireRole:
+    """Kept for callers of the earlier API: ``Depends(require_role("finance"))``."""
+    return RequireRole(*roles)
+
+
+# Per-DESCO data (kits, accounts, payments, audit): never the regulator.
+ReaderKey = Annotated[Actor, Depends(RequireRole("operator", "support", "finance"))]
+SupportKey = Annotated[Actor, Depends(RequireRole("support"))]
+FinanceKey = Annotated[Actor, Depends(RequireRole("finance"))]
+AdminKey = Annotated[Actor, Depends(RequireRole())]
+# Manual unlocks: support, counted against the per-key unlock limit.
+UnlockKey = Annotated[Actor, Depends(RequireRole("support", limit="unlock"))]
+# Aggregates with no personal data (fleet totals, national figures): staff and regulator.
+AggregateReaderKey = Annotated[
+    Actor, Depends(RequireRole("operator", "support", "finance", "regulator"))
+]
+# The regulator's own view (national aggregates only).
+RegulatorKey = Annotated[Actor, Depends(RequireRole("regulator"))]
 
 
 def create_api_key(
@@ -83,15 +185,33 @@ def create_api_key(
     """Store a new key (hashed) and return its id and the key itself, shown only now."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+    if role in NATIONAL_ONLY_ROLES and desco_id is not None:
+        raise ValueError(f"a {role} key is national: it may not be scoped to a DESCO")
+    if not name.strip():
+        raise ValueError("a key needs a name (who holds it)")
     key = key or new_api_key()
     with rt.db.session() as s:
-        row = ApiKey(name=name, key_hash=hash_api_key(key), role=role, desco_id=desco_id,
-                     created_at=rt.clock.now(), revoked_at=None)
+        row = ApiKey(name=name.strip(), key_hash=hash_api_key(key), role=role,
+                     desco_id=desco_id, created_at=rt.clock.now(), revoked_at=None)
         s.add(row)
         s.flush()
         key_id = row.id
     log.info("API key created", extra={"api_key_id": key_id, "role": role, "desco_id": desco_id})
     return key_id, key
+
+
+def revoke_api_key(rt: Runtime, key_id: int, *, desco_id: str | None = None) -> ApiKey | None:
+    """Revoke a key (idempotent); None if unknown or outside ``desco_id``'s scope."""
+    with rt.db.session() as s:
+        row = s.get(ApiKey, key_id)
+        if row is None or (desco_id is not None and row.desco_id != desco_id):
+            return None
+        if row.revoked_at is None:
+            row.revoked_at = rt.clock.now()
+            log.info("API key revoked", extra={"api_key_id": key_id})
+        s.flush()
+        s.expunge(row)
+        return row
 
 
 def ensure_admin_key(rt: Runtime) -> int | None:

@@ -1,0 +1,353 @@
+"""The broker's doors, tested against a real Mosquitto with the password file and ACL that
+``cizo broker sync`` writes from the ledger: per-kit credentials, client id = username,
+no anonymous access, TLS with a test CA, optional X.509 client certificates per kit.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from broker_bridge import Bridge
+from cizo import protocol, services
+from cizo.clock import SystemClock
+from cizo.settings import Settings
+from control import broker_auth, credit, ledger, pki
+from control.db import Database, migrate
+from control.security import SecretBox, generate_secret_key
+from tests.support import wait_for
+
+BRIDGE_PW = "bridge-" + uuid.uuid4().hex
+CONTROL_PW = "control-" + uuid.uuid4().hex
+
+
+@dataclass
+class Broker:
+    proc: services.ManagedProcess
+    service_port: int  # plain, services only (compose network in production)
+    kit_port: int  # TLS, username/password, client id forced to the username
+    cert_port: int  # TLS with a client certificate per kit (CN = kit id)
+    db: Database
+    dir: Path
+    ca: pki.Issued
+    passwords: dict[str, str] = field(default_factory=dict)
+
+    def sync(self) -> None:
+        broker_auth.sync(
+            self.db, password_file=self.dir / "passwd", acl_file=self.dir / "acl",
+            service_passwords={broker_auth.BRIDGE_USER: BRIDGE_PW,
+                               broker_auth.CONTROL_USER: CONTROL_PW},
+            reload_pid=self.proc.proc.pid if self.proc.proc is not None else None,
+        )
+
+
+class Client:
+    """A paho v5 client that records what it receives and how the broker answered."""
+
+    def __init__(self, client_id: str, *, username: str | None = None,
+                 password: str | None = None) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv5)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.connack: ReasonCode | None = None
+        self.connected = threading.Event()
+        self.answered = threading.Event()
+        self.disconnected = threading.Event()
+        self.received: list[tuple[str, bytes, bool]] = []
+        self.suback: list[ReasonCode] = []
+        self.lock = threading.Lock()
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+
+    def tls(self, ca: Path, cert: Path | None = None, key: Path | None = None) -> Client:
+        self.client.tls_set(ca_certs=str(ca), certfile=str(cert) if cert else None,
+                            keyfile=str(key) if key else None, cert_reqs=ssl.CERT_REQUIRED)
+        return self
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        self.connack = rc
+        if not rc.is_failure:
+            self.connected.set()
+        self.answered.set()
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        self.disconnected.set()
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.received.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, rcs: list[ReasonCode], _p: Any) -> None:
+        self.suback = rcs
+
+    def connect(self, port: int) -> bool:
+        """True if the broker accepted; False if it refused (or closed the TLS session)."""
+        self.client.reconnect_delay_set(30, 30)  # a refused client must not retry here
+        try:
+            self.client.connect("127.0.0.1", port, keepalive=10)
+        except (ssl.SSLError, OSError):
+            return False
+        self.client.loop_start()
+        wait_for(lambda: self.answered.is_set() or self.disconnected.is_set(), 5,
+                 "CONNACK or disconnection")
+        return self.connected.is_set()
+
+    def subscribe(self, topic: str) -> list[ReasonCode]:
+        self.suback = []
+        self.client.subscribe(topic, qos=1)
+        wait_for(lambda: self.suback, 5, f"SUBACK for {topic}")
+        return self.suback
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(5)
+
+    def topics(self) -> list[str]:
+        with self.lock:
+            return [t for t, _p, _r in self.received]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _telemetry(kit_id: str, seq: int) -> bytes:
+    return json.dumps({
+        "v": 1, "kit_id": kit_id, "ts": int(time.time()) - 60, "seq": seq, "boot": 1,
+        "battery_v": 12.7, "soc": 80.0, "pv_w": 40.0, "load_w": 5.0, "pv_wh_total": 100.0,
+        "load_wh_total": 50.0, "locked": False, "credit_until": None, "temp_c": 30.0,
+    }).encode()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    root = tmp_path_factory.mktemp("secure-broker")
+    url = f"sqlite:///{root / 'ledger.db'}"
+    migrate(url)
+    db = Database(url)
+    box = SecretBox(generate_secret_key())
+    passwords: dict[str, str] = {}
+    with db.session() as s:
+        for kit in ("KIT-A", "KIT-B", "KIT-C"):
+            made = ledger.provision_kit(
+                s, kit_id=kit, desco_id="default", phone_e164="+22890000001",
+                plan=credit.Plan(0, 100, 1000), box=box, now=time.time(), actor=ledger.SYSTEM)
+            passwords[kit] = made.mqtt_password
+    ca = pki.make_ca()
+    server_crt, server_key = pki.make_server_cert(ca, ["127.0.0.1", "localhost"]).write(
+        root / "certs", "server")
+    ca_crt, _ = ca.write(root / "certs", "ca")
+    pki.make_client_cert(ca, "KIT-A").write(root / "certs", "KIT-A")
+    pki.make_client_cert(pki.make_ca("rogue CA"), "KIT-B").write(root / "certs", "rogue")
+    service_port, kit_port, cert_port = (services.free_port() for _ in range(3))
+    proc = services.mosquitto(
+        root / "mosquitto", service_port, allow_anonymous=False,
+        password_file=root / "passwd", acl_file=root / "acl",
+        listeners=(
+            services.Listener(kit_port, certfile=server_crt, keyfile=server_key,
+                              username_as_clientid=True),
+            services.Listener(cert_port, certfile=server_crt, keyfile=server_key,
+                              cafile=ca_crt, require_certificate=True,
+                              identity_as_username=True, username_as_clientid=True),
+        ),
+    )
+    b = Broker(proc, service_port, kit_port, cert_port, db, root, ca, passwords)
+    b.sync()  # before start: no broker pid yet, so no reload
+    assert (root / "passwd").stat().st_mode & 0o077 == 0, "password file readable by others"
+    proc.start()
+    assert services.wait_for_port(kit_port) and services.wait_for_port(cert_port)
+    yield b
+    proc.stop()
+    db.dispose()
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Client]]:
+    made: list[Client] = []
+    yield made
+    for c in made:
+        c.close()
+
+
+def kit(broker: Broker, clients: list[Client], kit_id: str, *, client_id: str | None = None,
+        password: str | None = None) -> Client:
+    c = Client(client_id or kit_id, username=kit_id,
+               password=password if password is not None else broker.passwords[kit_id])
+    c.tls(broker.dir / "certs" / "ca.crt")
+    clients.append(c)
+    assert c.connect(broker.kit_port), f"{kit_id} refused: {c.connack}"
+    return c
+
+
+def service(broker: Broker, clients: list[Client], user: str, pw: str) -> Client:
+    c = Client(f"{user}-{uuid.uuid4().hex[:6]}", username=user, password=pw)
+    clients.append(c)
+    assert c.connect(broker.service_port), f"{user} refused: {c.connack}"
+    return c
+
+
+def test_anonymous_and_wrong_passwords_are_refused(broker: Broker, clients: list[Client]) -> None:
+    anon = Client("anon")
+    clients.append(anon)
+    assert not anon.connect(broker.service_port)
+    assert anon.connack is not None and anon.connack.is_failure
+    anon_tls = Client("anon-tls").tls(broker.dir / "certs" / "ca.crt")
+    clients.append(anon_tls)
+    assert not anon_tls.connect(broker.kit_port)
+    wrong = Client("KIT-A", username="KIT-A", password="not-the-password")
+    wrong.tls(broker.dir / "certs" / "ca.crt")
+    clients.append(wrong)
+    assert not wrong.connect(broker.kit_port)
+    # a kit's own password does not open a service account, nor another kit's
+    for user in ("KIT-B", broker_auth.BRIDGE_USER):
+        other = Client(user, username=user, password=broker.passwords["KIT-A"])
+        clients.append(other)
+        assert not other.connect(broker.service_port)
+
+
+def test_tls_listener_presents_the_test_ca_certificate(broker: Broker) -> None:
+    ctx = ssl.create_default_context(cafile=str(broker.dir / "certs" / "ca.crt"))
+    import socket
+
+    with socket.create_connection(("127.0.0.1", broker.kit_port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        cert = tls.getpeercert()
+        assert cert is not None
+        assert ("commonName", "127.0.0.1") in [kv for rdn in cert["subject"] for kv in rdn]
+    # a client that does not trust the CA refuses the broker
+    untrusting = ssl.create_default_context()
+    with socket.create_connection(("127.0.0.1", broker.kit_port), timeout=5) as raw, \
+            pytest.raises(ssl.SSLCertVerificationError):
+        untrusting.wrap_socket(raw, server_hostname="localhost")
+
+
+def test_kit_cannot_publish_as_another_and_the_bridge_never_sees_it(
+    broker: Broker, clients: list[Client], influxd: services.InfluxProcess, influx_db: str,
+    tmp_path: Path,
+) -> None:
+    settings = Settings(
+        mqtt_port=broker.service_port, mqtt_username=broker_auth.BRIDGE_USER,
+        mqtt_password=BRIDGE_PW, influx_url=f"http://127.0.0.1:{influxd.port}",
+        influx_db=influx_db, influx_flush_interval_s=0.1, data_dir=tmp_path,
+    )
+    bridge = Bridge(settings, SystemClock(), client_id=f"bridge-{uuid.uuid4().hex[:6]}",
+                    session_expiry_s=30)
+    bridge.start()
+    try:
+        assert bridge.wait_subscribed(10), "the bridge's own account was refused"
+        a = kit(broker, clients, "KIT-A")
+        a.publish(protocol.telemetry_topic("KIT-B"), _telemetry("KIT-B", 1))  # forged
+        a.publish(protocol.status_topic("KIT-B"), b'{"v":1,"online":false}')  # forged
+        a.publish(protocol.telemetry_topic("KIT-A"), _telemetry("KIT-A", 1))  # its own
+        wait_for(lambda: bridge.stats().written >= 1, 10, "KIT-A's reading written")
+        time.sleep(0.3)  # anything forged would have arrived with or before it
+        stats = bridge.stats()
+        assert stats.messages_in == 1, stats
+        assert stats.rejected_total == 0
+        assert bridge.counters.for_kit("KIT-B") == {}
+    finally:
+        bridge.stop()
+
+
+def test_kit_reads_only_its_own_commands_and_cannot_overwrite_them(
+    broker: Broker, clients: list[Client]
+) -> None:
+    control = service(broker, clients, broker_auth.CONTROL_USER, CONTROL_PW)
+    control.publish(protocol.cmd_topic("KIT-A"), b'{"cmd":"for A"}', retain=True)
+    control.publish(protocol.cmd_topic("KIT-B"), b'{"cmd":"for B"}', retain=True)
+    a = kit(broker, clients, "KIT-A")
+    # B's live and retained commands, and every kit's (wildcards), never reach A: Mosquitto
+    # may grant the subscription but checks the ACL on every message it would deliver
+    for topic in (protocol.cmd_topic("KIT-B"), "kits/+/cmd", "kits/#", "#"):
+        a.subscribe(topic)
+    (rc,) = a.subscribe(protocol.cmd_topic("KIT-A"))
+    assert not rc.is_failure
+    wait_for(lambda: a.received, 5, "A's retained command")
+    # A tries to replace its own retained command (e.g. with an old unlock)
+    a.publish(protocol.cmd_topic("KIT-A"), b'{"cmd":"forged by A"}', retain=True)
+    control.publish(protocol.cmd_topic("KIT-B"), b'{"cmd":"new for B"}', retain=True)
+    time.sleep(0.3)
+    # only its own command, once per matching subscription (kits/#, #, +/cmd and its own)
+    assert {(t, p) for t, p, _r in a.received} == {("kits/KIT-A/cmd", b'{"cmd":"for A"}')}
+    fresh = kit(broker, clients, "KIT-A", client_id="other-session-of-A")
+    fresh.subscribe(protocol.cmd_topic("KIT-A"))
+    wait_for(lambda: fresh.received, 5, "retained command for a new subscriber")
+    assert fresh.received == [("kits/KIT-A/cmd", b'{"cmd":"for A"}', True)]
+    # a kit cannot read other kits' telemetry, nor their acks
+    n = len(a.received)
+    b = kit(broker, clients, "KIT-B")
+    b.publish(protocol.telemetry_topic("KIT-B"), _telemetry("KIT-B", 5))
+    b.publish(protocol.ack_topic("KIT-B"), b'{"v":1}')
+    time.sleep(0.3)
+    assert len(a.received) == n, a.received[n:]
+    # and the bridge account may not publish commands
+    bridge = service(broker, clients, broker_auth.BRIDGE_USER, BRIDGE_PW)
+    bridge.publish(protocol.cmd_topic("KIT-A"), b'{"cmd":"from the bridge"}', retain=True)
+    time.sleep(0.2)
+    assert len(fresh.received) == 1
+
+
+def test_client_id_is_the_username_so_no_kit_can_take_another_session(
+    broker: Broker, clients: list[Client]
+) -> None:
+    b = kit(broker, clients, "KIT-B")
+    b.subscribe(protocol.cmd_topic("KIT-B"))
+    wait_for(lambda: b.received, 5, "B's retained command")
+    intruder = kit(broker, clients, "KIT-A", client_id="KIT-B")  # claims B's client id
+    intruder.publish(protocol.telemetry_topic("KIT-A"), _telemetry("KIT-A", 2))
+    time.sleep(0.3)
+    assert not b.disconnected.is_set(), "B was kicked off by a client claiming its id"
+    assert b.client.is_connected()
+
+
+def test_client_certificate_per_kit(broker: Broker, clients: list[Client]) -> None:
+    certs = broker.dir / "certs"
+    watcher = service(broker, clients, broker_auth.BRIDGE_USER, BRIDGE_PW)
+    watcher.subscribe("kits/+/telemetry")
+    a = Client("anything").tls(certs / "ca.crt", certs / "KIT-A.crt", certs / "KIT-A.key")
+    clients.append(a)
+    assert a.connect(broker.cert_port), a.connack  # no password: the certificate is the login
+    a.publish(protocol.telemetry_topic("KIT-B"), _telemetry("KIT-B", 9))  # forged
+    a.publish(protocol.telemetry_topic("KIT-A"), _telemetry("KIT-A", 9))
+    wait_for(lambda: watcher.received, 5, "A's reading")
+    time.sleep(0.2)
+    assert watcher.topics() == ["kits/KIT-A/telemetry"]
+    rogue = Client("rogue").tls(certs / "ca.crt", certs / "rogue.crt", certs / "rogue.key")
+    clients.append(rogue)
+    assert not rogue.connect(broker.cert_port)
+    no_cert = Client("KIT-A", username="KIT-A", password=broker.passwords["KIT-A"])
+    no_cert.tls(certs / "ca.crt")
+    clients.append(no_cert)
+    assert not no_cert.connect(broker.cert_port)
+
+
+def test_revoked_kit_password_cannot_connect(broker: Broker, clients: list[Client]) -> None:
+    kit(broker, clients, "KIT-C")  # works before
+    assert broker_auth.revoke_kit(broker.db, "KIT-C", time.time())
+    broker.sync()  # rewrites the files and SIGHUPs the broker
+
+    def refused() -> bool:
+        c = Client(f"KIT-C-{uuid.uuid4().hex[:4]}", username="KIT-C",
+                   password=broker.passwords["KIT-C"])
+        c.tls(broker.dir / "certs" / "ca.crt")
+        clients.append(c)
+        return not c.connect(broker.kit_port)
+
+    wait_for(refused, 10, "the revoked password to be refused")
+    kit(broker, clients, "KIT-A")  # the others are unaffected
+    assert "KIT-C:" not in (broker.dir / "passwd").read_text()
