@@ -94,6 +94,7 @@ class Stack:
             "CIZO_ADMIN_API_KEY": admin_key,
             "CIZO_SECRET_KEY": secret_key,
             "CIZO_PAYGATE_URL": f"http://127.0.0.1:{o.paygate_port}",
+            "CIZO_MOMO_URL": f"http://127.0.0.1:{o.paygate_port + 1}",  # issue 4 simulator
         })
         for name, default in DEV_DEFAULTS.items():
             env[name] = os.environ.get(name, default)
@@ -142,10 +143,12 @@ class Stack:
         api = f"http://127.0.0.1:{o.api_port}"
         self.spawn("paygate-sim", ["paygate-sim", "--port", str(o.paygate_port),
                                    "--callback-url", f"{api}/v1/payments/paygate"], env)
+        self.spawn("momo-sim", ["momo-sim", "--port", str(o.paygate_port + 1)], env)
         self.spawn("bridge", ["bridge"], env)
         self.spawn("control", ["control"], env)
         self.wait_http(f"{api}/readyz", "control", timeout_s=60)
         self.wait_http(f"http://127.0.0.1:{o.paygate_port}/_sim/transactions", "paygate-sim")
+        self.wait_http(f"http://127.0.0.1:{o.paygate_port + 1}/_sim/transactions", "momo-sim")
         fleet = self.provision(api, env["CIZO_ADMIN_API_KEY"])
         if fleet is not None:
             self.spawn("sim", ["sim", "--fleet", str(fleet)], env)

@@ -100,3 +100,40 @@ def desired_action(state: CreditState, now: float) -> str:
     if state.credit_until is not None and state.credit_until > now:
         return "unlock"
     return "lock"
+
+
+def apply_reversal(plan: Plan, state: CreditState, amount_fcfa: int, now: int) -> CreditChange:
+    """Take back ``amount_fcfa`` (a reversal or refund): the mirror of ``apply_payment``.
+
+    Money leaves the day-buying pot first (the carried remainder, then whole days taken
+    off ``credit_until``, rounded up so no unpaid day is kept), and the deposit last.
+    A kit that was owned and no longer is paid in full stops being owned, with no days
+    left: it locks. ``days_added`` is negative (the days removed).
+    """
+    if not isinstance(amount_fcfa, int) or isinstance(amount_fcfa, bool) or amount_fcfa <= 0:
+        raise CreditError(f"amount must be a positive whole number of FCFA, got {amount_fcfa!r}")
+    if amount_fcfa > state.paid_total_fcfa:
+        raise CreditError("a reversal cannot take back more than was paid")
+    paid_total = state.paid_total_fcfa - amount_fcfa
+    deposit_before = min(plan.deposit_fcfa, state.paid_total_fcfa)
+    deposit_after = min(plan.deposit_fcfa, paid_total)
+    from_deposit = deposit_before - deposit_after
+    from_days = amount_fcfa - from_deposit
+    owned = state.owned and paid_total >= plan.total_price_fcfa
+    if state.owned and not owned:
+        # ownership cleared the remainder and the credit: what is left buys nothing now
+        after = CreditState(paid_total, 0, now, False)
+        return CreditChange(state, after, 0, -from_deposit, False)
+    if owned:
+        return CreditChange(state, replace(state, paid_total_fcfa=paid_total), 0,
+                            -from_deposit, False)
+    funds = state.remainder_fcfa - from_days
+    days_removed = 0
+    if funds < 0:
+        days_removed = -(funds // plan.daily_rate_fcfa)  # ceil(-funds / rate)
+        funds += days_removed * plan.daily_rate_fcfa
+    credit_until = state.credit_until
+    if days_removed and credit_until is not None:
+        credit_until -= days_removed * DAY_S
+    after = CreditState(paid_total, funds, credit_until, False)
+    return CreditChange(state, after, -days_removed, -from_deposit, False)

@@ -71,6 +71,19 @@ class Kit(Base):
     commanded_credit_until: Mapped[int | None] = mapped_column(BigInteger)
     # set only while the kit is commanded unlocked: the sweep's index of kits coming due
     lock_due_at: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    # issue 7: the Togolese region the kit is installed in (dashboard filters, open data)
+    region: Mapped[str] = mapped_column(String(32), default="Maritime",
+                                        server_default="Maritime", index=True)
+    # issue 8: set when the kit's broker password is revoked (left out of the password file)
+    mqtt_revoked_at: Mapped[float | None] = mapped_column(Float)
+    # issue 5: a pending secret rotation (the derived new secret, encrypted) until the kit
+    # proves it holds it; keypad (OpenPAYGO) token chain; anomalies found by the control loop
+    secret_next_enc: Mapped[str | None] = mapped_column(Text)
+    keypad_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    opaygo_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    opaygo_until: Mapped[int | None] = mapped_column(BigInteger)  # token chain position
+    anomaly_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_anomaly_at: Mapped[float | None] = mapped_column(Float)
 
 
 class Account(Base):
@@ -89,6 +102,10 @@ class Account(Base):
     credit_until: Mapped[int | None] = mapped_column(BigInteger)
     owned: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float)
+    # issue 8: closing starts the personal-data retention clock; erasure blanks the phone
+    closed_at: Mapped[float | None] = mapped_column(Float)
+    personal_data_erased_at: Mapped[float | None] = mapped_column(Float)
+    last_reminder_at: Mapped[float | None] = mapped_column(Float)  # issue 5: at most one a day
 
     __table_args__ = (Index("ix_accounts_credit_until", "credit_until"),)
 
@@ -114,6 +131,15 @@ class Payment(Base):
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
     credited_at: Mapped[float | None] = mapped_column(Float)
+    # --- issue 4 (migration 0002_payments) ---
+    kind: Mapped[str] = mapped_column(String(16), default="payment")  # payment|reversal
+    currency: Mapped[str | None] = mapped_column(String(3))
+    reverses_payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id"))
+    reference: Mapped[str | None] = mapped_column(String(128))  # what the payer typed
+    matched_by: Mapped[str | None] = mapped_column(String(16))  # intent|reference|phone|link
+    paid_at: Mapped[float | None] = mapped_column(Float)  # when the provider took the money
+    next_check_at: Mapped[float | None] = mapped_column(Float, index=True)  # status poll due
+    check_attempts: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (
         UniqueConstraint("provider", "provider_ref", name="uq_payments_provider_ref"),
@@ -155,10 +181,14 @@ class Command(Base):
     sent_at: Mapped[float | None] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float)
+    # issue 5: when to (re)publish next (backoff with jitter); None once final
+    next_attempt_at: Mapped[float | None] = mapped_column(Float, index=True)
+    nonce: Mapped[str | None] = mapped_column(String(64))  # rotate commands only
 
     __table_args__ = (
         UniqueConstraint("kit_id", "seq", name="uq_commands_kit_seq"),
         Index("ix_commands_status", "status"),
+        Index("ix_commands_status_expires", "status", "expires_at"),
     )
 
 
@@ -191,3 +221,143 @@ class IdempotentRequest(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (UniqueConstraint("api_key_id", "key", name="uq_idempotency_key"),)
+
+
+# --- issue 7: alerts, per-kit analytics, pre-aggregated fleet summary --------------------
+
+
+class Alert(Base):
+    """An anomaly found by the analytics job: open -> acknowledged -> closed."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kit_id: Mapped[str] = mapped_column(ForeignKey("kits.id"), index=True)
+    desco_id: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), index=True)  # open|acknowledged|closed
+    detail: Mapped[str | None] = mapped_column(Text)
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    opened_at: Mapped[float] = mapped_column(Float)
+    last_seen_at: Mapped[float] = mapped_column(Float)
+    acknowledged_at: Mapped[float | None] = mapped_column(Float)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(200))
+    closed_at: Mapped[float | None] = mapped_column(Float)
+    closed_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class KitMetrics(Base):
+    """The analytics job's latest findings for one kit (read by the pages and the summary)."""
+
+    __tablename__ = "kit_metrics"
+
+    kit_id: Mapped[str] = mapped_column(ForeignKey("kits.id"), primary_key=True)
+    computed_at: Mapped[float] = mapped_column(Float)
+    energy_wh_30d: Mapped[float | None] = mapped_column(Float)
+    battery_health_pct: Mapped[float | None] = mapped_column(Float)
+    load_pattern: Mapped[str | None] = mapped_column(String(32))
+    sizing: Mapped[str | None] = mapped_column(String(16))  # ok|undersized|oversized
+    solvency_score: Mapped[float | None] = mapped_column(Float)
+    solvency_inputs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class FleetSummary(Base):
+    """Figures per (DESCO, region), recomputed every minute so the fleet page reads a few rows."""
+
+    __tablename__ = "fleet_summary"
+
+    desco_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    region: Mapped[str] = mapped_column(String(32), primary_key=True)
+    computed_at: Mapped[float] = mapped_column(Float)
+    figures: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+# --- issue 4: webhook secrets, suspense links, statement reconciliation ---------------------
+
+
+class WebhookSecret(Base):
+    """A DESCO's signed-webhook secret, encrypted with CIZO_SECRET_KEY (SecretBox)."""
+
+    __tablename__ = "webhook_secrets"
+
+    desco_id: Mapped[str] = mapped_column(ForeignKey("descos.id"), primary_key=True)
+    secret_enc: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class SuspenseLink(Base):
+    """Support proposes linking a parked payment to an account; a finance user decides."""
+
+    __tablename__ = "suspense_links"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    payment_id: Mapped[int] = mapped_column(ForeignKey("payments.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    status: Mapped[str] = mapped_column(String(16))  # proposed|approved|rejected
+    reason: Mapped[str] = mapped_column(Text)
+    proposed_by: Mapped[str] = mapped_column(String(200))
+    proposed_key_id: Mapped[int | None] = mapped_column(Integer)
+    proposed_at: Mapped[float] = mapped_column(Float)
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[float | None] = mapped_column(Float)
+
+
+class ReconImport(Base):
+    """One uploaded provider statement and the report it produced (moves no money)."""
+
+    __tablename__ = "recon_imports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    desco_id: Mapped[str] = mapped_column(ForeignKey("descos.id"))
+    provider: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(255))
+    imported_by: Mapped[str] = mapped_column(String(200))
+    imported_key_id: Mapped[int | None] = mapped_column(Integer)
+    imported_at: Mapped[float] = mapped_column(Float)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class ReconProposal(Base):
+    """A statement line we never received: credited only once a second finance user approves."""
+
+    __tablename__ = "recon_proposals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    import_id: Mapped[int] = mapped_column(ForeignKey("recon_imports.id"), index=True)
+    desco_id: Mapped[str] = mapped_column(ForeignKey("descos.id"))
+    provider: Mapped[str] = mapped_column(String(32))
+    transaction_id: Mapped[str] = mapped_column(String(128))
+    day: Mapped[str] = mapped_column(String(10))
+    amount_fcfa: Mapped[int] = mapped_column(BigInteger)
+    phone: Mapped[str | None] = mapped_column(String(20))
+    reference: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))  # proposed|approved|rejected|superseded
+    proposed_by: Mapped[str] = mapped_column(String(200))
+    proposed_key_id: Mapped[int | None] = mapped_column(Integer)
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[float | None] = mapped_column(Float)
+    payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id"))
+
+
+# --- issue 5: OpenPAYGO keypad tokens ----------------------------------------------------
+
+
+class KitToken(Base):
+    """An OpenPAYGO token issued to a kit; ``(kit_id, count)`` is unique: never reused."""
+
+    __tablename__ = "kit_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kit_id: Mapped[str] = mapped_column(ForeignKey("kits.id"), index=True)
+    count: Mapped[int] = mapped_column(Integer)
+    token: Mapped[str] = mapped_column(String(20))
+    token_type: Mapped[str] = mapped_column(String(16))  # add_time|set_time|disable_payg
+    value_days: Mapped[int | None] = mapped_column(Integer)
+    credit_until: Mapped[int | None] = mapped_column(BigInteger)  # the ledger's end it carries
+    chain_until: Mapped[int | None] = mapped_column(BigInteger)  # the kit's end once entered
+    payment_id: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("kit_id", "count", name="uq_kit_tokens_kit_count"),)

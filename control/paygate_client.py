@@ -9,6 +9,7 @@ answer we cannot trust to be PayGate's verdict (network error, timeout, 5xx) rai
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -127,7 +128,14 @@ def normalise_datetime(raw: object) -> float | None:
     if raw is None or raw == "":
         return None
     if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return float(raw)
+        try:
+            value = float(raw)
+        except OverflowError:  # an int too large for a float (issue 8 fuzzing)
+            value = math.inf
+        if not math.isfinite(value):
+            log.warning("PayGate datetime not understood: %r", raw)
+            return None
+        return value
     text = str(raw).strip().replace(" ", "T", 1)
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"

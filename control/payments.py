@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from control import ledger
+from control import intake, ledger, matching
 from control.ledger import Actor
 from control.models import Account, Payment
 from control.paygate_client import (
@@ -107,7 +107,10 @@ def create_intent(
         payment = Payment(
             desco_id=acct.desco_id, provider=PROVIDER, provider_ref=identifier,
             account_id=acct.id, requested_fcfa=amount_fcfa, phone=phone_e164, network=network,
-            status="initiated", created_at=now, updated_at=now,
+            status="initiated", created_at=now, updated_at=now, currency="XOF",
+            reference=acct.account_number, check_attempts=0,
+            # polled if no callback comes (control.payment_poll)
+            next_check_at=now + rt.settings.payment_poll_interval_s,
         )
         s.add(payment)
         s.flush()
@@ -189,7 +192,9 @@ def handle_paygate_callback(rt: Runtime, body: dict[str, Any]) -> CallbackOutcom
     """
     raw_id = body.get("identifier")
     if not isinstance(raw_id, str | int) or isinstance(raw_id, bool) or not str(raw_id).strip():
-        raise PaymentInvalid("callback has no identifier")
+        raw_id = _identifier_from_tx_reference(rt, body.get("tx_reference"))
+        if raw_id is None:
+            raise PaymentInvalid("callback has no identifier")
     identifier = str(raw_id).strip()
 
     with rt.db.session() as s:
@@ -244,6 +249,19 @@ def handle_paygate_callback(rt: Runtime, body: dict[str, Any]) -> CallbackOutcom
         # the ledger's unique payment_id: another worker credited it between our checks
         log.info("callback for %s: credited concurrently", identifier, extra=extra)
         return CallbackOutcome("already_credited", identifier, payment_id)
+
+
+def _identifier_from_tx_reference(rt: Runtime, raw: object) -> str | None:
+    """Format drift: a callback naming only PayGate's tx_reference (number or string)."""
+    if raw is None or isinstance(raw, bool) or not str(raw).strip():
+        return None
+    ref = str(raw).strip()
+    if ref.endswith(".0"):
+        ref = ref[:-2]
+    with rt.db.session() as s:
+        found: str | None = s.scalars(select(Payment.provider_ref).where(
+            Payment.provider == PROVIDER, Payment.tx_reference == ref)).first()
+    return found
 
 
 def _kit_of(s: Session, payment: Payment | None) -> str | None:
@@ -309,8 +327,8 @@ def _credit_confirmed(
         elif confirmed.amount is None or confirmed.amount <= 0:
             reason = f"PayGate confirmed no usable amount ({confirmed.amount!r})"
         elif row.requested_fcfa is not None and confirmed.amount != row.requested_fcfa:
-            reason = (f"PayGate confirmed {confirmed.amount} FCFA but {row.requested_fcfa} "
-                      "FCFA was requested")
+            reason = matching.suspicious_amount(confirmed.amount, owed_fcfa=0,
+                                                requested_fcfa=row.requested_fcfa)
         if reason is not None or acct is None or confirmed.amount is None:
             row.status = "suspense"
             row.reason = reason
@@ -333,9 +351,13 @@ def _credit_confirmed(
                      before=before, after={**ledger.account_snapshot(locked_acct),
                                            "identifier": identifier,
                                            "amount_fcfa": confirmed.amount})
+        row.next_check_at = None
+        row.paid_at = confirmed.paid_at or now
         cmd = rt.service.converge_kit(s, acct.kit_id, origin="payment")
         command_id = cmd.id if cmd is not None else None
+        notice = intake.notice_for(locked_acct, row, confirmed.amount)
     publish_after_commit(rt, command_id, kit_id=acct.kit_id, payment_id=payment_id)
+    intake.after_credit(rt, notice)
     return CallbackOutcome("credited", identifier, payment_id, credited=True,
                            command_id=command_id)
 
@@ -368,32 +390,24 @@ def _record_unconfirmed(
 def _park_unmatched(
     rt: Runtime, identifier: str, body: dict[str, Any], confirmed: PayGateStatus
 ) -> CallbackOutcome:
-    """PayGate knows it, we never created it: paid ones are parked in suspense for staff."""
-    if not confirmed.paid:
+    """PayGate knows it, we never created it (a payment started from the customer's phone):
+    matched by the payer's registered phone, else parked in suspense for staff."""
+    if not confirmed.paid or confirmed.amount is None:
         _record_unconfirmed(rt, identifier, body, known=False, kit_id=None)
         log.warning("callback for %s: not ours and not paid (%s); nothing recorded",
                     identifier, confirmed.status_text)
         return CallbackOutcome("unmatched", identifier, detail=confirmed.status_text)
-    now = rt.clock.now()
-    reason = "paid at PayGate but no intent of ours: link it by hand"
-    try:
-        with rt.db.session() as s:
-            row = Payment(
-                desco_id=rt.settings.default_desco_id, provider=PROVIDER,
-                provider_ref=identifier, account_id=None, requested_fcfa=None,
-                amount_fcfa=confirmed.amount, phone=confirmed.phone_e164,
-                network=confirmed.payment_method, status="suspense", reason=reason,
-                tx_reference=confirmed.tx_reference,
-                payment_reference=confirmed.payment_reference, created_at=now, updated_at=now,
-            )
-            s.add(row)
-            s.flush()
-            payment_id = row.id
-            ledger.audit(s, actor=PAYGATE_ACTOR, action="payment.suspense", now=now,
-                         desco_id=row.desco_id, reason=reason, after=_safe_callback(body))
-    except IntegrityError:
-        log.info("unmatched payment %s already parked", identifier)
-        return CallbackOutcome("unmatched", identifier, detail="already parked")
-    log.warning("payment %s paid but unmatched: parked in suspense", identifier,
-                extra={"kit_id": None, "payment_id": payment_id})
-    return CallbackOutcome("unmatched", identifier, payment_id, detail=reason)
+    receipt = intake.receive(rt, intake.Incoming(
+        provider=PROVIDER, provider_ref=identifier, desco_id=None,
+        amount_fcfa=confirmed.amount, phone_e164=confirmed.phone_e164,
+        paid_at=confirmed.paid_at, tx_reference=confirmed.tx_reference,
+        payment_reference=confirmed.payment_reference, network=confirmed.payment_method,
+        detail=_safe_callback(body)), actor=PAYGATE_ACTOR)
+    if receipt.outcome == "credited":
+        return CallbackOutcome("credited", identifier, receipt.payment_id, credited=True,
+                               command_id=receipt.command_id)
+    if receipt.outcome == "duplicate":
+        return CallbackOutcome("already_credited" if receipt.detail == "already credited"
+                               else "unmatched", identifier, receipt.payment_id,
+                               detail=receipt.detail)
+    return CallbackOutcome("unmatched", identifier, receipt.payment_id, detail=receipt.detail)

@@ -12,6 +12,7 @@ from control.security import SecretBox
 from control.service import ControlService
 
 if TYPE_CHECKING:
+    from control.momo_client import MoMoClient
     from control.paygate_client import PayGateClient
 
 
@@ -24,9 +25,11 @@ class Runtime:
     service: ControlService
     paygate: PayGateClient
     started_at: float = field(default=0.0)
+    momo: MoMoClient | None = None  # issue 4: MTN MoMo collections
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None) -> Runtime:
+        from control.momo_client import MoMoClient
         from control.paygate_client import PayGateClient
 
         clock = clock or SystemClock()
@@ -38,4 +41,13 @@ class Runtime:
             settings.paygate_auth_token.get_secret_value(),
             timeout_s=settings.paygate_timeout_s,
         )
-        return cls(settings, db, box, clock, service, paygate, started_at=clock.now())
+        momo = MoMoClient(
+            settings.momo_url,
+            subscription_key=settings.momo_subscription_key.get_secret_value(),
+            api_user=settings.momo_api_user,
+            api_key=settings.momo_api_key.get_secret_value(),
+            target_environment=settings.momo_target_environment,
+            timeout_s=settings.momo_timeout_s,
+        )
+        return cls(settings, db, box, clock, service, paygate, started_at=clock.now(),
+                   momo=momo)

@@ -43,6 +43,7 @@ import hmac
 import itertools
 import json
 import logging
+import random
 import secrets
 import socket
 import threading
@@ -88,6 +89,15 @@ class PayGateSimConfig:
     not_found_http_status: int = 404
     first_tx_reference: int | None = None  # None: from the clock, unique across restarts
     clock: Clock = field(default_factory=SystemClock)
+    # --- fault injection (tests and bench/payments.py) ---
+    status_latency_s: float = 0.0  # every status answer takes this long
+    status_error_rate: float = 0.0  # fraction of status calls answered HTTP 5xx
+    status_timeout_rate: float = 0.0  # fraction of status calls that hang status_hang_s
+    status_hang_s: float = 30.0
+    redeliver_fraction: float = 0.0  # fraction of paid callbacks delivered again later...
+    redeliver_delay_s: float = 0.5  # ...after up to this long (so out of order)
+    format_drift: bool = False  # vary the format as seen in the wild (see drift_body)
+    seed: int | None = None
 
 
 @dataclass
@@ -105,6 +115,7 @@ class SimTransaction:
     paid_at: float | None = None
     payment_reference: str = ""
     callbacks: list[dict[str, Any]] = field(default_factory=list)
+    settled_perf: float | None = None  # perf_counter when the customer paid (benchmarks)
 
     @property
     def payment_method(self) -> str:
@@ -137,6 +148,25 @@ class SimTransaction:
             "callbacks_delivered": sum(1 for c in self.callbacks if c["ok"]),
             "callback_attempts": list(self.callbacks),
         }
+
+
+def drift_body(body: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """The format drift seen in the wild: tx_reference as string, 'TMONEY' for 'T-Money',
+    phone without 228 or with +228, dates without milliseconds."""
+    out = dict(body)
+    if rng.random() < 0.5:
+        out["tx_reference"] = str(out["tx_reference"])
+    if out.get("payment_method") == "T-Money" and rng.random() < 0.5:
+        out["payment_method"] = "TMONEY"
+    phone = str(out.get("phone_number", ""))
+    roll = rng.random()
+    if roll < 0.33 and phone.startswith("228"):
+        out["phone_number"] = phone[3:]
+    elif roll < 0.66 and phone.startswith("228"):
+        out["phone_number"] = "+" + phone
+    if rng.random() < 0.5 and isinstance(out.get("datetime"), str):
+        out["datetime"] = out["datetime"][:19] + "Z"
+    return out
 
 
 def iso_ms(t: float) -> str:
@@ -180,6 +210,20 @@ class _ConfigPatch(BaseModel):
     callback_url: str | None = None
     callback_on_decline: bool | None = None
     expire_after_s: float | None = Field(default=None, gt=0)
+    status_latency_s: float | None = Field(default=None, ge=0)
+    status_error_rate: float | None = Field(default=None, ge=0, le=1)
+    status_timeout_rate: float | None = Field(default=None, ge=0, le=1)
+    status_hang_s: float | None = Field(default=None, ge=0)
+    redeliver_fraction: float | None = Field(default=None, ge=0, le=1)
+    redeliver_delay_s: float | None = Field(default=None, ge=0)
+    format_drift: bool | None = None
+
+
+class _PayPending(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rate_per_s: float = Field(gt=0)
+    count: int = Field(ge=0)
 
 
 class _Settle(BaseModel):
@@ -203,6 +247,25 @@ class PayGateSim:
         self.by_identifier: dict[str, SimTransaction] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
+        self.rng = random.Random(config.seed)
+        self.status_calls = 0
+        self.status_faults = 0
+
+    async def status_fault(self) -> JSONResponse | None:
+        """Latency and injected failures of the status API (None: answer normally)."""
+        self.status_calls += 1
+        c = self.config
+        if c.status_latency_s:
+            await asyncio.sleep(c.status_latency_s)
+        roll = self.rng.random()
+        if roll < c.status_timeout_rate:
+            self.status_faults += 1
+            await asyncio.sleep(c.status_hang_s)
+        elif roll < c.status_timeout_rate + c.status_error_rate:
+            self.status_faults += 1
+            return JSONResponse({"message": "Internal Server Error"},
+                                status_code=self.rng.choice((500, 502, 503)))
+        return None
 
     # --- plumbing --------------------------------------------------------------------
 
@@ -274,8 +337,9 @@ class PayGateSim:
         )
         self.by_ref[tx.tx_reference] = tx
         self.by_identifier[identifier] = tx
-        log.info("paygate sim: tx %d %s %d XOF from %s, customer will %s",
-                 tx.tx_reference, identifier, amount, tx.phone_number, tx.outcome)
+        # never a phone number in logs, not even a simulated one (issue 8): last 2 digits
+        log.info("paygate sim: tx %d %s %d XOF from ...%s, customer will %s",
+                 tx.tx_reference, identifier, amount, str(tx.phone_number)[-2:], tx.outcome)
         if tx.outcome != "never":
             self.spawn(self._customer(tx, self.config.approve_after_s))
         return {"tx_reference": tx.tx_reference, "status": PAY_OK}
@@ -286,8 +350,25 @@ class PayGateSim:
             return
         await self.settle(tx, "approve" if tx.outcome == "approve" else "decline")
 
+    async def pay_pending(self, rate_per_s: float, count: int) -> int:
+        """Simulated customers approve ``count`` pending payments, oldest first, at a rate."""
+        todo = [tx for tx in self.by_ref.values() if self.refresh(tx).state == PENDING][:count]
+        self.spawn(self._drive(todo, rate_per_s))
+        return len(todo)
+
+    async def _drive(self, todo: list[SimTransaction], rate_per_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i, tx in enumerate(todo):
+            delay = start + i / rate_per_s - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if tx.state == PENDING:
+                await self.settle(tx, "approve")
+
     async def settle(self, tx: SimTransaction, outcome: Literal["approve", "decline", "expire"]
                      ) -> None:
+        tx.settled_perf = time.perf_counter()
         if outcome == "approve":
             tx.state = PAID
             tx.paid_at = self.config.clock.now()
@@ -308,8 +389,19 @@ class PayGateSim:
             log.info("paygate sim: no callback URL, tx %d not announced", tx.tx_reference)
             return
         body = tx.callback_body()
+        if self.config.format_drift:
+            body = drift_body(body, self.rng)
         copies = 1 + self.config.duplicate_callbacks
-        await asyncio.gather(*(self._deliver(tx, url, body, copy) for copy in range(copies)))
+        jobs = [self._deliver(tx, url, body, copy) for copy in range(copies)]
+        if self.rng.random() < self.config.redeliver_fraction:
+            jobs.append(self._redeliver(tx, url, body, copies))
+        await asyncio.gather(*jobs)
+
+    async def _redeliver(self, tx: SimTransaction, url: str, body: dict[str, Any], copy: int
+                         ) -> None:
+        """A late, unordered copy: real providers re-send what they think was missed."""
+        await asyncio.sleep(self.rng.uniform(0, self.config.redeliver_delay_s))
+        await self._deliver(tx, url, body, copy)
 
     async def _deliver(self, tx: SimTransaction, url: str, body: dict[str, Any], copy: int
                        ) -> None:
@@ -320,6 +412,7 @@ class PayGateSim:
             record: dict[str, Any] = {"copy": copy, "attempt": attempt, "at": time.time(),
                                       "status_code": None, "error": None, "ok": False}
             tx.callbacks.append(record)
+            t0 = time.perf_counter()
             try:
                 resp = await self.http().post(url, json=body)
             except httpx.HTTPError as exc:
@@ -328,6 +421,8 @@ class PayGateSim:
                             tx.tx_reference, copy, attempt, record["error"])
                 continue
             record["status_code"] = resp.status_code
+            record["latency_s"] = time.perf_counter() - t0
+            record["done_perf"] = time.perf_counter()
             if resp.is_success:
                 record["ok"] = True
                 return
@@ -386,6 +481,9 @@ def create_app(config: PayGateSimConfig) -> FastAPI:
 
     @app.post("/api/v1/status", response_model=None)
     async def status_v1(request: Request) -> dict[str, Any] | JSONResponse:
+        fault = await sim.status_fault()
+        if fault is not None:
+            return fault
         body = await _read_body(request)
         if body is None:
             return _error(400, 400, "Paramètres invalides.")
@@ -401,6 +499,9 @@ def create_app(config: PayGateSimConfig) -> FastAPI:
 
     @app.post("/api/v2/status", response_model=None)
     async def status_v2(request: Request) -> dict[str, Any] | JSONResponse:
+        fault = await sim.status_fault()
+        if fault is not None:
+            return fault
         body = await _read_body(request)
         if body is None:
             return _error(400, 400, "Paramètres invalides.")
@@ -424,6 +525,11 @@ def create_app(config: PayGateSimConfig) -> FastAPI:
             "callback_retries": c.callback_retries,
             "callback_on_decline": c.callback_on_decline,
             "expire_after_s": c.expire_after_s,
+            "status_latency_s": c.status_latency_s,
+            "status_error_rate": c.status_error_rate,
+            "status_timeout_rate": c.status_timeout_rate,
+            "redeliver_fraction": c.redeliver_fraction,
+            "format_drift": c.format_drift,
         }
 
     @app.get("/_sim/transactions")
@@ -440,6 +546,10 @@ def create_app(config: PayGateSimConfig) -> FastAPI:
     @app.get("/_sim/config")
     async def get_config() -> dict[str, Any]:
         return config_view()
+
+    @app.post("/_sim/pay_pending")
+    async def pay_pending(req: _PayPending) -> dict[str, Any]:
+        return {"started": await sim.pay_pending(req.rate_per_s, req.count)}
 
     @app.post("/_sim/settle")
     async def settle(req: _Settle) -> dict[str, Any]:
@@ -500,6 +610,11 @@ class SimServerHandle:
         sim: PayGateSim = self.app.state.paygate
         return sim
 
+    @property
+    def state(self) -> Any:
+        """The app's state object (``.paygate`` or ``.momo``)."""
+        return self.app.state
+
     def stop(self, timeout_s: float = 10.0) -> None:
         self.server.should_exit = True
         self.thread.join(timeout_s)
@@ -510,8 +625,15 @@ class SimServerHandle:
 def run_in_thread(config: PayGateSimConfig, port: int = 0, host: str = "127.0.0.1",
                   timeout_s: float = 10.0) -> SimServerHandle:
     """Start the simulator on ``port`` (0: any free port) and wait until it serves."""
-    app = create_app(config)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    return serve_app_in_thread(create_app(config), port=port, host=host, timeout_s=timeout_s)
+
+
+def serve_app_in_thread(app: FastAPI, port: int = 0, host: str = "127.0.0.1",
+                        timeout_s: float = 10.0) -> SimServerHandle:
+    """Any simulator app (PayGate, MoMo) on a real uvicorn server in a background thread."""
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say TCP,
+    # and without it keep-alive answers wait ~40 ms for the client's delayed ACK
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

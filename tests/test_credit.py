@@ -91,3 +91,32 @@ def test_desired_action_follows_credit_end() -> None:
     assert desired_action(CreditState(2000, 0, NOW + 1), NOW) == "unlock"
     assert desired_action(CreditState(2000, 0, NOW), NOW) == "lock"
     assert desired_action(CreditState(2000, 0, None), NOW) == "lock"
+
+
+# --- reversals (issue 4): the mirror of a payment -------------------------------------------
+
+from control.credit import apply_reversal  # noqa: E402
+
+
+def test_reversal_takes_back_whole_days_rounding_up_and_keeps_the_remainder_exact() -> None:
+    paid = apply_payment(PLAN, CreditState(2000, 30, None), 750, NOW).after
+    assert (paid.remainder_fcfa, paid.credit_until) == (80, NOW + 7 * DAY_S)
+    back = apply_reversal(PLAN, paid, 750, NOW)
+    assert back.after == CreditState(2000, 30, NOW, False)
+    assert back.days_added == -7
+    part = apply_reversal(PLAN, paid, 130, NOW)  # 80 from the remainder, 50 from a day
+    assert part.after == CreditState(2620, 50, NOW + 6 * DAY_S, False)
+
+
+def test_reversal_into_the_deposit_and_of_an_owned_kit() -> None:
+    back = apply_reversal(PLAN, AFTER_DEPOSIT, 500, NOW)
+    assert back.after.paid_total_fcfa == 1500 and back.to_deposit_fcfa == -500
+    owned = CreditState(50_000, 0, None, True)
+    lost = apply_reversal(PLAN, owned, 1000, NOW)
+    assert lost.after == CreditState(49_000, 0, NOW, False)  # no longer owned: locks now
+    assert desired_action(lost.after, NOW + 1) == "lock"
+    with pytest.raises(CreditError):
+        apply_reversal(PLAN, AFTER_DEPOSIT, 2001, NOW)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(CreditError):
+            apply_reversal(PLAN, AFTER_DEPOSIT, bad, NOW)  # type: ignore[arg-type]

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.types import Lifespan
 
-from control.api import kits, payments
+from control.api import dashboard, finance, keys, kits, payments, support
 from control.api.auth import RuntimeDep
 from control.api.schemas import Health, Problem
 from control.runtime import Runtime
@@ -39,6 +40,15 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
                             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
                             headers={"Retry-After": "30"})
 
+    # issue 8: an id or number beyond what the database column holds (found by fuzzing) is
+    # the client's error, not a crash: SQLite raises OverflowError, PostgreSQL DataError
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(DataError)
+    async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("value out of range on %s: %s", request.url.path, type(exc).__name__)
+        return JSONResponse({"detail": "a value in the request is out of range"},
+                            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
     @app.get("/healthz", response_model=Health, tags=["health"],
              summary="The process is alive")
     def healthz() -> Health:
@@ -61,9 +71,44 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     @app.get("/dashboard", include_in_schema=False)
-    def dashboard() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+    def dashboard_page() -> FileResponse:
+        # issue 7: the fleet and kit pages (charts); "/" keeps the plain kit list
+        return FileResponse(STATIC / "dashboard.html", media_type="text/html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static_file(name: str) -> FileResponse:
+        path = (STATIC / name).resolve()
+        if path.parent != STATIC.resolve() or not path.is_file():
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail="not found")
+        return FileResponse(path)
 
     app.include_router(kits.router)
     app.include_router(payments.router)
+    app.include_router(finance.router)  # issue 4
+    app.include_router(dashboard.router)
+    app.include_router(keys.router)  # issue 8
+    app.include_router(support.router)  # issue 5: support actions, tokens, rotation
+    _document_problem_422(app)
     return app
+
+
+def _document_problem_422(app: FastAPI) -> None:
+    """Issue 8: say in the spec what a 422 really is: ``{"detail": ...}``, a list from
+    request validation or a sentence from the endpoint (schemathesis checks the spec)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("Problem", Problem.model_json_schema())
+        ref = {"$ref": "#/components/schemas/Problem"}
+        for item in schema.get("paths", {}).values():
+            for op in item.values():
+                resp = op.get("responses", {}).get("422") if isinstance(op, dict) else None
+                if resp is not None:
+                    resp["content"] = {"application/json": {"schema": ref}}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,107 @@
+"""Pure rules for incoming money: amounts, currencies, references, and what a match means.
+
+Kept apart from I/O so every rule is tested alone. Amounts are whole XOF (no minor unit):
+anything else is refused rather than rounded, because a rounded franc is a lost franc.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MAX_AMOUNT_FCFA = 10_000_000  # no PAYG payment is this large: a typo or a x100 error
+CURRENCY = "XOF"
+_SEPARATORS = re.compile(r"[\s\-_.]+")
+SQL_SEPARATORS = (" ", "-", "_", ".")  # what the SQL index expression removes
+
+
+class AmountError(ValueError):
+    """An amount that must not be credited (zero, negative, fractional, huge, not a number)."""
+
+
+def parse_amount(raw: object) -> int:
+    """700, "700", 700.0 and " 700 " are 700 XOF; 0, -5, 700.5, "7e2", True, 10**9 are refused."""
+    if isinstance(raw, bool) or raw is None:
+        raise AmountError("amount is missing")
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, float):
+        if not raw.is_integer():
+            raise AmountError(f"amount must be whole XOF (no minor unit), got {raw!r}")
+        value = int(raw)
+    elif isinstance(raw, str):
+        text = raw.strip()
+        if re.fullmatch(r"-?\d+(\.0+)?", text) is None:
+            raise AmountError(f"amount must be whole XOF digits, got {raw!r}")
+        value = int(text.split(".", 1)[0])
+    else:
+        raise AmountError(f"amount must be a number, got {type(raw).__name__}")
+    if value <= 0:
+        raise AmountError(f"amount must be positive, got {value}")
+    if value > MAX_AMOUNT_FCFA:
+        raise AmountError(f"amount {value} exceeds the {MAX_AMOUNT_FCFA} XOF limit")
+    return value
+
+
+def check_currency(raw: object) -> str:
+    """Only XOF is credited; a missing currency means XOF (PayGate sends none)."""
+    if raw is None:
+        return CURRENCY
+    text = str(raw).strip().upper()
+    if text != CURRENCY:
+        raise AmountError(f"currency must be {CURRENCY}, got {raw!r}")
+    return text
+
+
+def normalise_reference(raw: object) -> str | None:
+    """'kit 0042', 'KIT-0042 ', 'Kit_0042' -> 'KIT0042' (what customers type varies)."""
+    if raw is None or isinstance(raw, bool):
+        return None
+    text = _SEPARATORS.sub("", str(raw)).upper()
+    return text or None
+
+
+def sql_normalised(column: str) -> str:
+    """The SQL expression of ``normalise_reference`` over ``column`` (also the index's)."""
+    expr = column
+    for sep in SQL_SEPARATORS:
+        expr = f"replace({expr}, '{sep}', '')"
+    return f"upper({expr})"
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """How a payment found its account, or why it did not (then it goes to suspense)."""
+
+    account_id: int | None
+    matched_by: str | None  # intent|reference|phone|link
+    reason: str | None = None
+
+
+def decide(by_reference: list[int], by_phone: list[int]) -> Match:
+    """Reference first; the registered phone only when no reference matched at all."""
+    refs = sorted(set(by_reference))
+    if len(refs) == 1:
+        return Match(refs[0], "reference")
+    if len(refs) > 1:
+        return Match(None, None, f"reference matches {len(refs)} accounts")
+    phones = sorted(set(by_phone))
+    if len(phones) == 1:
+        return Match(phones[0], "phone")
+    if len(phones) > 1:
+        return Match(None, None, f"no reference match; phone matches {len(phones)} accounts")
+    return Match(None, None, "no account matches the reference or the phone")
+
+
+def suspicious_amount(amount: int, *, owed_fcfa: int, requested_fcfa: int | None) -> str | None:
+    """Why a matched amount must wait for a human: a x100 slip or more than is owed."""
+    if requested_fcfa is not None and amount != requested_fcfa:
+        hint = " (x100 error?)" if amount in (requested_fcfa * 100, requested_fcfa // 100) \
+            else ""
+        return f"amount {amount} differs from the {requested_fcfa} requested{hint}"
+    if owed_fcfa <= 0:
+        return "the account is already paid in full"
+    if amount > owed_fcfa:
+        hint = " (x100 error?)" if amount % 100 == 0 and amount // 100 <= owed_fcfa else ""
+        return f"amount {amount} exceeds the {owed_fcfa} still owed{hint}"
+    return None
