@@ -13,8 +13,10 @@ from cizo.clock import Clock
 from cizo.settings import Settings
 from control.db import migrate
 from control.mqtt_link import MqttLink
+from control.notify import install_hooks
+from control.payment_poll import add_poll_job
 from control.runtime import Runtime
-from control.scheduler import start_scheduler
+from control.scheduler import add_reminder_job, start_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ def build_app(
         migrate(settings.database_url)
     rt = Runtime.build(settings, clock)
     ensure_admin_key(rt)
+    install_hooks()  # issue 5: receipts (and keypad tokens) after each credit
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -36,12 +39,19 @@ def build_app(
         rt.service.publisher = link
         link.start()
         scheduler = start_scheduler(rt.service, settings.sweep_interval_s)
+        add_reminder_job(scheduler, rt)  # issue 5: reminders before credit ends
+        from control.fleet_jobs import add_jobs  # issue 7: summary, rollups, analytics
+
+        add_jobs(scheduler, settings, rt.db, rt.clock.now)
+        add_poll_job(scheduler, rt)  # issue 4: pending payments re-checked with providers
         try:
             yield
         finally:
             scheduler.shutdown(wait=True)
             link.stop()
             rt.paygate.close()
+            if rt.momo is not None:
+                rt.momo.close()
             rt.db.dispose()
 
     app = create_app(rt, lifespan=lifespan)

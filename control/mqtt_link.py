@@ -90,9 +90,12 @@ class MqttLink:
             return False
         return True
 
-    def clear_retained(self, kit_id: str) -> None:
+    def clear_retained(self, kit_id: str) -> bool:
         """An empty retained message removes a decommissioned kit's command."""
-        self.client.publish(protocol.cmd_topic(kit_id), b"", qos=1, retain=True)
+        if not self._connected.is_set():
+            return False
+        info = self.client.publish(protocol.cmd_topic(kit_id), b"", qos=1, retain=True)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     # --- paho callbacks (network thread) ------------------------------------------
 

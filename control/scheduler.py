@@ -6,6 +6,7 @@ import logging
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from control.runtime import Runtime
 from control.service import ControlService
 
 log = logging.getLogger(__name__)
@@ -27,3 +28,22 @@ def _sweep(service: ControlService) -> None:
         service.sweep()
     except Exception:
         log.exception("sweep failed; the next run will retry")
+
+
+def add_reminder_job(scheduler: BackgroundScheduler, rt: Runtime) -> None:
+    """Issue 5: reminders before credit ends, every ``reminder_interval_s``."""
+    scheduler.add_job(
+        _reminders, "interval", seconds=rt.settings.reminder_interval_s, args=[rt],
+        id="reminders", max_instances=1, coalesce=True,
+    )
+
+
+def _reminders(rt: Runtime) -> None:
+    from control.notify import send_reminders
+
+    try:
+        sent = send_reminders(rt)
+        if sent:
+            log.info("sent %d reminders", sent)
+    except Exception:
+        log.exception("reminder job failed; the next run will retry")

@@ -3,14 +3,22 @@
 I/O stays at the edges: the database through ``Database``, the broker through a
 ``CommandPublisher`` (the real one is control.mqtt_link.MqttLink; tests may pass any
 object with the same method).
+
+Two or more control processes may run against one PostgreSQL: the sweep takes a
+transaction-scoped advisory lock (one sweeper at a time, the others skip that round),
+commands are claimed with ``SKIP LOCKED`` before they are published, and kit rows are
+locked while a status or telemetry message is applied, so a reconnect or an anomaly seen
+by both processes is acted on once.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from cizo import protocol
@@ -24,6 +32,8 @@ from control.security import SecretBox
 
 log = logging.getLogger(__name__)
 
+SWEEP_LOCK_KEY = 0x5C120005  # pg advisory lock id of the sweep (any constant, shared)
+
 
 class CommandPublisher(Protocol):
     def publish_command(self, kit_id: str, payload: bytes) -> bool:
@@ -36,6 +46,7 @@ class SweepResult:
     expired: int = 0
     issued: int = 0
     published: int = 0
+    skipped: bool = False  # another process held the sweep lock
 
 
 @dataclass
@@ -83,10 +94,10 @@ class ControlService:
             return 0
         sent = 0
         with self.db.session() as s:
-            for cid in command_ids:
-                cmd = s.get(Command, cid)
-                if cmd is not None and cmd.status in commands.PENDING:
-                    sent += self._publish_one(s, cmd)
+            q = select(Command).where(Command.id.in_(command_ids),
+                                      Command.status.in_(commands.PENDING))
+            for cmd in s.scalars(commands.skip_locked(q, s)):
+                sent += self._publish_one(s, cmd)
         return sent
 
     def _publish_one(self, s: Session, cmd: Command) -> int:
@@ -95,27 +106,43 @@ class ControlService:
         if kit is None:
             return 0
         payload = commands.signed_payload(cmd, self.box, kit)
+        now = self.clock.now()
         if not self.publisher.publish_command(cmd.kit_id, payload):
-            return 0
+            return 0  # broker away: still due, the next sweep tries again
         cmd.status = "sent"
-        cmd.sent_at = self.clock.now()
+        cmd.sent_at = now
         cmd.attempts += 1
+        cmd.next_attempt_at = now + commands.backoff_s(
+            cmd.attempts, base_s=self.settings.command_resend_after_s,
+            cap_s=self.settings.command_backoff_max_s,
+            jitter=self.settings.command_backoff_jitter)
         return 1
+
+    def _sweep_lock(self, s: Session) -> bool:
+        if not self.db.is_postgres:
+            return True
+        got = s.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": SWEEP_LOCK_KEY})
+        return bool(got)
 
     def sweep(self) -> SweepResult:
         """One pass: expire stale commands, lock kits whose credit ended, (re)publish."""
         now = self.clock.now()
         result = SweepResult()
         with self.db.session() as s:
-            expired_kits = commands.expire(s, now)
-            result.expired = len(expired_kits)
-            # a kit whose command expired converges again from its account
-            for kit_id in [*expired_kits, *commands.due_for_lock(s, now)]:
-                if self.converge_kit(s, kit_id, origin="sweep") is not None:
-                    result.issued += 1
+            if not self._sweep_lock(s):
+                result.skipped = True
+            else:
+                expired_kits = commands.expire(s, now)
+                result.expired = len(expired_kits)
+                # a kit whose command expired converges again from its account
+                for kit_id in expired_kits:
+                    if self.converge_kit(s, kit_id, origin="sweep") is not None:
+                        result.issued += 1
+                result.issued += len(commands.sweep_due(
+                    s, now=now, ttl_s=self.settings.command_ttl_s))
         if self.publisher is not None:
             with self.db.session() as s:
-                for cmd in commands.to_publish(s, now, self.settings.command_resend_after_s):
+                for cmd in commands.to_publish(s, self.clock.now()):
                     result.published += self._publish_one(s, cmd)
         if result.issued or result.expired:
             log.info("sweep", extra={"issued": result.issued, "expired": result.expired,
@@ -124,6 +151,31 @@ class ControlService:
 
     # --- messages from kits -----------------------------------------------------
 
+    def _lock_kit(self, s: Session, kit_id: str) -> Kit | None:
+        q = select(Kit).where(Kit.id == kit_id)
+        if self.db.is_postgres:
+            q = q.with_for_update()
+        return s.scalars(q.execution_options(populate_existing=True)).one_or_none()
+
+    def _ack_secret_ok(self, kit: Kit, payload: bytes, ack: protocol.Ack) -> bool:
+        """Which secret signed the ack: the current one, or a pending rotation's (which is
+        then adopted: the kit has proved it holds it). Unsigned acks pass unless required."""
+        if ack.sig is None:
+            return not self.settings.require_ack_sig
+        fields = json.loads(payload)
+        if protocol.verify(fields, self.box.decrypt(kit.secret_enc)):
+            return True
+        if kit.secret_next_enc is not None and protocol.verify(
+                fields, self.box.decrypt(kit.secret_next_enc)):
+            kit.secret_enc = kit.secret_next_enc
+            kit.secret_next_enc = None
+            # whatever was commanded under the old secret is sent again under the new one
+            kit.commanded_action = None
+            kit.commanded_credit_until = None
+            log.info("kit proved its rotated secret", extra={"kit_id": kit.id})
+            return True
+        return False
+
     def handle_ack(self, kit_id: str, payload: bytes) -> None:
         try:
             ack = protocol.parse_ack(payload)
@@ -131,13 +183,32 @@ class ControlService:
             self.counters.bad(exc.reason)
             log.warning("bad ack", extra={"kit_id": kit_id, "reason": exc.reason})
             return
+        follow_up: Command | None = None
         with self.db.session() as s:
-            kit = s.get(Kit, kit_id)
+            kit = self._lock_kit(s, kit_id)
             if kit is None:
                 self.counters.bad("unknown_kit")
                 return
-            commands.apply_ack(s, kit=kit, ack=ack, now=self.clock.now())
+            if not self._ack_secret_ok(kit, payload, ack):
+                self.counters.bad("bad_ack_signature")
+                log.warning("ack with a bad signature ignored",
+                            extra={"kit_id": kit_id, "command_id": ack.id})
+                return
+            before = s.get(Command, ack.id) if ack.id else None
+            was_pending = before is not None and before.status in commands.PENDING
+            cmd = commands.apply_ack(s, kit=kit, ack=ack, now=self.clock.now())
             self.counters.acks += 1
+            if cmd is not None and cmd.action == "rotate" and was_pending:
+                if ack.result == "rejected":
+                    kit.secret_next_enc = None  # the kit kept its secret
+                # the state command the rotate superseded goes out again (new secret if any)
+                kit.commanded_action = None
+                kit.commanded_credit_until = None
+            if kit.commanded_action is None and kit.decommissioned_at is None:
+                # after a rotation (or a stale refusal): converge under the current secret
+                follow_up = self.converge_kit(s, kit_id, origin="sweep")
+        if follow_up is not None:
+            self.publish([follow_up.id])
 
     def handle_status(self, kit_id: str, payload: bytes) -> None:
         if not payload:
@@ -148,19 +219,23 @@ class ControlService:
             self.counters.bad(exc.reason)
             return
         resend: list[str] = []
+        now = self.clock.now()
         with self.db.session() as s:
-            kit = s.get(Kit, kit_id)
+            kit = self._lock_kit(s, kit_id)
             if kit is None:
                 self.counters.bad("unknown_kit")
                 return
             came_online = status.online and not kit.online
             kit.online = status.online
             kit.fw = status.fw or kit.fw
-            kit.last_seen = self.clock.now()
+            kit.last_seen = now
             if came_online:
                 # re-send what is still pending the moment the kit is back
-                resend = [c.id for c in s.query(Command).filter(
-                    Command.kit_id == kit_id, Command.status == "sent")]
+                pending = s.scalars(select(Command).where(
+                    Command.kit_id == kit_id, Command.status == "sent")).all()
+                for c in pending:
+                    c.next_attempt_at = now
+                    resend.append(c.id)
         self.publish(resend)
 
     def handle_telemetry(self, kit_id: str, payload: bytes) -> None:
@@ -173,7 +248,7 @@ class ControlService:
             return
         issued: Command | None = None
         with self.db.session() as s:
-            kit = s.get(Kit, kit_id)
+            kit = self._lock_kit(s, kit_id)
             acct = account_for_kit(s, kit_id)
             if kit is None or acct is None:
                 self.counters.bad("unknown_kit")
@@ -181,12 +256,16 @@ class ControlService:
             kit.reported_locked = tele.locked
             kit.reported_credit_until = tele.credit_until
             kit.last_seen = now
+            if kit.decommissioned_at is not None:
+                return
             want = commands.desired_for(acct, now)
             wrong = (want.action == "lock") != tele.locked
-            pending = s.query(Command).filter(
-                Command.kit_id == kit_id, Command.status.in_(commands.PENDING)).count()
-            if wrong and not pending and tele.ts >= now - 120:
+            pending = s.scalar(select(Command.id).where(
+                Command.kit_id == kit_id, Command.status.in_(commands.PENDING)).limit(1))
+            if wrong and pending is None and tele.ts >= now - 120:
                 self.counters.anomalies += 1
+                kit.anomaly_count = (kit.anomaly_count or 0) + 1
+                kit.last_anomaly_at = now
                 log.warning("kit state differs from its account",
                             extra={"kit_id": kit_id, "reported_locked": tele.locked,
                                    "desired": want.action})
@@ -194,3 +273,13 @@ class ControlService:
                                         ttl_s=self.settings.command_ttl_s)
         if issued is not None:
             self.publish([issued.id])
+
+    # --- decommissioning ------------------------------------------------------------
+
+    def clear_retained(self, kit_id: str) -> bool:
+        """Remove a decommissioned kit's retained command from the broker."""
+        clear = getattr(self.publisher, "clear_retained", None)
+        if clear is None:
+            return False
+        result = clear(kit_id)
+        return result is not False

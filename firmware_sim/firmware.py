@@ -68,6 +68,7 @@ class KitFirmware:
         self.seq = 0  # telemetry sequence within this boot
         self.physics = PhysicsState(soc=soc)
         self._secret_hex = secret_hex
+        self._prev_secret: str | None = None  # issue 5: kept to re-ack a redelivered rotate
         self._physics_t: float | None = None
         # misbehaviour on demand (issue 6): set by the fleet driver's fault plan
         self.tamper = False  # the output is bypassed: load flows while locked
@@ -89,10 +90,16 @@ class KitFirmware:
             return self._ack(cmd_id, seq, "malformed", detail=str(exc))
         if cmd.action == "unlock" and cmd.credit_until is None:
             return self._ack(cmd.id, cmd.seq, "malformed", detail="unlock without credit_until")
+        if cmd.action == "rotate" and not _is_nonce(cmd.nonce):
+            return self._ack(cmd.id, cmd.seq, "malformed", detail="rotate without a nonce")
         if cmd.kit_id != self.kit_id:
             return self._ack(cmd.id, cmd.seq, "wrong_kit", detail=cmd.kit_id)
         # verify the fields as sent, not as parsed: extra fields are signed too
         if not protocol.verify(json.loads(payload), self._secret_hex):
+            # issue 5: the rotate just applied, redelivered, is signed with the old secret
+            if (cmd.id == self.last_applied_id and self._prev_secret is not None
+                    and protocol.verify(json.loads(payload), self._prev_secret)):
+                return self._ack(cmd.id, cmd.seq, None)
             return self._ack(cmd.id, cmd.seq, "bad_signature")
         if cmd.id == self.last_applied_id and cmd.seq == self.last_seq:
             return self._ack(cmd.id, cmd.seq, None)
@@ -111,6 +118,10 @@ class KitFirmware:
             self.owned = False
             self.locked = True
             self.credit_until = cmd.credit_until
+        elif cmd.action == "rotate":  # issue 5: the new secret is derived, never sent
+            assert cmd.nonce is not None  # checked above
+            self._prev_secret = self._secret_hex
+            self._secret_hex = protocol.derive_rotated_secret(self._secret_hex, cmd.nonce)
         else:  # own
             self.owned = True
             self.locked = False
@@ -125,7 +136,8 @@ class KitFirmware:
         if reason is not None:
             log.warning("kit %s rejected command %r seq=%d: %s %s",
                         self.kit_id, cmd_id, seq, reason, detail)
-        return {
+        # issue 5: acks are signed (optional "sig") so the server knows which secret we hold
+        return protocol.sign_ack({
             "v": protocol.PROTOCOL_VERSION,
             "id": cmd_id,
             "seq": seq,
@@ -133,7 +145,12 @@ class KitFirmware:
             "reason": reason,
             "locked": self.locked,
             "credit_until": self.credit_until,
-        }
+        }, self._secret_hex)
+
+    @property
+    def secret_hex(self) -> str:
+        """The command secret the kit holds now (changes on ``rotate``)."""
+        return self._secret_hex
 
     # --- fail-safe -------------------------------------------------------------------
 
@@ -216,6 +233,16 @@ class KitFirmware:
         """A power cycle: new boot number, telemetry seq restarts; lock state is in flash."""
         self.boot += 1
         self.seq = 0
+
+
+def _is_nonce(nonce: str | None) -> bool:
+    if nonce is None or len(nonce) != 32:
+        return False
+    try:
+        bytes.fromhex(nonce)
+    except ValueError:
+        return False
+    return True
 
 
 def _best_effort_id(payload: bytes) -> tuple[str, int]:

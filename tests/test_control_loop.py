@@ -40,7 +40,7 @@ def loop(database_url: str):
     clock = ManualClock()
     rec = Recorder()
     settings = Settings(database_url=database_url, command_resend_after_s=30,
-                        command_ttl_s=2 * 86400)
+                        command_backoff_jitter=0.0, command_ttl_s=2 * 86400)
     svc = ControlService(settings, db, box, clock, rec)
     with db.session() as s:
         kit = provision_kit(s, kit_id="K1", desco_id="default", phone_e164="+22890000001",

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from control import credit, ledger
-from control.api.auth import AdminKey, ReaderKey, RuntimeDep, SupportKey
+from control.api.auth import AdminKey, ReaderKey, RuntimeDep, UnlockKey
 from control.api.idempotency import IdempotencyKey, run_idempotent
 from control.api.schemas import (
     AuditOut,
@@ -254,11 +254,12 @@ def get_command(rt: RuntimeDep, actor: ReaderKey, command_id: str) -> CommandOut
 
 @router.post(
     "/kits/{kit_id}/unlock", response_model=UnlockOut,
-    responses={**_errors, 409: {"model": Problem}, 422: {"model": Problem}},
+    responses={**_errors, 409: {"model": Problem}, 422: {"model": Problem},
+               429: {"model": Problem}},
     summary="Free days on top of paid credit (support; more than 7 days: admin)",
 )
 def unlock(
-    rt: RuntimeDep, actor: SupportKey, kit_id: str, body: UnlockIn, request: Request,
+    rt: RuntimeDep, actor: UnlockKey, kit_id: str, body: UnlockIn, request: Request,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     if body.days > FREE_DAYS_WITHOUT_ADMIN and actor.role != "admin":

@@ -1,0 +1,81 @@
+"""Issue 5: ``cizo support ...`` against the real API over HTTP (same roles and audit)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from cizo import cli, services
+from control.api import create_api_key, create_app
+from control.models import Account, AuditEntry
+from control.runtime import Runtime
+from control.support_cli import parse_until
+from tests.support import ServerThread
+from tests.test_api_helpers import (  # noqa: F401 - fixtures
+    DAY,
+    Keys,
+    TestClient,
+    client_fixture,
+    keys_fixture,
+    paygate_sim_fixture,
+    provision,
+    rt_fixture,
+)
+
+
+@pytest.fixture
+def server(rt: Runtime) -> Iterator[str]:
+    with ServerThread(create_app(rt), services.free_port()) as srv:
+        yield srv.url
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_support_cli_unlocks_locks_and_sets_credit_with_the_staff_key(
+    client: TestClient, rt: Runtime, keys: Keys, server: str,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    provision(client, keys.admin, "CLI-1")
+    base = ("support", "--url", server, "--api-key", keys.support)
+    code, out, _ = run(capsys, *base, "unlock", "CLI-1", "--days", "3",
+                       "--reason", "called in: storm")
+    assert code == 0 and json.loads(out)["days"] == 3
+    code, _, err = run(capsys, *base, "unlock", "CLI-1", "--days", "10", "--reason", "big")
+    assert code == 1 and "HTTP 403" in err and "admin" in err
+    code, out, _ = run(capsys, *base, "set-credit-until", "CLI-1", "--until",
+                       "2099-01-01T00:00Z", "--reason", "x")
+    assert code == 1  # far beyond 7 days: admin only
+    code, out, _ = run(capsys, *base, "lock", "CLI-1", "--reason", "customer moved")
+    assert code == 0 and json.loads(out)["action"] == "lock"
+    # the key can also come from the environment
+    monkeypatch.setenv("CIZO_SUPPORT_API_KEY", keys.operator)
+    code, _, err = run(capsys, "support", "--url", server, "lock", "CLI-1", "--reason", "x")
+    assert code == 1 and "HTTP 403" in err
+    code, out, _ = run(capsys, "support", "--url", server, "show", "CLI-1")
+    assert code == 0 and json.loads(out)["commands"]["items"][0]["action"] == "lock"
+    with rt.db.session() as s:
+        acts = [(a.action, a.actor, a.reason) for a in s.query(AuditEntry)
+                .filter(AuditEntry.kit_id == "CLI-1").order_by(AuditEntry.id)]
+        assert acts[-2:] == [("kit.unlock", "support-ama", "called in: storm"),
+                             ("kit.lock", "support-ama", "customer moved")]
+        acct = s.query(Account).filter(Account.kit_id == "CLI-1").one()
+        assert acct.credit_until is not None and acct.credit_until <= rt.clock.now()
+    _, admin2 = create_api_key(rt, name="admin-cli", role="admin")
+    code, out, _ = run(capsys, "support", "--url", server, "--api-key", admin2,
+                       "set-credit-until", "CLI-1", "--until",
+                       str(int(rt.clock.now()) + 30 * DAY), "--reason", "warranty")
+    assert code == 0 and json.loads(out)["after"]["credit_until"] > rt.clock.now()
+
+
+def test_parse_until_accepts_unix_and_iso() -> None:
+    assert parse_until("1767225600") == 1767225600
+    assert parse_until("2026-01-01T00:00Z") == 1767225600
+    assert parse_until("2026-01-01T01:00+01:00") == 1767225600
+    with pytest.raises(ValueError):
+        parse_until("tomorrow")
