@@ -24,6 +24,7 @@ from cizo.settings import Settings
 from control.db import Database
 from control.models import Account, Alert, FleetSummary, Kit, KitMetrics, LedgerEntry
 from telemetry import analytics, opendata, rollups
+from telemetry.errors import InfluxQueryError
 from telemetry.influx import InfluxClient, quote_ident, quote_string
 
 log = logging.getLogger(__name__)
@@ -379,10 +380,17 @@ def opendata_households(settings: Settings, db: Database, month: str
             .group_by(Account.kit_id)).all())
     tiers = rollups.Tiers.from_settings(settings)
     with rollups.client_for(settings, tiers.daily) as client:
-        rows = client.query(
-            "SELECT sum(load_wh) AS wh, sum(powered) AS powered, count(powered) AS days "
-            f"FROM {quote_ident(rollups.DAILY_MEASUREMENT)} "
-            f"WHERE time >= {start}s AND time < {end}s GROUP BY {quote_ident('kit_id')}")
+        try:
+            rows = client.query(
+                "SELECT sum(load_wh) AS wh, sum(powered) AS powered, count(powered) AS days "
+                f"FROM {quote_ident(rollups.DAILY_MEASUREMENT)} "
+                f"WHERE time >= {start}s AND time < {end}s GROUP BY {quote_ident('kit_id')}")
+        except InfluxQueryError as exc:
+            if "database not found" not in exc.error:
+                raise
+            # a fresh deployment before the first rollup: no energy figures yet, not an error
+            log.info("open data %s: daily tier %s does not exist yet", month, tiers.daily)
+            rows = []
     daily = {r["kit_id"]: r for r in rows}
     out = []
     for kit_id, region in region_of.items():

@@ -125,3 +125,21 @@ def test_open_data_suppresses_cells_from_fewer_than_ten_households() -> None:
     assert kara["payments_fcfa"] == ""  # only 9 paying households
     assert all(savanes[c] == "" for c in opendata.COLUMNS[2:])
     assert "KIT" not in text and "+228" not in text
+
+
+def test_open_data_on_a_fresh_deployment_and_with_influxdb_down(
+    client: TestClient, rt: Runtime, keys: Keys, influxd, influx_db: str
+) -> None:
+    """Before the first rollup the daily tier does not exist: an empty export, not a 500;
+    with InfluxDB unreachable the answer is a clear 503 the caller can retry."""
+    headers = {"Authorization": f"Bearer {keys.admin}"}
+    down = client.get("/v1/opendata/2026-01.csv", headers=headers)
+    assert down.status_code == 503 and "InfluxDB" in down.json()["detail"]
+    rt.settings = rt.settings.model_copy(update={
+        "influx_url": f"http://127.0.0.1:{influxd.port}", "influx_db": influx_db})
+    for i in range(3):
+        provision(client, keys.admin, f"FRESH-{i}")
+    fresh = client.get("/v1/opendata/2026-01.csv", headers=headers)
+    assert fresh.status_code == 200, fresh.text
+    rows = list(csv.DictReader(io.StringIO(fresh.text)))
+    assert rows and all(r[c] == "" for r in rows for c in opendata.COLUMNS[2:])

@@ -334,3 +334,16 @@ def test_protocol_doc_telemetry_example_is_valid() -> None:
             protocol.parse_ack(block.encode())
         elif "online" in data:
             protocol.parse_status(block.encode())
+
+
+def test_influxdb_init_maps_every_retention_tier_the_rollup_job_uses() -> None:
+    """2.x has no continuous queries: the rollup job writes <db>_hourly and <db>_daily
+    through /write, so the init script must create and map those buckets too."""
+    from cizo.settings import Settings
+    from telemetry import rollups
+
+    script = (DEPLOY / "influxdb" / "create-dbrp.sh").read_text()
+    assert "for tier in hourly daily" in script
+    assert '"${INFLUX_V1_DB}_${tier}"' in script
+    tiers = rollups.Tiers.from_settings(Settings(influx_db="cizo"))
+    assert (tiers.raw, tiers.hourly, tiers.daily) == ("cizo", "cizo_hourly", "cizo_daily")

@@ -36,7 +36,7 @@ from control.models import (
     Payment,
 )
 from telemetry import opendata
-from telemetry.errors import InfluxError
+from telemetry.errors import InfluxError, InfluxUnavailable
 from telemetry.influx import quote_ident, quote_string
 from telemetry.rollups import client_for
 from telemetry.schema import TELEMETRY_MEASUREMENT
@@ -242,7 +242,11 @@ def opendata_csv(
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     started = time.monotonic()
-    households = fleet_jobs.opendata_households(rt.settings, rt.db, month)
+    try:
+        households = fleet_jobs.opendata_households(rt.settings, rt.db, month)
+    except InfluxUnavailable as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail="InfluxDB is unavailable; try again later") from exc
     rows = opendata.build_rows(households, rt.settings.opendata_min_households)
     log.info("open data %s: %d rows in %.2f s", month, len(rows), time.monotonic() - started)
     return PlainTextResponse(opendata.to_csv(rows), media_type="text/csv")
