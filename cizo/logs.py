@@ -8,6 +8,8 @@ grepped and parsed by kit, command or payment without a JSON pipeline.
 from __future__ import annotations
 
 import logging
+import sys
+from typing import TextIO
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message", "asctime", "color_message"}
@@ -24,8 +26,21 @@ class KeyValueFormatter(logging.Formatter):
         return f"{base} {' '.join(extras)}" if extras else base
 
 
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time, not the one seen at start-up, so
+    a background thread never logs into a stream that was swapped out and closed."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def configure(level: str = "INFO") -> None:
-    handler = logging.StreamHandler()
+    handler = _CurrentStderrHandler()
     handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
