@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--api-key", default=os.environ.get("CIZO_SIM_API_KEY"),
                      help="finance/admin API key: customers pay through the control API "
                           "(env CIZO_SIM_API_KEY)")
+    sim.add_argument("--support-key", default=os.environ.get("CIZO_SIM_SUPPORT_KEY"),
+                     help="support/admin API key for keypad kits: flag keypad-only, read "
+                          "codes out (env CIZO_SIM_SUPPORT_KEY; default: --api-key)")
 
     pg = sub.add_parser("paygate-sim", help="run the PayGate Global simulator")
     pg.add_argument("--port", type=int, default=_env_int("CIZO_PAYGATE_PORT", 18090))
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             from firmware_sim.driver import run_scenario
 
             run_scenario(settings, args.scenario, seed=args.seed, fleet_file=args.fleet,
-                         api_key=args.api_key)
+                         api_key=args.api_key, support_key=args.support_key)
             return 0
         if args.fleet is None:
             raise SystemExit("cizo sim: give --fleet FILE and/or --scenario FILE")

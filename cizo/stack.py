@@ -4,6 +4,12 @@ Starts, in order: Mosquitto and influxd (private instances under the data direct
 the PayGate simulator, the bridge, the control service; provisions the simulated kits
 through the API; starts the fleet simulator and a stream of simulated customer
 payments. Ctrl-C (or SIGTERM) stops every process it started, newest first.
+
+The broker has the production door (issue 8): anonymous clients are refused; a password
+file and ACL rendered from the ledger (control/broker_auth.py) admit the bridge and the
+control service under their own users (passwords generated into the data directory)
+and each kit under its own; the kits ``cizo up`` provisions are synced in (SIGHUP) and
+accepted before the simulated fleet starts.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy.exc import SQLAlchemyError
 
 from cizo import services
 
@@ -50,6 +59,9 @@ DEV_DEFAULTS = {
 }
 
 
+BROKER_SYNC_EVERY_S = 5.0  # issue 8: how soon a kit provisioned while the stack runs gets in
+
+
 class StackError(RuntimeError):
     pass
 
@@ -63,6 +75,35 @@ def _persistent_secret(path: Path, make: str) -> str:
     return make
 
 
+def mqtt_login_accepted(port: int, username: str | None, password: str | None,
+                        timeout_s: float = 5.0) -> bool | None:
+    """Whether the broker accepts this login: True/False from its CONNACK, None if none came."""
+    verdict: list[bool] = []
+    done = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                         client_id=f"cizo-up-probe-{secrets.token_hex(4)}")
+    if username is not None:
+        client.username_pw_set(username, password)
+
+    def on_connect(_c: mqtt.Client, _u: object, _f: object, reason: object,
+                   _p: object) -> None:
+        verdict.append(not getattr(reason, "is_failure", True))
+        done.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect("127.0.0.1", port)
+    except OSError:
+        return None
+    client.loop_start()
+    try:
+        done.wait(timeout_s)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return verdict[0] if verdict else None
+
+
 class Stack:
     def __init__(self, opts: StackOptions) -> None:
         self.opts = opts
@@ -70,6 +111,13 @@ class Stack:
         self.procs: list[services.ManagedProcess] = []
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.stopping = threading.Event()
+        self.broker_dir = self.dir / "mosquitto"
+        self.password_file = self.broker_dir / "auth" / "passwd"
+        self.acl_file = self.broker_dir / "auth" / "acl"
+        self.database_url = ""
+        self.passwords: dict[str, str] = {}
+        self.broker: services.ManagedProcess | None = None
+        self.synced: list[tuple[str, str]] | None = None  # kit logins in the password file
 
     # --- environment shared by every child ------------------------------------------
 
@@ -95,10 +143,60 @@ class Stack:
             "CIZO_SECRET_KEY": secret_key,
             "CIZO_PAYGATE_URL": f"http://127.0.0.1:{o.paygate_port}",
             "CIZO_MOMO_URL": f"http://127.0.0.1:{o.paygate_port + 1}",  # issue 4 simulator
+            # issue 8: where `cizo broker sync` writes (and whom it reloads) for this stack
+            "CIZO_BROKER_PASSWORD_FILE": str(self.password_file),
+            "CIZO_BROKER_ACL_FILE": str(self.acl_file),
+            "CIZO_BROKER_PID_FILE": str(self.broker_dir / "mosquitto.pid"),
         })
         for name, default in DEV_DEFAULTS.items():
             env[name] = os.environ.get(name, default)
         return env
+
+    # --- broker credentials (issue 8) -------------------------------------------------
+
+    def service_passwords(self) -> dict[str, str]:
+        """The bridge's and control's broker passwords, generated once into the data dir."""
+        from control.broker_auth import BRIDGE_USER, CONTROL_USER
+
+        return {user: _persistent_secret(self.dir / f"broker_{user}_password",
+                                         secrets.token_urlsafe(24))
+                for user in (BRIDGE_USER, CONTROL_USER)}
+
+    def sync_broker(self, *, only_if_changed: bool = False) -> bool:
+        """Render the password file and ACL from the ledger; SIGHUP the running broker.
+
+        ``only_if_changed``: the main loop's check, so kits provisioned (or revoked) while
+        the stack runs are let in (or out) within seconds, as `cizo broker sync` would.
+        """
+        from control.broker_auth import active_kit_credentials, sync
+        from control.db import Database
+
+        db = Database(self.database_url)
+        try:
+            current = active_kit_credentials(db)
+            if only_if_changed and current == self.synced:
+                return False
+            proc = self.broker.proc if self.broker is not None else None
+            result = sync(db, password_file=self.password_file, acl_file=self.acl_file,
+                          service_passwords=self.passwords,
+                          reload_pid=proc.pid if proc is not None else None)
+        finally:
+            db.dispose()
+        self.synced = current
+        log.info("broker credentials synced: %d kits", result.kits)
+        return True
+
+    def wait_kit_login(self, fleet: Path, timeout_s: float = 20) -> None:
+        """After the reload: a provisioned kit's login is accepted before the fleet starts."""
+        kit = json.loads(fleet.read_text())[0]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if mqtt_login_accepted(self.opts.mqtt_port, kit["mqtt_username"],
+                                   kit["mqtt_password"], timeout_s=2):
+                return
+            time.sleep(0.2)
+        raise StackError(f"the broker refused kit {kit['kit_id']} after the credentials sync "
+                         f"(see {self.broker_dir / 'mosquitto.log'})")
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -135,22 +233,37 @@ class Stack:
         self.check_ports()
         env = self.env()
 
-        mqtt = services.mosquitto(self.dir / "mosquitto", o.mqtt_port)
+        from control.broker_auth import BRIDGE_USER, CONTROL_USER
+        from control.db import migrate
+
+        # the password file is rendered from the ledger (kits of an earlier run included)
+        self.database_url = env["CIZO_DATABASE_URL"]
+        migrate(self.database_url)
+        self.passwords = passwords = self.service_passwords()
+        self.sync_broker()
+        self.broker = mqtt = services.mosquitto(
+            self.broker_dir, o.mqtt_port, allow_anonymous=False,
+            password_file=self.password_file, acl_file=self.acl_file)
         influx = services.influxd(self.dir / "influxdb", o.influx_port)
         for p in (mqtt, influx):
             p.start()
             self.procs.append(p)
+        assert mqtt.proc is not None
+        (self.broker_dir / "mosquitto.pid").write_text(f"{mqtt.proc.pid}\n")
         api = f"http://127.0.0.1:{o.api_port}"
         self.spawn("paygate-sim", ["paygate-sim", "--port", str(o.paygate_port),
                                    "--callback-url", f"{api}/v1/payments/paygate"], env)
         self.spawn("momo-sim", ["momo-sim", "--port", str(o.paygate_port + 1)], env)
-        self.spawn("bridge", ["bridge"], env)
-        self.spawn("control", ["control"], env)
+        for name, user in (("bridge", BRIDGE_USER), ("control", CONTROL_USER)):
+            self.spawn(name, [name], {**env, "CIZO_MQTT_USERNAME": user,
+                                      "CIZO_MQTT_PASSWORD": passwords[user]})
         self.wait_http(f"{api}/readyz", "control", timeout_s=60)
         self.wait_http(f"http://127.0.0.1:{o.paygate_port}/_sim/transactions", "paygate-sim")
         self.wait_http(f"http://127.0.0.1:{o.paygate_port + 1}/_sim/transactions", "momo-sim")
         fleet = self.provision(api, env["CIZO_ADMIN_API_KEY"])
         if fleet is not None:
+            self.sync_broker()  # the kits just provisioned, before the fleet connects
+            self.wait_kit_login(fleet)
             self.spawn("sim", ["sim", "--fleet", str(fleet)], env)
         return env
 
@@ -236,6 +349,8 @@ class Stack:
                 proc.wait()
         for p in reversed(self.procs):
             p.stop()
+        # a stale pid would make `cizo broker sync` signal some other process
+        (self.broker_dir / "mosquitto.pid").unlink(missing_ok=True)
 
 
 def run_stack(opts: StackOptions) -> int:
@@ -268,8 +383,15 @@ def run_stack(opts: StackOptions) -> int:
         payer = threading.Thread(target=stack.customers, args=(api, env["CIZO_ADMIN_API_KEY"]),
                                  name="customers", daemon=True)
         payer.start()
+        next_sync = time.monotonic()
         while True:
             stack.check_children()
+            if time.monotonic() >= next_sync:  # kits provisioned or revoked meanwhile
+                next_sync = time.monotonic() + BROKER_SYNC_EVERY_S
+                try:
+                    stack.sync_broker(only_if_changed=True)
+                except (OSError, SQLAlchemyError) as exc:
+                    log.warning("broker credentials not synced (retrying): %s", exc)
             time.sleep(1)
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)

@@ -41,7 +41,10 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # no pool_pre_ping: it cost a round trip per checkout on the payment path. A connection
+    # that died (database restarted) fails its statement once (the API answers 503 and the
+    # provider retries) and SQLAlchemy then invalidates the whole pool.
+    return create_engine(url, pool_size=10, max_overflow=20)
 
 
 def migrate(url: str) -> None:

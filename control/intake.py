@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from control import accounting, credit, ledger, matching
 from control.ledger import Actor
-from control.models import Account, Payment
+from control.models import Account, Kit, Payment
 from control.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -183,15 +183,24 @@ def receive(rt: Runtime, inc: Incoming, *, actor: Actor) -> Receipt:
 
 
 def _settle(rt: Runtime, s: Session, row: Payment, match: matching.Match, *, actor: Actor,
-            now: float, detail: dict[str, Any], requested: int | None) -> Receipt:
-    """Inside the transaction: credit ``row`` to the matched account, or park it."""
+            now: float, detail: dict[str, Any], requested: int | None,
+            locked: Account | None = None) -> Receipt:
+    """Inside the transaction: credit ``row`` to the matched account, or park it.
+
+    ``locked``: the account when the caller already holds its row lock (lock_for_credit).
+    A plain credit writes no audit row: the payment row (who, how matched, when) and its
+    ledger entry record it; staff actions (approvals, links) and suspense are audited.
+    """
     amount = row.amount_fcfa
     assert amount is not None
     reason = match.reason
     acct: Account | None = None
     if match.account_id is not None:
-        acct = s.scalars(select(Account).where(Account.id == match.account_id)
-                         .with_for_update()).one()
+        if locked is not None and locked.id == match.account_id:
+            acct = locked
+        else:
+            acct = s.scalars(select(Account).where(Account.id == match.account_id)
+                             .with_for_update()).one()
         if row.currency not in (None, matching.CURRENCY):
             reason = f"currency {row.currency} is not {matching.CURRENCY}"
         else:
@@ -213,15 +222,9 @@ def _settle(rt: Runtime, s: Session, row: Payment, match: matching.Match, *, act
         log.warning("payment parked in suspense: %s", reason, extra=extra)
         return Receipt("suspense", row.id, account_id=row.account_id,
                        kit_id=acct.kit_id if acct else None, amount_fcfa=amount, detail=reason)
-    before = ledger.account_snapshot(acct)
     ledger.credit_payment(s, payment=row, acct=acct, amount_fcfa=amount, now=now)
     row.matched_by = match.matched_by
-    s.flush()
-    ledger.audit(s, actor=actor, action="payment.credit", now=now, kit_id=acct.kit_id,
-                 desco_id=acct.desco_id, before=before,
-                 after={**ledger.account_snapshot(acct), "provider": row.provider,
-                        "provider_ref": row.provider_ref, "amount_fcfa": amount,
-                        "matched_by": match.matched_by})
+    s.flush()  # the ledger entry's unique payment_id fails here, not at commit
     cmd = rt.service.converge_kit(s, acct.kit_id, origin="payment")
     return Receipt("credited", row.id, credited=True, account_id=acct.id, kit_id=acct.kit_id,
                    command_id=cmd.id if cmd is not None else None, amount_fcfa=amount)
@@ -348,13 +351,61 @@ def _apply_reversal(rt: Runtime, s: Session, row: Payment, original: Payment | N
 # --- intents (our own request-to-pay, account known) ------------------------------------------
 
 
-def lock_payment(rt: Runtime, s: Session, payment_id: int) -> Payment:
-    """Lock the payment row for this transaction (FOR UPDATE; SQLite: take the write lock)."""
+def _writer_lock(rt: Runtime, s: Session, payment_id: int) -> None:
+    """SQLite ignores FOR UPDATE: a first write takes its single writer lock now, so the
+    re-check that follows cannot race another writer."""
     if not rt.db.is_postgres:
         s.execute(update(Payment).where(Payment.id == payment_id)
                   .values(updated_at=Payment.updated_at))
+
+
+def lock_payment(rt: Runtime, s: Session, payment_id: int) -> Payment:
+    """Lock the payment row for this transaction (FOR UPDATE; SQLite: take the write lock)."""
+    _writer_lock(rt, s, payment_id)
     return s.scalars(select(Payment).where(Payment.id == payment_id).with_for_update()
                      .execution_options(populate_existing=True)).one()
+
+
+def lock_for_credit(rt: Runtime, s: Session, payment_id: int
+                    ) -> tuple[Payment, Account | None, Kit | None]:
+    """The payment, its linked account and that account's kit, all row-locked, in one
+    statement (the credit path's hot spot: one round trip instead of four; the kit is then
+    in the session, so converging it issues its command without reading it again, and its
+    ``cmd_seq`` cannot move under us). No linked account: the payment alone.
+    Hold on to the returned kit for the transaction: the session only keeps weak references,
+    so a dropped kit would be read again."""
+    _writer_lock(rt, s, payment_id)
+    found = s.execute(select(Payment, Account, Kit)
+                      .join(Account, Account.id == Payment.account_id)
+                      .join(Kit, Kit.id == Account.kit_id)
+                      .where(Payment.id == payment_id).with_for_update()
+                      .execution_options(populate_existing=True)).one_or_none()
+    if found is not None:
+        return found[0], found[1], found[2]
+    return s.scalars(select(Payment).where(Payment.id == payment_id).with_for_update()
+                     .execution_options(populate_existing=True)).one(), None, None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentState:
+    """What a callback needs to know before asking the provider: one cheap read."""
+
+    payment_id: int
+    status: str
+    kit_id: str | None
+    check_attempts: int
+
+
+def payment_state(rt: Runtime, provider: str, provider_ref: str) -> PaymentState | None:
+    """One Core SELECT (no ORM objects, no flush): the hot path's first look at a callback."""
+    q = (select(Payment.id, Payment.status, Account.kit_id, Payment.check_attempts)
+         .outerjoin(Account, Account.id == Payment.account_id)
+         .where(Payment.provider == provider, Payment.provider_ref == provider_ref))
+    with rt.db.engine.connect() as conn:
+        r = conn.execute(q).first()
+    if r is None:
+        return None
+    return PaymentState(r[0], r[1], r[2], r[3] or 0)
 
 
 def credit_intent(rt: Runtime, payment_id: int, *, amount: int | None, currency: str | None,
@@ -364,7 +415,7 @@ def credit_intent(rt: Runtime, payment_id: int, *, amount: int | None, currency:
     notice: CreditNotice | None = None
     try:
         with rt.db.session() as s:
-            row = lock_payment(rt, s, payment_id)
+            row, locked, _kit = lock_for_credit(rt, s, payment_id)  # _kit: held, see there
             if row.status in ("credited", "suspense"):
                 return Receipt("duplicate", row.id, account_id=row.account_id,
                                amount_fcfa=row.amount_fcfa, detail=f"already {row.status}")
@@ -384,9 +435,9 @@ def credit_intent(rt: Runtime, payment_id: int, *, amount: int | None, currency:
                 else matching.Match(None, None, "payment is not linked to an account")
             receipt = _settle(rt, s, row, match, actor=actor, now=now,
                               detail={"provider_ref": row.provider_ref},
-                              requested=row.requested_fcfa)
+                              requested=row.requested_fcfa, locked=locked)
             if receipt.credited:
-                acct = s.get(Account, row.account_id)
+                acct = locked if locked is not None else s.get(Account, row.account_id)
                 assert acct is not None
                 notice = notice_for(acct, row, amount)
     except IntegrityError:

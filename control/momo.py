@@ -12,8 +12,6 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import select
-
 from control import intake, ledger, matching
 from control.ledger import Actor
 from control.models import Payment
@@ -113,13 +111,11 @@ def safe_body(body: dict[str, Any]) -> dict[str, Any]:
 def confirm(rt: Runtime, reference_id: str, body: dict[str, Any] | None = None
             ) -> CallbackOutcome:
     """Ask MoMo for the verdict on ``reference_id`` and act on it (callback or poll)."""
-    with rt.db.session() as s:
-        row = s.scalars(select(Payment).where(Payment.provider == PROVIDER,
-                                              Payment.provider_ref == reference_id)).first()
-        payment_id = row.id if row else None
-        status_now = row.status if row else None
-        attempts = row.check_attempts if row else 0
-    extra = {"kit_id": None, "payment_id": payment_id}
+    state = intake.payment_state(rt, PROVIDER, reference_id)
+    payment_id = state.payment_id if state else None
+    status_now = state.status if state else None
+    attempts = state.check_attempts if state else 0
+    extra = {"kit_id": state.kit_id if state else None, "payment_id": payment_id}
     if status_now in ("credited", "suspense", "failed"):
         return CallbackOutcome("already_credited" if status_now == "credited" else status_now,
                                reference_id, payment_id)

@@ -14,13 +14,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from control import intake, ledger, matching
 from control.ledger import Actor
-from control.models import Account, Payment
+from control.models import Payment
 from control.paygate_client import (
     NETWORKS,
     STATUS_CANCELLED,
@@ -197,12 +197,11 @@ def handle_paygate_callback(rt: Runtime, body: dict[str, Any]) -> CallbackOutcom
             raise PaymentInvalid("callback has no identifier")
     identifier = str(raw_id).strip()
 
-    with rt.db.session() as s:
-        payment = get_payment(s, identifier, desco_id=None)
-        known = payment is not None
-        payment_id = payment.id if payment is not None else None
-        status_now = payment.status if payment is not None else None
-        kit_id = _kit_of(s, payment)
+    state = intake.payment_state(rt, PROVIDER, identifier)
+    known = state is not None
+    payment_id = state.payment_id if state is not None else None
+    status_now = state.status if state is not None else None
+    kit_id = state.kit_id if state is not None else None
     extra = {"kit_id": kit_id, "payment_id": payment_id}
 
     if status_now == "credited":
@@ -264,27 +263,6 @@ def _identifier_from_tx_reference(rt: Runtime, raw: object) -> str | None:
     return found
 
 
-def _kit_of(s: Session, payment: Payment | None) -> str | None:
-    if payment is None or payment.account_id is None:
-        return None
-    acct = s.get(Account, payment.account_id)
-    return acct.kit_id if acct is not None else None
-
-
-def _lock_payment(rt: Runtime, s: Session, payment_id: int) -> Payment:
-    """Lock the payment row for this transaction (FOR UPDATE; SQLite: take the write lock)."""
-    if not rt.db.is_postgres:
-        # SQLite ignores FOR UPDATE; a write first takes its single writer lock now, so
-        # the re-check below cannot race another writer.
-        s.execute(update(Payment).where(Payment.id == payment_id)
-                  .values(updated_at=Payment.updated_at))
-    row = s.scalars(
-        select(Payment).where(Payment.id == payment_id).with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
-    return row
-
-
 def _apply_confirmation(row: Payment, confirmed: PayGateStatus) -> None:
     row.tx_reference = confirmed.tx_reference or row.tx_reference
     row.payment_reference = confirmed.payment_reference or row.payment_reference
@@ -296,7 +274,7 @@ def _set_status(
     rt: Runtime, payment_id: int, status: str, reason: str | None, confirmed: PayGateStatus
 ) -> None:
     with rt.db.session() as s:
-        row = _lock_payment(rt, s, payment_id)
+        row = intake.lock_payment(rt, s, payment_id)
         if row.status in ("credited", "suspense"):
             return
         row.status = status
@@ -311,8 +289,8 @@ def _credit_confirmed(
     now = rt.clock.now()
     command_id: str | None = None
     with rt.db.session() as s:
-        row = _lock_payment(rt, s, payment_id)
-        acct = s.get(Account, row.account_id) if row.account_id is not None else None
+        # one statement locks all three; _kit is held so converging does not read it again
+        row, acct, _kit = intake.lock_for_credit(rt, s, payment_id)
         extra = {"kit_id": acct.kit_id if acct else None, "payment_id": payment_id}
         if row.status == "credited":
             log.info("callback for %s: already credited", identifier, extra=extra)
@@ -340,22 +318,17 @@ def _credit_confirmed(
             log.warning("payment %s to suspense: %s", identifier, reason, extra=extra)
             return CallbackOutcome("suspense", identifier, payment_id, detail=reason)
 
-        locked_acct = ledger.account_for_kit(s, acct.kit_id, for_update=True)
-        assert locked_acct is not None
-        before = ledger.account_snapshot(locked_acct)
-        ledger.credit_payment(s, payment=row, acct=locked_acct, amount_fcfa=confirmed.amount,
+        # no audit row for a plain confirmed credit: the payment row (confirmed fields,
+        # matched_by, credited_at) and its ledger entry are the record; suspense is audited
+        ledger.credit_payment(s, payment=row, acct=acct, amount_fcfa=confirmed.amount,
                               now=now)
-        s.flush()  # the ledger entry's unique payment_id fails here, not at commit
-        ledger.audit(s, actor=PAYGATE_ACTOR, action="payment.credit", now=now,
-                     kit_id=acct.kit_id, desco_id=row.desco_id,
-                     before=before, after={**ledger.account_snapshot(locked_acct),
-                                           "identifier": identifier,
-                                           "amount_fcfa": confirmed.amount})
+        row.matched_by = "intent"
         row.next_check_at = None
         row.paid_at = confirmed.paid_at or now
+        s.flush()  # the ledger entry's unique payment_id fails here, not at commit
         cmd = rt.service.converge_kit(s, acct.kit_id, origin="payment")
         command_id = cmd.id if cmd is not None else None
-        notice = intake.notice_for(locked_acct, row, confirmed.amount)
+        notice = intake.notice_for(acct, row, confirmed.amount)
     publish_after_commit(rt, command_id, kit_id=acct.kit_id, payment_id=payment_id)
     intake.after_credit(rt, notice)
     return CallbackOutcome("credited", identifier, payment_id, credited=True,

@@ -7,6 +7,13 @@ drops its link during its planned outages (the broker publishes its last will), 
 reconnects with jittered exponential backoff so a region's reconnect storm is spread out.
 Customers' payments go through the control API (``POST /v1/payments/intents``), which
 drives the payment simulator behind it.
+
+Keypad kits (scenario ``[keypad]``) are flagged keypad-only through the API at start, get
+their activation code from support, and then type the OpenPAYGO code of each payment into
+``firmware_sim.keypad.Keypad`` after a short simulated delay, reading it as a customer would:
+from the SMS the control service's file notifier wrote, or as support reads it out from
+``GET /v1/kits/{id}/tokens``. Kits of type ``only`` have no modem (no MQTT at all);
+``with_mqtt`` kits get both the token and the command and converge once.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +39,7 @@ from cizo import protocol
 from cizo.clock import Clock
 from firmware_sim.clocks import DriftingClock
 from firmware_sim.firmware import KitFirmware
+from firmware_sim.keypad import Keypad, token_in_text
 from firmware_sim.kit import KitIdentity
 from firmware_sim.mqtt_async import MqttConnection, MqttError, WireCounters
 from firmware_sim.physics import KitProfile
@@ -41,6 +50,8 @@ log = logging.getLogger(__name__)
 
 OFFLINE = protocol.encode({"v": protocol.PROTOCOL_VERSION, "online": False})
 _TICK_REAL_S = 0.5  # a kit wakes at least this often (real time) for its fail-safe and pings
+_CODES_POLL_REAL_S = 0.25  # how often the customers' SMS inbox / support is looked at
+_SUPPORT_WAIT_REAL_S = 30.0  # after paying, a keypad customer asks support this long
 
 
 def identity_for(kit_id: str, seed: int) -> KitIdentity:
@@ -62,13 +73,20 @@ class KitCounters:
     reconnects: int = 0
     connect_failures: int = 0
     misbehaviours: int = 0
+    tokens_entered: int = 0  # keypad codes typed (activation code included)
+    tokens_accepted: int = 0
+    tokens_rejected: int = 0
 
 
 @dataclass
 class PaymentOptions:
+    """The control API the customers pay through (and support answers keypad customers on)."""
+
     api_url: str
-    api_key: str
+    api_key: str  # finance/admin: payment intents
     concurrency: int = 8
+    support_key: str | None = None  # support/admin: keypad flag and codes (None: api_key)
+    outbox: Path | None = None  # the control service's SMS file (keypad source "receipt")
 
 
 @dataclass
@@ -95,6 +113,9 @@ class FleetSummary:
     misbehaviours: int
     bytes_out: int
     bytes_in: int
+    tokens_accepted: int = 0
+    tokens_rejected: int = 0
+    keypad_kits: int = 0
     budget: MonthlyBudget | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -104,7 +125,8 @@ class FleetSummary:
                 f"{self.messages_sent} msgs ({self.telemetry_sent} telemetry, "
                 f"{self.buffered_now} buffered) | cmds {self.commands_received} recv "
                 f"{self.commands_applied} applied {self.commands_rejected} rejected | "
-                f"tokens {self.tokens_entered} | payments {self.payments_made} | "
+                f"tokens {self.tokens_entered} ({self.tokens_rejected} bad) | "
+                f"payments {self.payments_made} | "
                 f"drops {self.link_drops} reconnects {self.reconnects}")
 
     def as_dict(self) -> dict[str, Any]:
@@ -143,6 +165,15 @@ class DrivenKit:
             on_message=self._on_message, counters=self.wire, local_addr=fleet.local_addr)
         self._outage_i = 0
         self.wire_at_start = 0  # bytes before the first reading (connect, subscribe)
+        # keypad: the chain anchor is set from the kit's provisioning time at setup
+        self.keypad = Keypad(self.firmware, anchor=int(sc.start_ts)) \
+            if plan.keypad is not None else None
+        self.has_modem = plan.keypad != "only"
+        self.keypad_rng = random.Random(f"{fleet.plan.seed}:{self.kit_id}:keypad")
+        self.codes_due: deque[tuple[float, str]] = deque()  # (sim time to type it, code)
+        self.codes_seen: set[str] = set()
+        self.token_count_seen = -1  # newest count read from the support API
+        self.support_until = 0.0  # monotonic deadline: the customer waits on support
 
     # --- schedule ------------------------------------------------------------------
 
@@ -171,13 +202,18 @@ class DrivenKit:
             if fleet.sim_end is not None and now >= fleet.sim_end:
                 break
             if now >= next_report:
-                self.reading()
+                if self.has_modem:
+                    self.reading()
                 behind = (now - next_report) // self.interval
                 next_report += (behind + 1) * self.interval  # a sleeping kit skips, not floods
-            if self.firmware.tick():
+            if self.codes_due:
+                self.type_due_codes(now)
+            if self.firmware.tick() and self.has_modem:
                 self.reading()  # report the fail-safe lock at once
             outage_end = self.in_outage(now)
-            if outage_end is not None:
+            if not self.has_modem:
+                pass  # no radio: the keypad is the only way in
+            elif outage_end is not None:
                 if self.conn.connected:
                     self.conn.abort()  # the radio link dies: no DISCONNECT, the will fires
                     self.counters.link_drops += 1
@@ -200,6 +236,9 @@ class DrivenKit:
                 with contextlib.suppress(MqttError):
                     await self.conn.drain()
             wait_real = (next_report - clock.now()) / clock_speed(clock)
+            if self.codes_due:
+                wait_real = min(wait_real, (self.codes_due[0][0] - clock.now())
+                                / clock_speed(clock))
             if outage_end is not None:
                 wait_real = min(wait_real, (outage_end - clock.now()) / clock_speed(clock))
             await _sleep_or_stop(stop, max(0.0, min(_TICK_REAL_S, wait_real)))
@@ -257,6 +296,40 @@ class DrivenKit:
         elif kind == "replay" and self.firmware.received:
             # a stale command replayed into the kit (e.g. by a man in the middle)
             self._handle_command(self.firmware.received[0])
+
+    # --- keypad ----------------------------------------------------------------------
+
+    def receive_code(self, code: str) -> None:
+        """The customer has a new code (SMS or support): they type it a little later, in the
+        order they got them."""
+        if self.keypad is None or code in self.codes_seen:
+            return
+        self.codes_seen.add(code)
+        lo, hi = self.fleet.plan.scenario.keypad.delay_h
+        due = self.fleet.clock.now() + self.keypad_rng.uniform(lo, hi) * 3_600
+        if self.codes_due:
+            due = max(due, self.codes_due[-1][0])
+        self.codes_due.append((due, code))
+
+    def type_due_codes(self, now: float) -> None:
+        """Type the codes whose time has come (all of them once the fleet is settling)."""
+        while self.codes_due and (self.codes_due[0][0] <= now or self.fleet.settling):
+            self.type_code(self.codes_due.popleft()[1])
+
+    def type_code(self, code: str) -> None:
+        assert self.keypad is not None
+        self.codes_seen.add(code)
+        result = self.keypad.enter(code)
+        self.counters.tokens_entered += 1
+        if result.accepted:
+            self.counters.tokens_accepted += 1
+        else:
+            self.counters.tokens_rejected += 1
+        log.info("kit %s: keypad code %s -> %s", self.kit_id,
+                 "accepted" if result.accepted else "refused", result.token_type,
+                 extra={"kit_id": self.kit_id})
+        if self.has_modem and self.conn.connected:
+            self.reading()  # the kit reports its new state at once
 
     # --- commands --------------------------------------------------------------------
 
@@ -341,18 +414,34 @@ class FleetDriver:
             if ident.kit_id != kp.kit_id:
                 kp = dataclasses.replace(kp, kit_id=ident.kit_id)
             self.kits.append(DrivenKit(kp, ident, self))
+        self.by_id = {k.kit_id: k for k in self.kits}
+        self.keypad_kits = [k for k in self.kits if k.keypad is not None]
+        self.settling = False
         self.payments_made = 0
         self.payments_failed = 0
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.pay_task: asyncio.Task[None] | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
 
+    def settle(self) -> None:
+        """End of a run: customers type every code they hold now, without waiting (used
+        while the clock is paused to compare kits with their accounts)."""
+        self.settling = True
+        for k in self.keypad_kits:
+            k.type_due_codes(self.clock.now())
+
     async def start(self) -> None:
+        if self.keypad_kits:
+            await self.setup_keypads()
         self._tasks = [asyncio.create_task(k.run(self._stop)) for k in self.kits]
         if self.payments is not None:
-            self._tasks.append(asyncio.create_task(self._pay(self.payments)))
+            if self.keypad_kits:
+                self._tasks.append(asyncio.create_task(self._read_codes(self.payments)))
+            self.pay_task = asyncio.create_task(self._pay(self.payments))
+            self._tasks.append(self.pay_task)
 
     async def run(self, *, progress: Callable[[FleetSummary], None] | None = None,
                   progress_every_s: float = 5.0) -> FleetSummary:
@@ -401,6 +490,9 @@ class FleetDriver:
                         return
                 if r.status_code == 201:
                     self.payments_made += 1
+                    kit = self.by_id.get(kit_id)
+                    if kit is not None and kit.keypad is not None:
+                        kit.support_until = time.monotonic() + _SUPPORT_WAIT_REAL_S
                 else:
                     self.payments_failed += 1
                     log.warning("payment for kit %s refused: HTTP %d %s", kit_id,
@@ -418,6 +510,138 @@ class FleetDriver:
                 task.add_done_callback(pending.discard)
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+
+    # --- keypad kits ------------------------------------------------------------------
+
+    def _support_client(self, opts: PaymentOptions) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=opts.api_url, timeout=30, headers={
+            "Authorization": f"Bearer {opts.support_key or opts.api_key}"})
+
+    async def setup_keypads(self) -> None:
+        """Flag every keypad kit keypad-only (``POST /v1/kits/{id}/keypad``) and give its
+        keypad the state the server's token chain assumes: its anchor is the provisioning
+        time (the ``kit.provision`` audit entry; the factory writes it into a real kit), or,
+        if codes were issued before (a fleet run again), the newest code's chain and count,
+        as the kit's flash would hold them. A new kit that already has credit then types the
+        activation code support issues (the installer does, at the customer's home); one
+        without credit starts locked and needs none (a SET_TIME code for "locked" would put
+        the chain on the kit's own midnight, a day off when clocks straddle it)."""
+        opts = self.payments
+        if opts is None:
+            log.warning("%d keypad kits but no control API: they will get no codes",
+                        len(self.keypad_kits))
+            return
+        sem = asyncio.Semaphore(opts.concurrency)
+        async with self._support_client(opts) as http:
+
+            async def one(kit: DrivenKit) -> None:
+                pad = kit.keypad
+                assert pad is not None
+                async with sem:
+                    r = await http.post(f"/v1/kits/{kit.kit_id}/keypad", json={
+                        "keypad_only": True, "reason": "simulated keypad kit"})
+                    r.raise_for_status()
+                    account = r.json()["after"]
+                    r = await http.get(f"/v1/kits/{kit.kit_id}/tokens", params={"limit": 1})
+                    r.raise_for_status()
+                    issued = r.json()["items"]
+                    r = await http.get(f"/v1/kits/{kit.kit_id}/audit", params={"limit": 500})
+                    r.raise_for_status()
+                made = [e["at"] for e in r.json()["items"] if e["action"] == "kit.provision"]
+                if issued:  # codes were typed in an earlier run: the kit's flash kept them
+                    newest = issued[0]
+                    log.warning("kit %s already has %d codes: its keypad resumes from them",
+                                kit.kit_id, newest["count"], extra={"kit_id": kit.kit_id})
+                    pad.count = kit.token_count_seen = int(newest["count"])
+                    if newest["chain_until"] is None:
+                        kit.firmware.owned, kit.firmware.locked = True, False
+                        kit.firmware.credit_until = None
+                    else:
+                        pad.chain_until = kit.firmware.credit_until = int(newest["chain_until"])
+                        kit.firmware.locked = pad.chain_until <= kit.firmware.clock.now()
+                elif made:
+                    pad.chain_until = int(made[-1])
+                else:
+                    raise RuntimeError(f"kit {kit.kit_id}: no provisioning in its audit")
+                until = account.get("credit_until")
+                lapsed = until is None or until <= kit.firmware.clock.now()
+                if issued or (lapsed and not account.get("owned")):
+                    return  # its codes hold its credit, or it starts locked on its anchor
+                async with sem:
+                    r = await http.post(f"/v1/kits/{kit.kit_id}/tokens", json={
+                        "reason": "installation: activation code", "send_sms": False})
+                    r.raise_for_status()
+                tok = r.json()
+                kit.token_count_seen = max(kit.token_count_seen, int(tok["count"]))
+                kit.type_code(str(tok["token"]))
+
+            await asyncio.gather(*(one(k) for k in self.keypad_kits))
+        log.info("%d keypad kits flagged keypad-only", len(self.keypad_kits))
+
+    async def _read_codes(self, opts: PaymentOptions) -> None:
+        """Hand each keypad kit's customer the codes the control service issued."""
+        source = self.plan.scenario.keypad.source
+        if source == "receipt" and opts.outbox is None:
+            log.warning("keypad source 'receipt' but no SMS outbox file given: "
+                        "keypad kits will get no codes after activation")
+            return
+        offset = opts.outbox.stat().st_size if opts.outbox is not None \
+            and opts.outbox.exists() else 0
+        async with self._support_client(opts) as http:
+            while not await _sleep_or_stop(self._stop, _CODES_POLL_REAL_S):
+                if source == "receipt":
+                    assert opts.outbox is not None
+                    offset = self._read_outbox(opts.outbox, offset)
+                else:
+                    await self._ask_support(http, opts.concurrency)
+
+    def _read_outbox(self, path: Path, offset: int) -> int:
+        """New SMS lines since ``offset`` (a partly written last line waits for next time)."""
+        if not path.exists():
+            return 0
+        with path.open("rb") as fh:
+            fh.seek(0, 2)
+            if fh.tell() < offset:
+                offset = 0  # the file was replaced
+            fh.seek(offset)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].splitlines():
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                log.warning("unreadable SMS outbox line skipped: %r", line[:80])
+                continue
+            kit = self.by_id.get(str(msg.get("kit_id")))
+            if kit is None or kit.keypad is None:
+                continue
+            code = token_in_text(str(msg.get("text", "")))
+            if code is not None:
+                kit.receive_code(code)
+        return offset + end
+
+    async def _ask_support(self, http: httpx.AsyncClient, concurrency: int) -> None:
+        """Customers who paid lately call support, who reads out the codes issued since."""
+        now = time.monotonic()
+        waiting = [k for k in self.keypad_kits if k.support_until > now]
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(kit: DrivenKit) -> None:
+            async with sem:
+                try:
+                    r = await http.get(f"/v1/kits/{kit.kit_id}/tokens", params={"limit": 20})
+                    r.raise_for_status()
+                except httpx.HTTPError as exc:
+                    log.warning("support could not list kit %s's codes: %r", kit.kit_id, exc,
+                                extra={"kit_id": kit.kit_id})
+                    return
+            fresh = sorted((t for t in r.json()["items"] if t["count"] > kit.token_count_seen),
+                           key=lambda t: int(t["count"]))
+            for t in fresh:
+                kit.token_count_seen = int(t["count"])
+                kit.receive_code(str(t["token"]))
+
+        await asyncio.gather(*(one(k) for k in waiting))
 
     # --- figures -------------------------------------------------------------------
 
@@ -454,8 +678,10 @@ class FleetDriver:
             commands_applied=sum(x.commands_applied for x in c),
             commands_rejected=sum(x.commands_rejected for x in c),
             acks_sent=sum(x.acks_sent for x in c),
-            tokens_entered=sum(int(getattr(k.firmware, "tokens_entered", 0))
-                               for k in self.kits),
+            tokens_entered=sum(x.tokens_entered for x in c),
+            tokens_accepted=sum(x.tokens_accepted for x in c),
+            tokens_rejected=sum(x.tokens_rejected for x in c),
+            keypad_kits=len(self.keypad_kits),
             payments_made=self.payments_made, payments_failed=self.payments_failed,
             link_drops=sum(x.link_drops for x in c), reconnects=sum(x.reconnects for x in c),
             connect_failures=sum(x.connect_failures for x in c),
@@ -481,7 +707,8 @@ def summary_text(s: FleetSummary) -> str:
         f"offline, {s.buffered_now} still buffered",
         f"commands           {s.commands_received} received, {s.commands_applied} applied, "
         f"{s.commands_rejected} rejected, {s.acks_sent} acks sent",
-        f"tokens entered     {s.tokens_entered}",
+        f"tokens entered     {s.tokens_entered} ({s.tokens_accepted} accepted, "
+        f"{s.tokens_rejected} rejected) on {s.keypad_kits} keypad kits",
         f"payments made      {s.payments_made} ({s.payments_failed} failed)",
         f"network            {s.link_drops} link drops, {s.reconnects} reconnects, "
         f"{s.connect_failures} failed connection attempts",
@@ -501,12 +728,15 @@ def summary_json(s: FleetSummary) -> str:
 
 def run_scenario(settings: Any, scenario_path: Any, *, seed: int,
                  fleet_file: Any = None, api_key: str | None = None,
+                 support_key: str | None = None,
                  progress_every_s: float = 5.0) -> FleetSummary:
     """``cizo sim --scenario FILE --seed N``: play a scenario until its end or Ctrl-C.
 
     Kits use the credentials of ``fleet_file`` when given (a provisioned fleet), else
     deterministic identities on an anonymous broker. Payments go through the control API
-    at ``settings.api_base_url`` when an admin/finance ``api_key`` is given.
+    at ``settings.api_base_url`` when an admin/finance ``api_key`` is given; keypad kits
+    are flagged and answered with ``support_key`` (default ``api_key``) and read their codes
+    from the control service's SMS file (``notify_file``) when the scenario says "receipt".
     """
     import signal
 
@@ -518,7 +748,9 @@ def run_scenario(settings: Any, scenario_path: Any, *, seed: int,
     plan = build_plan_for(scenario, seed)
     identities = load_identities(fleet_file) if fleet_file is not None else None
     clock = AcceleratedClock(scenario.start_ts, scenario.speed)
-    payments = PaymentOptions(settings.api_base_url, api_key) if api_key else None
+    outbox = settings.notify_file or settings.data_dir / "notifications.jsonl"
+    payments = PaymentOptions(settings.api_base_url, api_key, support_key=support_key,
+                              outbox=Path(outbox)) if api_key else None
 
     async def main() -> FleetSummary:
         driver = FleetDriver(plan, clock, host=settings.mqtt_host, port=settings.mqtt_port,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 from dataclasses import dataclass
 
 import openpaygo
@@ -17,6 +18,15 @@ from firmware_sim.firmware import KitFirmware
 log = logging.getLogger(__name__)
 
 DAY_S = 86_400
+# A typed code: 9 digits or more (OpenPAYGO Token; the extended format is longer), standing
+# alone. The code is the last such number of a message (it follows the kit id in our texts).
+_CODE = re.compile(r"(?<!\d)\d{9,}(?!\d)")
+
+
+def token_in_text(text: str) -> str | None:
+    """The keypad code in an SMS as a customer reads it (receipt, token or owned message)."""
+    found = _CODE.findall(text)
+    return found[-1] if found else None
 
 
 @dataclass(frozen=True, slots=True)

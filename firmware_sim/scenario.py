@@ -2,7 +2,7 @@
 
 Pure code (no I/O beyond reading the file): ``load_scenario`` validates the file into a
 ``Scenario``; ``build_plan(scenario, seed)`` draws every kit (size, household, region,
-clock drift, payment behaviour, misbehaviour) and every event (payments, link drops,
+clock drift, payment behaviour, misbehaviour, keypad) and every event (payments, link drops,
 region outages) from ``random.Random(seed)``, so the same scenario and seed give the same
 fleet and the same events. The asyncio driver (``firmware_sim.driver``) then plays the
 plan against real servers. The file format is documented in docs/simulation.md.
@@ -31,6 +31,9 @@ Misbehaviour = Literal["malformed", "wrong_kit_id", "replay", "tamper", "stuck_s
                        "never_ack"]
 MISBEHAVIOURS: tuple[Misbehaviour, ...] = ("malformed", "wrong_kit_id", "replay", "tamper",
                                            "stuck_sensor", "never_ack")
+# A keypad kit either has no 2G modem (tokens are its only way in) or keeps its MQTT link too
+# and gets both the token and the command (docs/commands.md: they converge once).
+KeypadKind = Literal["only", "with_mqtt"]
 
 
 class _Strict(BaseModel):
@@ -64,6 +67,23 @@ class NetworkSpec(_Strict):
         return v
 
 
+class KeypadSpec(_Strict):
+    """Keypad (OpenPAYGO) kits: flagged keypad-only through the API, customers type the code
+    from each payment's receipt (or as support reads it out) after a short delay."""
+
+    share: float = Field(default=0.0, ge=0, le=1)  # share of the fleet with a keypad
+    with_mqtt: float = Field(default=0.5, ge=0, le=1)  # of those, share keeping their 2G link
+    delay_h: tuple[float, float] = (0.25, 3.0)  # simulated hours from the code to typing it
+    source: Literal["receipt", "support"] = "receipt"  # SMS outbox file, or GET .../tokens
+
+    @field_validator("delay_h")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] <= v[1]:
+            raise ValueError("delay_h must be [min, max] with 0 <= min <= max")
+        return v
+
+
 class Scenario(_Strict):
     """What a scenario file holds (see docs/simulation.md for each key)."""
 
@@ -86,6 +106,7 @@ class Scenario(_Strict):
     plan: PlanSpec = PlanSpec()
     network: NetworkSpec = NetworkSpec()
     misbehaviour: dict[str, float] = Field(default_factory=dict)  # share of kits per kind
+    keypad: KeypadSpec = KeypadSpec()
 
     @field_validator("start", mode="before")
     @classmethod
@@ -165,6 +186,7 @@ class KitPlan:
     outages: tuple[tuple[float, float], ...]  # (start, end) sim times, link down
     misbehaviour: frozenset[Misbehaviour]
     phone: str
+    keypad: KeypadKind | None = None  # a keypad kit (scenario ``[keypad]``), or MQTT only
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +250,9 @@ def _outages(rng: random.Random, net: NetworkSpec, start: float, end: float
 def build_plan(scenario: Scenario, seed: int) -> FleetPlan:
     """Every kit and event of the run, from the scenario and the seed alone."""
     rng = random.Random(seed)
+    # keypad kits come from their own stream: a share of 0 leaves every other draw as it was,
+    # and a larger share keeps the kits a smaller one picked (two draws per kit, always)
+    keypad_rng = random.Random(f"{seed}:keypad")
     start, end = scenario.start_ts, scenario.end_ts
     width = max(6, len(str(scenario.kits)))
     kits: list[KitPlan] = []
@@ -247,6 +272,11 @@ def build_plan(scenario: Scenario, seed: int) -> FleetPlan:
         outages.sort()
         misbehaviour = frozenset(
             m for m in MISBEHAVIOURS if rng.random() < scenario.misbehaviour.get(m, 0.0))
+        has_keypad = keypad_rng.random() < scenario.keypad.share
+        keeps_mqtt = keypad_rng.random() < scenario.keypad.with_mqtt
+        keypad: KeypadKind | None = None
+        if has_keypad:
+            keypad = "with_mqtt" if keeps_mqtt else "only"
         kit = KitPlan(
             kit_id=kit_id, size=size, household=household, region=region,
             drift_ppm=rng.uniform(-scenario.drift_ppm, scenario.drift_ppm),
@@ -254,6 +284,7 @@ def build_plan(scenario: Scenario, seed: int) -> FleetPlan:
             first_report_s=rng.uniform(0, scenario.telemetry_interval_s),
             behaviour=behaviour, payments=payments, outages=tuple(outages),
             misbehaviour=misbehaviour, phone=f"+2289{rng.randrange(10**7):07d}",
+            keypad=keypad,
         )
         kits.append(kit)
         events.extend((p.at, kit_id, f"pay {p.amount_fcfa}") for p in payments)

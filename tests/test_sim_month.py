@@ -1,7 +1,9 @@
 """A simulated month end to end: 200 kits, the control service and the PayGate simulator
 on one accelerated clock; customers pay (daily, weekly, late, stop, pay off early), kits
-unlock, run out and lock themselves or are locked; at the end every kit's firmware must hold
-what its account says. Real Mosquitto, real HTTP, real SQLite; only time is accelerated."""
+unlock, run out and lock themselves or are locked; a tenth of the kits have a keypad and type
+the OpenPAYGO code of each receipt (half of them have no modem at all); at the end every kit's
+firmware must hold what its account says. Real Mosquitto, real HTTP, real SQLite; only time is
+accelerated."""
 
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ from control.security import generate_secret_key
 from firmware_sim.clocks import AcceleratedClock
 from firmware_sim.driver import FleetDriver, PaymentOptions, summary_text
 from firmware_sim.kit import KitIdentity
-from firmware_sim.scenario import NetworkSpec, PlanSpec, Scenario, build_plan
+from firmware_sim.scenario import KeypadSpec, NetworkSpec, PlanSpec, Scenario, build_plan
 from payment_sim.paygate import PAID, PENDING, PayGateSimConfig, run_in_thread
 from tests.support import ServerThread, wait_for
+from tests.test_sim_scenario import keypad_problems
 
 ADMIN = "month-admin-key-0123456789abcdef"
 PAYGATE_TOKEN = "month-paygate-token"
@@ -29,10 +32,14 @@ DAYS = 30
 REAL_SECONDS_FOR_THE_MONTH = 100.0
 
 
-def _mismatches(kits: list[Any], accounts: dict[str, dict[str, Any]]) -> list[str]:
-    """Kits whose firmware does not hold what their account says (on the kit's clock)."""
-    wrong = []
+def _mismatches(kits: list[Any], accounts: dict[str, dict[str, Any]],
+                tokens: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Kits whose firmware does not hold what their account says (on the kit's clock); keypad
+    kits hold it to the day grid of their codes (tests/test_sim_scenario.keypad_problems)."""
+    wrong = keypad_problems([k for k in kits if k.keypad is not None], accounts, tokens)
     for k in kits:
+        if k.keypad is not None:
+            continue
         acct, fw = accounts[k.kit_id], k.firmware
         now = fw.clock.now()
         if acct["owned"]:
@@ -57,10 +64,12 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path) -> None:
         plan=PlanSpec(deposit_fcfa=2_000, daily_rate_fcfa=100, total_price_fcfa=6_000),
         network=NetworkSpec(drop_rate_per_day=0.2, outage_s=(1_800, 6 * 3600),
                             reconnect_base_s=0.2, reconnect_cap_s=3.0),
+        keypad=KeypadSpec(share=0.1, with_mqtt=0.5, delay_h=(0.5, 6.0), source="receipt"),
     )
     plan = build_plan(scenario, seed=2026)
     clock = AcceleratedClock(scenario.start_ts, scenario.speed)
     clock.pause()  # provisioning takes real time: the month starts when the fleet does
+    outbox = tmp_path / "sms.jsonl"  # the receipts keypad customers read their codes from
     api_port = services.free_port()
     paygate = run_in_thread(PayGateSimConfig(
         auth_token=PAYGATE_TOKEN, approve_after_s=0.2, clock=clock,
@@ -70,7 +79,7 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path) -> None:
         database_url=f"sqlite:///{tmp_path / 'ledger.db'}", api_port=api_port,
         admin_api_key=ADMIN, secret_key=generate_secret_key(),
         paygate_auth_token=PAYGATE_TOKEN, paygate_url=paygate.url,
-        sweep_interval_s=0.2, command_resend_after_s=6 * 3600,
+        sweep_interval_s=0.2, command_resend_after_s=6 * 3600, notify_file=outbox,
     )
     started = time.monotonic()
     try:
@@ -92,13 +101,19 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path) -> None:
                 r.raise_for_status()
                 return {k["kit_id"]: k for k in r.json()["items"] if k["kit_id"] in ids}
 
+            def codes(driver: FleetDriver) -> dict[str, list[dict[str, Any]]]:
+                return {k.kit_id: api.get(f"/v1/kits/{k.kit_id}/tokens",
+                                          params={"limit": 500}).json()["items"]
+                        for k in driver.keypad_kits}
+
             ids = {i.kit_id for i in identities}
             driver_box: list[FleetDriver] = []
 
             async def month() -> str:
                 driver = FleetDriver(plan, clock, host="127.0.0.1", port=mosquitto.port,
                                      identities=identities, ramp_s=0.5,
-                                     payments=PaymentOptions(server.url, ADMIN))
+                                     payments=PaymentOptions(server.url, ADMIN,
+                                                             outbox=outbox))
                 driver_box.append(driver)
                 driver.sim_end = None  # the kits stay up after the month for the check
                 await driver.start()
@@ -107,8 +122,8 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path) -> None:
                 while clock.now() < end:
                     await asyncio.sleep(1.0)
                 clock.pause()  # freeze time: payments, commands and acks settle
-                pay_task = driver._tasks[-1]
-                await asyncio.wait_for(pay_task, 60)
+                assert driver.pay_task is not None
+                await asyncio.wait_for(driver.pay_task, 60)
 
                 def settled() -> bool:
                     txs = list(paygate.sim.by_ref.values())
@@ -116,9 +131,15 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path) -> None:
                         c["ok"] for c in t.callbacks)) for t in txs)
 
                 await asyncio.to_thread(wait_for, settled, 60, "payments settled")
-                await asyncio.to_thread(
-                    wait_for, lambda: not _mismatches(driver.kits, accounts()), 90,
-                    "every kit in the state its account says")
+                driver.settle()  # keypad customers type the codes they hold now
+                try:
+                    await asyncio.to_thread(
+                        wait_for, lambda: not _mismatches(driver.kits, accounts(),
+                                                          codes(driver)),
+                        90, "every kit in the state its account says")
+                except AssertionError as exc:
+                    wrong = _mismatches(driver.kits, accounts(), codes(driver))
+                    raise AssertionError(f"{exc}: {len(wrong)} kits: {wrong[:10]}") from None
                 summary = driver.summary()
                 await driver.stop()
                 return summary_text(summary)
@@ -126,7 +147,7 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path) -> None:
             text = asyncio.run(month())
             driver = driver_box[0]
             final = accounts()
-            assert _mismatches(driver.kits, final) == []
+            assert _mismatches(driver.kits, final, codes(driver)) == []
             s = driver.summary()
             print(f"\n{text}\nmonth scenario took {time.monotonic() - started:.0f} s real")
             # the scenario really exercised the paths it claims to
@@ -138,5 +159,14 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path) -> None:
             assert owned > 0 and locked > 0 and unlocked > owned
             assert s.commands_applied > len(driver.kits) and s.link_drops > 0
             assert s.reconnects > 0 and s.buffered_total > 0
+            # keypad kits of both kinds typed their receipts' codes, none refused
+            kinds = [k.plan.keypad for k in driver.keypad_kits]
+            assert kinds.count("only") >= 3 and kinds.count("with_mqtt") >= 3
+            assert s.tokens_accepted == s.tokens_entered > len(kinds)
+            assert s.tokens_rejected == 0
+            assert all(k.wire.connects == 0 for k in driver.keypad_kits
+                       if k.plan.keypad == "only")
+            assert any(not k.firmware.locked for k in driver.keypad_kits
+                       if k.plan.keypad == "only")
     finally:
         paygate.stop()

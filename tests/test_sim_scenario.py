@@ -1,22 +1,42 @@
-"""Scenarios: TOML/YAML loading, seed determinism, misbehaviour, clocks, data budget, and a
-small fleet with faults on a real broker (last will, buffered backlog, jittered reconnects)."""
+"""Scenarios: TOML/YAML loading, seed determinism, misbehaviour, clocks, data budget, a
+small fleet with faults on a real broker (last will, buffered backlog, jittered reconnects),
+and keypad kits typing the OpenPAYGO codes the control service issues for their payments."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import uuid
 from pathlib import Path
+from typing import Any
 
+import httpx
+import openpaygo
 import pytest
 from paho.mqtt import subscribe
 
-from cizo import protocol
+from cizo import protocol, services
 from cizo.clock import FrozenClock
+from cizo.settings import Settings
+from control import notify, tokens
+from control.main import build_app
+from control.security import generate_secret_key
 from firmware_sim.clocks import AcceleratedClock, DriftingClock
-from firmware_sim.driver import FleetDriver, identity_for
+from firmware_sim.driver import (
+    DrivenKit,
+    FleetDriver,
+    PaymentOptions,
+    identity_for,
+    summary_text,
+)
 from firmware_sim.firmware import KitFirmware
+from firmware_sim.keypad import token_in_text
+from firmware_sim.kit import KitIdentity
 from firmware_sim.scenario import (
+    KeypadSpec,
     NetworkSpec,
+    PlanSpec,
     RegionOutage,
     Scenario,
     build_plan,
@@ -31,6 +51,9 @@ days = 10
 sizes = { S = 0.6, M = 0.3, L = 0.1 }
 regions = { Lome = 0.7, Kara = 0.3 }
 misbehaviour = { tamper = 0.1, never_ack = 0.05 }
+[keypad]
+share = 0.2
+delay_h = [0.5, 2]
 [network]
 drop_rate_per_day = 0.5
 [[network.region_outages]]
@@ -46,6 +69,7 @@ days: 10
 sizes: {S: 0.6, M: 0.3, L: 0.1}
 regions: {Lome: 0.7, Kara: 0.3}
 misbehaviour: {tamper: 0.1, never_ack: 0.05}
+keypad: {share: 0.2, delay_h: [0.5, 2]}
 network:
   drop_rate_per_day: 0.5
   region_outages:
@@ -70,6 +94,38 @@ def test_same_seed_same_fleet_and_events_other_seed_differs(tmp_path: Path) -> N
     assert kara and all((start, start + 6 * 3600) in k.outages for k in kara)
     assert {k.behaviour for k in a.kits} >= {"daily", "weekly"}
     assert {k.size for k in a.kits} == {"S", "M", "L"}
+    # keypad kits: the same ones for the same seed, both kinds, about the share asked for
+    assert [k.keypad for k in a.kits] == [k.keypad for k in b.kits]
+    assert [k.keypad for k in a.kits] != [k.keypad for k in c.kits]
+    assert {k.keypad for k in a.kits} == {None, "only", "with_mqtt"}
+    assert 4 <= sum(k.keypad is not None for k in a.kits) <= 18
+
+
+def test_keypad_kits_come_from_their_own_stream() -> None:
+    """Adding keypad kits changes no other draw, and a larger share keeps the smaller's kits."""
+    base = Scenario(kits=200, days=7)
+    none = build_plan(base, 7)
+    ten = build_plan(base.model_copy(update={"keypad": KeypadSpec(share=0.1)}), 7)
+    half = build_plan(base.model_copy(update={"keypad": KeypadSpec(share=0.5)}), 7)
+    assert all(k.keypad is None for k in none.kits) and none.events == ten.events
+    assert [dataclasses.replace(k, keypad=None) for k in ten.kits] == list(none.kits)
+    picked_ten = {k.kit_id for k in ten.kits if k.keypad}
+    picked_half = {k.kit_id for k in half.kits if k.keypad}
+    assert 5 <= len(picked_ten) <= 40 and picked_ten < picked_half
+
+
+def test_the_code_is_read_from_each_kind_of_sms() -> None:
+    """What the customer reads: our receipt, token and owned texts (as the notifier renders
+    them) give the code back; a receipt without one gives none."""
+    settings = Settings()
+    code = "048213397"
+    values = {"kit_id": "TG-SIM-000123", "amount_fcfa": 700, "days": 7,
+              "days_text": "7 jours ajoutés.", "credit_end": "31/01/2026 à 14:05",
+              "token": code, "token_text": f" Code clavier : {code}.", "daily_rate_fcfa": 100}
+    for name in ("receipt", "token", "owned"):
+        assert token_in_text(notify.render(settings, name, "d1", values)) == code, name
+    assert token_in_text(notify.render(settings, "receipt", "d1",
+                                       values | {"token_text": ""})) is None
 
 
 @pytest.mark.parametrize("bad", [
@@ -186,3 +242,203 @@ def _is_malformed(payload: bytes) -> bool:
     except protocol.ContractError as exc:
         return exc.reason != "kit_id_mismatch"
     return False
+
+
+def test_codes_are_typed_in_order_after_their_delay_and_once(tmp_path: Path) -> None:
+    """The customer's side of the keypad, without servers: codes read from the SMS file
+    (a half-written last line waits), typed in the order received after the scenario's
+    delay, each once; ``settle`` types the rest at once."""
+    sc = Scenario(kits=3, days=2, keypad=KeypadSpec(share=1.0, with_mqtt=0.0,
+                                                    delay_h=(1.0, 2.0)))
+    plan = build_plan(sc, 1)
+    clock = FrozenClock(sc.start_ts)
+    driver = FleetDriver(plan, clock, host="127.0.0.1", port=1)
+    kit, other = driver.kits[0], driver.kits[1]
+    assert kit.keypad is not None and not kit.has_modem
+    key = tokens.openpaygo_key(kit.identity.command_secret)
+    count, add3 = openpaygo.generate_token(secret_key=key, count=0, value=3)
+    count, add2 = openpaygo.generate_token(secret_key=key, count=count, value=2)
+    outbox = tmp_path / "sms.jsonl"
+    lines = [{"kind": "receipt", "kit_id": kit.kit_id, "text": f"reçu. Code clavier : {add3}."},
+             {"kind": "receipt", "kit_id": "NOT-OURS", "text": f"Code clavier : {add2}."},
+             {"kind": "token", "kit_id": kit.kit_id, "text": f"code {kit.kit_id} : {add3}."}]
+    body = "".join(json.dumps(m) + "\n" for m in lines)
+    partial = json.dumps({"kind": "receipt", "kit_id": kit.kit_id, "text": f"Code : {add2}"})
+    outbox.write_text(body + partial[:20], encoding="utf-8")
+    offset = driver._read_outbox(outbox, 0)
+    assert offset == len(body.encode()) and len(kit.codes_due) == 1  # the repeat is ignored
+    with outbox.open("a", encoding="utf-8") as fh:
+        fh.write(partial[20:] + "\n")
+    clock.advance(600)
+    assert driver._read_outbox(outbox, offset) > offset and len(kit.codes_due) == 2
+    (due3, _), (due2, _) = kit.codes_due
+    assert sc.start_ts + 3600 <= due3 <= due2 <= sc.start_ts + 600 + 7200
+    kit.type_due_codes(clock.now())
+    assert kit.counters.tokens_entered == 0 and kit.firmware.locked  # not yet
+    clock.advance(due3 - clock.now())
+    kit.type_due_codes(clock.now())
+    assert kit.counters.tokens_accepted == 1 and not kit.firmware.locked
+    driver.settle()
+    assert kit.counters.tokens_accepted == 2 and not kit.codes_due
+    assert kit.firmware.credit_until == sc.start_ts + 5 * 86_400
+    assert other.counters.tokens_entered == 0  # another kit's SMS is not ours
+    kit.type_code(add3)  # typed again by mistake: refused, nothing changes
+    assert kit.counters.tokens_rejected == 1
+    assert kit.firmware.credit_until == sc.start_ts + 5 * 86_400
+
+
+ADMIN = "keypad-admin-key-0123456789abcdef"
+PAYGATE_TOKEN = "keypad-paygate-token"
+
+
+def keypad_problems(kits: list[DrivenKit], accounts: dict[str, dict[str, Any]],
+                    tokens: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Kits not (yet) where their account and their codes put them. A token carries whole
+    days on the kit's chain (docs/commands.md), so a keypad kit ends on the chain end the API
+    shows, within half a day of the ledger's; one that also gets MQTT holds one of the two
+    ends, never their sum. Every code issued has been typed. (Also used by the month test.)"""
+    wrong = []
+    for k in kits:
+        fw, acct, toks = k.firmware, accounts[k.kit_id], tokens.get(k.kit_id, [])
+        until = acct["credit_until"]
+        chain = toks[0]["chain_until"] if toks else None
+        if acct["owned"]:
+            ok = fw.owned and not fw.locked and k.counters.tokens_entered == len(toks)
+        elif k.plan.keypad is None:
+            ok = fw.credit_until == until
+        elif k.plan.keypad == "only":
+            ok = fw.credit_until == chain and k.counters.tokens_entered == len(toks)
+        else:
+            ok = fw.credit_until in (until, chain) and k.counters.tokens_entered == len(toks)
+        if chain is not None and until is not None:
+            ok = ok and abs(chain - until) <= 43_200
+        ok = ok and (acct["owned"] or fw.locked == (fw.credit_until is None
+                                                     or fw.credit_until <= fw.clock.now()))
+        if not ok:
+            wrong.append(f"{k.kit_id} ({k.plan.keypad}): kit credit_until={fw.credit_until} "
+                         f"locked={fw.locked}, account {until}, chain {chain}, "
+                         f"{len(toks)} codes issued, {k.counters}")
+    return wrong
+
+
+def test_keypad_kits_type_the_codes_support_reads_out(mosquitto, tmp_path: Path) -> None:
+    """Four kits, two simulated days, paying daily through the control API: a kit with no
+    modem is unlocked by the codes it types alone, to the credit end the API shows; a keypad
+    kit that also gets the MQTT commands converges once (not credited twice); a plain kit
+    types nothing. The modemless kit was given 30 h of credit before the run: it types an
+    activation code first. Run again, keypads resume from the codes already issued."""
+    from payment_sim.paygate import PAID, PayGateSimConfig, run_in_thread
+    from tests.support import ServerThread, wait_for
+
+    # the run ends at 18:00 on day 1, after both payments and before their codes' end (the
+    # chain's whole days put it at midnight or later: a token's days are rounded)
+    sc = Scenario(name="keypad", kits=4, kit_id_prefix=f"K{uuid.uuid4().hex[:4].upper()}-",
+                  days=1.75, speed=2 * 86_400 / 5, telemetry_interval_s=6 * 3600,
+                  keepalive_s=30, payments={"daily": 1.0},
+                  plan=PlanSpec(deposit_fcfa=500, daily_rate_fcfa=100, total_price_fcfa=50_000),
+                  keypad=KeypadSpec(share=0.6, with_mqtt=0.5, delay_h=(0.5, 2.0),
+                                    source="support"),
+                  network=NetworkSpec(reconnect_base_s=0.1, reconnect_cap_s=1.0))
+    plan = build_plan(sc, 3)
+    assert [k.keypad for k in plan.kits] == ["with_mqtt", "only", None, None]
+    assert all(len(k.payments) == 2 for k in plan.kits)
+    clock = AcceleratedClock(sc.start_ts, sc.speed)
+    clock.pause()  # provisioning and activation happen at the scenario's start
+    api_port = services.free_port()
+    paygate = run_in_thread(PayGateSimConfig(
+        auth_token=PAYGATE_TOKEN, approve_after_s=0.1, clock=clock,
+        callback_url=f"http://127.0.0.1:{api_port}/v1/payments/paygate"))
+    settings = Settings(
+        mqtt_port=mosquitto.port, mqtt_client_id=f"control-{uuid.uuid4().hex[:8]}",
+        database_url=f"sqlite:///{tmp_path / 'ledger.db'}", api_port=api_port,
+        admin_api_key=ADMIN, secret_key=generate_secret_key(),
+        paygate_auth_token=PAYGATE_TOKEN, paygate_url=paygate.url,
+        notify_file=tmp_path / "sms.jsonl", sweep_interval_s=0.2,
+        command_resend_after_s=6 * 3600)
+    try:
+        with ServerThread(build_app(settings, clock), api_port) as server, httpx.Client(
+                base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"},
+                timeout=30) as api:
+            identities = []
+            for kp in plan.kits:
+                r = api.post("/v1/kits", json={"kit_id": kp.kit_id, "phone": kp.phone,
+                                               "plan": sc.plan.model_dump()})
+                assert r.status_code == 201, r.text
+                c = r.json()
+                identities.append(KitIdentity(c["kit_id"], c["mqtt_username"],
+                                              c["mqtt_password"], c["command_secret"]))
+            ids = {i.kit_id for i in identities}
+            only_id = plan.kits[1].kit_id
+            r = api.post(f"/v1/kits/{only_id}/set-credit-until", json={
+                "credit_until": int(sc.start_ts) + 30 * 3600, "reason": "installed with credit"})
+            assert r.status_code == 200, r.text
+
+            def problems(driver: FleetDriver) -> list[str]:
+                items = api.get("/v1/kits", params={"limit": 500}).json()["items"]
+                accounts = {a["kit_id"]: a for a in items if a["kit_id"] in ids}
+                toks = {k.kit_id: api.get(f"/v1/kits/{k.kit_id}/tokens").json()["items"]
+                        for k in driver.keypad_kits}
+                return keypad_problems(driver.kits, accounts, toks)
+
+            async def run() -> FleetDriver:
+                driver = FleetDriver(plan, clock, host="127.0.0.1", port=mosquitto.port,
+                                     identities=identities, ramp_s=0.2,
+                                     payments=PaymentOptions(server.url, ADMIN))
+                driver.sim_end = None  # kits stay up for the check
+                await driver.start()
+                # flagged; the kit with credit typed its activation code (1 day: 30 h is
+                # nearer one day than two on its chain), the other needs none: still locked
+                only, mqtt = driver.kits[1], driver.kits[0]
+                assert only.counters.tokens_accepted == 1 and not only.firmware.locked
+                assert only.firmware.credit_until == sc.start_ts + 86_400
+                assert mqtt.counters.tokens_entered == 0 and mqtt.firmware.locked
+                clock.resume()
+                while clock.now() < sc.end_ts:
+                    await asyncio.sleep(0.05)
+                clock.pause()
+                assert driver.pay_task is not None
+                await asyncio.wait_for(driver.pay_task, 30)
+                await asyncio.to_thread(wait_for, lambda: len(paygate.sim.by_ref) == 8 and all(
+                    t.state == PAID and any(c["ok"] for c in t.callbacks)
+                    for t in paygate.sim.by_ref.values()), 30, "payments credited")
+                driver.settle()  # the customers type the codes they hold now
+                try:
+                    await asyncio.to_thread(wait_for, lambda: not problems(driver), 30,
+                                            "kits where their accounts and codes put them")
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}: {problems(driver)}") from None
+                await driver.stop()
+                again = FleetDriver(plan, clock, host="127.0.0.1", port=mosquitto.port,
+                                    identities=identities,
+                                    payments=PaymentOptions(server.url, ADMIN))
+                await again.setup_keypads()
+                for old, new in zip(driver.keypad_kits, again.keypad_kits, strict=True):
+                    assert old.keypad is not None and new.keypad is not None
+                    assert (new.keypad.count, new.keypad.chain_until) == (
+                        old.keypad.count, old.keypad.chain_until)
+                    assert new.counters.tokens_entered == 0  # no new activation code
+                return driver
+
+            driver = asyncio.run(run())
+            s = driver.summary()
+            print("\n" + summary_text(s))
+            assert problems(driver) == [] and s.payments_made == 8 and s.payments_failed == 0
+            for k in driver.kits:
+                # both payments' credit outlasts the run: every kit is unlocked at the end
+                assert not k.firmware.locked and k.firmware.credit_until is not None
+                assert k.firmware.credit_until > sc.end_ts, k.kit_id
+                if k.plan.keypad is None:
+                    assert k.counters.tokens_entered == 0
+                    continue
+                codes = 3 if k.plan.keypad == "only" else 2  # the activation code, then 2 paid
+                assert k.counters.tokens_accepted == codes and k.counters.tokens_rejected == 0
+                if k.plan.keypad == "only":  # no modem: only its keypad could unlock it
+                    assert k.wire.connects == 0 and k.counters.commands_received == 0
+                else:  # it got the MQTT unlocks too, and did not add them to the codes'
+                    assert k.counters.commands_applied >= 2
+                    assert k.firmware.credit_until < sc.start_ts + 3 * 86_400 + 43_200
+            assert s.keypad_kits == 2 and s.tokens_entered == 5 and s.tokens_accepted == 5
+            assert "tokens entered     5 (5 accepted, 0 rejected) on 2 keypad kits" \
+                in summary_text(s)
+    finally:
+        paygate.stop()

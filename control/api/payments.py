@@ -201,6 +201,12 @@ _MOMO_CALLBACK: dict[str, Any] = {
     "response_model": FeedAck,
     "responses": {400: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
     "summary": "MTN MoMo's callback (POST or PUT; confirmed by GET before credit)",
+    # issue 8: the body is read raw (MoMo's shape varies); documented so clients and the
+    # fuzzer know one is expected
+    "openapi_extra": {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"type": "object", "description": "MoMo's request-to-pay view (status, "
+                   "amount, currency, externalId, payer, ...); only a GET to MoMo is trusted",
+                   "additionalProperties": True}}}}},
 }
 
 
