@@ -479,8 +479,8 @@ def create_app(config: PayGateSimConfig) -> FastAPI:
             return {"status": PAY_BAD_PARAMS}
         return sim.create(body)
 
-    @app.post("/api/v1/status", response_model=None)
-    async def status_v1(request: Request) -> dict[str, Any] | JSONResponse:
+    async def status_request(request: Request) -> dict[str, Any] | JSONResponse:
+        """What both status endpoints check first: injected faults, a body, the token."""
         fault = await sim.status_fault()
         if fault is not None:
             return fault
@@ -489,6 +489,13 @@ def create_app(config: PayGateSimConfig) -> FastAPI:
             return _error(400, 400, "Paramètres invalides.")
         if not authorised(body):
             return _error(401, 401, "Jeton d'authentification invalide.")
+        return body
+
+    @app.post("/api/v1/status", response_model=None)
+    async def status_v1(request: Request) -> dict[str, Any] | JSONResponse:
+        body = await status_request(request)
+        if isinstance(body, JSONResponse):
+            return body
         ref = body.get("tx_reference")
         if isinstance(ref, str) and ref.isdigit():
             ref = int(ref)
@@ -499,14 +506,9 @@ def create_app(config: PayGateSimConfig) -> FastAPI:
 
     @app.post("/api/v2/status", response_model=None)
     async def status_v2(request: Request) -> dict[str, Any] | JSONResponse:
-        fault = await sim.status_fault()
-        if fault is not None:
-            return fault
-        body = await _read_body(request)
-        if body is None:
-            return _error(400, 400, "Paramètres invalides.")
-        if not authorised(body):
-            return _error(401, 401, "Jeton d'authentification invalide.")
+        body = await status_request(request)
+        if isinstance(body, JSONResponse):
+            return body
         identifier = body.get("identifier")
         if not isinstance(identifier, str) or not identifier:
             return _error(400, 400, "Paramètres invalides.")
