@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import Select, insert, select, text, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from cizo import protocol
 from control import credit
@@ -74,9 +75,29 @@ def commanded(kit: Kit) -> Desired | None:
 def backoff_s(attempts: int, *, base_s: float, cap_s: float, jitter: float,
               rnd: Callable[[], float] = random.random) -> float:
     """Delay before re-sending after ``attempts`` publications: base * 2^(n-1), capped,
-    scaled by a random factor in [1 - jitter, 1 + jitter] so a fleet does not move in step."""
-    raw = min(cap_s, base_s * (2 ** max(0, attempts - 1)))
+    scaled by a random factor in [1 - jitter, 1 + jitter] so a fleet does not move in step.
+    A cap below the base never shortens the first delay (a 6 h base with the default 15 min
+    cap re-sent every sweep: ``effective_cap_s``)."""
+    raw = min(effective_cap_s(base_s, cap_s), base_s * (2 ** max(0, attempts - 1)))
     return float(raw * (1 - jitter + 2 * jitter * rnd()))
+
+
+def effective_cap_s(base_s: float, cap_s: float) -> float:
+    """The longest wait between re-sends: the cap, but never less than the first delay."""
+    return max(base_s, cap_s)
+
+
+def sqlite_write_lock(s: Session) -> None:
+    """SQLite: take the database's single writer lock now, with a write that changes nothing.
+
+    SQLite ignores ``FOR UPDATE``, and outside a write transaction each read sees whatever
+    committed last: a transaction that reads a kit or a command and then writes it back
+    could overwrite a concurrent commit (a command acked meanwhile set back to ``sent``, a
+    ``seq`` or token count taken twice). Called first in such a transaction, every read that
+    follows sees the latest state and nobody commits before this transaction ends. Nothing
+    on PostgreSQL, whose row locks do this."""
+    if s.get_bind().dialect.name == "sqlite":
+        s.execute(text("UPDATE kits SET cmd_seq = cmd_seq WHERE 0"))
 
 
 def skip_locked(q: Select[Any], s: Session) -> Select[Any]:
@@ -101,20 +122,40 @@ def supersede_pending(s: Session, kit_ids: Sequence[str], now: float) -> None:
     )
 
 
+def _next_seq(s: Session, kit: Kit, want: Desired | None) -> int:
+    """Take the kit's next ``seq`` in the database (``cmd_seq + 1 ... RETURNING``) and record
+    what is now commanded, in the one UPDATE the kit needs anyway.
+
+    Whatever the caller read before (a kit row read without a lock on SQLite, or on a path
+    that locks only the account), two transactions never get the same seq: the UPDATE waits
+    for the row (PostgreSQL) or the writer lock (SQLite) and counts from the committed value.
+    The pending commands it supersedes are looked up after it, so they include any command
+    that transaction committed."""
+    values: dict[str, Any] = {"cmd_seq": Kit.cmd_seq + 1}
+    if want is not None:
+        values.update(commanded_action=want.action, commanded_credit_until=want.credit_until,
+                      lock_due_at=want.credit_until if want.action == "unlock" else None)
+    seq = int(s.execute(update(Kit).where(Kit.id == kit.id).values(**values)
+                        .returning(Kit.cmd_seq)
+                        .execution_options(synchronize_session=False)).scalar_one())
+    set_committed_value(kit, "cmd_seq", seq)
+    for name, value in values.items():
+        if name != "cmd_seq":
+            set_committed_value(kit, name, value)
+    return seq
+
+
 def issue(
     s: Session, *, kit: Kit, want: Desired, origin: str, now: float, ttl_s: int
 ) -> Command:
     """A new command for ``kit``; older pending ones become ``superseded``."""
+    seq = _next_seq(s, kit, want)
     supersede_pending(s, [kit.id], now)
-    kit.cmd_seq += 1
     cmd = Command(
-        id=str(uuid.uuid4()), kit_id=kit.id, seq=kit.cmd_seq, action=want.action,
+        id=str(uuid.uuid4()), kit_id=kit.id, seq=seq, action=want.action,
         credit_until=want.credit_until, issued_at=int(now), expires_at=int(now) + ttl_s,
         status="queued", origin=origin, attempts=0, created_at=now, next_attempt_at=now,
     )
-    kit.commanded_action = want.action
-    kit.commanded_credit_until = want.credit_until
-    kit.lock_due_at = want.credit_until if want.action == "unlock" else None
     s.add(cmd)
     log.info("command issued", extra={"kit_id": kit.id, "command_id": cmd.id,
                                       "action": want.action, "seq": cmd.seq, "origin": origin})
@@ -128,10 +169,10 @@ def issue_rotate(s: Session, *, kit: Kit, box: SecretBox, now: float, ttl_s: int
     nonce = secrets.token_hex(16)
     current = box.decrypt(kit.secret_enc)
     kit.secret_next_enc = box.encrypt(protocol.derive_rotated_secret(current, nonce))
+    seq = _next_seq(s, kit, None)
     supersede_pending(s, [kit.id], now)
-    kit.cmd_seq += 1
     cmd = Command(
-        id=str(uuid.uuid4()), kit_id=kit.id, seq=kit.cmd_seq, action="rotate",
+        id=str(uuid.uuid4()), kit_id=kit.id, seq=seq, action="rotate",
         credit_until=None, issued_at=int(now), expires_at=int(now) + ttl_s, status="queued",
         origin=origin, attempts=0, created_at=now, next_attempt_at=now, nonce=nonce,
     )
@@ -273,6 +314,25 @@ def _pg_write(s: Session, new_cmds: list[dict[str, Any]], kit_updates: list[dict
             "lds": [k["lock_due_at"] for k in kit_updates]})
 
 
+def defer_offline(s: Session, now: float, wait_s: float) -> int:
+    """Sent commands due for a resend whose kit is offline wait until ``wait_s`` after
+    their last publication instead.
+
+    A command is published retained: an offline kit gets the latest one from the broker
+    the moment it reconnects, and reconnecting re-sends whatever is still pending
+    (ControlService.handle_status). Re-publishing to a kit that is away only costs work;
+    the long wait still re-sends in case the kit's online status was missed."""
+    offline = select(Kit.id).where(Kit.online.is_not(True))
+    result = s.execute(
+        update(Command)
+        .where(Command.status == "sent", Command.next_attempt_at <= now,
+               Command.sent_at > now - wait_s, Command.kit_id.in_(offline))
+        .values(next_attempt_at=Command.sent_at + wait_s)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def to_publish(s: Session, now: float, limit: int = 1000) -> list[Command]:
     """Pending commands whose next attempt is due (new, or unacked past their backoff).
 
@@ -321,13 +381,16 @@ def apply_ack(s: Session, *, kit: Kit, ack: protocol.Ack, now: float) -> Command
         return None
     if cmd.status in ("applied", "rejected"):
         return cmd  # a repeated ack; applied is final
+    was_pending = cmd.status in PENDING
     cmd.status = ack.result
     cmd.reason = ack.reason
     cmd.finished_at = now
     cmd.next_attempt_at = None
-    if (ack.result == "rejected" and cmd.action in STATE_ACTIONS
+    if (was_pending and ack.result == "rejected" and cmd.action in STATE_ACTIONS
             and ack.reason in REISSUE_ON):
-        # the kit refused it as stale: the next sweep issues a fresh one (higher seq)
+        # the kit refused it as stale: the next sweep issues a fresh one (higher seq). Not
+        # for a command already superseded or expired: a late copy of it is refused as a
+        # replay once its successor applied, and re-issuing then only adds commands
         kit.commanded_action = None
         kit.commanded_credit_until = None
         kit.lock_due_at = int(now)

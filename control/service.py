@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from cizo import protocol
@@ -27,7 +27,7 @@ from cizo.settings import Settings
 from control import commands
 from control.db import Database
 from control.ledger import account_for_kit
-from control.models import Command, Kit
+from control.models import Account, Command, Kit
 from control.security import SecretBox
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,16 @@ class CommandPublisher(Protocol):
     def publish_command(self, kit_id: str, payload: bytes) -> bool:
         """Publish retained at QoS1 on kits/{kit_id}/cmd; False if the broker is away."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A command signed and marked ``sent`` inside its issuing transaction, to publish once
+    that transaction has committed (``ControlService.send_claimed``)."""
+
+    command_id: str
+    kit_id: str
+    payload: bytes
 
 
 @dataclass
@@ -77,10 +87,12 @@ class ControlService:
 
     # --- converging -------------------------------------------------------------
 
-    def converge_kit(self, s: Session, kit_id: str, origin: str) -> Command | None:
-        """Inside the caller's transaction: issue a command if the kit must change."""
-        kit = s.get(Kit, kit_id)
-        acct = account_for_kit(s, kit_id)
+    def converge_kit(self, s: Session, kit_id: str, origin: str, *, kit: Kit | None = None,
+                     acct: Account | None = None) -> Command | None:
+        """Inside the caller's transaction: issue a command if the kit must change.
+        ``kit``/``acct``: the rows when the caller already holds them (locked), unread again."""
+        kit = kit if kit is not None else s.get(Kit, kit_id)
+        acct = acct if acct is not None else account_for_kit(s, kit_id)
         if kit is None or acct is None:
             return None
         return commands.converge(
@@ -88,12 +100,46 @@ class ControlService:
             ttl_s=self.settings.command_ttl_s,
         )
 
+    def claim_for_publish(self, s: Session, cmd: Command | None, kit: Kit) -> Outgoing | None:
+        """Inside the issuing transaction: sign ``cmd`` and mark it sent, so publishing it
+        right after commit needs no second transaction (the payment path's hot spot).
+
+        Nothing is lost if the publish never happens: a process that dies between commit
+        and publish leaves the command ``sent`` with its resend time set, and the sweep
+        publishes it then; a broker that refuses it puts it back in the queue
+        (``send_claimed``)."""
+        if cmd is None or self.publisher is None:
+            return None
+        payload = commands.signed_payload(cmd, self.box, kit)
+        self._mark_sent(cmd, self.clock.now())
+        return Outgoing(cmd.id, kit.id, payload)
+
+    def send_claimed(self, out: Outgoing | None, *, payment_id: int | None = None) -> bool:
+        """After commit: publish a claimed command; if the broker is away, queue it again."""
+        if out is None or self.publisher is None:
+            return False
+        extra = {"kit_id": out.kit_id, "command_id": out.command_id, "payment_id": payment_id}
+        try:
+            if self.publisher.publish_command(out.kit_id, out.payload):
+                return True
+        except Exception:
+            log.exception("publishing command failed; queued again for the sweep", extra=extra)
+        now = self.clock.now()
+        with self.db.session() as s:
+            s.execute(update(Command).where(Command.id == out.command_id,
+                                            Command.status == "sent")
+                      .values(status="queued", attempts=Command.attempts - 1, sent_at=None,
+                              next_attempt_at=now))
+        log.warning("command not published (broker away); queued again", extra=extra)
+        return False
+
     def publish(self, command_ids: list[str]) -> int:
         """Publish these commands now (after their transaction committed)."""
         if self.publisher is None or not command_ids:
             return 0
         sent = 0
         with self.db.session() as s:
+            commands.sqlite_write_lock(s)  # an ack landing meanwhile is not set back to sent
             q = select(Command).where(Command.id.in_(command_ids),
                                       Command.status.in_(commands.PENDING))
             for cmd in s.scalars(commands.skip_locked(q, s)):
@@ -106,20 +152,29 @@ class ControlService:
         if kit is None:
             return 0
         payload = commands.signed_payload(cmd, self.box, kit)
-        now = self.clock.now()
         if not self.publisher.publish_command(cmd.kit_id, payload):
             return 0  # broker away: still due, the next sweep tries again
+        self._mark_sent(cmd, self.clock.now())
+        return 1
+
+    def _mark_sent(self, cmd: Command, now: float) -> None:
         cmd.status = "sent"
         cmd.sent_at = now
         cmd.attempts += 1
-        cmd.next_attempt_at = now + commands.backoff_s(
-            cmd.attempts, base_s=self.settings.command_resend_after_s,
+        cmd.next_attempt_at = now + self.resend_delay_s(cmd.attempts)
+
+    def resend_delay_s(self, attempts: int) -> float:
+        """How long to wait for an ack after the ``attempts``-th publication."""
+        return commands.backoff_s(
+            attempts, base_s=self.settings.command_resend_after_s,
             cap_s=self.settings.command_backoff_max_s,
             jitter=self.settings.command_backoff_jitter)
-        return 1
 
     def _sweep_lock(self, s: Session) -> bool:
         if not self.db.is_postgres:
+            # one writer at a time: what the sweep reads (kits' seqs, commanded state) is
+            # what it writes over, not a payment's commit that landed in between
+            commands.sqlite_write_lock(s)
             return True
         got = s.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": SWEEP_LOCK_KEY})
         return bool(got)
@@ -142,6 +197,9 @@ class ControlService:
                     s, now=now, ttl_s=self.settings.command_ttl_s))
         if self.publisher is not None:
             with self.db.session() as s:
+                commands.sqlite_write_lock(s)  # no ack or supersede is overwritten by "sent"
+                commands.defer_offline(s, self.clock.now(), commands.effective_cap_s(
+                    self.settings.command_resend_after_s, self.settings.command_backoff_max_s))
                 for cmd in commands.to_publish(s, self.clock.now()):
                     result.published += self._publish_one(s, cmd)
         if result.issued or result.expired:
@@ -155,6 +213,8 @@ class ControlService:
         q = select(Kit).where(Kit.id == kit_id)
         if self.db.is_postgres:
             q = q.with_for_update()
+        else:
+            commands.sqlite_write_lock(s)
         return s.scalars(q.execution_options(populate_existing=True)).one_or_none()
 
     def _ack_secret_ok(self, kit: Kit, payload: bytes, ack: protocol.Ack) -> bool:

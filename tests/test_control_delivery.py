@@ -87,6 +87,7 @@ def test_unacked_command_is_resent_with_growing_delays_and_at_once_on_reconnect(
 ) -> None:
     svc, rec, clock = one
     provision_many(svc, 1, credit_days=5)
+    svc.handle_status("K0000", b'{"v":1,"online":true}')  # online and silent: resent
     svc.sweep()
     assert len(rec.sent) == 1
     cid = rec.sent[0]["id"]
@@ -107,11 +108,37 @@ def test_unacked_command_is_resent_with_growing_delays_and_at_once_on_reconnect(
     with svc.db.session() as s:
         cmd = s.get(Command, cid)
         assert cmd is not None and cmd.attempts == 5 and cmd.status == "sent"
-    # the kit reconnects: the pending command goes out at once, not after the backoff
+    # the kit goes away: its retained command waits on the broker, no re-publishing ...
+    svc.handle_status("K0000", b'{"v":1,"online":false}')
+    with svc.db.session() as s:
+        cmd = s.get(Command, cid)
+        assert cmd is not None and cmd.sent_at is not None
+        last = cmd.sent_at
+    clock.advance(last + 239 - clock.now())  # its resend fell due meanwhile (<= 1.26 x 240)
+    assert svc.sweep().published == 0  # deferred to the backoff cap after the last send
+    assert [c["id"] for c in rec.sent].count(cid) == 5
+    # ... and when it reconnects the pending command goes out at once
     svc.handle_status("K0000", b'{"v":1,"online":true}')
     assert [c["id"] for c in rec.sent].count(cid) == 6
     svc.handle_status("K0000", b'{"v":1,"online":true}')  # already online: no extra send
     assert [c["id"] for c in rec.sent].count(cid) == 6
+
+
+def test_offline_kit_is_resent_only_after_the_backoff_cap(
+    one: tuple[ControlService, Recorder, ManualClock],
+) -> None:
+    """Never seen online: published once (retained), then only every cap, not on backoff."""
+    svc, rec, clock = one
+    provision_many(svc, 1, credit_days=5)
+    svc.sweep()
+    assert len(rec.sent) == 1
+    for _ in range(6):  # 30 s steps for 3 minutes: below the 240 s cap
+        clock.advance(30)
+        svc.sweep()
+    assert len(rec.sent) == 1
+    clock.advance(240)
+    svc.sweep()  # the cap passed: re-sent in case the kit's online status was missed
+    assert len(rec.sent) == 2
 
 
 def test_batched_sweep_locks_exactly_the_kits_whose_credit_ended(

@@ -8,6 +8,7 @@ accelerated."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from typing import Any
@@ -54,7 +55,20 @@ def _mismatches(kits: list[Any], accounts: dict[str, dict[str, Any]],
     return wrong
 
 
-def test_a_month_of_200_kits_converges(mosquitto, tmp_path) -> None:
+def _delivery_problems(kits: list[Any], issued: dict[str, int]) -> list[str]:
+    """Kits that received more commands than their state changes explain: each command is
+    delivered once when issued (or from the broker's session queue after an outage), plus
+    the retained copy and the server's re-send on each reconnect, plus a re-send or two
+    when the backoff (6 h here, a quarter of a real second) comes while the ack is still
+    queued at the control service (at the start, when 200 kits connect at once)."""
+    return [f"{k.kit_id}: {k.counters.commands_received} received for {issued[k.kit_id]} "
+            f"commands and {k.counters.reconnects} reconnects"
+            for k in kits if k.counters.commands_received
+            > 3 * issued[k.kit_id] + 2 * k.counters.reconnects + 3]
+
+
+def test_a_month_of_200_kits_converges(mosquitto, tmp_path, caplog) -> None:
+    caplog.set_level(logging.WARNING)
     scenario = Scenario(
         name="month", kits=200, kit_id_prefix=f"M{uuid.uuid4().hex[:4].upper()}-",
         days=DAYS, speed=DAYS * 86_400 / REAL_SECONDS_FOR_THE_MONTH,
@@ -168,5 +182,20 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path) -> None:
                        if k.plan.keypad == "only")
             assert any(not k.firmware.locked for k in driver.keypad_kits
                        if k.plan.keypad == "only")
+            # about one command per state change plus bounded re-sends (a sweep racing the
+            # payment path on SQLite once failed on commands' unique (kit_id, seq), and an
+            # ack overwritten by a concurrent publish was re-sent until it expired: ~50,000
+            # commands received instead of ~3,000), and no control error logged
+            issued = {k.kit_id: len(api.get(f"/v1/kits/{k.kit_id}/commands",
+                                            params={"limit": 500}).json()["items"])
+                      for k in driver.kits}
+            print(f"commands issued {sum(issued.values())}, received by the kits "
+                  f"{s.commands_received}, reconnects {s.reconnects}")
+            assert _delivery_problems(driver.kits, issued) == []
+            assert s.commands_received <= 2 * sum(issued.values()) + 2 * s.reconnects
+            errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records
+                      if r.levelno >= logging.ERROR or "UNIQUE constraint" in r.getMessage()
+                      or "IntegrityError" in (r.exc_text or "")]
+            assert errors == []
     finally:
         paygate.stop()

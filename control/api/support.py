@@ -122,8 +122,10 @@ def _token_out(t: KitToken) -> TokenOut:
 
 
 def _locked_pair(s: Session, actor: Actor, kit_id: str) -> tuple[Kit, Account]:
+    commands.sqlite_write_lock(s)  # SQLite ignores FOR UPDATE: one writer from here on
     _kit_or_404(s, actor, kit_id)
-    kit = s.scalars(select(Kit).where(Kit.id == kit_id).with_for_update()).one()
+    kit = s.scalars(select(Kit).where(Kit.id == kit_id).with_for_update()
+                    .execution_options(populate_existing=True)).one()
     if kit.decommissioned_at is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"kit {kit_id} is decommissioned")
     acct = ledger.account_for_kit(s, kit_id, for_update=True)
@@ -171,9 +173,10 @@ def _token_if_unreachable(rt: Runtime, s: Session, kit: Kit, acct: Account, acto
     if not tokens.wants_token(kit, rt.clock.now(), rt.settings.keypad_offline_after_s):
         return None
     try:
+        # a staff action: support reads the code out for entry at once, so it may shorten
         return tokens.issue_token(s, kit=kit, box=rt.box, credit_until=acct.credit_until,
                                   owned=acct.owned, now=rt.clock.now(), created_by=actor.name,
-                                  reason=change_reason)
+                                  reason=change_reason, staff=True)
     except tokens.TokenError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
 
