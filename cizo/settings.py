@@ -72,6 +72,11 @@ class Settings(BaseSettings):
 
     # --- Ledger database -----------------------------------------------------------
     database_url: str = "sqlite:///./var/cizo.db"
+    # PostgreSQL connections per process: at least the threads that use the database at once
+    # (API worker threads in use, scheduler); overflow connections are opened and closed
+    # per use (control.db.make_engine)
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
 
     # --- HTTP API ------------------------------------------------------------------
     api_host: str = "127.0.0.1"

@@ -14,14 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, literal_column, select, update
+from sqlalchemy import ColumnElement, bindparam, func, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from control import accounting, credit, ledger, matching
+from control import accounting, credit, ledger, matching, tokens
 from control.ledger import Actor
-from control.models import Account, Kit, Payment
+from control.models import Account, Command, Kit, Payment
 from control.runtime import Runtime
+from control.service import Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ class Receipt:
     command_id: str | None = None
     amount_fcfa: int | None = None
     detail: str | None = None
+    days: int | None = None  # whole days the credit bought
+    # the command signed and claimed in the credit's transaction, published after commit
+    outgoing: Outgoing | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,14 @@ class CreditNotice:
     owned: bool
     provider: str
     kind: str  # payment|reversal
+    # read in the credit's transaction, so the receipt needs no database of its own
+    days: int | None = None
+    account_number: str | None = None
+    phone: str | None = None
+    desco_id: str | None = None
+    daily_rate_fcfa: int | None = None
+    erased: bool = False
+    wants_token: bool | None = None  # None: not known, the hook reads the kit
 
 
 # Called after commit, once per credit or reversal that moved money (issue 5's receipts).
@@ -89,7 +101,9 @@ def after_credit(rt: Runtime, notice: CreditNotice) -> None:
 
 def publish_and_notify(rt: Runtime, receipt: Receipt, notice: CreditNotice | None) -> None:
     """After commit: publish the kit's command now (the sweep retries), then the hooks."""
-    if receipt.command_id is not None:
+    if receipt.outgoing is not None:
+        rt.service.send_claimed(receipt.outgoing, payment_id=receipt.payment_id)
+    elif receipt.command_id is not None:
         try:
             rt.service.publish([receipt.command_id])
         except Exception:
@@ -100,10 +114,36 @@ def publish_and_notify(rt: Runtime, receipt: Receipt, notice: CreditNotice | Non
         after_credit(rt, notice)
 
 
-def notice_for(acct: Account, payment: Payment, amount: int) -> CreditNotice:
+def notice_for(acct: Account, payment: Payment, amount: int, *, days: int | None = None,
+               wants_token: bool | None = None) -> CreditNotice:
     return CreditNotice(payment_id=payment.id, kit_id=acct.kit_id, account_id=acct.id,
                         amount_fcfa=amount, credit_until=acct.credit_until, owned=acct.owned,
-                        provider=payment.provider, kind=payment.kind)
+                        provider=payment.provider, kind=payment.kind, days=days,
+                        account_number=acct.account_number, phone=acct.customer_phone,
+                        desco_id=acct.desco_id, daily_rate_fcfa=acct.daily_rate_fcfa,
+                        erased=acct.personal_data_erased_at is not None,
+                        wants_token=wants_token)
+
+
+def lock_kit(rt: Runtime, s: Session, kit_id: str) -> Kit | None:
+    """The kit row, locked for this transaction (its ``cmd_seq`` moves when converging)."""
+    q = select(Kit).where(Kit.id == kit_id)
+    if rt.db.is_postgres:
+        q = q.with_for_update()
+    return s.scalars(q).one_or_none()
+
+
+def converge_and_claim(rt: Runtime, s: Session, acct: Account, kit: Kit | None
+                       ) -> tuple[Command | None, Outgoing | None, bool | None]:
+    """Inside a credit's transaction: the kit's new command, signed and claimed for
+    publishing after commit, and whether the kit also needs a keypad token."""
+    kit = kit if kit is not None else lock_kit(rt, s, acct.kit_id)
+    if kit is None:
+        return None, None, None
+    cmd = rt.service.converge_kit(s, acct.kit_id, origin="payment", kit=kit, acct=acct)
+    out = rt.service.claim_for_publish(s, cmd, kit)
+    return cmd, out, tokens.wants_token(kit, rt.clock.now(),
+                                        rt.settings.keypad_offline_after_s)
 
 
 # --- matching ---------------------------------------------------------------------------
@@ -169,12 +209,13 @@ def receive(rt: Runtime, inc: Incoming, *, actor: Actor) -> Receipt:
             s.flush()  # the unique (provider, provider_ref) fails here for a duplicate
             match = find_match(s, desco_id=inc.desco_id, reference=inc.reference,
                                phone_e164=inc.phone_e164)
-            receipt = _settle(rt, s, row, match, actor=actor, now=now, detail=inc.detail,
-                              requested=None)
+            receipt, wants = _settle(rt, s, row, match, actor=actor, now=now,
+                                     detail=inc.detail, requested=None)
             if receipt.credited:
                 acct = s.get(Account, row.account_id)
                 assert acct is not None
-                notice = notice_for(acct, row, inc.amount_fcfa)
+                notice = notice_for(acct, row, inc.amount_fcfa, days=receipt.days,
+                                    wants_token=wants)
     except IntegrityError:
         log.info("%s transaction already recorded", inc.provider)
         return _existing(rt, inc)
@@ -184,10 +225,13 @@ def receive(rt: Runtime, inc: Incoming, *, actor: Actor) -> Receipt:
 
 def _settle(rt: Runtime, s: Session, row: Payment, match: matching.Match, *, actor: Actor,
             now: float, detail: dict[str, Any], requested: int | None,
-            locked: Account | None = None) -> Receipt:
-    """Inside the transaction: credit ``row`` to the matched account, or park it.
+            locked: Account | None = None, kit: Kit | None = None
+            ) -> tuple[Receipt, bool | None]:
+    """Inside the transaction: credit ``row`` to the matched account, or park it; also
+    whether the kit wants a keypad token (None: not credited).
 
-    ``locked``: the account when the caller already holds its row lock (lock_for_credit).
+    ``locked``/``kit``: the account and its kit when the caller already holds their row
+    locks (lock_for_credit).
     A plain credit writes no audit row: the payment row (who, how matched, when) and its
     ledger entry record it; staff actions (approvals, links) and suspense are audited.
     """
@@ -221,13 +265,15 @@ def _settle(rt: Runtime, s: Session, row: Payment, match: matching.Match, *, act
                                            "amount_fcfa": amount})
         log.warning("payment parked in suspense: %s", reason, extra=extra)
         return Receipt("suspense", row.id, account_id=row.account_id,
-                       kit_id=acct.kit_id if acct else None, amount_fcfa=amount, detail=reason)
-    ledger.credit_payment(s, payment=row, acct=acct, amount_fcfa=amount, now=now)
+                       kit_id=acct.kit_id if acct else None, amount_fcfa=amount,
+                       detail=reason), None
+    change = ledger.credit_payment(s, payment=row, acct=acct, amount_fcfa=amount, now=now)
     row.matched_by = match.matched_by
     s.flush()  # the ledger entry's unique payment_id fails here, not at commit
-    cmd = rt.service.converge_kit(s, acct.kit_id, origin="payment")
+    cmd, out, wants = converge_and_claim(rt, s, acct, kit)
     return Receipt("credited", row.id, credited=True, account_id=acct.id, kit_id=acct.kit_id,
-                   command_id=cmd.id if cmd is not None else None, amount_fcfa=amount)
+                   command_id=cmd.id if cmd is not None else None, amount_fcfa=amount,
+                   days=change.days_added, outgoing=out), wants
 
 
 def credit_parked(rt: Runtime, payment_id: int, account_id: int, *, actor: Actor,
@@ -396,13 +442,17 @@ class PaymentState:
     check_attempts: int
 
 
+_STATE = (select(Payment.id, Payment.status, Account.kit_id, Payment.check_attempts)
+          .outerjoin(Account, Account.id == Payment.account_id)
+          .where(Payment.provider == bindparam("provider"),
+                 Payment.provider_ref == bindparam("ref")))
+
+
 def payment_state(rt: Runtime, provider: str, provider_ref: str) -> PaymentState | None:
-    """One Core SELECT (no ORM objects, no flush): the hot path's first look at a callback."""
-    q = (select(Payment.id, Payment.status, Account.kit_id, Payment.check_attempts)
-         .outerjoin(Account, Account.id == Payment.account_id)
-         .where(Payment.provider == provider, Payment.provider_ref == provider_ref))
+    """One Core SELECT built once (no ORM objects, no flush): the hot path's first look at
+    a callback."""
     with rt.db.engine.connect() as conn:
-        r = conn.execute(q).first()
+        r = conn.execute(_STATE, {"provider": provider, "ref": provider_ref}).first()
     if r is None:
         return None
     return PaymentState(r[0], r[1], r[2], r[3] or 0)
@@ -415,7 +465,7 @@ def credit_intent(rt: Runtime, payment_id: int, *, amount: int | None, currency:
     notice: CreditNotice | None = None
     try:
         with rt.db.session() as s:
-            row, locked, _kit = lock_for_credit(rt, s, payment_id)  # _kit: held, see there
+            row, locked, kit = lock_for_credit(rt, s, payment_id)  # kit: held, see there
             if row.status in ("credited", "suspense"):
                 return Receipt("duplicate", row.id, account_id=row.account_id,
                                amount_fcfa=row.amount_fcfa, detail=f"already {row.status}")
@@ -433,13 +483,13 @@ def credit_intent(rt: Runtime, payment_id: int, *, amount: int | None, currency:
             row.amount_fcfa = amount
             match = matching.Match(row.account_id, "intent") if row.account_id is not None \
                 else matching.Match(None, None, "payment is not linked to an account")
-            receipt = _settle(rt, s, row, match, actor=actor, now=now,
-                              detail={"provider_ref": row.provider_ref},
-                              requested=row.requested_fcfa, locked=locked)
+            receipt, wants = _settle(rt, s, row, match, actor=actor, now=now,
+                                     detail={"provider_ref": row.provider_ref},
+                                     requested=row.requested_fcfa, locked=locked, kit=kit)
             if receipt.credited:
                 acct = locked if locked is not None else s.get(Account, row.account_id)
                 assert acct is not None
-                notice = notice_for(acct, row, amount)
+                notice = notice_for(acct, row, amount, days=receipt.days, wants_token=wants)
     except IntegrityError:
         # the ledger's unique payment_id: another worker credited it between our checks
         return Receipt("duplicate", payment_id, detail="credited concurrently")

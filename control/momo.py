@@ -12,7 +12,7 @@ import logging
 import uuid
 from typing import Any
 
-from control import intake, ledger, matching
+from control import credit_fast, intake, ledger, matching
 from control.ledger import Actor
 from control.models import Payment
 from control.momo_client import FAILED, PENDING, SUCCESSFUL, MoMoClient, MoMoError
@@ -158,6 +158,16 @@ def confirm(rt: Runtime, reference_id: str, body: dict[str, Any] | None = None
                              after={"reference_id": reference_id})
         log.info("MoMo payment %s failed: %s", reference_id, verdict.reason, extra=extra)
         return CallbackOutcome("failed", reference_id, payment_id, detail=reason)
+    confirmed = {"payment_reference": verdict.financial_transaction_id,
+                 "paid_at": rt.clock.now()}
+    fast = credit_fast.credit_intent(
+        rt, payment_id, amount=verdict.amount, currency=verdict.currency, check_owed=True,
+        fields={k: v for k, v in confirmed.items() if v is not None})
+    if fast is not None:  # the plain case, in Core statements; otherwise the general path
+        rt.service.send_claimed(fast.outgoing, payment_id=payment_id)
+        intake.after_credit(rt, fast.notice)
+        return CallbackOutcome("credited", reference_id, payment_id, credited=True,
+                               command_id=fast.command_id)
     # a currency other than XOF is kept as sent: the intake parks it in suspense
     receipt = intake.credit_intent(
         rt, payment_id, amount=verdict.amount, currency=verdict.currency, actor=MOMO_ACTOR,

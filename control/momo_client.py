@@ -1,4 +1,4 @@
-"""MTN MoMo Open API, collections product (sync httpx): request-to-pay and its status.
+"""MTN MoMo Open API, collections product (sync, pooled urllib3): request-to-pay and its status.
 
 A callback carries no signature and no referenceId: it only tells us to look, and
 ``GET /collection/v1_0/requesttopay/{referenceId}`` is the verdict. Network errors,
@@ -14,9 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from control import matching
+from control.http_json import JsonHttp, Reply, TransportFailed
 from control.phone import PhoneError, normalise_phone
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ class MoMoClient:
         self._subscription_key = subscription_key
         self._auth = (api_user, api_key)
         self.target_environment = target_environment
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        self._http = JsonHttp(self.base_url, timeout_s=timeout_s)
         self._token: str | None = None
         self._token_expires = 0.0
         self._lock = threading.Lock()
@@ -101,11 +100,11 @@ class MoMoClient:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    def _call(self, method: str, path: str, **kw: Any) -> Reply:
         try:
             resp = self._http.request(method, path, **kw)
-        except httpx.TransportError as exc:
-            raise MoMoUnavailable(f"MoMo {path}: {type(exc).__name__}") from exc
+        except TransportFailed as exc:
+            raise MoMoUnavailable(f"MoMo {path}: {exc}") from exc
         if resp.status_code >= 500:
             raise MoMoUnavailable(f"MoMo {path} answered HTTP {resp.status_code}")
         return resp
@@ -128,7 +127,7 @@ class MoMoClient:
                 "Ocp-Apim-Subscription-Key": self._subscription_key}
 
     def _authorised(self, method: str, path: str, headers: dict[str, str] | None = None,
-                    **kw: Any) -> httpx.Response:
+                    **kw: Any) -> Reply:
         resp = self._call(method, path, headers={**self._headers(self._bearer()),
                                                  **(headers or {})}, **kw)
         if resp.status_code == 401:  # token revoked or expired early: once more
@@ -167,7 +166,7 @@ class MoMoClient:
         return parse_status(data)
 
 
-def _code(resp: httpx.Response) -> str:
+def _code(resp: Reply) -> str:
     try:
         data = resp.json()
     except ValueError:

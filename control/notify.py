@@ -140,9 +140,15 @@ def _days_text(days: int | None) -> str:
     return f"{days} jour{'s' if days > 1 else ''} ajouté{'s' if days > 1 else ''}."
 
 
+# A SET_TIME code counts its days from the day it is typed (control.tokens): say so.
+TYPE_TODAY = "à taper aujourd'hui, avant minuit"
+
+
 def _token_text(tok: KitToken | None) -> str:
     if tok is None:
         return ""
+    if tok.token_type == tokens.SET_TIME:
+        return f" Code clavier ({TYPE_TODAY}) : {tok.token}."
     return f" Code clavier : {tok.token}."
 
 
@@ -165,6 +171,20 @@ def set_notifier(rt: Runtime, notifier: Notifier) -> None:
 def on_credit(rt: Runtime, notice: Any) -> None:
     """After a committed credit (or reversal): a keypad token when the kit cannot be reached,
     then the customer's receipt. ``notice`` is a control.intake.CreditNotice."""
+    if (notice.wants_token is False and notice.account_number is not None
+            and notice.desco_id is not None):
+        # the credit's transaction read all we need and no token is due: no database here
+        if notice.kind != "payment" or notice.erased or not notice.phone:
+            return
+        values = {"kit_id": notice.kit_id, "account_number": notice.account_number,
+                  "amount_fcfa": notice.amount_fcfa, "days": notice.days,
+                  "days_text": _days_text(notice.days),
+                  "credit_end": french_time(notice.credit_until), "token": "",
+                  "token_text": _token_text(None), "daily_rate_fcfa": notice.daily_rate_fcfa}
+        name = "owned" if notice.owned else "receipt"
+        send(rt, Message(name, notice.phone, render(rt.settings, name, notice.desco_id, values),
+                         notice.kit_id, notice.desco_id, str(notice.payment_id)))
+        return
     now = rt.clock.now()
     with rt.db.session() as s:
         kit = s.scalars(select(Kit).where(Kit.id == notice.kit_id).with_for_update()
@@ -215,8 +235,9 @@ def send_token(rt: Runtime, kit_id: str, token_id: int) -> bool:
             return False
         text = render(rt.settings, "token", acct.desco_id, {
             "kit_id": kit_id, "token": tok.token,
-            "days_text": f"Crédit jusqu'au {french_time(tok.chain_until)}."
-            if tok.chain_until else ""})
+            "days_text": (f"Crédit jusqu'au {french_time(tok.chain_until)}."
+                          if tok.chain_until else "")
+            + (f" Code {TYPE_TODAY}." if tok.token_type == tokens.SET_TIME else "")})
         msg = Message("token", acct.customer_phone, text, kit_id, acct.desco_id,
                       str(tok.count))
     return send(rt, msg)

@@ -1,4 +1,4 @@
-"""PayGate Global merchant API client (sync httpx): start payments, confirm them by identifier.
+"""PayGate Global merchant API client (sync, urllib3 pool): start and confirm payments.
 
 PayGate's docs are private and its answers drift in format (numbers or strings, "T-Money"
 or "TMONEY", phones with or without 228), so everything is normalised here, once. Any
@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
+from control.http_json import JsonHttp, Reply, TransportFailed
 from control.phone import PhoneError, normalise_phone
 
 log = logging.getLogger(__name__)
@@ -199,12 +198,12 @@ def parse_status(identifier: str, body: dict[str, Any]) -> PayGateStatus | None:
 
 
 class PayGateClient:
-    """Thin sync client; one pooled httpx.Client, short timeouts, the token never logged."""
+    """Thin sync client; one connection pool, short timeouts, the token never logged."""
 
     def __init__(self, base_url: str, auth_token: str, *, timeout_s: float) -> None:
         self.base_url = base_url.rstrip("/")
         self._auth_token = auth_token
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        self._http = JsonHttp(self.base_url, timeout_s=timeout_s)
 
     def __repr__(self) -> str:
         return f"PayGateClient({self.base_url!r})"
@@ -212,18 +211,18 @@ class PayGateClient:
     def close(self) -> None:
         self._http.close()
 
-    def _post(self, path: str, payload: dict[str, Any]) -> httpx.Response:
+    def _post(self, path: str, payload: dict[str, Any]) -> Reply:
         body = {"auth_token": self._auth_token, **payload}
         try:
-            resp = self._http.post(path, json=body)
-        except httpx.TransportError as exc:  # connect, read, timeouts, protocol errors
-            raise PayGateUnavailable(f"PayGate {path}: {type(exc).__name__}") from exc
+            resp = self._http.request("POST", path, json=body)
+        except TransportFailed as exc:  # connect, read, timeouts, protocol errors
+            raise PayGateUnavailable(f"PayGate {path}: {exc}") from exc
         if resp.status_code >= 500:
             raise PayGateUnavailable(f"PayGate {path} answered HTTP {resp.status_code}")
         return resp
 
     @staticmethod
-    def _json(resp: httpx.Response, path: str) -> dict[str, Any]:
+    def _json(resp: Reply, path: str) -> dict[str, Any]:
         try:
             data = resp.json()
         except ValueError as exc:

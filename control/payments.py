@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from control import intake, ledger, matching
+from control import credit_fast, intake, ledger, matching
 from control.ledger import Actor
 from control.models import Payment
 from control.paygate_client import (
@@ -287,10 +287,24 @@ def _credit_confirmed(
     rt: Runtime, payment_id: int, identifier: str, confirmed: PayGateStatus
 ) -> CallbackOutcome:
     now = rt.clock.now()
+    fields: dict[str, Any] = {"paid_at": confirmed.paid_at or now}
+    if confirmed.tx_reference:
+        fields["tx_reference"] = confirmed.tx_reference
+    if confirmed.payment_reference:
+        fields["payment_reference"] = confirmed.payment_reference
+    if confirmed.payment_method in ("FLOOZ", "TMONEY"):
+        fields["network"] = confirmed.payment_method
+    fast = credit_fast.credit_intent(rt, payment_id, amount=confirmed.amount, currency=None,
+                                     fields=fields, check_owed=False)
+    if fast is not None:  # the plain case, in Core statements; otherwise the general path
+        rt.service.send_claimed(fast.outgoing, payment_id=payment_id)
+        intake.after_credit(rt, fast.notice)
+        return CallbackOutcome("credited", identifier, payment_id, credited=True,
+                               command_id=fast.command_id)
     command_id: str | None = None
     with rt.db.session() as s:
         # one statement locks all three; _kit is held so converging does not read it again
-        row, acct, _kit = intake.lock_for_credit(rt, s, payment_id)
+        row, acct, kit = intake.lock_for_credit(rt, s, payment_id)
         extra = {"kit_id": acct.kit_id if acct else None, "payment_id": payment_id}
         if row.status == "credited":
             log.info("callback for %s: already credited", identifier, extra=extra)
@@ -320,16 +334,17 @@ def _credit_confirmed(
 
         # no audit row for a plain confirmed credit: the payment row (confirmed fields,
         # matched_by, credited_at) and its ledger entry are the record; suspense is audited
-        ledger.credit_payment(s, payment=row, acct=acct, amount_fcfa=confirmed.amount,
-                              now=now)
+        change = ledger.credit_payment(s, payment=row, acct=acct,
+                                       amount_fcfa=confirmed.amount, now=now)
         row.matched_by = "intent"
         row.next_check_at = None
         row.paid_at = confirmed.paid_at or now
         s.flush()  # the ledger entry's unique payment_id fails here, not at commit
-        cmd = rt.service.converge_kit(s, acct.kit_id, origin="payment")
+        cmd, outgoing, wants = intake.converge_and_claim(rt, s, acct, kit)
         command_id = cmd.id if cmd is not None else None
-        notice = intake.notice_for(acct, row, confirmed.amount)
-    publish_after_commit(rt, command_id, kit_id=acct.kit_id, payment_id=payment_id)
+        notice = intake.notice_for(acct, row, confirmed.amount, days=change.days_added,
+                                   wants_token=wants)
+    rt.service.send_claimed(outgoing, payment_id=payment_id)
     intake.after_credit(rt, notice)
     return CallbackOutcome("credited", identifier, payment_id, credited=True,
                            command_id=command_id)

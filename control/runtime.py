@@ -33,7 +33,8 @@ class Runtime:
         from control.paygate_client import PayGateClient
 
         clock = clock or SystemClock()
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, pool_size=settings.db_pool_size,
+                      max_overflow=settings.db_max_overflow)
         box = SecretBox(settings.require_secret_key())
         service = ControlService(settings, db, box, clock)
         paygate = PayGateClient(

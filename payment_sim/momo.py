@@ -26,20 +26,19 @@ import contextlib
 import dataclasses
 import hmac
 import logging
-import random
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from payment_sim._common import CallbackFailed, SimCore
 from payment_sim.paygate import SimServerHandle, serve_app_in_thread
 
 log = logging.getLogger(__name__)
@@ -145,35 +144,17 @@ def _err(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status)
 
 
-class MoMoSim:
+class MoMoSim(SimCore):
     """The simulator's state (``app.state.momo``); event-loop thread only."""
+
+    name = "momo sim"
+    config: MoMoSimConfig
 
     def __init__(self, config: MoMoSimConfig) -> None:
         self.config = dataclasses.replace(config)
-        self.rng = random.Random(config.seed)
+        super().__init__(config.seed)
         self.tokens: set[str] = set()
         self.by_ref: dict[str, MoMoTransaction] = {}
-        self.status_calls = 0
-        self.status_faults = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._http: httpx.AsyncClient | None = None
-
-    def http(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.config.callback_timeout_s)
-        return self._http
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def aclose(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._http is not None:
-            await self._http.aclose()
 
     def bearer_ok(self, request: Request) -> bool:
         auth = request.headers.get("authorization", "")
@@ -243,32 +224,21 @@ class MoMoSim:
             tx.callbacks.append(record)
             t0 = time.perf_counter()
             try:
-                resp = await self.http().request(self.config.callback_method, tx.callback_url,
-                                                 json=body)
-            except httpx.HTTPError as exc:
-                record["error"] = type(exc).__name__
+                status_code = await self.send_callback(self.config.callback_method,
+                                                       tx.callback_url, json=body)
+            except CallbackFailed as exc:
+                record["error"] = str(exc).split(":")[0]
                 continue
             record["latency_s"] = time.perf_counter() - t0
             record["done_perf"] = time.perf_counter()
-            record["status_code"] = resp.status_code
-            if resp.is_success:
+            record["status_code"] = status_code
+            if 200 <= status_code < 300:
                 record["ok"] = True
                 return
         log.warning("momo sim: gave up on callback for %s", tx.reference_id)
 
-    async def status_fault(self) -> JSONResponse | None:
-        self.status_calls += 1
-        c = self.config
-        if c.status_latency_s:
-            await asyncio.sleep(c.status_latency_s)
-        roll = self.rng.random()
-        if roll < c.status_timeout_rate:
-            self.status_faults += 1
-            await asyncio.sleep(c.status_hang_s)
-        elif roll < c.status_timeout_rate + c.status_error_rate:
-            self.status_faults += 1
-            return _err(500, "INTERNAL_PROCESSING_ERROR", "An internal error occurred")
-        return None
+    def fault_response(self) -> JSONResponse:
+        return _err(500, "INTERNAL_PROCESSING_ERROR", "An internal error occurred")
 
 
 def create_app(config: MoMoSimConfig) -> FastAPI:

@@ -48,7 +48,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -61,6 +61,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cizo.clock import Clock, SystemClock
+from payment_sim._common import CallbackFailed, SimCore
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +235,11 @@ class _Settle(BaseModel):
     outcome: Literal["approve", "decline", "expire"]
 
 
-class PayGateSim:
+class PayGateSim(SimCore):
     """The simulator's state; lives on ``app.state.paygate``. Event-loop thread only."""
+
+    name = "paygate sim"
+    config: PayGateSimConfig
 
     def __init__(self, config: PayGateSimConfig) -> None:
         self.config = dataclasses.replace(config)
@@ -245,52 +249,11 @@ class PayGateSim:
         self._tx_refs = itertools.count(first)
         self.by_ref: dict[int, SimTransaction] = {}
         self.by_identifier: dict[str, SimTransaction] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._http: httpx.AsyncClient | None = None
-        self.rng = random.Random(config.seed)
-        self.status_calls = 0
-        self.status_faults = 0
+        super().__init__(config.seed)
 
-    async def status_fault(self) -> JSONResponse | None:
-        """Latency and injected failures of the status API (None: answer normally)."""
-        self.status_calls += 1
-        c = self.config
-        if c.status_latency_s:
-            await asyncio.sleep(c.status_latency_s)
-        roll = self.rng.random()
-        if roll < c.status_timeout_rate:
-            self.status_faults += 1
-            await asyncio.sleep(c.status_hang_s)
-        elif roll < c.status_timeout_rate + c.status_error_rate:
-            self.status_faults += 1
-            return JSONResponse({"message": "Internal Server Error"},
-                                status_code=self.rng.choice((500, 502, 503)))
-        return None
-
-    # --- plumbing --------------------------------------------------------------------
-
-    def http(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.config.callback_timeout_s)
-        return self._http
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("paygate sim task failed", exc_info=task.exception())
-
-    async def aclose(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+    def fault_response(self) -> JSONResponse:
+        return JSONResponse({"message": "Internal Server Error"},
+                            status_code=self.rng.choice((500, 502, 503)))
 
     # --- transactions ---------------------------------------------------------------
 
@@ -414,20 +377,20 @@ class PayGateSim:
             tx.callbacks.append(record)
             t0 = time.perf_counter()
             try:
-                resp = await self.http().post(url, json=body)
-            except httpx.HTTPError as exc:
-                record["error"] = f"{type(exc).__name__}: {exc}"
+                status_code = await self.send_callback("POST", url, json=body)
+            except CallbackFailed as exc:
+                record["error"] = str(exc)
                 log.warning("paygate sim: callback tx %d copy %d attempt %d failed: %s",
                             tx.tx_reference, copy, attempt, record["error"])
                 continue
-            record["status_code"] = resp.status_code
+            record["status_code"] = status_code
             record["latency_s"] = time.perf_counter() - t0
             record["done_perf"] = time.perf_counter()
-            if resp.is_success:
+            if 200 <= status_code < 300:
                 record["ok"] = True
                 return
             log.warning("paygate sim: callback tx %d copy %d attempt %d got HTTP %d",
-                        tx.tx_reference, copy, attempt, resp.status_code)
+                        tx.tx_reference, copy, attempt, status_code)
         log.error("paygate sim: gave up delivering callback for tx %d (copy %d) after %d tries",
                   tx.tx_reference, copy, retries + 1)
 

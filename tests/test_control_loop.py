@@ -106,6 +106,7 @@ def test_sweep_locks_when_credit_ends_and_ack_makes_it_applied(loop) -> None:
 
 def test_unacked_command_is_resent_then_expires_and_is_reissued(loop) -> None:
     svc, rec, clock, _kit = loop
+    svc.handle_status("K1", b'{"v":1,"online":true}')  # online but silent: resent
     rec.online = False
     cid = pay(svc, 700, "p1")[0]
     with svc.db.session() as s:
@@ -156,3 +157,48 @@ def test_bad_messages_from_kits_are_counted_not_raised(loop) -> None:
     svc.handle_ack("NOPE", b'{"v":1,"id":"x","seq":1,"result":"applied","locked":true,'
                            b'"credit_until":null}')
     assert svc.counters.bad_messages == {"not_json": 1, "missing_field": 1, "unknown_kit": 1}
+
+
+def _credit_and_claim(svc: ControlService, ref: str):
+    """The payment path: credit, converge and claim the command in one transaction."""
+    now = svc.clock.now()
+    with svc.db.session() as s:
+        acct = account_for_kit(s, "K1", for_update=True)
+        assert acct is not None
+        p = Payment(desco_id="default", provider="test", provider_ref=ref, status="pending",
+                    created_at=now, updated_at=now)
+        s.add(p)
+        s.flush()
+        credit_payment(s, payment=p, acct=acct, amount_fcfa=700, now=now)
+        kit = s.get(Kit, "K1")
+        assert kit is not None
+        cmd = svc.converge_kit(s, "K1", origin="payment", kit=kit, acct=acct)
+        return svc.claim_for_publish(s, cmd, kit)
+
+
+def test_claimed_command_is_published_after_commit_without_a_second_transaction(loop) -> None:
+    svc, rec, _clock, kit = loop
+    out = _credit_and_claim(svc, "p1")
+    assert out is not None
+    with svc.db.session() as s:
+        cmd = s.get(Command, out.command_id)
+        assert cmd.status == "sent" and cmd.attempts == 1 and cmd.next_attempt_at is not None
+    assert rec.sent == []  # committed, not yet published
+    assert svc.send_claimed(out) is True
+    (kit_id, fields), = rec.sent
+    assert kit_id == "K1" and fields["id"] == out.command_id and fields["action"] == "unlock"
+    assert protocol.verify(fields, kit.command_secret)
+
+
+def test_claimed_command_goes_back_to_the_queue_when_the_broker_is_away(loop) -> None:
+    svc, rec, _clock, _kit = loop
+    rec.online = False
+    out = _credit_and_claim(svc, "p1")
+    assert out is not None
+    assert svc.send_claimed(out) is False
+    with svc.db.session() as s:
+        cmd = s.get(Command, out.command_id)
+        assert cmd.status == "queued" and cmd.attempts == 0 and cmd.sent_at is None
+    rec.online = True
+    assert svc.sweep().published == 1  # the sweep publishes it once the broker is back
+    assert [c["id"] for _, c in rec.sent] == [out.command_id]
