@@ -5,15 +5,16 @@ intents in bulk (PayGate and MTN MoMo, 70/30), starts the real control app under
 (several worker processes, with its MQTT link to a private Mosquitto and its scheduler),
 then has the simulators' customers pay at a rising rate. Each payment is a callback ->
 status API confirmation (fixed 20 ms) -> one committed transaction (payment, ledger entry,
-account, audit, kit command) -> 2xx answer. 10% of callbacks are delivered again later
+account, kit command signed and claimed) -> 2xx answer -> command published. 10% of callbacks are delivered again later
 (out of order; some land concurrently with the first), PayGate's in drifted formats.
 
 Prints per step the offered and achieved rate and the end-to-end latency (customer pays
 -> the provider's callback is answered 2xx after commit) p50/p99, then checks against the
 simulators' own records that nothing was lost or credited twice, and that every balance
-re-derives from the ledger. Goal: >= 300 payments/s on PostgreSQL with p99 < 250 ms.
+re-derives from the ledger. Goal: >= 300 payments/s on PostgreSQL with p99 < 250 ms:
+``postgresql_within_p99_goal_per_s`` is the highest step that kept up within that p99.
 
-Env: CIZO_BENCH_PAY_STEPS (default "50,100,150,200,300" payments/s, after a 20/s
+Env: CIZO_BENCH_PAY_STEPS (default "100,200,250,300,350,400" payments/s, after a 20/s
 warm-up), CIZO_BENCH_STEP_S (8), CIZO_BENCH_WORKERS (2), CIZO_BENCH_KITS (3000),
 CIZO_BENCH_DBS ("postgresql,sqlite"), CIZO_BENCH_THREADS (anyio threads per worker, 16).
 """
@@ -52,7 +53,7 @@ from payment_sim.paygate import PAID, PayGateSimConfig, SimServerHandle, run_in_
 
 PG_ADMIN = os.environ.get("CIZO_TEST_PG_ADMIN_URL",
                           "postgresql://postgres@127.0.0.1:5432/postgres")
-STEPS = [float(x) for x in os.environ.get("CIZO_BENCH_PAY_STEPS", "50,100,150,200,300")
+STEPS = [float(x) for x in os.environ.get("CIZO_BENCH_PAY_STEPS", "100,200,250,300,350,400")
          .split(",")]
 WARMUP = (20.0, 4.0)  # payments/s, seconds: connection pools, tokens, prepared statements
 STEP_S = float(os.environ.get("CIZO_BENCH_STEP_S", "8"))
@@ -83,6 +84,10 @@ def control_app() -> FastAPI:
 
     from control.main import build_app
 
+    # one MQTT session per worker (a shared client id would have the workers take the
+    # session from each other, forever reconnecting); kit messages shared among them
+    os.environ["CIZO_MQTT_CLIENT_ID"] = f"cizo-control-{os.getpid()}"
+    os.environ["CIZO_CONTROL_SHARED_GROUP"] = "cizo-control"
     app = build_app(Settings(), migrate_db=False)
     inner = app.router.lifespan_context
     threads = int(os.environ.get("CIZO_BENCH_THREADS", "16"))  # anyio: 40; DB pool: 20
@@ -361,9 +366,14 @@ def run_one(kind: str, workdir: Path) -> dict[str, Any]:
     kept_up = [s for s in steps if s["achieved_per_s"] >= 0.95 * s["offered_per_s"]
                and s["unanswered_after_10s"] == 0]
     best = max(kept_up, key=lambda s: s["offered_per_s"]) if kept_up else None
+    # the goal's figure: the highest step that kept up with p99 under the goal
+    in_goal = [s for s in kept_up if s["p99_ms"] is not None and s["p99_ms"] < GOAL_P99_MS]
+    good = max(in_goal, key=lambda s: s["offered_per_s"]) if in_goal else None
     return {"steps": steps, "sustained_per_s": best["achieved_per_s"] if best else 0.0,
             "p50_ms": best["p50_ms"] if best else None,
-            "p99_ms": best["p99_ms"] if best else None, **checks}
+            "p99_ms": best["p99_ms"] if best else None,
+            "within_p99_goal_per_s": good["achieved_per_s"] if good else 0.0,
+            "within_p99_goal_p99_ms": good["p99_ms"] if good else None, **checks}
 
 
 def pending_paid(rt: Runtime, pg_h: SimServerHandle, msim: momo_sim.MoMoSim) -> int:
@@ -432,7 +442,8 @@ def main() -> int:
                                "redelivered_fraction": REDELIVER, "goal_per_s": GOAL_RATE,
                                "goal_p99_ms": GOAL_P99_MS}
     for kind, r in results.items():
-        for key in ("sustained_per_s", "p50_ms", "p99_ms", "paid_at_simulators", "credited",
+        for key in ("within_p99_goal_per_s", "within_p99_goal_p99_ms", "sustained_per_s",
+                    "p50_ms", "p99_ms", "paid_at_simulators", "credited",
                     "pending_at_end", "lost", "double_credited", "wrongly_credited",
                     "commands_queued", "ledger_problems"):
             summary[f"{kind}_{key}"] = r[key]

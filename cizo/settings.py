@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     mqtt_tls_ca: Path | None = None
     mqtt_keepalive_s: int = 30
     mqtt_client_id: str = "cizo-control"  # the control service's (persistent) session
+    # several control processes (uvicorn workers, hosts): each its own mqtt_client_id, and
+    # acks/status/telemetry shared among them via $share/<group> (each handled once)
+    control_shared_group: str | None = None
     bridge_client_id: str = "cizo-bridge"  # unique per bridge process (persistent session)
     bridge_shared_group: str | None = None  # several bridges share the load via $share/<group>
 

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import String, Table, bindparam, func, insert, select, update
+from sqlalchemy import String, Table, bindparam, func, insert, select, text, update
 
 from cizo import protocol
 from control import commands, credit, matching
@@ -109,23 +109,29 @@ def credit_intent(rt: Runtime, payment_id: int, *, amount: int | None, currency:
             return None
         change = credit.apply_payment(plan, state, amount, int(now))
         after = change.after
-        conn.execute(_PAYMENT, {
+        cmd, outgoing = _next_command(rt, r, after, now)
+        params = {
             "pid": payment_id, "amount": amount, "now": now,
             "cur": currency or matching.CURRENCY, "paid": fields.get("paid_at") or now,
             "txr": fields.get("tx_reference"), "pref": fields.get("payment_reference"),
-            "net": fields.get("network")})
-        conn.execute(_LEDGER, {
-            "account_id": r.id, "payment_id": payment_id, "kind": "payment",
-            "amount_fcfa": amount, "days": change.days_added,
-            "remainder_after_fcfa": after.remainder_fcfa,
-            "credit_until_before": state.credit_until,
-            "credit_until_after": after.credit_until, "created_at": now})
-        conn.execute(_ACCOUNT, {"aid": r.id, "paid_total": after.paid_total_fcfa,
-                                "remainder": after.remainder_fcfa,
-                                "until": after.credit_until, "is_owned": after.owned})
+            "net": fields.get("network"), "aid": r.id, "days": change.days_added,
+            "remainder": after.remainder_fcfa, "before": state.credit_until,
+            "until": after.credit_until, "paid_total": after.paid_total_fcfa,
+            "is_owned": after.owned, "kid": r.kit_id}
+        if is_pg:  # every write in one statement: one round trip instead of six
+            if cmd is None:
+                conn.execute(_PG_CREDIT, params)
+            else:
+                conn.execute(_PG_CREDIT_AND_COMMAND, {**params, **_command_params(cmd)})
+        else:
+            _write_separately(conn, params, cmd)
         log.info("payment credited", extra={"payment_id": payment_id, "kit_id": r.kit_id,
                                             "amount_fcfa": amount, "days": change.days_added})
-        command_id, outgoing = _converge(rt, conn, r, after, now)
+        if cmd is not None:
+            log.info("command issued", extra={
+                "kit_id": r.kit_id, "command_id": cmd["id"], "action": cmd["action"],
+                "seq": cmd["seq"], "origin": "payment"})
+        command_id = cmd["id"] if cmd is not None else None
     wants_token = r.decommissioned_at is None and (
         bool(r.keypad_only) or now - (r.last_seen if r.last_seen is not None else r.created_at)
         > rt.settings.keypad_offline_after_s)  # tokens.wants_token on bare columns
@@ -138,24 +144,23 @@ def credit_intent(rt: Runtime, payment_id: int, *, amount: int | None, currency:
     return FastCredit(payment_id, r.kit_id, r.id, command_id, outgoing, notice)
 
 
-def _converge(rt: Runtime, conn: Any, r: Any, after: credit.CreditState, now: float
-              ) -> tuple[str | None, Outgoing | None]:
-    """commands.converge on bare columns: a new command (signed and claimed when a broker
-    link exists) if the kit's desired state moved; older pending ones superseded."""
+def _next_command(rt: Runtime, r: Any, after: credit.CreditState, now: float
+                  ) -> tuple[dict[str, Any] | None, Outgoing | None]:
+    """commands.converge on bare columns: the row of a new command if the kit's desired
+    state moved (signed and claimed as sent when a broker link exists), else None."""
     if r.decommissioned_at is not None:
         return None, None
     want = commands.desired_from(after.owned, after.credit_until, now)
     if commands.Desired(r.commanded_action, r.commanded_credit_until) == want:
         return None, None
     ttl = rt.settings.command_ttl_s
-    conn.execute(_SUPERSEDE, {"kid": r.kit_id, "now": now})
     seq = r.cmd_seq + 1
     cid = str(uuid.uuid4())
     row: dict[str, Any] = {
         "id": cid, "kit_id": r.kit_id, "seq": seq, "action": want.action,
         "credit_until": want.credit_until, "issued_at": int(now), "expires_at": int(now) + ttl,
         "status": "queued", "origin": "payment", "attempts": 0, "created_at": now,
-        "next_attempt_at": now}
+        "next_attempt_at": now, "sent_at": None}
     outgoing: Outgoing | None = None
     svc = rt.service
     if svc.publisher is not None:
@@ -166,10 +171,73 @@ def _converge(rt: Runtime, conn: Any, r: Any, after: credit.CreditState, now: fl
         row.update(status="sent", attempts=1, sent_at=now,
                    next_attempt_at=now + svc.resend_delay_s(1))
         outgoing = Outgoing(cid, r.kit_id, payload)
-    conn.execute(_COMMAND, row)
-    conn.execute(_KIT, {"kid": r.kit_id, "seq_": seq, "action_": want.action,
-                        "until_": want.credit_until,
-                        "due_": want.credit_until if want.action == "unlock" else None})
-    log.info("command issued", extra={"kit_id": r.kit_id, "command_id": cid,
-                                      "action": want.action, "seq": seq, "origin": "payment"})
-    return cid, outgoing
+    return row, outgoing
+
+
+def _due(cmd: dict[str, Any]) -> int | None:
+    """The kit's lock_due_at once commanded: the sweep's index of unlocked kits."""
+    return cmd["credit_until"] if cmd["action"] == "unlock" else None
+
+
+def _command_params(cmd: dict[str, Any]) -> dict[str, Any]:
+    return {"cid": cmd["id"], "seq_": cmd["seq"], "action_": cmd["action"],
+            "until_": cmd["credit_until"], "issued": cmd["issued_at"],
+            "expires": cmd["expires_at"], "cstatus": cmd["status"],
+            "attempts": cmd["attempts"], "sent": cmd["sent_at"],
+            "next_at": cmd["next_attempt_at"], "due_": _due(cmd)}
+
+
+def _write_separately(conn: Any, params: dict[str, Any], cmd: dict[str, Any] | None) -> None:
+    """SQLite: the same writes, one statement each (no writable CTEs)."""
+    conn.execute(_PAYMENT, params)
+    conn.execute(_LEDGER, {
+        "account_id": params["aid"], "payment_id": params["pid"], "kind": "payment",
+        "amount_fcfa": params["amount"], "days": params["days"],
+        "remainder_after_fcfa": params["remainder"],
+        "credit_until_before": params["before"], "credit_until_after": params["until"],
+        "created_at": params["now"]})
+    conn.execute(_ACCOUNT, params)
+    if cmd is not None:
+        conn.execute(_SUPERSEDE, params)
+        conn.execute(_COMMAND, cmd)
+        conn.execute(_KIT, {"kid": cmd["kit_id"], "seq_": cmd["seq"],
+                            "action_": cmd["action"], "until_": cmd["credit_until"],
+                            "due_": _due(cmd)})
+
+
+# PostgreSQL: the whole credit as one statement of data-modifying CTEs (all see the same
+# snapshot: superseding touches only the kit's older commands, never the new one).
+_PG_WRITES = """
+WITH p AS (
+  UPDATE payments SET status = 'credited', amount_fcfa = :amount, credited_at = :now,
+    updated_at = :now, matched_by = 'intent', next_check_at = NULL, currency = :cur,
+    paid_at = :paid, tx_reference = COALESCE(CAST(:txr AS varchar), tx_reference),
+    payment_reference = COALESCE(CAST(:pref AS varchar), payment_reference),
+    network = COALESCE(CAST(:net AS varchar), network)
+  WHERE id = :pid),
+l AS (
+  INSERT INTO ledger_entries (account_id, payment_id, kind, amount_fcfa, days,
+    remainder_after_fcfa, credit_until_before, credit_until_after, created_at)
+  VALUES (:aid, :pid, 'payment', :amount, :days, :remainder, CAST(:before AS bigint),
+    CAST(:until AS bigint), :now)),
+a AS (
+  UPDATE accounts SET paid_total_fcfa = :paid_total, remainder_fcfa = :remainder,
+    credit_until = CAST(:until AS bigint), owned = :is_owned
+  WHERE id = :aid)
+"""
+_PG_COMMAND_WRITES = """,
+s AS (
+  UPDATE commands SET status = 'superseded', finished_at = :now, next_attempt_at = NULL
+  WHERE kit_id = :kid AND status IN ('queued', 'sent')),
+c AS (
+  INSERT INTO commands (id, kit_id, seq, action, credit_until, issued_at, expires_at,
+    status, origin, attempts, created_at, next_attempt_at, sent_at)
+  VALUES (:cid, :kid, :seq_, :action_, CAST(:until_ AS bigint), :issued, :expires,
+    :cstatus, 'payment', :attempts, :now, :next_at, CAST(:sent AS double precision))),
+k AS (
+  UPDATE kits SET cmd_seq = :seq_, commanded_action = :action_,
+    commanded_credit_until = CAST(:until_ AS bigint), lock_due_at = CAST(:due_ AS bigint)
+  WHERE id = :kid)
+"""
+_PG_CREDIT = text(_PG_WRITES + "SELECT 1")
+_PG_CREDIT_AND_COMMAND = text(_PG_WRITES + _PG_COMMAND_WRITES + "SELECT 1")

@@ -487,6 +487,7 @@ def credit_intent(rt: Runtime, payment_id: int, *, amount: int | None, currency:
                                      detail={"provider_ref": row.provider_ref},
                                      requested=row.requested_fcfa, locked=locked, kit=kit)
             if receipt.credited:
+                row.next_check_at = None  # nothing left to poll the provider for
                 acct = locked if locked is not None else s.get(Account, row.account_id)
                 assert acct is not None
                 notice = notice_for(acct, row, amount, days=receipt.days, wants_token=wants)

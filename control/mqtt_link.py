@@ -105,7 +105,9 @@ class MqttLink:
         if rc.is_failure:
             log.error("broker refused the control service: %s", rc)
             return
-        client.subscribe(SUBSCRIPTIONS)
+        group = self.settings.control_shared_group
+        client.subscribe(SUBSCRIPTIONS if group is None else
+                         [(f"$share/{group}/{topic}", qos) for topic, qos in SUBSCRIPTIONS])
         self._connected.set()
         log.info("control connected to broker",
                  extra={"host": self.settings.mqtt_host, "port": self.settings.mqtt_port})

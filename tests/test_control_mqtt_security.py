@@ -191,3 +191,40 @@ def test_support_unlock_is_applied_and_a_swapped_kit_loses_its_retained_command(
         new_cmd = s.scalars(select(Command).where(
             Command.kit_id == f"{kit_id}-B")).one()
         assert new_cmd.action == "unlock"
+
+
+def test_two_control_processes_share_kit_messages(mosquitto: services.ManagedProcess,
+                                                  tmp_path: Path) -> None:
+    """Several control processes (uvicorn workers): each its own client id, and every kit
+    message handled by exactly one of them through $share/<control_shared_group>."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate(url)
+    run = uuid.uuid4().hex[:8]
+    settings = Settings(database_url=url, secret_key=generate_secret_key(),
+                        mqtt_port=mosquitto.port, paygate_url="http://127.0.0.1:9",
+                        data_dir=tmp_path, control_shared_group=f"ctl-{run}")
+    rts = [Runtime.build(settings, SystemClock()) for _ in range(2)]
+    links = [MqttLink(settings, rt.service, client_id=f"control-{run}-{i}")
+             for i, rt in enumerate(rts)]
+    for link in links:
+        link.start()
+        assert link.wait_connected(10)
+    watcher = Watcher(mosquitto.port, f"NOPE{run}")
+    try:
+        time.sleep(0.5)  # both subscriptions in place
+        for _ in range(20):  # status of a kit the ledger does not know: counted, dropped
+            watcher.publish(p.status_topic(f"NOPE{run}"), b'{"v":1,"online":true}')
+
+        def handled() -> list[int]:
+            return [rt.service.counters.bad_messages.get("unknown_kit", 0) for rt in rts]
+
+        wait_for(lambda: sum(handled()) >= 20, what="20 status messages handled")
+        time.sleep(0.5)  # a second delivery of any of them would show now
+        assert sum(handled()) == 20, handled()  # once each, not once per process
+        assert all(n > 0 for n in handled()), handled()  # and spread over both
+        assert all(link.connected for link in links)  # nobody took the other's session
+    finally:
+        watcher.close()
+        for link, rt in zip(links, rts, strict=True):
+            link.stop()
+            rt.db.dispose()
