@@ -5,8 +5,9 @@ intents in bulk (PayGate and MTN MoMo, 70/30), starts the real control app under
 (several worker processes, with its MQTT link to a private Mosquitto and its scheduler),
 then has the simulators' customers pay at a rising rate. Each payment is a callback ->
 status API confirmation (fixed 20 ms) -> one committed transaction (payment, ledger entry,
-account, kit command signed and claimed) -> 2xx answer -> command published. 10% of callbacks are delivered again later
-(out of order; some land concurrently with the first), PayGate's in drifted formats.
+account, kit command signed and claimed) -> 2xx answer -> command published. 10% of
+callbacks are delivered again later (out of order; some land concurrently with the
+first), PayGate's in drifted formats.
 
 Prints per step the offered and achieved rate and the end-to-end latency (customer pays
 -> the provider's callback is answered 2xx after commit) p50/p99, then checks against the
