@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import aiohttp
 import httpx
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,29 @@ log = logging.getLogger(__name__)
 # a whole core at 200 callbacks/s in bench/payments.py; aiohttp's connector hands a freed
 # connection to the next waiter directly.
 MAX_CALLBACKS_IN_FLIGHT = 64
+
+
+class PayPending(BaseModel):
+    """``POST /_sim/pay_pending``: customers approve the pending payments at a rate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_per_s: float = Field(gt=0)
+    count: int = Field(ge=0)
+
+
+class FaultPatch(BaseModel):
+    """The ``/_sim/config`` fields both simulators share (faults, latency, re-deliveries)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approve_after_s: float | None = Field(default=None, ge=0)
+    duplicate_callbacks: int | None = Field(default=None, ge=0)
+    redeliver_fraction: float | None = Field(default=None, ge=0, le=1)
+    status_latency_s: float | None = Field(default=None, ge=0)
+    status_error_rate: float | None = Field(default=None, ge=0, le=1)
+    status_timeout_rate: float | None = Field(default=None, ge=0, le=1)
+    status_hang_s: float | None = Field(default=None, ge=0)
 
 
 class CallbackFailed(Exception):
@@ -39,6 +63,7 @@ class SimCore:
 
     name = "sim"
     config: FaultConfig  # set by the subclass; the control endpoints may replace it
+    by_ref: dict[Any, Any]  # the subclass's transactions, oldest first
 
     def __init__(self, seed: int | None) -> None:
         self.rng = random.Random(seed)
@@ -84,6 +109,30 @@ class SimCore:
                 return resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise CallbackFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    # --- customers paying -------------------------------------------------------------
+
+    def is_pending(self, tx: Any) -> bool:
+        raise NotImplementedError
+
+    async def approve(self, tx: Any) -> None:
+        raise NotImplementedError
+
+    async def pay_pending(self, rate_per_s: float, count: int) -> int:
+        """Simulated customers approve ``count`` pending payments, oldest first, at a rate."""
+        todo = [tx for tx in self.by_ref.values() if self.is_pending(tx)][:count]
+        self.spawn(self._drive(todo, rate_per_s))
+        return len(todo)
+
+    async def _drive(self, todo: list[Any], rate_per_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i, tx in enumerate(todo):
+            delay = start + i / rate_per_s - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self.is_pending(tx):
+                await self.approve(tx)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

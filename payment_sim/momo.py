@@ -36,9 +36,9 @@ from typing import Any, Literal
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from payment_sim._common import CallbackFailed, SimCore
+from payment_sim._common import CallbackFailed, FaultPatch, PayPending, SimCore
 from payment_sim.paygate import SimServerHandle, serve_app_in_thread
 
 log = logging.getLogger(__name__)
@@ -117,26 +117,11 @@ class _Settle(BaseModel):
     reason: str | None = None
 
 
-class _PayPending(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
-    rate_per_s: float = Field(gt=0)
-    count: int = Field(ge=0)
-
-
-class _ConfigPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class _ConfigPatch(FaultPatch):
     outcome: Outcome | None = None
-    approve_after_s: float | None = Field(default=None, ge=0)
     callback_method: Literal["PUT", "POST"] | None = None
     amount_as_number: bool | None = None
-    duplicate_callbacks: int | None = Field(default=None, ge=0)
-    redeliver_fraction: float | None = Field(default=None, ge=0, le=1)
-    status_latency_s: float | None = Field(default=None, ge=0)
-    status_error_rate: float | None = Field(default=None, ge=0, le=1)
-    status_timeout_rate: float | None = Field(default=None, ge=0, le=1)
-    status_hang_s: float | None = Field(default=None, ge=0)
     fail_reason: str | None = None
 
 
@@ -169,21 +154,11 @@ class MoMoSim(SimCore):
         if tx.status == "PENDING":
             await self.settle(tx, "approve" if tx.outcome == "approve" else "fail")
 
-    async def pay_pending(self, rate_per_s: float, count: int) -> int:
-        """Simulated customers approve ``count`` pending payments, oldest first, at a rate."""
-        todo = [tx for tx in self.by_ref.values() if tx.status == "PENDING"][:count]
-        self.spawn(self._drive(todo, rate_per_s))
-        return len(todo)
+    def is_pending(self, tx: MoMoTransaction) -> bool:
+        return tx.status == "PENDING"
 
-    async def _drive(self, todo: list[MoMoTransaction], rate_per_s: float) -> None:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        for i, tx in enumerate(todo):
-            delay = start + i / rate_per_s - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if tx.status == "PENDING":
-                await self.settle(tx, "approve")
+    async def approve(self, tx: MoMoTransaction) -> None:
+        await self.settle(tx, "approve")
 
     def add(self, tx: MoMoTransaction) -> None:
         """Register a request-to-pay directly (benchmarks pre-create thousands)."""
@@ -319,7 +294,7 @@ def create_app(config: MoMoSimConfig) -> FastAPI:
                  "callbacks": list(t.callbacks)} for t in sim.by_ref.values()]
 
     @app.post("/_sim/pay_pending")
-    async def pay_pending(req: _PayPending) -> dict[str, Any]:
+    async def pay_pending(req: PayPending) -> dict[str, Any]:
         return {"started": await sim.pay_pending(req.rate_per_s, req.count)}
 
     @app.post("/_sim/settle")

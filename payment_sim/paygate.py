@@ -61,7 +61,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cizo.clock import Clock, SystemClock
-from payment_sim._common import CallbackFailed, SimCore
+from payment_sim._common import CallbackFailed, FaultPatch, PayPending, SimCore
 
 log = logging.getLogger(__name__)
 
@@ -201,30 +201,14 @@ def _whole_amount(value: Any) -> int | None:
     return None
 
 
-class _ConfigPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class _ConfigPatch(FaultPatch):
     outcome: Outcome | None = None
-    approve_after_s: float | None = Field(default=None, ge=0)
-    duplicate_callbacks: int | None = Field(default=None, ge=0)
     callback_retries: int | None = Field(default=None, ge=0)
     callback_url: str | None = None
     callback_on_decline: bool | None = None
     expire_after_s: float | None = Field(default=None, gt=0)
-    status_latency_s: float | None = Field(default=None, ge=0)
-    status_error_rate: float | None = Field(default=None, ge=0, le=1)
-    status_timeout_rate: float | None = Field(default=None, ge=0, le=1)
-    status_hang_s: float | None = Field(default=None, ge=0)
-    redeliver_fraction: float | None = Field(default=None, ge=0, le=1)
     redeliver_delay_s: float | None = Field(default=None, ge=0)
     format_drift: bool | None = None
-
-
-class _PayPending(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    rate_per_s: float = Field(gt=0)
-    count: int = Field(ge=0)
 
 
 class _Settle(BaseModel):
@@ -313,21 +297,11 @@ class PayGateSim(SimCore):
             return
         await self.settle(tx, "approve" if tx.outcome == "approve" else "decline")
 
-    async def pay_pending(self, rate_per_s: float, count: int) -> int:
-        """Simulated customers approve ``count`` pending payments, oldest first, at a rate."""
-        todo = [tx for tx in self.by_ref.values() if self.refresh(tx).state == PENDING][:count]
-        self.spawn(self._drive(todo, rate_per_s))
-        return len(todo)
+    def is_pending(self, tx: SimTransaction) -> bool:
+        return self.refresh(tx).state == PENDING
 
-    async def _drive(self, todo: list[SimTransaction], rate_per_s: float) -> None:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        for i, tx in enumerate(todo):
-            delay = start + i / rate_per_s - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if tx.state == PENDING:
-                await self.settle(tx, "approve")
+    async def approve(self, tx: SimTransaction) -> None:
+        await self.settle(tx, "approve")
 
     async def settle(self, tx: SimTransaction, outcome: Literal["approve", "decline", "expire"]
                      ) -> None:
@@ -513,7 +487,7 @@ def create_app(config: PayGateSimConfig) -> FastAPI:
         return config_view()
 
     @app.post("/_sim/pay_pending")
-    async def pay_pending(req: _PayPending) -> dict[str, Any]:
+    async def pay_pending(req: PayPending) -> dict[str, Any]:
         return {"started": await sim.pay_pending(req.rate_per_s, req.count)}
 
     @app.post("/_sim/settle")
