@@ -7,7 +7,9 @@ another, in this process, against a fresh PostgreSQL database and the PayGate si
 payment (process CPU, so the simulator's thread is included: its share is printed apart
 from a run of bare status calls). Useful to see what a change to the credit path costs
 without the noise of a whole stack. CIZO_BENCH_CREDITS (default 2000) payments;
-CIZO_BENCH_PROFILE=1 also prints the top functions (cProfile, cumulative).
+CIZO_BENCH_PROFILE=1 also prints the top functions (cProfile, cumulative). Half the
+payments take the fast path (control.credit_fast), the other half, same run, the general
+ORM path every non-plain credit takes (the peer figure).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from payments import PG_ADMIN, TOKEN, provision
 
 from cizo.settings import Settings
-from control import payments
+from control import credit_fast, payments
 from control.db import migrate
 from control.models import Payment
 from control.runtime import Runtime
@@ -83,7 +85,8 @@ def main() -> int:
             rt.paygate.status_by_identifier(ident)
         status_ms = 1000 * (time.process_time() - c0) / 150
         profile = cProfile.Profile() if os.environ.get("CIZO_BENCH_PROFILE") else None
-        todo = idents[50:]
+        half = (len(idents) - 50) // 2
+        todo, peer = idents[50:50 + half], idents[50 + half:]
         t0, c0 = time.perf_counter(), time.process_time()
         if profile is not None:
             profile.enable()
@@ -93,6 +96,16 @@ def main() -> int:
             profile.disable()
         cpu_ms = 1000 * (time.process_time() - c0) / len(todo)
         wall_ms = 1000 * (time.perf_counter() - t0) / len(todo)
+        # the peer, same run: the general (ORM) path every non-plain credit takes
+        fast = credit_fast.credit_intent
+        credit_fast.credit_intent = lambda *a, **k: None  # type: ignore[assignment]
+        try:
+            c0 = time.process_time()
+            credited_peer = sum(payments.handle_paygate_callback(
+                rt, {"identifier": i}).credited for i in peer)
+            peer_cpu_ms = 1000 * (time.process_time() - c0) / len(peer)
+        finally:
+            credit_fast.credit_intent = fast  # type: ignore[assignment]
         if profile is not None:
             pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(45)
         rt.db.dispose()
@@ -102,11 +115,13 @@ def main() -> int:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     result = {"payments": len(todo), "credited": credited,
               "cpu_ms_per_payment": round(cpu_ms, 3),
+              "general_path_cpu_ms_per_payment": round(peer_cpu_ms, 3),
+              "general_path_credited": credited_peer,
               "status_call_cpu_ms": round(status_ms, 3),
               "wall_ms_per_payment": round(wall_ms, 3)}
     say(f"credit path: {result}")
     print(json.dumps(result))
-    return 0 if credited == len(todo) else 1
+    return 0 if credited == len(todo) and credited_peer == len(peer) else 1
 
 
 if __name__ == "__main__":
