@@ -360,6 +360,9 @@ def run_stack(opts: StackOptions) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
+    # also when started in the background of a script, where SIGINT comes in ignored:
+    # "Press Ctrl-C to stop" (or kill -INT) must always stop everything
+    signal.signal(signal.SIGINT, _stop)
     try:
         env = stack.start()
         api = f"http://127.0.0.1:{opts.api_port}"
@@ -373,7 +376,8 @@ def run_stack(opts: StackOptions) -> int:
             f"  dashboard  {api}/dashboard\n"
             f"  broker     mqtt://127.0.0.1:{opts.mqtt_port}\n"
             f"  influxdb   http://127.0.0.1:{opts.influx_port}  (database cizo)\n"
-            f"  paygate    http://127.0.0.1:{opts.paygate_port}  (simulator)\n"
+            f"  paygate    http://127.0.0.1:{opts.paygate_port}  (simulator; MTN MoMo on "
+            f"{opts.paygate_port + 1})\n"
             f"  fleet      {opts.kits} simulated kits\n"
             f"  admin key  {admin_key_source}\n"
             f"  logs       {stack.dir / 'logs'}\n"
