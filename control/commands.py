@@ -322,6 +322,16 @@ def defer_offline(s: Session, now: float, wait_s: float) -> int:
     the moment it reconnects, and reconnecting re-sends whatever is still pending
     (ControlService.handle_status). Re-publishing to a kit that is away only costs work;
     the long wait still re-sends in case the kit's online status was missed."""
+    # a keypad-only kit has no modem: one retained copy is all it could ever get (it is
+    # served by OpenPAYGO codes); should it connect after all, reconnecting re-sends
+    s.execute(
+        update(Command)
+        .where(Command.status == "sent", Command.next_attempt_at <= now,
+               Command.kit_id.in_(select(Kit.id).where(Kit.keypad_only.is_(True),
+                                                       Kit.online.is_not(True))))
+        .values(next_attempt_at=None)
+        .execution_options(synchronize_session=False)
+    )
     offline = select(Kit.id).where(Kit.online.is_not(True))
     result = s.execute(
         update(Command)

@@ -178,10 +178,15 @@ def owed(acct: Account) -> int:
 # --- receiving ----------------------------------------------------------------------------
 
 
-def _existing(rt: Runtime, inc: Incoming) -> Receipt:
+def _existing(rt: Runtime, inc: Incoming, error: IntegrityError) -> Receipt:
+    """The payment a unique-key violation says is already recorded; any other integrity
+    error (no such row) is not a duplicate and is raised again, never answered 'done'."""
     with rt.db.session() as s:
-        row = s.scalars(select(Payment).where(Payment.provider == inc.provider,
-                                              Payment.provider_ref == inc.provider_ref)).one()
+        row = s.scalars(select(Payment).where(
+            Payment.provider == inc.provider,
+            Payment.provider_ref == inc.provider_ref)).one_or_none()
+        if row is None:
+            raise error
         if row.amount_fcfa != inc.amount_fcfa:
             return Receipt("conflict", row.id, detail=f"transaction already recorded with "
                            f"amount {row.amount_fcfa}, not {inc.amount_fcfa}")
@@ -216,9 +221,9 @@ def receive(rt: Runtime, inc: Incoming, *, actor: Actor) -> Receipt:
                 assert acct is not None
                 notice = notice_for(acct, row, inc.amount_fcfa, days=receipt.days,
                                     wants_token=wants)
-    except IntegrityError:
+    except IntegrityError as exc:
         log.info("%s transaction already recorded", inc.provider)
-        return _existing(rt, inc)
+        return _existing(rt, inc, exc)
     publish_and_notify(rt, receipt, notice)
     return receipt
 
@@ -343,8 +348,8 @@ def reverse(rt: Runtime, *, provider: str, provider_ref: str, original_ref: str,
             s.add(row)
             s.flush()
             receipt, notice = _apply_reversal(rt, s, row, original, actor=actor, now=now)
-    except IntegrityError:
-        return _existing(rt, Incoming(provider, provider_ref, desco_id, amount_fcfa))
+    except IntegrityError as exc:
+        return _existing(rt, Incoming(provider, provider_ref, desco_id, amount_fcfa), exc)
     publish_and_notify(rt, receipt, notice)
     return receipt
 

@@ -141,6 +141,26 @@ def test_offline_kit_is_resent_only_after_the_backoff_cap(
     assert len(rec.sent) == 2
 
 
+def test_keypad_only_kit_gets_one_retained_copy_until_it_connects(
+    one: tuple[ControlService, Recorder, ManualClock],
+) -> None:
+    """No modem: re-publishing is pure waste (OpenPAYGO codes serve it), for days."""
+    svc, rec, clock = one
+    (kid,) = provision_many(svc, 1, credit_days=5)
+    with svc.db.session() as s:
+        kit = s.get(Kit, kid)
+        assert kit is not None
+        kit.keypad_only = True
+    svc.sweep()
+    assert len(rec.sent) == 1
+    for _ in range(12):  # two days of sweeps, the backoff cap passed many times
+        clock.advance(4 * 3600)
+        svc.sweep()
+    assert len(rec.sent) == 1
+    svc.handle_status(kid, b'{"v":1,"online":true}')  # it has a modem after all
+    assert len(rec.sent) == 2
+
+
 def test_batched_sweep_locks_exactly_the_kits_whose_credit_ended(
     one: tuple[ControlService, Recorder, ManualClock],
 ) -> None:
