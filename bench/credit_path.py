@@ -98,14 +98,14 @@ def main() -> int:
         wall_ms = 1000 * (time.perf_counter() - t0) / len(todo)
         # the peer, same run: the general (ORM) path every non-plain credit takes
         fast = credit_fast.credit_intent
-        credit_fast.credit_intent = lambda *a, **k: None  # type: ignore[assignment]
+        credit_fast.credit_intent = lambda *a, **k: None
         try:
             c0 = time.process_time()
             credited_peer = sum(payments.handle_paygate_callback(
                 rt, {"identifier": i}).credited for i in peer)
             peer_cpu_ms = 1000 * (time.process_time() - c0) / len(peer)
         finally:
-            credit_fast.credit_intent = fast  # type: ignore[assignment]
+            credit_fast.credit_intent = fast
         if profile is not None:
             pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(45)
         rt.db.dispose()

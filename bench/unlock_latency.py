@@ -190,10 +190,10 @@ def main() -> int:
         watcher = AckWatcher(mqtt_port)
         say(f"connecting {KITS} simulated kits ...")
         for c in creds:
-            kit = SimKit(KitIdentity(c.kit_id, None, None, c.command_secret), settings,
-                         rt.clock)
-            kit.start()
-            fleet.append(kit)
+            sim_kit = SimKit(KitIdentity(c.kit_id, None, None, c.command_secret), settings,
+                             rt.clock)
+            sim_kit.start()
+            fleet.append(sim_kit)
         deadline = time.monotonic() + 60
         while sum(k.connected for k in fleet) < KITS:
             if time.monotonic() > deadline:
@@ -231,6 +231,9 @@ def main() -> int:
         for ref, kit_id, until in credited:
             tx = sim.by_identifier[ref]
             t0 = tx.settled_perf
+            if t0 is None:  # never settled: cannot have been applied for this payment
+                missing += 1
+                continue
             hit = next((t for t, cu in by_kit.get(kit_id, [])
                         if t >= t0 and cu is not None and until is not None and cu >= until),
                        None)
