@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from sqlalchemy.orm import Session
 
 from cizo import protocol
 from cizo.clock import ManualClock
@@ -13,9 +14,9 @@ from cizo.settings import Settings
 from control import credit
 from control.db import Database, migrate
 from control.ledger import SYSTEM, account_for_kit, credit_payment, provision_kit
-from control.models import Command, Kit, Payment
+from control.models import Account, Command, Kit, Payment
 from control.security import SecretBox, generate_secret_key
-from control.service import ControlService
+from control.service import ControlService, Outgoing
 
 PLAN = credit.Plan(deposit_fcfa=5000, daily_rate_fcfa=100, total_price_fcfa=41500)
 
@@ -49,16 +50,22 @@ def loop(database_url: str):
     db.dispose()
 
 
-def pay(svc: ControlService, amount: int, ref: str) -> list[str]:
+def credit_k1(s: Session, svc: ControlService, amount: int, ref: str) -> Account:
+    """Record and credit a payment to K1's account, in the caller's transaction."""
     now = svc.clock.now()
+    acct = account_for_kit(s, "K1", for_update=True)
+    assert acct is not None
+    p = Payment(desco_id="default", provider="test", provider_ref=ref, status="pending",
+                created_at=now, updated_at=now)
+    s.add(p)
+    s.flush()
+    credit_payment(s, payment=p, acct=acct, amount_fcfa=amount, now=now)
+    return acct
+
+
+def pay(svc: ControlService, amount: int, ref: str) -> list[str]:
     with svc.db.session() as s:
-        acct = account_for_kit(s, "K1", for_update=True)
-        assert acct is not None
-        p = Payment(desco_id="default", provider="test", provider_ref=ref, status="pending",
-                    created_at=now, updated_at=now)
-        s.add(p)
-        s.flush()
-        credit_payment(s, payment=p, acct=acct, amount_fcfa=amount, now=now)
+        credit_k1(s, svc, amount, ref)
         cmd = svc.converge_kit(s, "K1", origin="payment")
         ids = [cmd.id] if cmd else []
     svc.publish(ids)
@@ -159,17 +166,10 @@ def test_bad_messages_from_kits_are_counted_not_raised(loop) -> None:
     assert svc.counters.bad_messages == {"not_json": 1, "missing_field": 1, "unknown_kit": 1}
 
 
-def _credit_and_claim(svc: ControlService, ref: str):
+def _credit_and_claim(svc: ControlService, ref: str) -> Outgoing | None:
     """The payment path: credit, converge and claim the command in one transaction."""
-    now = svc.clock.now()
     with svc.db.session() as s:
-        acct = account_for_kit(s, "K1", for_update=True)
-        assert acct is not None
-        p = Payment(desco_id="default", provider="test", provider_ref=ref, status="pending",
-                    created_at=now, updated_at=now)
-        s.add(p)
-        s.flush()
-        credit_payment(s, payment=p, acct=acct, amount_fcfa=700, now=now)
+        acct = credit_k1(s, svc, 700, ref)
         kit = s.get(Kit, "K1")
         assert kit is not None
         cmd = svc.converge_kit(s, "K1", origin="payment", kit=kit, acct=acct)
