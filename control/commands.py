@@ -21,7 +21,7 @@ import logging
 import random
 import secrets
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,12 @@ REISSUE_ON = ("expired", "replayed_seq")  # other refusals are alerts, not retri
 class Desired:
     action: str  # unlock | lock | own
     credit_until: int | None
+
+    @property
+    def lock_due_at(self) -> int | None:
+        """The kit's ``lock_due_at`` once this is commanded: set only while it is commanded
+        unlocked (the sweep's index of kits coming due)."""
+        return self.credit_until if self.action == "unlock" else None
 
 
 def desired_for(acct: Account, now: float) -> Desired:
@@ -97,7 +103,10 @@ def sqlite_write_lock(s: Session) -> None:
     follows sees the latest state and nobody commits before this transaction ends. Nothing
     on PostgreSQL, whose row locks do this."""
     if s.get_bind().dialect.name == "sqlite":
-        s.execute(text("UPDATE kits SET cmd_seq = cmd_seq WHERE 0"))
+        s.execute(SQLITE_WRITE_LOCK)
+
+
+SQLITE_WRITE_LOCK = text("UPDATE kits SET cmd_seq = cmd_seq WHERE 0")
 
 
 def skip_locked(q: Select[Any], s: Session) -> Select[Any]:
@@ -134,7 +143,7 @@ def _next_seq(s: Session, kit: Kit, want: Desired | None) -> int:
     values: dict[str, Any] = {"cmd_seq": Kit.cmd_seq + 1}
     if want is not None:
         values.update(commanded_action=want.action, commanded_credit_until=want.credit_until,
-                      lock_due_at=want.credit_until if want.action == "unlock" else None)
+                      lock_due_at=want.lock_due_at)
     seq = int(s.execute(update(Kit).where(Kit.id == kit.id).values(**values)
                         .returning(Kit.cmd_seq)
                         .execution_options(synchronize_session=False)).scalar_one())
@@ -203,6 +212,23 @@ def rotation_pending(s: Session, kit: Kit) -> bool:
         Command.status.in_(PENDING)).limit(1)) is not None
 
 
+def new_command_row(*, kit_id: str, seq: int, want: Desired, origin: str, now: float,
+                    ttl_s: int) -> dict[str, Any]:
+    """The columns of a freshly issued (``queued``) state command, for bulk inserts."""
+    return {"id": str(uuid.uuid4()), "kit_id": kit_id, "seq": seq, "action": want.action,
+            "credit_until": want.credit_until, "issued_at": int(now),
+            "expires_at": int(now) + ttl_s, "status": "queued", "origin": origin,
+            "attempts": 0, "created_at": now, "next_attempt_at": now}
+
+
+def command_payload(row: Mapping[str, Any], secret_hex: str) -> bytes:
+    """The signed bytes of a command given as columns (a ``commands`` row or its dict)."""
+    return protocol.encode(protocol.build_command(
+        kit_id=row["kit_id"], command_id=row["id"], seq=row["seq"], action=row["action"],
+        credit_until=row["credit_until"], issued_at=row["issued_at"],
+        expires_at=row["expires_at"], secret_hex=secret_hex, nonce=row.get("nonce")))
+
+
 def signed_payload(cmd: Command, box: SecretBox, kit: Kit) -> bytes:
     fields = protocol.build_command(
         kit_id=cmd.kit_id, command_id=cmd.id, seq=cmd.seq, action=cmd.action,  # type: ignore[arg-type]
@@ -249,21 +275,15 @@ def sweep_due(s: Session, *, now: float, ttl_s: int, origin: str = "sweep",
             kit_updates.append({"id": r.id, "cmd_seq": r.cmd_seq,
                                 "commanded_action": want.action,
                                 "commanded_credit_until": want.credit_until,
-                                "lock_due_at": want.credit_until
-                                if want.action == "unlock" and (want.credit_until or 0) > now
-                                else None})
+                                "lock_due_at": want.lock_due_at
+                                if (want.credit_until or 0) > now else None})
             continue
         seq = r.cmd_seq + 1
-        new_cmds.append({
-            "id": str(uuid.uuid4()), "kit_id": r.id, "seq": seq, "action": want.action,
-            "credit_until": want.credit_until, "issued_at": int(now),
-            "expires_at": int(now) + ttl_s, "status": "queued", "origin": origin,
-            "attempts": 0, "created_at": now, "next_attempt_at": now,
-        })
+        new_cmds.append(new_command_row(kit_id=r.id, seq=seq, want=want, origin=origin,
+                                        now=now, ttl_s=ttl_s))
         kit_updates.append({"id": r.id, "cmd_seq": seq, "commanded_action": want.action,
                             "commanded_credit_until": want.credit_until,
-                            "lock_due_at": want.credit_until if want.action == "unlock"
-                            else None})
+                            "lock_due_at": want.lock_due_at})
     if new_cmds:
         supersede_pending(s, [c["kit_id"] for c in new_cmds], now)
     if s.get_bind().dialect.name == "postgresql":

@@ -13,14 +13,12 @@ parks, audits and explains.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import String, Table, bindparam, func, insert, select, text, update
 
-from cizo import protocol
-from control import commands, credit, matching
+from control import commands, credit, matching, tokens
 from control.intake import CreditNotice
 from control.models import Account, Command, Kit, LedgerEntry, Payment
 from control.runtime import Runtime
@@ -58,7 +56,6 @@ _READ = (
     .where(P.c.id == bindparam("pid"))
 )
 _LOCK_PG = _READ.with_for_update()
-_WRITER_LOCK = update(P).where(P.c.id == bindparam("pid")).values(updated_at=P.c.updated_at)
 _PAYMENT = update(P).where(P.c.id == bindparam("pid")).values(
     status="credited", amount_fcfa=bindparam("amount"), credited_at=bindparam("now"),
     updated_at=bindparam("now"), matched_by="intent", next_check_at=None,
@@ -94,7 +91,7 @@ def credit_intent(rt: Runtime, payment_id: int, *, amount: int | None, currency:
     is_pg = rt.db.is_postgres
     with rt.db.engine.begin() as conn:
         if not is_pg:  # SQLite: take the single writer lock before reading (see intake)
-            conn.execute(_WRITER_LOCK, {"pid": payment_id})
+            conn.execute(commands.SQLITE_WRITE_LOCK)
         r = conn.execute(_LOCK_PG if is_pg else _READ, {"pid": payment_id}).first()
         if r is None or r.status not in OPEN or r.closed_at is not None:
             return None
@@ -132,9 +129,10 @@ def credit_intent(rt: Runtime, payment_id: int, *, amount: int | None, currency:
                 "kit_id": r.kit_id, "command_id": cmd["id"], "action": cmd["action"],
                 "seq": cmd["seq"], "origin": "payment"})
         command_id = cmd["id"] if cmd is not None else None
-    wants_token = r.decommissioned_at is None and (
-        bool(r.keypad_only) or now - (r.last_seen if r.last_seen is not None else r.created_at)
-        > rt.settings.keypad_offline_after_s)  # tokens.wants_token on bare columns
+    wants_token = tokens.needs_token(
+        decommissioned=r.decommissioned_at is not None, keypad_only=bool(r.keypad_only),
+        last_seen=r.last_seen, created_at=r.created_at, now=now,
+        offline_after_s=rt.settings.keypad_offline_after_s)
     notice = CreditNotice(
         payment_id=payment_id, kit_id=r.kit_id, account_id=r.id, amount_fcfa=amount,
         credit_until=after.credit_until, owned=after.owned, provider=r.provider,
@@ -153,30 +151,14 @@ def _next_command(rt: Runtime, r: Any, after: credit.CreditState, now: float
     want = commands.desired_from(after.owned, after.credit_until, now)
     if commands.Desired(r.commanded_action, r.commanded_credit_until) == want:
         return None, None
-    ttl = rt.settings.command_ttl_s
-    seq = r.cmd_seq + 1
-    cid = str(uuid.uuid4())
-    row: dict[str, Any] = {
-        "id": cid, "kit_id": r.kit_id, "seq": seq, "action": want.action,
-        "credit_until": want.credit_until, "issued_at": int(now), "expires_at": int(now) + ttl,
-        "status": "queued", "origin": "payment", "attempts": 0, "created_at": now,
-        "next_attempt_at": now, "sent_at": None}
-    outgoing: Outgoing | None = None
-    svc = rt.service
-    if svc.publisher is not None:
-        payload = protocol.encode(protocol.build_command(
-            kit_id=r.kit_id, command_id=cid, seq=seq, action=cast(protocol.Action, want.action),
-            credit_until=want.credit_until, issued_at=row["issued_at"],
-            expires_at=row["expires_at"], secret_hex=svc.box.decrypt(r.secret_enc)))
-        row.update(status="sent", attempts=1, sent_at=now,
-                   next_attempt_at=now + svc.resend_delay_s(1))
-        outgoing = Outgoing(cid, r.kit_id, payload)
-    return row, outgoing
+    row = commands.new_command_row(kit_id=r.kit_id, seq=r.cmd_seq + 1, want=want,
+                                   origin="payment", now=now, ttl_s=rt.settings.command_ttl_s)
+    row["sent_at"] = None
+    return row, rt.service.claim_row(row, r.secret_enc)
 
 
 def _due(cmd: dict[str, Any]) -> int | None:
-    """The kit's lock_due_at once commanded: the sweep's index of unlocked kits."""
-    return cmd["credit_until"] if cmd["action"] == "unlock" else None
+    return commands.Desired(cmd["action"], cmd["credit_until"]).lock_due_at
 
 
 def _command_params(cmd: dict[str, Any]) -> dict[str, Any]:

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, literal_column, select, update
+from sqlalchemy import ColumnElement, bindparam, func, literal_column, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from control import accounting, credit, ledger, matching, tokens
+from control import accounting, commands, credit, ledger, matching, tokens
 from control.ledger import Actor
 from control.models import Account, Command, Kit, Payment
 from control.runtime import Runtime
@@ -125,19 +125,11 @@ def notice_for(acct: Account, payment: Payment, amount: int, *, days: int | None
                         wants_token=wants_token)
 
 
-def lock_kit(rt: Runtime, s: Session, kit_id: str) -> Kit | None:
-    """The kit row, locked for this transaction (its ``cmd_seq`` moves when converging)."""
-    q = select(Kit).where(Kit.id == kit_id)
-    if rt.db.is_postgres:
-        q = q.with_for_update()
-    return s.scalars(q).one_or_none()
-
-
 def converge_and_claim(rt: Runtime, s: Session, acct: Account, kit: Kit | None
                        ) -> tuple[Command | None, Outgoing | None, bool | None]:
     """Inside a credit's transaction: the kit's new command, signed and claimed for
     publishing after commit, and whether the kit also needs a keypad token."""
-    kit = kit if kit is not None else lock_kit(rt, s, acct.kit_id)
+    kit = kit if kit is not None else rt.service.lock_kit(s, acct.kit_id)
     if kit is None:
         return None, None, None
     cmd = rt.service.converge_kit(s, acct.kit_id, origin="payment", kit=kit, acct=acct)
@@ -402,17 +394,9 @@ def _apply_reversal(rt: Runtime, s: Session, row: Payment, original: Payment | N
 # --- intents (our own request-to-pay, account known) ------------------------------------------
 
 
-def _writer_lock(rt: Runtime, s: Session, payment_id: int) -> None:
-    """SQLite ignores FOR UPDATE: a first write takes its single writer lock now, so the
-    re-check that follows cannot race another writer."""
-    if not rt.db.is_postgres:
-        s.execute(update(Payment).where(Payment.id == payment_id)
-                  .values(updated_at=Payment.updated_at))
-
-
 def lock_payment(rt: Runtime, s: Session, payment_id: int) -> Payment:
     """Lock the payment row for this transaction (FOR UPDATE; SQLite: take the write lock)."""
-    _writer_lock(rt, s, payment_id)
+    commands.sqlite_write_lock(s)  # SQLite ignores FOR UPDATE: no writer in between
     return s.scalars(select(Payment).where(Payment.id == payment_id).with_for_update()
                      .execution_options(populate_existing=True)).one()
 
@@ -425,7 +409,7 @@ def lock_for_credit(rt: Runtime, s: Session, payment_id: int
     ``cmd_seq`` cannot move under us). No linked account: the payment alone.
     Hold on to the returned kit for the transaction: the session only keeps weak references,
     so a dropped kit would be read again."""
-    _writer_lock(rt, s, payment_id)
+    commands.sqlite_write_lock(s)  # SQLite ignores FOR UPDATE: no writer in between
     found = s.execute(select(Payment, Account, Kit)
                       .join(Account, Account.id == Payment.account_id)
                       .join(Kit, Kit.id == Account.kit_id)

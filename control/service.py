@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
@@ -157,11 +157,23 @@ class ControlService:
         self._mark_sent(cmd, self.clock.now())
         return 1
 
+    def claim_row(self, row: dict[str, Any], secret_enc: str) -> Outgoing | None:
+        """``claim_for_publish`` for a command given as columns (a bulk insert's row):
+        signed with the kit's secret (``secret_enc``) and marked sent in place."""
+        if self.publisher is None:
+            return None
+        payload = commands.command_payload(row, self.box.decrypt(secret_enc))
+        row.update(self._sent_values(row["attempts"] + 1, self.clock.now()))
+        return Outgoing(row["id"], row["kit_id"], payload)
+
     def _mark_sent(self, cmd: Command, now: float) -> None:
-        cmd.status = "sent"
-        cmd.sent_at = now
-        cmd.attempts += 1
-        cmd.next_attempt_at = now + self.resend_delay_s(cmd.attempts)
+        for name, value in self._sent_values(cmd.attempts + 1, now).items():
+            setattr(cmd, name, value)
+
+    def _sent_values(self, attempts: int, now: float) -> dict[str, Any]:
+        """A command just published for the ``attempts``-th time: when to re-send it."""
+        return {"status": "sent", "sent_at": now, "attempts": attempts,
+                "next_attempt_at": now + self.resend_delay_s(attempts)}
 
     def resend_delay_s(self, attempts: int) -> float:
         """How long to wait for an ack after the ``attempts``-th publication."""
@@ -209,7 +221,9 @@ class ControlService:
 
     # --- messages from kits -----------------------------------------------------
 
-    def _lock_kit(self, s: Session, kit_id: str) -> Kit | None:
+    def lock_kit(self, s: Session, kit_id: str) -> Kit | None:
+        """The kit row, locked for this transaction (PostgreSQL row lock; SQLite writer
+        lock), read fresh."""
         q = select(Kit).where(Kit.id == kit_id)
         if self.db.is_postgres:
             q = q.with_for_update()
@@ -245,7 +259,7 @@ class ControlService:
             return
         follow_up: Command | None = None
         with self.db.session() as s:
-            kit = self._lock_kit(s, kit_id)
+            kit = self.lock_kit(s, kit_id)
             if kit is None:
                 self.counters.bad("unknown_kit")
                 return
@@ -281,7 +295,7 @@ class ControlService:
         resend: list[str] = []
         now = self.clock.now()
         with self.db.session() as s:
-            kit = self._lock_kit(s, kit_id)
+            kit = self.lock_kit(s, kit_id)
             if kit is None:
                 self.counters.bad("unknown_kit")
                 return
@@ -308,7 +322,7 @@ class ControlService:
             return
         issued: Command | None = None
         with self.db.session() as s:
-            kit = self._lock_kit(s, kit_id)
+            kit = self.lock_kit(s, kit_id)
             acct = account_for_kit(s, kit_id)
             if kit is None or acct is None:
                 self.counters.bad("unknown_kit")

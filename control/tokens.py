@@ -189,9 +189,17 @@ def issue_token(s: Session, *, kit: Kit, box: SecretBox, credit_until: int | Non
 
 def wants_token(kit: Kit, now: float, offline_after_s: float) -> bool:
     """Keypad-only kits, and kits not heard from for longer than ``offline_after_s``."""
-    if kit.decommissioned_at is not None:
+    return needs_token(decommissioned=kit.decommissioned_at is not None,
+                       keypad_only=bool(kit.keypad_only), last_seen=kit.last_seen,
+                       created_at=kit.created_at, now=now, offline_after_s=offline_after_s)
+
+
+def needs_token(*, decommissioned: bool, keypad_only: bool, last_seen: float | None,
+                created_at: float, now: float, offline_after_s: float) -> bool:
+    """``wants_token`` on the kit's bare columns (the Core credit path reads no Kit)."""
+    if decommissioned:
         return False
-    if kit.keypad_only:
+    if keypad_only:
         return True
-    seen = kit.last_seen if kit.last_seen is not None else kit.created_at
+    seen = last_seen if last_seen is not None else created_at
     return now - seen > offline_after_s
