@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from sqlalchemy import String, Table, bindparam, func, insert, select, text, update
 
-from control import commands, credit, matching, tokens
+from control import commands, credit, intake, matching, tokens
 from control.intake import CreditNotice
 from control.models import Account, Command, Kit, LedgerEntry, Payment
 from control.runtime import Runtime
@@ -77,9 +77,10 @@ _KIT = update(K).where(K.c.id == bindparam("kid")).values(
 
 
 def credit_intent(rt: Runtime, payment_id: int, *, amount: int | None, currency: str | None,
-                                fields: dict[str, Any], check_owed: bool) -> FastCredit | None:
-    """Credit the intent ``payment_id`` with ``amount``, or None when it is not the plain
-    case (the caller then takes the general path). ``fields``: payment columns the provider
+                  fields: dict[str, Any], check_owed: bool) -> FastCredit | None:
+    """Credit the intent ``payment_id`` with ``amount``, publish its command and run the
+    after-credit hooks once committed; or None when it is not the plain case (the caller
+    then takes the general path). ``fields``: payment columns the provider
     confirmed (references, network, paid_at). ``check_owed``: park amounts above what is
     still owed, as a payment matched by reference would be (MoMo); PayGate's intents are
     checked against the amount requested only."""
@@ -139,6 +140,9 @@ def credit_intent(rt: Runtime, payment_id: int, *, amount: int | None, currency:
         kind="payment", days=change.days_added, account_number=r.account_number,
         phone=r.customer_phone, desco_id=r.desco_id, daily_rate_fcfa=r.daily_rate_fcfa,
         erased=r.personal_data_erased_at is not None, wants_token=wants_token)
+    # after commit, as the general path does (intake.publish_and_notify)
+    rt.service.send_claimed(outgoing, payment_id=payment_id)
+    intake.after_credit(rt, notice)
     return FastCredit(payment_id, r.kit_id, r.id, command_id, outgoing, notice)
 
 

@@ -164,8 +164,6 @@ def confirm(rt: Runtime, reference_id: str, body: dict[str, Any] | None = None
         rt, payment_id, amount=verdict.amount, currency=verdict.currency, check_owed=True,
         fields={k: v for k, v in confirmed.items() if v is not None})
     if fast is not None:  # the plain case, in Core statements; otherwise the general path
-        rt.service.send_claimed(fast.outgoing, payment_id=payment_id)
-        intake.after_credit(rt, fast.notice)
         return CallbackOutcome("credited", reference_id, payment_id, credited=True,
                                command_id=fast.command_id)
     # a currency other than XOF is kept as sent: the intake parks it in suspense

@@ -174,16 +174,9 @@ def on_credit(rt: Runtime, notice: Any) -> None:
     if (notice.wants_token is False and notice.account_number is not None
             and notice.desco_id is not None):
         # the credit's transaction read all we need and no token is due: no database here
-        if notice.kind != "payment" or notice.erased or not notice.phone:
-            return
-        values = {"kit_id": notice.kit_id, "account_number": notice.account_number,
-                  "amount_fcfa": notice.amount_fcfa, "days": notice.days,
-                  "days_text": _days_text(notice.days),
-                  "credit_end": french_time(notice.credit_until), "token": "",
-                  "token_text": _token_text(None), "daily_rate_fcfa": notice.daily_rate_fcfa}
-        name = "owned" if notice.owned else "receipt"
-        send(rt, Message(name, notice.phone, render(rt.settings, name, notice.desco_id, values),
-                         notice.kit_id, notice.desco_id, str(notice.payment_id)))
+        _tell(rt, notice, account_number=notice.account_number, days=notice.days,
+              credit_until=notice.credit_until, daily_rate_fcfa=notice.daily_rate_fcfa,
+              phone=notice.phone, desco=notice.desco_id, erased=notice.erased, tok=None)
         return
     now = rt.clock.now()
     with rt.db.session() as s:
@@ -200,18 +193,26 @@ def on_credit(rt: Runtime, notice: Any) -> None:
         entry = s.scalars(select(LedgerEntry).where(
             LedgerEntry.payment_id == notice.payment_id)).first()
         days = entry.days if entry is not None else None
-        values = {"kit_id": kit.id, "account_number": acct.account_number,
-                  "amount_fcfa": notice.amount_fcfa, "days": days,
-                  "days_text": _days_text(days), "credit_end": french_time(acct.credit_until),
-                  "token": tok.token if tok else "", "token_text": _token_text(tok),
-                  "daily_rate_fcfa": acct.daily_rate_fcfa}
-        phone, desco = acct.customer_phone, acct.desco_id
-        erased = acct.personal_data_erased_at is not None
+    # sent once the transaction (and the kit's row lock) is over: an SMS gateway may be slow
+    _tell(rt, notice, account_number=acct.account_number, days=days,
+          credit_until=acct.credit_until, daily_rate_fcfa=acct.daily_rate_fcfa,
+          phone=acct.customer_phone, desco=acct.desco_id,
+          erased=acct.personal_data_erased_at is not None, tok=tok)
+
+
+def _tell(rt: Runtime, notice: Any, *, account_number: str, days: int | None,
+          credit_until: int | None, daily_rate_fcfa: int | None, phone: str | None,
+          desco: str, erased: bool, tok: KitToken | None) -> None:
+    """The customer's receipt (or, after a reversal, the new token alone)."""
     if notice.kind != "payment" and tok is None:
         return  # a reversal: nothing to tell unless the kit needs a new token
-    name = "owned" if notice.owned else ("receipt" if notice.kind == "payment" else "token")
     if erased or not phone:
         return
+    name = "owned" if notice.owned else ("receipt" if notice.kind == "payment" else "token")
+    values = {"kit_id": notice.kit_id, "account_number": account_number,
+              "amount_fcfa": notice.amount_fcfa, "days": days, "days_text": _days_text(days),
+              "credit_end": french_time(credit_until), "token": tok.token if tok else "",
+              "token_text": _token_text(tok), "daily_rate_fcfa": daily_rate_fcfa}
     send(rt, Message(name, phone, render(rt.settings, name, desco, values), notice.kit_id,
                      desco, str(notice.payment_id)))
 

@@ -297,8 +297,6 @@ def _credit_confirmed(
     fast = credit_fast.credit_intent(rt, payment_id, amount=confirmed.amount, currency=None,
                                      fields=fields, check_owed=False)
     if fast is not None:  # the plain case, in Core statements; otherwise the general path
-        rt.service.send_claimed(fast.outgoing, payment_id=payment_id)
-        intake.after_credit(rt, fast.notice)
         return CallbackOutcome("credited", identifier, payment_id, credited=True,
                                command_id=fast.command_id)
     command_id: str | None = None
