@@ -9,15 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from cizo import services
+from cizo.stack import mqtt_login_accepted
 from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,31 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _ports() -> dict[str, int]:
     return {name: services.free_port() for name in ("mqtt", "api", "influx", "paygate")}
-
-
-def _mqtt_login(port: int, username: str | None = None, password: str | None = None
-                ) -> bool | None:
-    """The broker's CONNACK verdict on this login (None: it never answered)."""
-    verdict: list[bool] = []
-    answered = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="quickstart-probe")
-    if username is not None:
-        client.username_pw_set(username, password)
-
-    def on_connect(_c: mqtt.Client, _u: object, _f: object, reason: object,
-                   _p: object) -> None:
-        verdict.append(not getattr(reason, "is_failure", True))
-        answered.set()
-
-    client.on_connect = on_connect
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        answered.wait(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return verdict[0] if verdict else None
 
 
 def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) -> None:
@@ -76,11 +49,13 @@ def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) 
         assert httpx.get(f"{api}/dashboard").status_code == 200
         assert httpx.get(f"http://127.0.0.1:{ports['influx']}/ping").status_code == 204
         # the broker answers, refuses anonymous and a wrong password, admits a kit's own login
-        assert _mqtt_login(ports["mqtt"]) is False
+        assert mqtt_login_accepted(ports["mqtt"], None, None, timeout_s=10) is False
         fleet = json.loads((clone / "var" / "stack" / "fleet.json").read_text())
         kit1 = next(k for k in fleet if k["kit_id"] == "SIM00001")
-        assert _mqtt_login(ports["mqtt"], kit1["mqtt_username"], "wrong-password") is False
-        assert _mqtt_login(ports["mqtt"], kit1["mqtt_username"], kit1["mqtt_password"]) is True
+        assert mqtt_login_accepted(ports["mqtt"], kit1["mqtt_username"], "wrong-password",
+                                   timeout_s=10) is False
+        assert mqtt_login_accepted(ports["mqtt"], kit1["mqtt_username"], kit1["mqtt_password"],
+                                   timeout_s=10) is True
         kit = httpx.get(f"{api}/v1/kits/SIM00001", headers=headers)
         assert kit.status_code == 200, kit.text
         # the simulated kit is online and its telemetry lands in InfluxDB

@@ -15,17 +15,13 @@ from typing import Any
 
 import httpx
 
-from cizo import services
-from cizo.settings import Settings
 from control.main import build_app
-from control.security import generate_secret_key
 from firmware_sim.clocks import AcceleratedClock
 from firmware_sim.driver import FleetDriver, PaymentOptions, summary_text
-from firmware_sim.kit import KitIdentity
 from firmware_sim.scenario import KeypadSpec, NetworkSpec, PlanSpec, Scenario, build_plan
-from payment_sim.paygate import PAID, PENDING, PayGateSimConfig, run_in_thread
+from payment_sim.paygate import PAID, PENDING
 from tests.support import ServerThread, wait_for
-from tests.test_sim_scenario import keypad_problems
+from tests.test_sim_scenario import fleet_control, keypad_problems, provision_fleet
 
 ADMIN = "month-admin-key-0123456789abcdef"
 PAYGATE_TOKEN = "month-paygate-token"
@@ -83,32 +79,16 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path, caplog) -> None:
     plan = build_plan(scenario, seed=2026)
     clock = AcceleratedClock(scenario.start_ts, scenario.speed)
     clock.pause()  # provisioning takes real time: the month starts when the fleet does
-    outbox = tmp_path / "sms.jsonl"  # the receipts keypad customers read their codes from
-    api_port = services.free_port()
-    paygate = run_in_thread(PayGateSimConfig(
-        auth_token=PAYGATE_TOKEN, approve_after_s=0.2, clock=clock,
-        callback_url=f"http://127.0.0.1:{api_port}/v1/payments/paygate"))
-    settings = Settings(
-        mqtt_port=mosquitto.port, mqtt_client_id=f"control-{uuid.uuid4().hex[:8]}",
-        database_url=f"sqlite:///{tmp_path / 'ledger.db'}", api_port=api_port,
-        admin_api_key=ADMIN, secret_key=generate_secret_key(),
-        paygate_auth_token=PAYGATE_TOKEN, paygate_url=paygate.url,
-        sweep_interval_s=0.2, command_resend_after_s=6 * 3600, notify_file=outbox,
-    )
+    # receipts (with the codes keypad customers type) go to tmp_path / "sms.jsonl"
+    paygate, settings = fleet_control(mosquitto, tmp_path, clock, admin_key=ADMIN,
+                                      paygate_token=PAYGATE_TOKEN, approve_after_s=0.2)
+    outbox = settings.notify_file
     started = time.monotonic()
     try:
-        with ServerThread(build_app(settings, clock), api_port) as server, httpx.Client(
-                base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"},
-                timeout=30) as api:
-            identities = []
-            for kp in plan.kits:
-                r = api.post("/v1/kits", json={
-                    "kit_id": kp.kit_id, "phone": kp.phone,
-                    "plan": scenario.plan.model_dump()})
-                assert r.status_code == 201, r.text
-                c = r.json()
-                identities.append(KitIdentity(c["kit_id"], c["mqtt_username"],
-                                              c["mqtt_password"], c["command_secret"]))
+        with ServerThread(build_app(settings, clock), settings.api_port) as server, \
+                httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"},
+                             timeout=30) as api:
+            identities = provision_fleet(api, plan, scenario.plan)
 
             def accounts() -> dict[str, dict[str, Any]]:
                 r = api.get("/v1/kits", params={"limit": 500})

@@ -34,6 +34,7 @@ from firmware_sim.firmware import KitFirmware
 from firmware_sim.keypad import token_in_text
 from firmware_sim.kit import KitIdentity
 from firmware_sim.scenario import (
+    FleetPlan,
     KeypadSpec,
     NetworkSpec,
     PlanSpec,
@@ -43,6 +44,7 @@ from firmware_sim.scenario import (
     load_scenario,
 )
 from firmware_sim.wire import OPENPAYGO_METRICS_KB, monthly_budget, pings_per_month
+from payment_sim.paygate import PayGateSimConfig, SimServerHandle, run_in_thread
 
 TOML = """
 name = "lome-pilot"
@@ -291,6 +293,41 @@ ADMIN = "keypad-admin-key-0123456789abcdef"
 PAYGATE_TOKEN = "keypad-paygate-token"
 
 
+def fleet_control(mosquitto: services.ManagedProcess, tmp_path: Path, clock: AcceleratedClock,
+                  *, admin_key: str, paygate_token: str, approve_after_s: float
+                  ) -> tuple[SimServerHandle, Settings]:
+    """A PayGate simulator on the scenario's clock and the control service's settings for a
+    fleet test: SQLite ledger and receipts (``sms.jsonl``) in ``tmp_path``, a 0.2 s sweep,
+    a 6 h resend delay (the scenario's clock runs fast). The caller serves
+    ``build_app(settings, clock)`` on ``settings.api_port`` and stops the simulator."""
+    api_port = services.free_port()
+    paygate = run_in_thread(PayGateSimConfig(
+        auth_token=paygate_token, approve_after_s=approve_after_s, clock=clock,
+        callback_url=f"http://127.0.0.1:{api_port}/v1/payments/paygate"))
+    settings = Settings(
+        mqtt_port=mosquitto.port, mqtt_client_id=f"control-{uuid.uuid4().hex[:8]}",
+        database_url=f"sqlite:///{tmp_path / 'ledger.db'}", api_port=api_port,
+        admin_api_key=admin_key, secret_key=generate_secret_key(),
+        paygate_auth_token=paygate_token, paygate_url=paygate.url,
+        notify_file=tmp_path / "sms.jsonl", sweep_interval_s=0.2,
+        command_resend_after_s=6 * 3600)
+    return paygate, settings
+
+
+def provision_fleet(api: httpx.Client, plan: FleetPlan, plan_spec: PlanSpec
+                    ) -> list[KitIdentity]:
+    """Each planned kit provisioned through the API; the credentials its firmware uses."""
+    identities = []
+    for kp in plan.kits:
+        r = api.post("/v1/kits", json={"kit_id": kp.kit_id, "phone": kp.phone,
+                                       "plan": plan_spec.model_dump()})
+        assert r.status_code == 201, r.text
+        c = r.json()
+        identities.append(KitIdentity(c["kit_id"], c["mqtt_username"], c["mqtt_password"],
+                                      c["command_secret"]))
+    return identities
+
+
 def keypad_problems(kits: list[DrivenKit], accounts: dict[str, dict[str, Any]],
                     tokens: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Kits not (yet) where their account and their codes put them. A token carries whole
@@ -327,7 +364,7 @@ def test_keypad_kits_type_the_codes_support_reads_out(mosquitto, tmp_path: Path)
     kit that also gets the MQTT commands converges once (not credited twice); a plain kit
     types nothing. The modemless kit was given 30 h of credit before the run: it types an
     activation code first. Run again, keypads resume from the codes already issued."""
-    from payment_sim.paygate import PAID, PayGateSimConfig, run_in_thread
+    from payment_sim.paygate import PAID
     from tests.support import ServerThread, wait_for
 
     # the run ends at 18:00 on day 1, after both payments and before their codes' end (the
@@ -344,29 +381,13 @@ def test_keypad_kits_type_the_codes_support_reads_out(mosquitto, tmp_path: Path)
     assert all(len(k.payments) == 2 for k in plan.kits)
     clock = AcceleratedClock(sc.start_ts, sc.speed)
     clock.pause()  # provisioning and activation happen at the scenario's start
-    api_port = services.free_port()
-    paygate = run_in_thread(PayGateSimConfig(
-        auth_token=PAYGATE_TOKEN, approve_after_s=0.1, clock=clock,
-        callback_url=f"http://127.0.0.1:{api_port}/v1/payments/paygate"))
-    settings = Settings(
-        mqtt_port=mosquitto.port, mqtt_client_id=f"control-{uuid.uuid4().hex[:8]}",
-        database_url=f"sqlite:///{tmp_path / 'ledger.db'}", api_port=api_port,
-        admin_api_key=ADMIN, secret_key=generate_secret_key(),
-        paygate_auth_token=PAYGATE_TOKEN, paygate_url=paygate.url,
-        notify_file=tmp_path / "sms.jsonl", sweep_interval_s=0.2,
-        command_resend_after_s=6 * 3600)
+    paygate, settings = fleet_control(mosquitto, tmp_path, clock, admin_key=ADMIN,
+                                      paygate_token=PAYGATE_TOKEN, approve_after_s=0.1)
     try:
-        with ServerThread(build_app(settings, clock), api_port) as server, httpx.Client(
-                base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"},
-                timeout=30) as api:
-            identities = []
-            for kp in plan.kits:
-                r = api.post("/v1/kits", json={"kit_id": kp.kit_id, "phone": kp.phone,
-                                               "plan": sc.plan.model_dump()})
-                assert r.status_code == 201, r.text
-                c = r.json()
-                identities.append(KitIdentity(c["kit_id"], c["mqtt_username"],
-                                              c["mqtt_password"], c["command_secret"]))
+        with ServerThread(build_app(settings, clock), settings.api_port) as server, \
+                httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"},
+                             timeout=30) as api:
+            identities = provision_fleet(api, plan, sc.plan)
             ids = {i.kit_id for i in identities}
             only_id = plan.kits[1].kit_id
             r = api.post(f"/v1/kits/{only_id}/set-credit-until", json={
