@@ -103,15 +103,23 @@ def publish_and_notify(rt: Runtime, receipt: Receipt, notice: CreditNotice | Non
     """After commit: publish the kit's command now (the sweep retries), then the hooks."""
     if receipt.outgoing is not None:
         rt.service.send_claimed(receipt.outgoing, payment_id=receipt.payment_id)
-    elif receipt.command_id is not None:
-        try:
-            rt.service.publish([receipt.command_id])
-        except Exception:
-            log.exception("publishing command %s failed; the sweep will retry",
-                          receipt.command_id,
-                          extra={"kit_id": receipt.kit_id, "payment_id": receipt.payment_id})
+    else:
+        publish_after_commit(rt, receipt.command_id, kit_id=receipt.kit_id,
+                             payment_id=receipt.payment_id)
     if notice is not None:
         after_credit(rt, notice)
+
+
+def publish_after_commit(rt: Runtime, command_id: str | None, *, kit_id: str | None,
+                         payment_id: int | None = None) -> None:
+    """Publish a committed command now; on failure the sweep re-publishes it (still queued)."""
+    if command_id is None:
+        return
+    try:
+        rt.service.publish([command_id])
+    except Exception:
+        log.exception("publishing command %s failed; the sweep will retry", command_id,
+                      extra={"kit_id": kit_id, "payment_id": payment_id})
 
 
 def notice_for(acct: Account, payment: Payment, amount: int, *, days: int | None = None,

@@ -348,19 +348,6 @@ def _credit_confirmed(
                            command_id=command_id)
 
 
-def publish_after_commit(
-    rt: Runtime, command_id: str | None, *, kit_id: str, payment_id: int | None = None
-) -> None:
-    """Publish a committed command now; on failure the sweep re-publishes it (still queued)."""
-    if command_id is None:
-        return
-    try:
-        rt.service.publish([command_id])
-    except Exception:
-        log.exception("publishing command %s failed; the sweep will retry", command_id,
-                      extra={"kit_id": kit_id, "payment_id": payment_id})
-
-
 def _record_unconfirmed(
     rt: Runtime, identifier: str, body: dict[str, Any], *, known: bool, kit_id: str | None
 ) -> None:

@@ -31,9 +31,9 @@ from control.api.schemas import (
     UnlockOut,
 )
 from control.commands import desired_for
+from control.intake import publish_after_commit
 from control.ledger import Actor
 from control.models import Account, AuditEntry, Command, Desco, Kit
-from control.payments import publish_after_commit
 from control.phone import PhoneError, normalise_phone
 from control.runtime import Runtime
 
