@@ -11,10 +11,12 @@ import contextlib
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,10 +43,46 @@ class ServiceStartError(RuntimeError):
     """A server did not come up; the message carries the tail of its log."""
 
 
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+_rng = random.Random()  # seeded from os.urandom: parallel test processes start apart
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _listen_range() -> range:
+    """Ports to listen on: outside the kernel's ephemeral range and above well-known services.
+
+    A port the kernel gives out for ``bind(0)`` or an outgoing connection can be taken
+    again by any client socket between the moment we pick it and the moment the server
+    binds it; ports outside that range can only be taken by another listener.
+    """
+    low, high = _ephemeral_range()
+    if low - 10_000 >= 2_000:
+        return range(10_000, low)
+    return range(high + 1, 65_536)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on, never handed out twice by this process.
+
+    Picking with ``bind(0)`` twice in a row (a broker, then an influxd) can return
+    the same port, and the second server then finds it taken; CI once failed so.
+    """
+    candidates = _listen_range()
+    with _handed_out_lock:
+        for _ in range(1_000):
+            port = _rng.choice(candidates)
+            if port not in _handed_out and port_is_free(port):
+                _handed_out.add(port)
+                return port
+    raise RuntimeError(f"no free port found in {candidates.start}-{candidates.stop - 1}")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
