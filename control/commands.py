@@ -363,14 +363,17 @@ def defer_offline(s: Session, now: float, wait_s: float) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def to_publish(s: Session, now: float, limit: int = 1000) -> list[Command]:
-    """Pending commands whose next attempt is due (new, or unacked past their backoff).
+def to_publish(s: Session, now: float, limit: int = 1000, *,
+               resends: bool = True) -> list[Command]:
+    """Pending commands whose next attempt is due (new, or unacked past their backoff;
+    only new ones when ``resends`` is false).
 
     Rows are claimed (SKIP LOCKED): another control process skips them meanwhile.
     """
     q = (
         select(Command)
-        .where(Command.next_attempt_at <= now, Command.status.in_(PENDING))
+        .where(Command.next_attempt_at <= now,
+               Command.status.in_(PENDING) if resends else Command.status == "queued")
         .order_by(Command.next_attempt_at)
         .limit(limit)
     )

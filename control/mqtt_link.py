@@ -2,12 +2,16 @@
 
 paho runs its network loop in its own thread; ``on_message`` only enqueues, and one
 worker thread hands messages to the ControlService, so a slow database never stalls
-keepalives. The session is persistent (MQTT v5 session expiry) so acks sent while the
-service restarts are delivered when it comes back.
+keepalives. Acks and presence go ahead of telemetry: an ack is what stops a command's
+re-sends, and one waiting behind a telemetry backlog got its command re-sent over and
+over (``acks_waiting`` lets the sweep hold re-sends until they are read). The session
+is persistent (MQTT v5 session expiry) so acks sent while the service restarts are
+delivered when it comes back.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import random
@@ -31,6 +35,9 @@ SUBSCRIPTIONS = [
     (f"{protocol.TOPIC_ROOT}/+/{protocol.STATUS}", 1),
     (f"{protocol.TOPIC_ROOT}/+/{protocol.TELEMETRY}", 1),
 ]
+# inbox lanes, read in this order; first come first served within a lane
+ACK_LANE, TELEMETRY_LANE, STOP_LANE = 0, 1, 2
+_TELEMETRY_SUFFIX = f"/{protocol.TELEMETRY}"
 
 
 class MqttLink:
@@ -39,7 +46,11 @@ class MqttLink:
     ) -> None:
         self.settings = settings
         self.service = service
-        self._inbox: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(maxsize=100_000)
+        self._inbox: queue.PriorityQueue[tuple[int, int, mqtt.MQTTMessage | None]] = (
+            queue.PriorityQueue(maxsize=100_000))
+        self._arrival = itertools.count()
+        self._acks_waiting = 0
+        self._acks_lock = threading.Lock()
         self._connected = threading.Event()
         self._worker = threading.Thread(target=self._work, name="control-inbox", daemon=True)
         self.client = mqtt.Client(
@@ -73,8 +84,13 @@ class MqttLink:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-        self._inbox.put(None)
+        self._inbox.put((STOP_LANE, next(self._arrival), None))
         self._worker.join(timeout=10)
+
+    @property
+    def acks_waiting(self) -> int:
+        """Acks and status messages received but not yet handled."""
+        return self._acks_waiting
 
     @property
     def connected(self) -> bool:
@@ -119,13 +135,17 @@ class MqttLink:
         log.warning("control disconnected from broker: %s", rc)
 
     def _on_message(self, _c: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
-        self._inbox.put(msg)
+        lane = TELEMETRY_LANE if msg.topic.endswith(_TELEMETRY_SUFFIX) else ACK_LANE
+        if lane == ACK_LANE:
+            with self._acks_lock:
+                self._acks_waiting += 1
+        self._inbox.put((lane, next(self._arrival), msg))
 
     # --- worker thread ----------------------------------------------------------------
 
     def _work(self) -> None:
         while True:
-            msg = self._inbox.get()
+            lane, _, msg = self._inbox.get()
             if msg is None:
                 return
             try:
@@ -133,6 +153,10 @@ class MqttLink:
             except Exception:
                 # one bad message must never kill the loop: log it with its topic, go on
                 log.exception("failed to handle message", extra={"topic": msg.topic})
+            finally:
+                if lane == ACK_LANE:
+                    with self._acks_lock:
+                        self._acks_waiting -= 1
 
     def _dispatch(self, msg: mqtt.MQTTMessage) -> None:
         try:

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from cizo import protocol
@@ -57,6 +57,7 @@ class SweepResult:
     issued: int = 0
     published: int = 0
     skipped: bool = False  # another process held the sweep lock
+    resends_held: bool = False  # acks were waiting to be read: re-sends wait a sweep
 
 
 @dataclass
@@ -182,6 +183,10 @@ class ControlService:
             cap_s=self.settings.command_backoff_max_s,
             jitter=self.settings.command_backoff_jitter)
 
+    def _acks_waiting(self) -> int:
+        """Acks the publisher (the MQTT link) has received and not yet handed to us."""
+        return int(getattr(self.publisher, "acks_waiting", 0))
+
     def _sweep_lock(self, s: Session) -> bool:
         if not self.db.is_postgres:
             # one writer at a time: what the sweep reads (kits' seqs, commanded state) is
@@ -212,7 +217,10 @@ class ControlService:
                 commands.sqlite_write_lock(s)  # no ack or supersede is overwritten by "sent"
                 commands.defer_offline(s, self.clock.now(), commands.effective_cap_s(
                     self.settings.command_resend_after_s, self.settings.command_backoff_max_s))
-                for cmd in commands.to_publish(s, self.clock.now()):
+                # an unread ack may be for a command now due again: re-send once read
+                resends = self._acks_waiting() == 0
+                result.resends_held = not resends
+                for cmd in commands.to_publish(s, self.clock.now(), resends=resends):
                     result.published += self._publish_one(s, cmd)
         if result.issued or result.expired:
             log.info("sweep", extra={"issued": result.issued, "expired": result.expired,
@@ -327,9 +335,11 @@ class ControlService:
             if kit is None or acct is None:
                 self.counters.bad("unknown_kit")
                 return
+            kit.last_seen = now
+            if self._older_than_last_ack(s, kit, tele):
+                return
             kit.reported_locked = tele.locked
             kit.reported_credit_until = tele.credit_until
-            kit.last_seen = now
             if kit.decommissioned_at is not None:
                 return
             want = commands.desired_for(acct, now)
@@ -347,6 +357,17 @@ class ControlService:
                                         ttl_s=self.settings.command_ttl_s)
         if issued is not None:
             self.publish([issued.id])
+
+    @staticmethod
+    def _older_than_last_ack(s: Session, kit: Kit, tele: protocol.Telemetry) -> bool:
+        """A reading taken before the kit's latest ack was handled says nothing of its state
+        now (acks are read ahead of telemetry): it must not undo the ack's reported state
+        nor count as an anomaly. Looked up only when the reading would change something."""
+        if (tele.locked, tele.credit_until) == (kit.reported_locked, kit.reported_credit_until):
+            return False
+        last_ack = s.scalar(select(func.max(Command.finished_at)).where(
+            Command.kit_id == kit.id, Command.status.in_(("applied", "rejected"))))
+        return last_ack is not None and tele.ts < last_ack
 
     # --- decommissioning ------------------------------------------------------------
 

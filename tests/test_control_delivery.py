@@ -30,6 +30,7 @@ class Recorder:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
         self.lock = threading.Lock()
+        self.acks_waiting = 0  # as the MQTT link reports it
 
     def publish_command(self, kit_id: str, payload: bytes) -> bool:
         with self.lock:
@@ -207,6 +208,75 @@ def test_anomaly_is_counted_on_the_kit_and_corrected(
         kit = s.get(Kit, "K0000")
         assert kit is not None and kit.anomaly_count == 1 and kit.last_anomaly_at is not None
     assert rec.sent[-1]["action"] == "lock"
+
+
+def test_resends_wait_while_acks_are_unread_new_commands_do_not(
+    one: tuple[ControlService, Recorder, ManualClock],
+) -> None:
+    """An ack still queued at the MQTT link may be for the command falling due: re-sending
+    it then only adds work (a loaded month simulation re-sent commands up to six times)."""
+    svc, rec, clock = one
+    first, second = provision_many(svc, 2, credit_days=None)
+    with svc.db.session() as s:
+        acct = account_for_kit(s, first)
+        assert acct is not None
+        acct.credit_until = int(clock.now() + 5 * DAY)
+        svc.converge_kit(s, first, origin="payment")
+    svc.handle_status(first, b'{"v":1,"online":true}')
+    svc.sweep()
+    assert [c["kit_id"] for c in rec.sent] == [first]
+    clock.advance(40)  # its re-send is due (30 s +- 25 %)
+    rec.acks_waiting = 3
+    with svc.db.session() as s:  # meanwhile the second kit is paid: a new command
+        acct = account_for_kit(s, second)
+        assert acct is not None
+        acct.credit_until = int(clock.now() + 5 * DAY)
+        svc.converge_kit(s, second, origin="payment")
+    held = svc.sweep()
+    assert held.resends_held and held.published == 1
+    assert [c["kit_id"] for c in rec.sent] == [first, second]
+    rec.acks_waiting = 0  # read, and none was for the first kit's command
+    assert svc.sweep().published == 1
+    assert [c["kit_id"] for c in rec.sent] == [first, second, first]
+
+
+def _telemetry(kit_id: str, ts: float, *, locked: bool) -> bytes:
+    return json.dumps({"v": 1, "kit_id": kit_id, "ts": int(ts), "seq": 1, "boot": 1,
+                       "battery_v": 12.8, "soc": 70, "pv_w": 0, "load_w": 5,
+                       "pv_wh_total": 1, "load_wh_total": 1, "locked": locked,
+                       "credit_until": None, "temp_c": 30}).encode()
+
+
+def test_telemetry_older_than_the_last_ack_neither_undoes_it_nor_counts_as_anomaly(
+    one: tuple[ControlService, Recorder, ManualClock],
+) -> None:
+    """Acks are read ahead of telemetry, so a reading taken before the kit applied a lock
+    can arrive after the lock's ack: it says nothing about the kit now."""
+    svc, rec, clock = one
+    (kid,) = provision_many(svc, 1, credit_days=1)
+    svc.sweep()
+    taken_before = clock.now()
+    clock.advance(DAY + 60)
+    svc.sweep()  # credit ended: lock
+    lock = rec.sent[-1]
+    assert lock["action"] == "lock"
+    clock.advance(5)
+    svc.handle_ack(kid, json.dumps({"v": 1, "id": lock["id"], "seq": lock["seq"],
+                                    "result": "applied", "locked": True,
+                                    "credit_until": lock["credit_until"]}).encode())
+    sent = len(rec.sent)
+    svc.handle_telemetry(kid, _telemetry(kid, taken_before + DAY + 30, locked=False))
+    with svc.db.session() as s:
+        kit = s.get(Kit, kid)
+        assert kit is not None and kit.reported_locked is True and kit.anomaly_count == 0
+    assert svc.counters.anomalies == 0 and len(rec.sent) == sent
+    # a reading taken after the ack that still says unlocked is a real anomaly
+    clock.advance(60)
+    svc.handle_telemetry(kid, _telemetry(kid, clock.now(), locked=False))
+    with svc.db.session() as s:
+        kit = s.get(Kit, kid)
+        assert kit is not None and kit.reported_locked is False and kit.anomaly_count == 1
+    assert rec.sent[-1]["action"] == "lock" and len(rec.sent) == sent + 1
 
 
 # --- two control processes, one PostgreSQL --------------------------------------------------
