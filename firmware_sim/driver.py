@@ -178,7 +178,11 @@ class DrivenKit:
     # --- schedule ------------------------------------------------------------------
 
     def in_outage(self, t: float) -> float | None:
-        """The end of the outage covering sim time ``t``, if any."""
+        """The end of the outage covering sim time ``t``, if any (none once the fleet is
+        settling: the network comes back for the final comparison, with time paused an
+        outage past the run's end would never end)."""
+        if self.fleet.settling:
+            return None
         outages = self.plan.outages
         while self._outage_i < len(outages) and outages[self._outage_i][1] <= t:
             self._outage_i += 1
@@ -427,8 +431,9 @@ class FleetDriver:
         self._stop.set()
 
     def settle(self) -> None:
-        """End of a run: customers type every code they hold now, without waiting (used
-        while the clock is paused to compare kits with their accounts)."""
+        """End of a run: customers type every code they hold now, without waiting, and kits
+        cut off by an outage reconnect (used while the clock is paused to compare kits with
+        their accounts)."""
         self.settling = True
         for k in self.keypad_kits:
             k.type_due_codes(self.clock.now())
