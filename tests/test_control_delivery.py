@@ -63,6 +63,13 @@ def provision_many(svc: ControlService, n: int, credit_days: float | None) -> li
     return ids
 
 
+def _telemetry(kit_id: str, ts: float, *, locked: bool) -> bytes:
+    return json.dumps({"v": 1, "kit_id": kit_id, "ts": int(ts), "seq": 1, "boot": 1,
+                       "battery_v": 12.8, "soc": 70, "pv_w": 0, "load_w": 5,
+                       "pv_wh_total": 1, "load_wh_total": 1, "locked": locked,
+                       "credit_until": None, "temp_c": 30}).encode()
+
+
 def test_backoff_doubles_is_capped_and_jittered() -> None:
     delays = [commands.backoff_s(n, base_s=30, cap_s=240, jitter=0.0) for n in range(1, 7)]
     assert delays == [30, 60, 120, 240, 240, 240]
@@ -200,10 +207,7 @@ def test_anomaly_is_counted_on_the_kit_and_corrected(
 ) -> None:
     svc, rec, clock = one
     provision_many(svc, 1, credit_days=None)
-    tele = {"v": 1, "kit_id": "K0000", "ts": int(clock.now()), "seq": 1, "boot": 1,
-            "battery_v": 12.8, "soc": 70, "pv_w": 0, "load_w": 5, "pv_wh_total": 1,
-            "load_wh_total": 1, "locked": False, "credit_until": None, "temp_c": 30}
-    svc.handle_telemetry("K0000", json.dumps(tele).encode())
+    svc.handle_telemetry("K0000", _telemetry("K0000", clock.now(), locked=False))
     with svc.db.session() as s:
         kit = s.get(Kit, "K0000")
         assert kit is not None and kit.anomaly_count == 1 and kit.last_anomaly_at is not None
@@ -238,13 +242,6 @@ def test_resends_wait_while_acks_are_unread_new_commands_do_not(
     rec.acks_waiting = 0  # read, and none was for the first kit's command
     assert svc.sweep().published == 1
     assert [c["kit_id"] for c in rec.sent] == [first, second, first]
-
-
-def _telemetry(kit_id: str, ts: float, *, locked: bool) -> bytes:
-    return json.dumps({"v": 1, "kit_id": kit_id, "ts": int(ts), "seq": 1, "boot": 1,
-                       "battery_v": 12.8, "soc": 70, "pv_w": 0, "load_w": 5,
-                       "pv_wh_total": 1, "load_wh_total": 1, "locked": locked,
-                       "credit_until": None, "temp_c": 30}).encode()
 
 
 def test_telemetry_older_than_the_last_ack_neither_undoes_it_nor_counts_as_anomaly(
