@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control import credit
-from control.ledger import _store_state, plan_of, state_of
+from control.ledger import plan_of, post_change, state_of
 from control.models import Account, LedgerEntry, Payment
 
 
@@ -19,18 +19,8 @@ def post_reversal(
 ) -> credit.CreditChange:
     """Inside the caller's transaction: a negative entry, the account reduced accordingly."""
     change = credit.apply_reversal(plan_of(acct), state_of(acct), amount_fcfa, int(now))
-    _store_state(acct, change.after)
-    reversal.status = "applied"
-    reversal.amount_fcfa = amount_fcfa
-    reversal.account_id = acct.id
-    reversal.credited_at = now
-    reversal.updated_at = now
-    s.add(LedgerEntry(
-        account_id=acct.id, payment_id=reversal.id, kind="reversal", amount_fcfa=-amount_fcfa,
-        days=change.days_added, remainder_after_fcfa=change.after.remainder_fcfa,
-        credit_until_before=change.before.credit_until,
-        credit_until_after=change.after.credit_until, created_at=now,
-    ))
+    post_change(s, payment=reversal, acct=acct, change=change, status="applied",
+                kind="reversal", amount_fcfa=amount_fcfa, entry_fcfa=-amount_fcfa, now=now)
     return change
 
 

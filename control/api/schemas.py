@@ -116,8 +116,9 @@ class KitDetail(BaseModel):
     latest_commands: list[CommandOut]
 
 
-class UnlockIn(_In):
-    days: int = Field(ge=1, le=3650)
+class ReasonIn(_In):
+    """A support action's body: every write by staff says why (audited)."""
+
     reason: str = Field(min_length=1, max_length=1000)
 
     @field_validator("reason")
@@ -126,6 +127,10 @@ class UnlockIn(_In):
         if not value.strip():
             raise ValueError("reason must not be blank")
         return value.strip()
+
+
+class UnlockIn(ReasonIn):
+    days: int = Field(ge=1, le=3650)
 
 
 class UnlockOut(BaseModel):

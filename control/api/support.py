@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -19,7 +19,7 @@ from control import commands, ledger, notify, support, tokens
 from control.api.auth import AdminKey, ReaderKey, RuntimeDep, SupportKey, UnlockKey
 from control.api.idempotency import IdempotencyKey, run_idempotent
 from control.api.kits import FREE_DAYS_WITHOUT_ADMIN, _kit_or_404, command_out
-from control.api.schemas import CommandOut, KitCredentials, Problem
+from control.api.schemas import CommandOut, KitCredentials, Problem, ReasonIn
 from control.ledger import Actor
 from control.models import Account, Command, Kit, KitToken
 from control.runtime import Runtime
@@ -33,21 +33,6 @@ _errors: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem},
     409: {"model": Problem}, 422: {"model": Problem},
 }
-
-
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ReasonIn(_In):
-    reason: str = Field(min_length=1, max_length=1000)
-
-    @field_validator("reason")
-    @classmethod
-    def _reason_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("reason must not be blank")
-        return value.strip()
 
 
 class CreditUntilIn(ReasonIn):
