@@ -1,14 +1,14 @@
 """CPU of the control's payment credit path alone, per payment, on PostgreSQL.
 
 What bench/payments.py measures end to end includes HTTP servers, clients and simulators;
-this one calls ``control.payments.handle_paygate_callback`` directly, one payment after
+this one calls ``control.payments.providers.paygate.handle_paygate_callback`` directly, one payment after
 another, in this process, against a fresh PostgreSQL database and the PayGate simulator
 (status API answering at once), and prints the control's CPU milliseconds per credited
 payment (process CPU, so the simulator's thread is included: its share is printed apart
 from a run of bare status calls). Useful to see what a change to the credit path costs
 without the noise of a whole stack. CIZO_BENCH_CREDITS (default 2000) payments;
 CIZO_BENCH_PROFILE=1 also prints the top functions (cProfile, cumulative). Half the
-payments take the fast path (control.credit_fast), the other half, same run, the general
+payments take the fast path (control.payments.credit_fast), the other half, same run, the general
 ORM path every non-plain credit takes (the peer figure).
 """
 
@@ -31,11 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from payments import PG_ADMIN, TOKEN, provision
 
 from cizo.settings import Settings
-from control import credit_fast, payments
-from control.db import migrate
-from control.models import Payment
+from control.ledger.db import migrate
+from control.ledger.models import Payment
+from control.ledger.secrets import generate_secret_key
+from control.payments import credit_fast
+from control.payments.providers import paygate as payments
 from control.runtime import Runtime
-from control.security import generate_secret_key
 from payment_sim.paygate import PAID, PayGateSimConfig, run_in_thread
 
 N = int(os.environ.get("CIZO_BENCH_CREDITS", "2000"))

@@ -43,12 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cizo import services
 from cizo.settings import Settings
-from control import accounting, credit, ledger
-from control.db import migrate
-from control.ledger import SYSTEM
-from control.models import Account, Command, LedgerEntry, Payment
+from control.ledger import accounts as ledger
+from control.ledger import check as accounting
+from control.ledger import credit
+from control.ledger.accounts import SYSTEM
+from control.ledger.db import migrate
+from control.ledger.models import Account, Command, LedgerEntry, Payment
+from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
-from control.security import generate_secret_key
 from payment_sim import momo as momo_sim
 from payment_sim.paygate import PAID, PayGateSimConfig, SimServerHandle, run_in_thread
 

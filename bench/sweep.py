@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cizo.clock import ManualClock
 from cizo.settings import Settings
-from control.db import Database, migrate
-from control.models import Command
-from control.security import SecretBox, generate_secret_key, hash_mqtt_password
-from control.service import ControlService
+from control.commands.service import ControlService
+from control.ledger.db import Database, migrate
+from control.ledger.models import Command
+from control.ledger.secrets import SecretBox, generate_secret_key, hash_mqtt_password
 
 PG_ADMIN = os.environ.get("CIZO_TEST_PG_ADMIN_URL",
                           "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -145,7 +145,7 @@ def main() -> int:
         clock.set(slow_at + 1)
         t0 = time.perf_counter()
         with db.session() as s:
-            from control.commands import due_for_lock
+            from control.commands.lifecycle import due_for_lock
             for kid in due_for_lock(s, clock.now()):
                 svc.converge_kit(s, kid, origin="sweep")
         per_kit_ms = ms(t0)

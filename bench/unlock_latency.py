@@ -42,12 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cizo import services
 from cizo.clock import SystemClock
 from cizo.settings import Settings
-from control import credit, ledger
-from control.db import migrate
-from control.ledger import SYSTEM
-from control.models import Account, LedgerEntry, Payment
+from control.ledger import accounts as ledger
+from control.ledger import credit
+from control.ledger.accounts import SYSTEM
+from control.ledger.db import migrate
+from control.ledger.models import Account, LedgerEntry, Payment
+from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
-from control.security import generate_secret_key
 from firmware_sim import KitIdentity, SimKit
 from payment_sim.paygate import PayGateSimConfig, run_in_thread
 

@@ -40,7 +40,7 @@ class KitRegistry:
 
     @classmethod
     def from_url(cls, url: str) -> KitRegistry:
-        from control.db import make_engine
+        from control.ledger.db import make_engine
 
         return cls(make_engine(url))
 

@@ -1,7 +1,7 @@
 """Structured logging: the message, then every ``extra={...}`` field as key=value.
 
 ``log.info("command applied", extra={"kit_id": k, "command_id": c})`` prints
-``... control.commands command applied kit_id=K1 command_id=...`` so logs can be
+``... control.commands.lifecycle command applied kit_id=K1 command_id=...`` so logs can be
 grepped and parsed by kit, command or payment without a JSON pipeline.
 """
 

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./var/cizo.db"
     # PostgreSQL connections per process: at least the threads that use the database at once
     # (API worker threads in use, scheduler); overflow connections are opened and closed
-    # per use (control.db.make_engine)
+    # per use (control.ledger.db.make_engine)
     db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
 

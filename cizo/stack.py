@@ -122,7 +122,7 @@ class Stack:
     # --- environment shared by every child ------------------------------------------
 
     def env(self) -> dict[str, str]:
-        from control.security import generate_secret_key
+        from control.ledger.secrets import generate_secret_key
 
         admin_key = os.environ.get("CIZO_ADMIN_API_KEY") or _persistent_secret(
             self.dir / "admin_api_key", "cizo_dev_" + secrets.token_urlsafe(24))
@@ -156,7 +156,7 @@ class Stack:
 
     def service_passwords(self) -> dict[str, str]:
         """The bridge's and control's broker passwords, generated once into the data dir."""
-        from control.broker_auth import BRIDGE_USER, CONTROL_USER
+        from control.security.broker_auth import BRIDGE_USER, CONTROL_USER
 
         return {user: _persistent_secret(self.dir / f"broker_{user}_password",
                                          secrets.token_urlsafe(24))
@@ -168,8 +168,8 @@ class Stack:
         ``only_if_changed``: the main loop's check, so kits provisioned (or revoked) while
         the stack runs are let in (or out) within seconds, as `cizo broker sync` would.
         """
-        from control.broker_auth import active_kit_credentials, sync
-        from control.db import Database
+        from control.ledger.db import Database
+        from control.security.broker_auth import active_kit_credentials, sync
 
         db = Database(self.database_url)
         try:
@@ -233,8 +233,8 @@ class Stack:
         self.check_ports()
         env = self.env()
 
-        from control.broker_auth import BRIDGE_USER, CONTROL_USER
-        from control.db import migrate
+        from control.ledger.db import migrate
+        from control.security.broker_auth import BRIDGE_USER, CONTROL_USER
 
         # the password file is rendered from the ledger (kits of an earlier run included)
         self.database_url = env["CIZO_DATABASE_URL"]

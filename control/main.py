@@ -11,10 +11,10 @@ from fastapi import FastAPI
 
 from cizo.clock import Clock
 from cizo.settings import Settings
-from control.db import migrate
-from control.mqtt_link import MqttLink
-from control.notify import install_hooks
-from control.payment_poll import add_poll_job
+from control.commands.mqtt_link import MqttLink
+from control.ledger.db import migrate
+from control.payments.poll import add_poll_job
+from control.payments.receipts import install_hooks
 from control.runtime import Runtime
 from control.scheduler import add_reminder_job, start_scheduler
 
@@ -40,7 +40,7 @@ def build_app(
         link.start()
         scheduler = start_scheduler(rt.service, settings.sweep_interval_s)
         add_reminder_job(scheduler, rt)  # issue 5: reminders before credit ends
-        from control.fleet_jobs import add_jobs  # issue 7: summary, rollups, analytics
+        from control.fleet.jobs import add_jobs  # issue 7: summary, rollups, analytics
 
         add_jobs(scheduler, settings, rt.db, rt.clock.now)
         add_poll_job(scheduler, rt)  # issue 4: pending payments re-checked with providers

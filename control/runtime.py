@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 
 from cizo.clock import Clock, SystemClock
 from cizo.settings import Settings
-from control.db import Database
-from control.security import SecretBox
-from control.service import ControlService
+from control.commands.service import ControlService
+from control.ledger.db import Database
+from control.ledger.secrets import SecretBox
 
 if TYPE_CHECKING:
-    from control.momo_client import MoMoClient
-    from control.paygate_client import PayGateClient
+    from control.gateways.momo import MoMoClient
+    from control.gateways.paygate import PayGateClient
 
 
 @dataclass
@@ -29,8 +29,8 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None) -> Runtime:
-        from control.momo_client import MoMoClient
-        from control.paygate_client import PayGateClient
+        from control.gateways.momo import MoMoClient
+        from control.gateways.paygate import PayGateClient
 
         clock = clock or SystemClock()
         db = Database(settings.database_url, pool_size=settings.db_pool_size,

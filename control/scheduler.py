@@ -6,8 +6,8 @@ import logging
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from control.commands.service import ControlService
 from control.runtime import Runtime
-from control.service import ControlService
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def add_reminder_job(scheduler: BackgroundScheduler, rt: Runtime) -> None:
 
 
 def _reminders(rt: Runtime) -> None:
-    from control.notify import send_reminders
+    from control.payments.receipts import send_reminders
 
     try:
         sent = send_reminders(rt)

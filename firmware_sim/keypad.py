@@ -1,6 +1,6 @@
 """Keypad mode of a simulated kit: OpenPAYGO tokens typed in, decoded by the reference
 decoder ``openpaygo.decode_token``, applied to the same ``KitFirmware`` state as MQTT
-commands (docs/commands.md, "Keypad tokens": the chain rule shared with control.tokens).
+commands (docs/commands.md, "Keypad tokens": the chain rule shared with control.commands.tokens).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class Keypad:
 
     @property
     def key(self) -> str:
-        # derived from the command secret the kit holds now (same rule as control.tokens)
+        # derived from the command secret the kit holds now (same rule as control.commands.tokens)
         secret = bytes.fromhex(self.firmware.secret_hex)
         return hmac.new(secret, b"openpaygo", hashlib.sha256).hexdigest()[:32]
 

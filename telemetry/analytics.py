@@ -1,6 +1,6 @@
 """What the programme wants to learn from each household: energy, habits, solvency. Pure numpy.
 
-No I/O here: callers (control.fleet_jobs, telemetry.rollups, telemetry.opendata) fetch
+No I/O here: callers (control.fleet.jobs, telemetry.rollups, telemetry.opendata) fetch
 arrays from InfluxDB and the ledger and pass them in, so every rule below is tested on
 hand-made arrays. Times are UTC unix seconds; Lomé is on UTC, so the hour of day of a
 timestamp is its local hour. docs/analytics.md explains each rule and threshold.

@@ -18,13 +18,16 @@ from sqlalchemy import func, select
 
 from cizo.clock import ManualClock
 from cizo.settings import Settings
-from control import credit, ledger, webhook_store, webhooks
 from control.api import create_api_key, ensure_admin_key
-from control.db import migrate
-from control.ledger import SYSTEM
-from control.models import Account, AuditEntry, Desco, LedgerEntry, Payment
+from control.ledger import accounts as ledger
+from control.ledger import credit
+from control.ledger.accounts import SYSTEM
+from control.ledger.db import migrate
+from control.ledger.models import Account, AuditEntry, Desco, LedgerEntry, Payment
+from control.ledger.secrets import generate_secret_key
+from control.payments.providers import webhook_secrets as webhook_store
+from control.payments.providers import webhook_signature as webhooks
 from control.runtime import Runtime
-from control.security import generate_secret_key
 from payment_sim.momo import MoMoSim, MoMoSimConfig, momo_of
 from payment_sim.momo import run_in_thread as run_momo
 from payment_sim.paygate import SimServerHandle

@@ -19,7 +19,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 from starlette.routing import Mount
 
 from control.api.auth import RequireRole, current_actor
-from control.security import ROLES
+from control.ledger.secrets import ROLES
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)

@@ -15,9 +15,9 @@ import pytest
 
 from cizo import services
 from cizo.settings import Settings
-from control import fleet_jobs
-from control.db import Database, migrate
-from control.models import Alert, Desco, Kit, KitMetrics
+from control.fleet import jobs as fleet_jobs
+from control.ledger.db import Database, migrate
+from control.ledger.models import Alert, Desco, Kit, KitMetrics
 from telemetry import analytics, rollups
 from telemetry.influx import InfluxClient
 from tests.dashboard_support import InfluxFleet, load_fleet

@@ -28,10 +28,10 @@ with warnings.catch_warnings():
 from cizo.clock import ManualClock
 from cizo.settings import Settings
 from control.api import create_api_key, create_app, ensure_admin_key
-from control.db import migrate
-from control.models import Desco
+from control.ledger.db import migrate
+from control.ledger.models import Desco
+from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
-from control.security import generate_secret_key
 from payment_sim.paygate import PayGateSimConfig, SimServerHandle, run_in_thread
 
 ADMIN_KEY = "cizo_test_admin_key_0123456789abcdef"

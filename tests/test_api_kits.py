@@ -7,9 +7,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from control.models import ApiKey, AuditEntry, Kit, LedgerEntry
+from control.ledger.models import ApiKey, AuditEntry, Kit, LedgerEntry
+from control.ledger.secrets import verify_mqtt_password
 from control.runtime import Runtime
-from control.security import verify_mqtt_password
 from tests.test_api_helpers import (  # noqa: F401 - fixtures
     DAY,
     Keys,

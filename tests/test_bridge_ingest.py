@@ -404,8 +404,8 @@ def test_same_kit_and_ts_is_idempotent_when_identical_and_dead_lettered_when_not
 def test_kit_registry_dead_letters_unknown_kits_and_readings_before_provisioning(
     settings: Settings, publisher: Publisher, tmp_path: Path
 ) -> None:
-    from control.db import Database, migrate
-    from control.models import Desco, Kit
+    from control.ledger.db import Database, migrate
+    from control.ledger.models import Desco, Kit
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     migrate(url)

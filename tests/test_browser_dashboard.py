@@ -19,11 +19,11 @@ from playwright.sync_api import Page, sync_playwright
 from cizo import services
 from cizo.clock import ManualClock
 from cizo.settings import Settings
-from control import fleet_jobs
 from control.api import create_api_key, create_app
-from control.db import migrate
+from control.fleet import jobs as fleet_jobs
+from control.ledger.db import migrate
+from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
-from control.security import generate_secret_key
 from tests.dashboard_support import FleetSpec, simulate, write_readings
 from tests.test_api_helpers import ADMIN_KEY, PLAN, RecordingPublisher, serve_in_thread
 

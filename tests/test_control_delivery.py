@@ -14,12 +14,13 @@ from sqlalchemy import func, select
 
 from cizo.clock import ManualClock
 from cizo.settings import Settings
-from control import commands, credit
-from control.db import Database, migrate
-from control.ledger import SYSTEM, account_for_kit, provision_kit
-from control.models import Account, Command, Kit
-from control.security import SecretBox, generate_secret_key
-from control.service import ControlService
+from control.commands import lifecycle as commands
+from control.commands.service import ControlService
+from control.ledger import credit
+from control.ledger.accounts import SYSTEM, account_for_kit, provision_kit
+from control.ledger.db import Database, migrate
+from control.ledger.models import Account, Command, Kit
+from control.ledger.secrets import SecretBox, generate_secret_key
 from tests.conftest import _pg_url_for, create_pg_database, drop_pg_database
 
 PLAN = credit.Plan(deposit_fcfa=0, daily_rate_fcfa=100, total_price_fcfa=50_000)

@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session
 from cizo import protocol
 from cizo.clock import ManualClock
 from cizo.settings import Settings
-from control import credit
-from control.db import Database, migrate
-from control.ledger import SYSTEM, account_for_kit, credit_payment, provision_kit
-from control.models import Account, Command, Kit, Payment
-from control.security import SecretBox, generate_secret_key
-from control.service import ControlService, Outgoing
+from control.commands.service import ControlService, Outgoing
+from control.ledger import credit
+from control.ledger.accounts import SYSTEM, account_for_kit, credit_payment, provision_kit
+from control.ledger.db import Database, migrate
+from control.ledger.models import Account, Command, Kit, Payment
+from control.ledger.secrets import SecretBox, generate_secret_key
 
 PLAN = credit.Plan(deposit_fcfa=5000, daily_rate_fcfa=100, total_price_fcfa=41500)
 

@@ -12,8 +12,8 @@ import pytest
 from cizo import protocol as p
 from cizo import services
 from cizo.settings import Settings
-from control.mqtt_link import MqttLink
-from control.service import ControlService
+from control.commands.mqtt_link import MqttLink
+from control.commands.service import ControlService
 from tests.support import wait_for
 from tests.test_firmware_mqtt import Watcher
 

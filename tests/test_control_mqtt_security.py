@@ -18,14 +18,15 @@ from cizo import protocol as p
 from cizo import services
 from cizo.clock import SystemClock
 from cizo.settings import Settings
-from control import commands, credit
 from control.api import create_api_key, create_app
-from control.db import migrate
-from control.ledger import SYSTEM, ProvisionedKit, provision_kit
-from control.models import Command, Kit
-from control.mqtt_link import MqttLink
+from control.commands import lifecycle as commands
+from control.commands.mqtt_link import MqttLink
+from control.ledger import credit
+from control.ledger.accounts import SYSTEM, ProvisionedKit, provision_kit
+from control.ledger.db import migrate
+from control.ledger.models import Command, Kit
+from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
-from control.security import generate_secret_key
 from firmware_sim import KitIdentity, SimKit
 from tests.support import wait_for
 from tests.test_api_helpers import TestClient
@@ -135,7 +136,7 @@ def test_secret_rotates_without_travelling_and_acks_prove_it(world: World) -> No
     assert w.kit.firmware.secret_hex == new
     # the next state command is signed with the new secret, and the kit applies it
     with rt.db.session() as s:
-        from control.ledger import account_for_kit
+        from control.ledger.accounts import account_for_kit
         acct = account_for_kit(s, kit_id)
         assert acct is not None
         acct.credit_until = int(rt.clock.now()) + 3 * 86_400

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from control.credit import (
+from control.ledger.credit import (
     DAY_S,
     CreditError,
     CreditState,
@@ -95,7 +95,7 @@ def test_desired_action_follows_credit_end() -> None:
 
 # --- reversals (issue 4): the mirror of a payment -------------------------------------------
 
-from control.credit import apply_reversal  # noqa: E402
+from control.ledger.credit import apply_reversal  # noqa: E402
 
 
 def test_reversal_takes_back_whole_days_rounding_up_and_keeps_the_remainder_exact() -> None:

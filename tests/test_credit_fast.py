@@ -1,4 +1,4 @@
-"""The Core fast path (control.credit_fast) writes exactly what the general ORM path writes,
+"""The Core fast path (control.payments.credit_fast) writes exactly what the general ORM path writes,
 on SQLite and PostgreSQL, and declines every case that is not plain."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from sqlalchemy import select
 
 from cizo import protocol
 from cizo.clock import FrozenClock
-from control import credit_fast, intake
-from control.ledger import Actor
-from control.models import Account, Command, Kit, LedgerEntry, Payment
+from control.ledger.accounts import Actor
+from control.ledger.models import Account, Command, Kit, LedgerEntry, Payment
+from control.payments import credit_fast, intake
 from control.runtime import Runtime
 from tests.payments_fixtures import (  # noqa: F401 - fixtures
     make_kit,

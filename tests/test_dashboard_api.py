@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import io
 
-from control import fleet_jobs
 from control.api import create_api_key
-from control.models import Account, Alert, Kit, KitMetrics, LedgerEntry
+from control.fleet import jobs as fleet_jobs
+from control.ledger.models import Account, Alert, Kit, KitMetrics, LedgerEntry
 from control.runtime import Runtime
 from telemetry import opendata
 from tests.test_api_helpers import (  # noqa: F401 - fixtures

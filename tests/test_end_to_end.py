@@ -19,8 +19,8 @@ from broker_bridge import Bridge
 from cizo import protocol, services
 from cizo.clock import ManualClock
 from cizo.settings import Settings
+from control.ledger.secrets import generate_secret_key
 from control.main import build_app
-from control.security import generate_secret_key
 from firmware_sim import KitIdentity, SimKit
 from payment_sim.paygate import PayGateSimConfig, SimServerHandle, run_in_thread
 from tests.support import ServerThread, wait_for

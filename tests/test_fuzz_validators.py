@@ -18,8 +18,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cizo import protocol
-from control import matching, momo_client, paygate_client, statements, webhooks
-from control.phone import PhoneError, normalise_phone
+from control.gateways import momo as momo_client
+from control.gateways import paygate as paygate_client
+from control.ledger.phone import PhoneError, normalise_phone
+from control.payments import matching, statements
+from control.payments.providers import webhook_signature as webhooks
 
 NOW = 1_760_000_000.0
 FUZZ = settings(max_examples=250, deadline=None, derandomize=True,

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from control import intake, notify
-from control.ledger import SYSTEM
-from control.models import Account
+from control.ledger.accounts import SYSTEM
+from control.ledger.models import Account
+from control.payments import intake
+from control.payments import receipts as notify
 from control.runtime import Runtime
 from tests.test_api_helpers import (  # noqa: F401 - fixtures
     DAY,

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from control.api import create_app
-from control.models import Account, AuditEntry, LedgerEntry, Payment
+from control.ledger.models import Account, AuditEntry, LedgerEntry, Payment
 from control.runtime import Runtime
 from payment_sim.paygate import SimServerHandle
 from tests.test_api_helpers import (  # noqa: F401 - fixtures

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from cizo import cli
-from control.models import AuditEntry
+from control.ledger.models import AuditEntry
 from control.runtime import Runtime
 from payment_sim.paygate import SimServerHandle
 from tests.payments_fixtures import (  # noqa: F401 - fixtures

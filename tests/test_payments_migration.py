@@ -6,7 +6,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, inspect
 
-from control.db import MIGRATIONS, migrate, normalise_url
+from control.ledger.db import MIGRATIONS, migrate, normalise_url
 
 
 def test_payments_migration_down_and_up(database_url: str) -> None:

@@ -9,8 +9,8 @@ import uuid
 import httpx
 import pytest
 
-from control import payment_poll
 from control.api import create_app
+from control.payments import poll as payment_poll
 from control.runtime import Runtime
 from payment_sim.paygate import SimServerHandle
 from tests.payments_fixtures import (  # noqa: F401 - fixtures

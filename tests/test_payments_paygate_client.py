@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from cizo.services import free_port
-from control.paygate_client import (
+from control.gateways.paygate import (
     PayGateClient,
     PayGateError,
     PayGateUnavailable,

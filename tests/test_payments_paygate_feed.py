@@ -12,12 +12,12 @@ import pytest
 
 from cizo.clock import ManualClock
 from cizo.settings import Settings
-from control import payment_poll
 from control.api import create_app
-from control.db import migrate
-from control.models import AuditEntry, Payment
+from control.ledger.db import migrate
+from control.ledger.models import AuditEntry, Payment
+from control.ledger.secrets import generate_secret_key
+from control.payments import poll as payment_poll
 from control.runtime import Runtime
-from control.security import generate_secret_key
 from payment_sim.paygate import SimServerHandle
 from tests.conftest import _pg_url_for, create_pg_database, drop_pg_database
 from tests.payments_fixtures import (  # noqa: F401 - fixtures

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from control import matching, statements, webhooks
-from control.accounting import replay
-from control.credit import DAY_S, Plan
-from control.models import LedgerEntry
+from control.ledger.check import replay
+from control.ledger.credit import DAY_S, Plan
+from control.ledger.models import LedgerEntry
+from control.payments import matching, statements
+from control.payments.providers import webhook_signature as webhooks
 
 NOW = 1_760_000_000
 

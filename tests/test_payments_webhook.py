@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from control import accounting
 from control.api import create_app
-from control.models import Command, Payment
+from control.ledger import check as accounting
+from control.ledger.models import Command, Payment
 from control.runtime import Runtime
 from tests.payments_fixtures import (  # noqa: F401 - fixtures
     account,

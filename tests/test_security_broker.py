@@ -24,9 +24,11 @@ from broker_bridge import Bridge
 from cizo import protocol, services
 from cizo.clock import SystemClock
 from cizo.settings import Settings
-from control import broker_auth, credit, ledger, pki
-from control.db import Database, migrate
-from control.security import SecretBox, generate_secret_key
+from control.ledger import accounts as ledger
+from control.ledger import credit
+from control.ledger.db import Database, migrate
+from control.ledger.secrets import SecretBox, generate_secret_key
+from control.security import broker_auth, pki
 from tests.support import wait_for
 
 BRIDGE_PW = "bridge-" + uuid.uuid4().hex

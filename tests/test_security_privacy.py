@@ -18,13 +18,13 @@ from sqlalchemy import func, select
 from cizo import cli, services
 from cizo.clock import ManualClock
 from cizo.settings import Settings
-from control import privacy
 from control.api import create_api_key, create_app
-from control.db import Database, migrate
-from control.ledger import SYSTEM
-from control.models import Account, ApiKey, AuditEntry, LedgerEntry, Payment
+from control.ledger import privacy
+from control.ledger.accounts import SYSTEM
+from control.ledger.db import Database, migrate
+from control.ledger.models import Account, ApiKey, AuditEntry, LedgerEntry, Payment
+from control.ledger.secrets import ROLES, generate_secret_key
 from control.runtime import Runtime
-from control.security import ROLES, generate_secret_key
 from payment_sim.paygate import PayGateSimConfig, run_in_thread
 from telemetry import opendata
 from tests.security_support import TestClient, auth

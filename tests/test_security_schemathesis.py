@@ -43,13 +43,14 @@ from sqlalchemy import select
 from cizo import services
 from cizo.clock import ManualClock
 from cizo.settings import Settings
-from control import webhook_store, webhooks
 from control.api import create_api_key, create_app
-from control.db import migrate
-from control.ledger import SYSTEM
-from control.models import Alert, Desco, Payment, ReconProposal, SuspenseLink
+from control.ledger.accounts import SYSTEM
+from control.ledger.db import migrate
+from control.ledger.models import Alert, Desco, Payment, ReconProposal, SuspenseLink
+from control.ledger.secrets import ROLES, generate_secret_key
+from control.payments.providers import webhook_secrets as webhook_store
+from control.payments.providers import webhook_signature as webhooks
 from control.runtime import Runtime
-from control.security import ROLES, generate_secret_key
 from payment_sim.momo import MoMoSimConfig
 from payment_sim.momo import run_in_thread as run_momo
 from payment_sim.paygate import PayGateSimConfig, run_in_thread

@@ -19,9 +19,10 @@ from paho.mqtt import subscribe
 from cizo import protocol, services
 from cizo.clock import FrozenClock
 from cizo.settings import Settings
-from control import notify, tokens
+from control.commands import tokens
+from control.ledger.secrets import generate_secret_key
 from control.main import build_app
-from control.security import generate_secret_key
+from control.payments import receipts as notify
 from firmware_sim.clocks import AcceleratedClock, DriftingClock
 from firmware_sim.driver import (
     DrivenKit,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from control.models import Account, Kit
+from control.ledger.models import Account, Kit
 from control.runtime import Runtime
 from tests.test_api_helpers import (  # noqa: F401 - fixtures
     DAY,

@@ -9,9 +9,9 @@ import pytest
 
 from cizo import cli, services
 from control.api import create_api_key, create_app
-from control.models import Account, AuditEntry
+from control.cli.support import parse_until
+from control.ledger.models import Account, AuditEntry
 from control.runtime import Runtime
-from control.support_cli import parse_until
 from tests.support import ServerThread
 from tests.test_api_helpers import (  # noqa: F401 - fixtures
     DAY,

@@ -16,9 +16,11 @@ from sqlalchemy import select, update
 
 from cizo import protocol
 from cizo.clock import FrozenClock
-from control import intake, notify, tokens
-from control.ledger import SYSTEM
-from control.models import Account, Command, Kit, KitToken
+from control.commands import tokens
+from control.ledger.accounts import SYSTEM
+from control.ledger.models import Account, Command, Kit, KitToken
+from control.payments import intake
+from control.payments import receipts as notify
 from control.runtime import Runtime
 from firmware_sim.firmware import KitFirmware
 from firmware_sim.keypad import Keypad

@@ -24,11 +24,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from control.ledger import Actor
-from control.models import ApiKey
-from control.ratelimit import SlidingWindow
+from control.ledger.accounts import Actor
+from control.ledger.models import ApiKey
+from control.ledger.secrets import NATIONAL_ONLY_ROLES, ROLES, hash_api_key, new_api_key
 from control.runtime import Runtime
-from control.security import NATIONAL_ONLY_ROLES, ROLES, hash_api_key, new_api_key
+from control.security.ratelimit import SlidingWindow
 
 log = logging.getLogger(__name__)
 

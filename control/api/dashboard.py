@@ -16,7 +16,6 @@ from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control import fleet_jobs, ledger
 from control.api.auth import (
     AggregateReaderKey,
     CurrentKey,
@@ -25,8 +24,10 @@ from control.api.auth import (
     RuntimeDep,
 )
 from control.api.kits import command_out
-from control.ledger import Actor
-from control.models import (
+from control.fleet import jobs as fleet_jobs
+from control.ledger import accounts as ledger
+from control.ledger.accounts import Actor
+from control.ledger.models import (
     Alert,
     Command,
     FleetSummary,

@@ -13,11 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from control import accounting, reconcile, settlement, statements, suspense, webhook_store
 from control.api.auth import AdminKey, FinanceKey, RuntimeDep, require_role
 from control.api.schemas import Problem
-from control.ledger import Actor
-from control.models import Account, ReconImport, ReconProposal
+from control.ledger import check as accounting
+from control.ledger.accounts import Actor
+from control.ledger.models import Account, ReconImport, ReconProposal
+from control.payments import reconcile, settlement, statements, suspense
+from control.payments.providers import webhook_secrets as webhook_store
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from pydantic import BaseModel
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from control.ledger import Actor
-from control.models import IdempotentRequest
+from control.ledger.accounts import Actor
+from control.ledger.models import IdempotentRequest
 from control.runtime import Runtime
 
 log = logging.getLogger(__name__)

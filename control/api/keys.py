@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from control.api.auth import AdminKey, RuntimeDep, create_api_key, revoke_api_key
 from control.api.schemas import Problem
-from control.models import ApiKey, Desco
+from control.ledger.models import ApiKey, Desco
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 

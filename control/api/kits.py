@@ -13,7 +13,6 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from control import credit, ledger
 from control.api.auth import AdminKey, ReaderKey, RuntimeDep, UnlockKey
 from control.api.idempotency import IdempotencyKey, run_idempotent
 from control.api.schemas import (
@@ -30,11 +29,13 @@ from control.api.schemas import (
     UnlockIn,
     UnlockOut,
 )
-from control.commands import desired_for
-from control.intake import publish_after_commit
-from control.ledger import Actor
-from control.models import Account, AuditEntry, Command, Desco, Kit
-from control.phone import PhoneError, normalise_phone
+from control.commands.lifecycle import desired_for
+from control.ledger import accounts as ledger
+from control.ledger import credit
+from control.ledger.accounts import Actor
+from control.ledger.models import Account, AuditEntry, Command, Desco, Kit
+from control.ledger.phone import PhoneError, normalise_phone
+from control.payments.intake import publish_after_commit
 from control.runtime import Runtime
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from control import intake, matching, momo, payments, webhook_store, webhooks
 from control.api.auth import FinanceKey, ReaderKey, RuntimeDep
 from control.api.idempotency import IdempotencyKey, run_idempotent
 from control.api.schemas import (
@@ -26,10 +25,15 @@ from control.api.schemas import (
     PaymentOut,
     Problem,
 )
-from control.ledger import Actor
-from control.models import Account, Payment
-from control.paygate_client import normalise_datetime
-from control.phone import PhoneError, normalise_phone
+from control.gateways.paygate import normalise_datetime
+from control.ledger.accounts import Actor
+from control.ledger.models import Account, Payment
+from control.ledger.phone import PhoneError, normalise_phone
+from control.payments import intake, matching
+from control.payments.providers import momo
+from control.payments.providers import paygate as payments
+from control.payments.providers import webhook_secrets as webhook_store
+from control.payments.providers import webhook_signature as webhooks
 
 AGENT_PROVIDER = "agent"  # the signed generic webhook; provider_ref is "<desco>:<tx id>"
 

@@ -15,14 +15,18 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from control import commands, ledger, notify, support, tokens
 from control.api.auth import AdminKey, ReaderKey, RuntimeDep, SupportKey, UnlockKey
 from control.api.idempotency import IdempotencyKey, run_idempotent
 from control.api.kits import FREE_DAYS_WITHOUT_ADMIN, _kit_or_404, command_out
 from control.api.schemas import CommandOut, KitCredentials, Problem, ReasonIn
-from control.ledger import Actor
-from control.models import Account, Command, Kit, KitToken
+from control.commands import lifecycle as commands
+from control.commands import tokens
+from control.ledger import accounts as ledger
+from control.ledger.accounts import Actor
+from control.ledger.models import Account, Command, Kit, KitToken
+from control.payments import receipts as notify
 from control.runtime import Runtime
+from control.support import actions as support
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,271 @@
+"""``cizo keys ...``, ``cizo broker ...``, ``cizo erase-personal-data ...`` (issue 8).
+
+    cizo keys create --name NAME --role ROLE [--desco ID]   prints the key once
+    cizo keys list [--all]
+    cizo keys revoke ID
+    cizo broker sync [--password-file P] [--acl-file A] [--reload-pid N | --pid-file F]
+    cizo broker revoke-kit KIT_ID [--sync]
+    cizo broker certs --out DIR [--host H ...] [--kit KIT_ID ...]
+    cizo erase-personal-data close ACCOUNT --reason TEXT
+    cizo erase-personal-data account ACCOUNT
+    cizo erase-personal-data due [--retention-days N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from cizo.settings import Settings
+from control.ledger.accounts import Actor
+from control.ledger.secrets import ROLES
+
+CLI_ACTOR = Actor(name="cizo admin CLI", role="admin")
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    keys = sub.add_parser("keys", help="API keys: create, list, revoke")
+    ks = keys.add_subparsers(dest="keys_command", required=True)
+    c = ks.add_parser("create", help="create a named key; printed once")
+    c.add_argument("--name", required=True)
+    c.add_argument("--role", required=True, choices=ROLES)
+    c.add_argument("--desco", default=None, help="scope to one DESCO (default: national)")
+    c.set_defaults(func=keys_create)
+    ls = ks.add_parser("list", help="list keys (never the keys themselves)")
+    ls.add_argument("--all", action="store_true", help="include revoked keys")
+    ls.set_defaults(func=keys_list)
+    r = ks.add_parser("revoke", help="revoke a key by id")
+    r.add_argument("key_id", type=int)
+    r.set_defaults(func=keys_revoke)
+
+    broker = sub.add_parser("broker", help="Mosquitto credentials kept in sync with the ledger")
+    bs = broker.add_subparsers(dest="broker_command", required=True)
+    sy = bs.add_parser("sync", help="write the password file and ACL; optionally reload")
+    _sync_args(sy)
+    sy.set_defaults(func=broker_sync)
+    rk = bs.add_parser("revoke-kit", help="revoke a kit's broker password")
+    rk.add_argument("kit_id")
+    rk.add_argument("--sync", action="store_true", help="then sync (and reload) at once")
+    _sync_args(rk)
+    rk.set_defaults(func=broker_revoke_kit)
+    ce = bs.add_parser("certs", help="make a CA, a broker certificate and kit certificates")
+    ce.add_argument("--out", type=Path, required=True)
+    ce.add_argument("--host", action="append", default=[],
+                    help="broker DNS name or IP (repeatable; default 127.0.0.1)")
+    ce.add_argument("--kit", action="append", default=[], help="kit id (repeatable)")
+    ce.set_defaults(func=broker_certs)
+
+    er = sub.add_parser("erase-personal-data",
+                        help="close accounts and erase customers' phone numbers")
+    es = er.add_subparsers(dest="erase_command", required=True)
+    cl = es.add_parser("close", help="close an account (starts the retention period)")
+    cl.add_argument("account")
+    cl.add_argument("--reason", required=True)
+    cl.set_defaults(func=erase_close)
+    ea = es.add_parser("account", help="erase one closed account's personal data now")
+    ea.add_argument("account")
+    ea.set_defaults(func=erase_account)
+    ed = es.add_parser("due", help="erase every account closed longer than the retention")
+    ed.add_argument("--retention-days", type=int, default=None,
+                    help="default: CIZO_PERSONAL_DATA_RETENTION_DAYS")
+    ed.set_defaults(func=erase_due)
+
+
+def _sync_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--password-file", type=Path, default=None,
+                   help="default: CIZO_BROKER_PASSWORD_FILE")
+    p.add_argument("--acl-file", type=Path, default=None, help="default: CIZO_BROKER_ACL_FILE")
+    p.add_argument("--kits-only", action="store_true",
+                   help="no service accounts (production: mosquitto-init adds them)")
+    p.add_argument("--reload-pid", type=int, default=None, help="SIGHUP this broker pid")
+
+
+def _settings() -> Settings:
+    from cizo.cli import load_settings
+
+    return load_settings()
+
+
+def _runtime_db(settings: Settings) -> Any:
+    from control.ledger.db import Database, migrate
+
+    migrate(settings.database_url)
+    return Database(settings.database_url)
+
+
+# --- keys -------------------------------------------------------------------------------
+
+
+def keys_create(args: argparse.Namespace) -> int:
+    from control.api.auth import create_api_key
+    from control.ledger.db import migrate
+    from control.runtime import Runtime
+
+    settings = _settings()
+    migrate(settings.database_url)
+    rt = Runtime.build(settings)
+    try:
+        key_id, key = create_api_key(rt, name=args.name, role=args.role, desco_id=args.desco)
+    except ValueError as exc:
+        print(f"cizo keys create: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        rt.paygate.close()
+    print(json.dumps({"id": key_id, "name": args.name, "role": args.role,
+                      "desco_id": args.desco, "key": key}))
+    return 0
+
+
+def keys_list(args: argparse.Namespace) -> int:
+    from control.ledger.models import ApiKey
+
+    db = _runtime_db(_settings())
+    with db.session() as s:
+        q = select(ApiKey).order_by(ApiKey.id)
+        if not args.all:
+            q = q.where(ApiKey.revoked_at.is_(None))
+        for k in s.scalars(q):
+            print(json.dumps({"id": k.id, "name": k.name, "role": k.role,
+                              "desco_id": k.desco_id, "created_at": k.created_at,
+                              "revoked_at": k.revoked_at}))
+    db.dispose()
+    return 0
+
+
+def keys_revoke(args: argparse.Namespace) -> int:
+    from control.ledger.models import ApiKey
+
+    db = _runtime_db(_settings())
+    with db.session() as s:
+        k = s.get(ApiKey, args.key_id)
+        if k is None:
+            print(f"cizo keys revoke: no key {args.key_id}", file=sys.stderr)
+            return 1
+        if k.revoked_at is None:
+            k.revoked_at = time.time()
+    db.dispose()
+    print(f"key {args.key_id} revoked")
+    return 0
+
+
+# --- broker -----------------------------------------------------------------------------
+
+
+def _do_sync(args: argparse.Namespace, settings: Settings, db: Any) -> int:
+    from control.security.broker_auth import BRIDGE_USER, CONTROL_USER, sync
+
+    password_file = args.password_file or settings.broker_password_file
+    if password_file is None:
+        print("cizo broker sync: give --password-file or set CIZO_BROKER_PASSWORD_FILE",
+              file=sys.stderr)
+        return 2
+    services: dict[str, str] = {}
+    if not args.kits_only:
+        for user, secret in ((BRIDGE_USER, settings.broker_bridge_password),
+                             (CONTROL_USER, settings.broker_control_password)):
+            if secret is None:
+                print(f"cizo broker sync: no password for service account {user} "
+                      "(CIZO_BROKER_BRIDGE_PASSWORD / CIZO_BROKER_CONTROL_PASSWORD), "
+                      "or pass --kits-only", file=sys.stderr)
+                return 2
+            services[user] = secret.get_secret_value()
+    pid = args.reload_pid
+    if pid is None and settings.broker_pid_file is not None and settings.broker_pid_file.exists():
+        pid = int(settings.broker_pid_file.read_text().strip())
+    result = sync(db, password_file=password_file,
+                  acl_file=args.acl_file or settings.broker_acl_file,
+                  service_passwords=services, reload_pid=pid)
+    print(json.dumps({"kits": result.kits, "services": result.services,
+                      "reloaded": result.reloaded}))
+    return 0
+
+
+def broker_sync(args: argparse.Namespace) -> int:
+    settings = _settings()
+    db = _runtime_db(settings)
+    try:
+        return _do_sync(args, settings, db)
+    finally:
+        db.dispose()
+
+
+def broker_revoke_kit(args: argparse.Namespace) -> int:
+    from control.security.broker_auth import revoke_kit
+
+    settings = _settings()
+    db = _runtime_db(settings)
+    try:
+        if not revoke_kit(db, args.kit_id, time.time()):
+            print(f"cizo broker revoke-kit: no kit {args.kit_id}", file=sys.stderr)
+            return 1
+        return _do_sync(args, settings, db) if args.sync else 0
+    finally:
+        db.dispose()
+
+
+def broker_certs(args: argparse.Namespace) -> int:
+    from control.security import pki
+
+    ca = pki.make_ca("CIZO kit CA")
+    ca.write(args.out, "ca")
+    pki.make_server_cert(ca, args.host or ["127.0.0.1"]).write(args.out, "server")
+    for kit in args.kit:
+        pki.make_client_cert(ca, kit).write(args.out / "kits", kit)
+    print(f"CA, server and {len(args.kit)} kit certificate(s) written to {args.out}")
+    return 0
+
+
+# --- personal data ----------------------------------------------------------------------
+
+
+def erase_close(args: argparse.Namespace) -> int:
+    from control.ledger.privacy import PrivacyError, close_account
+
+    db = _runtime_db(_settings())
+    try:
+        close_account(db, args.account, now=time.time(), actor=CLI_ACTOR, reason=args.reason)
+    except PrivacyError as exc:
+        print(f"cizo erase-personal-data close: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    print(f"account {args.account} closed")
+    return 0
+
+
+def erase_account(args: argparse.Namespace) -> int:
+    from control.ledger.privacy import PrivacyError
+    from control.ledger.privacy import erase_account as erase
+
+    db = _runtime_db(_settings())
+    try:
+        result = erase(db, args.account, now=time.time(), actor=CLI_ACTOR)
+    except PrivacyError as exc:
+        print(f"cizo erase-personal-data account: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    print(json.dumps({"account": result.account_number, "payments": result.payments,
+                      "audit_entries": result.audit_entries}))
+    return 0
+
+
+def erase_due(args: argparse.Namespace) -> int:
+    from control.ledger.privacy import erase_due as erase
+
+    settings = _settings()
+    db = _runtime_db(settings)
+    days = (args.retention_days if args.retention_days is not None
+            else settings.personal_data_retention_days)
+    try:
+        done = erase(db, now=time.time(), retention_days=days, actor=CLI_ACTOR)
+    finally:
+        db.dispose()
+    print(json.dumps({"erased": [e.account_number for e in done]}))
+    return 0

@@ -1,0 +1,73 @@
+"""``cizo rollup`` and ``cizo export opendata``: the rollup job by hand, the open-data CSV."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("rollup", help="roll raw telemetry up to the hourly and daily tiers")
+    p.add_argument("--every", type=float, default=0.0,
+                   help="repeat every N seconds (0: once); also run the analytics")
+    p.set_defaults(func=_rollup)
+    exp = sub.add_parser("export", help="export data sets")
+    exp_sub = exp.add_subparsers(dest="what", required=True)
+    od = exp_sub.add_parser("opendata", help="anonymised aggregates per region for a month")
+    od.add_argument("month", help="YYYY-MM")
+    od.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    od.set_defaults(func=_opendata)
+
+
+def _rollup(args: argparse.Namespace) -> int:
+    from cizo.cli import load_settings
+    from control.fleet.jobs import refresh_fleet_summary, run_analytics
+    from control.ledger.db import Database
+    from telemetry.rollups import ensure_tiers, run_rollups
+
+    settings = load_settings()
+    ensure_tiers(settings)
+    while True:
+        result = run_rollups(settings, time.time())
+        print(f"rollup: {result.hourly_points} hourly, {result.daily_points} daily points")
+        if args.every <= 0:
+            return 0
+        db = Database(settings.database_url)
+        try:
+            run_analytics(settings, db, time.time())
+            refresh_fleet_summary(db, time.time())
+        finally:
+            db.dispose()
+        time.sleep(args.every)
+
+
+def _opendata(args: argparse.Namespace) -> int:
+    from cizo.cli import load_settings
+    from control.fleet.jobs import opendata_households
+    from control.ledger.db import Database
+    from telemetry import opendata
+
+    settings = load_settings()
+    try:
+        opendata.month_bounds(args.month)
+    except ValueError as exc:
+        print(f"cizo export opendata: {exc}", file=sys.stderr)
+        return 2
+    db = Database(settings.database_url)
+    try:
+        rows = opendata.build_rows(opendata_households(settings, db, args.month),
+                                   settings.opendata_min_households)
+    finally:
+        db.dispose()
+    text = opendata.to_csv(rows)
+    if args.out:
+        args.out.write_text(text)
+        log.info("open data for %s written to %s (%d rows)", args.month, args.out, len(rows))
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,215 @@
+"""Ledger operations: provisioning, crediting payments, free days, audit.
+
+Each function works inside the caller's session and transaction, so a payment, its
+ledger entry, the account's new credit and the command it triggers commit together
+or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cizo import protocol
+from control.ledger import credit
+from control.ledger.models import Account, AuditEntry, Desco, Kit, LedgerEntry, Payment
+from control.ledger.secrets import SecretBox, hash_mqtt_password, new_mqtt_password
+
+log = logging.getLogger(__name__)
+
+
+class LedgerError(ValueError):
+    """A request the ledger refuses (unknown kit, duplicate serial...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acts: an API key's name and role, or a system job."""
+
+    name: str
+    role: str
+    desco_id: str | None = None  # None: national scope
+    key_id: int | None = None
+
+
+SYSTEM = Actor(name="system", role="system")
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionedKit:
+    """What provisioning returns exactly once: the kit's credentials in the clear."""
+
+    kit_id: str
+    account_number: str
+    desco_id: str
+    mqtt_username: str
+    mqtt_password: str
+    command_secret: str
+
+
+def plan_of(acct: Account) -> credit.Plan:
+    return credit.Plan(acct.deposit_fcfa, acct.daily_rate_fcfa, acct.total_price_fcfa)
+
+
+def state_of(acct: Account) -> credit.CreditState:
+    return credit.CreditState(
+        acct.paid_total_fcfa, acct.remainder_fcfa, acct.credit_until, acct.owned
+    )
+
+
+def _store_state(acct: Account, state: credit.CreditState) -> None:
+    acct.paid_total_fcfa = state.paid_total_fcfa
+    acct.remainder_fcfa = state.remainder_fcfa
+    acct.credit_until = state.credit_until
+    acct.owned = state.owned
+
+
+def account_snapshot(acct: Account) -> dict[str, Any]:
+    """The fields an audit entry records before and after a change."""
+    return {
+        "paid_total_fcfa": acct.paid_total_fcfa,
+        "remainder_fcfa": acct.remainder_fcfa,
+        "credit_until": acct.credit_until,
+        "owned": acct.owned,
+    }
+
+
+def audit(
+    s: Session,
+    *,
+    actor: Actor,
+    action: str,
+    now: float,
+    kit_id: str | None = None,
+    desco_id: str | None = None,
+    reason: str | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> AuditEntry:
+    entry = AuditEntry(
+        at=now, actor=actor.name, role=actor.role, action=action, desco_id=desco_id,
+        kit_id=kit_id, reason=reason, before=before, after=after,
+    )
+    s.add(entry)
+    return entry
+
+
+def provision_kit(
+    s: Session,
+    *,
+    kit_id: str,
+    desco_id: str,
+    phone_e164: str,
+    plan: credit.Plan,
+    box: SecretBox,
+    now: float,
+    actor: Actor,
+    deposit_paid: bool = True,
+) -> ProvisionedKit:
+    """Create a kit, its account and its credentials; secrets are stored hashed/encrypted.
+
+    The deposit is usually paid in cash at the sale: ``deposit_paid`` records it as a
+    ledger entry, so later mobile-money payments buy days straight away.
+    """
+    if s.get(Kit, kit_id) is not None:
+        raise LedgerError(f"kit {kit_id} already exists")
+    if s.get(Desco, desco_id) is None:
+        raise LedgerError(f"unknown DESCO {desco_id}")
+    password = new_mqtt_password()
+    secret = protocol.new_command_secret()
+    kit = Kit(
+        id=kit_id, desco_id=desco_id, mqtt_username=kit_id,
+        mqtt_password_hash=hash_mqtt_password(password), secret_enc=box.encrypt(secret),
+        cmd_seq=0, created_at=now, online=False,
+    )
+    acct = Account(
+        desco_id=desco_id, account_number=kit_id, kit_id=kit_id, customer_phone=phone_e164,
+        deposit_fcfa=plan.deposit_fcfa, daily_rate_fcfa=plan.daily_rate_fcfa,
+        total_price_fcfa=plan.total_price_fcfa, paid_total_fcfa=0, remainder_fcfa=0,
+        credit_until=None, owned=False, created_at=now,
+    )
+    s.add(kit)
+    s.flush()  # no ORM relationships: insert the kit before the account that refers to it
+    s.add(acct)
+    s.flush()
+    if deposit_paid and plan.deposit_fcfa > 0:
+        change = credit.apply_payment(plan, state_of(acct), plan.deposit_fcfa, int(now))
+        _store_state(acct, change.after)
+        s.add(LedgerEntry(
+            account_id=acct.id, kind="deposit", amount_fcfa=plan.deposit_fcfa,
+            days=change.days_added, remainder_after_fcfa=change.after.remainder_fcfa,
+            credit_until_before=None, credit_until_after=change.after.credit_until,
+            created_at=now,
+        ))
+    audit(s, actor=actor, action="kit.provision", now=now, kit_id=kit_id, desco_id=desco_id,
+          after=account_snapshot(acct))
+    log.info("kit provisioned", extra={"kit_id": kit_id, "desco_id": desco_id})
+    return ProvisionedKit(kit_id, acct.account_number, desco_id, kit.mqtt_username, password,
+                          secret)
+
+
+def account_for_kit(s: Session, kit_id: str, *, for_update: bool = False) -> Account | None:
+    q = select(Account).where(Account.kit_id == kit_id)
+    if for_update:
+        q = q.with_for_update()
+    return s.scalars(q).one_or_none()
+
+
+def post_change(
+    s: Session, *, payment: Payment, acct: Account, change: credit.CreditChange, status: str,
+    kind: str, amount_fcfa: int, entry_fcfa: int, now: float,
+) -> None:
+    """Store a computed credit change: the account's new state, the payment marked
+    ``status`` against this account, and the ledger entry (``entry_fcfa`` signed) that
+    proves it."""
+    _store_state(acct, change.after)
+    payment.status = status
+    payment.amount_fcfa = amount_fcfa
+    payment.account_id = acct.id
+    payment.credited_at = now
+    payment.updated_at = now
+    s.add(LedgerEntry(
+        account_id=acct.id, payment_id=payment.id, kind=kind, amount_fcfa=entry_fcfa,
+        days=change.days_added, remainder_after_fcfa=change.after.remainder_fcfa,
+        credit_until_before=change.before.credit_until,
+        credit_until_after=change.after.credit_until, created_at=now,
+    ))
+
+
+def credit_payment(
+    s: Session, *, payment: Payment, acct: Account, amount_fcfa: int, now: float
+) -> credit.CreditChange:
+    """Credit a confirmed payment once: the ledger entry's unique payment_id guards it."""
+    if payment.status == "credited":
+        raise LedgerError(f"payment {payment.id} is already credited")
+    change = credit.apply_payment(plan_of(acct), state_of(acct), amount_fcfa, int(now))
+    post_change(s, payment=payment, acct=acct, change=change, status="credited",
+                kind="payment", amount_fcfa=amount_fcfa, entry_fcfa=amount_fcfa, now=now)
+    log.info(
+        "payment credited",
+        extra={"payment_id": payment.id, "kit_id": acct.kit_id, "amount_fcfa": amount_fcfa,
+               "days": change.days_added},
+    )
+    return change
+
+
+def grant_free_days(
+    s: Session, *, acct: Account, days: int, now: float, actor: Actor, reason: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Support's manual unlock: free days on top of paid credit, audited, moving no money."""
+    before = account_snapshot(acct)
+    after_state = credit.grant_days(state_of(acct), days, int(now))
+    _store_state(acct, after_state)
+    s.add(LedgerEntry(
+        account_id=acct.id, kind="free_days", amount_fcfa=0, days=days,
+        remainder_after_fcfa=acct.remainder_fcfa, credit_until_before=before["credit_until"],
+        credit_until_after=acct.credit_until, created_at=now,
+    ))
+    after = account_snapshot(acct)
+    audit(s, actor=actor, action="kit.unlock", now=now, kit_id=acct.kit_id,
+          desco_id=acct.desco_id, reason=reason, before={**before, "days": days}, after=after)
+    return before, after
