@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cizo.clock import SystemClock
 from cizo.settings import Settings
 from control.api import create_api_key, create_app
-from control.fleet import jobs as fleet_jobs
+from control.fleet import jobs
 from control.ledger.db import migrate
 from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
@@ -32,7 +32,7 @@ from tests.test_api_helpers import serve_in_thread
 
 ADMIN = os.environ.get("CIZO_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 KITS = int(os.environ.get("CIZO_BENCH_KITS", "300000"))
-REGIONS = fleet_jobs.REGIONS
+REGIONS = jobs.REGIONS
 LIMIT_MS = 200.0
 
 
@@ -84,7 +84,7 @@ def main() -> int:
                             influx_url="http://127.0.0.1:9")
         rt = Runtime.build(settings, SystemClock())
         t0 = time.perf_counter()
-        fleet_jobs.refresh_fleet_summary(rt.db, rt.clock.now())
+        jobs.refresh_fleet_summary(rt.db, rt.clock.now())
         job_ms = (time.perf_counter() - t0) * 1000
         key = create_api_key(rt, name="bench", role="operator")[1]
         server = serve_in_thread(create_app(rt))
@@ -102,7 +102,7 @@ def main() -> int:
         server.stop()
         t0 = time.perf_counter()
         with rt.db.session() as s:
-            fleet_jobs.compute_fleet_summary(s, rt.clock.now())
+            jobs.compute_fleet_summary(s, rt.clock.now())
         live_ms = (time.perf_counter() - t0) * 1000
         rt.db.dispose()
         lat.sort()

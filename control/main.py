@@ -13,8 +13,8 @@ from cizo.clock import Clock
 from cizo.settings import Settings
 from control.commands.mqtt_link import MqttLink
 from control.ledger.db import migrate
+from control.payments import receipts
 from control.payments.poll import add_poll_job
-from control.payments.receipts import install_hooks
 from control.runtime import Runtime
 from control.scheduler import add_reminder_job, start_scheduler
 
@@ -31,7 +31,7 @@ def build_app(
         migrate(settings.database_url)
     rt = Runtime.build(settings, clock)
     ensure_admin_key(rt)
-    install_hooks()  # issue 5: receipts (and keypad tokens) after each credit
+    rt.on_credit(receipts.on_credit)  # the customer's receipt (and keypad token)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -49,10 +49,7 @@ def build_app(
         finally:
             scheduler.shutdown(wait=True)
             link.stop()
-            rt.paygate.close()
-            if rt.momo is not None:
-                rt.momo.close()
-            rt.db.dispose()
+            rt.close()
 
     app = create_app(rt, lifespan=lifespan)
     app.state.runtime = rt

@@ -25,8 +25,7 @@ from control.ledger.accounts import SYSTEM
 from control.ledger.db import migrate
 from control.ledger.models import Account, AuditEntry, Desco, LedgerEntry, Payment
 from control.ledger.secrets import generate_secret_key
-from control.payments.providers import webhook_secrets as webhook_store
-from control.payments.providers import webhook_signature as webhooks
+from control.payments.providers import webhook_secrets, webhook_signature
 from control.runtime import Runtime
 from payment_sim.momo import MoMoSim, MoMoSimConfig, momo_of
 from payment_sim.momo import run_in_thread as run_momo
@@ -118,7 +117,7 @@ def audits(rt: Runtime, action: str) -> int:
 
 
 def webhook_secret(rt: Runtime, desco_id: str = "default") -> str:
-    return webhook_store.rotate_secret(rt, desco_id, actor=SYSTEM)
+    return webhook_secrets.rotate_secret(rt, desco_id, actor=SYSTEM)
 
 
 def signed(secret: str, body: dict[str, Any] | bytes, *, t: int | None = None
@@ -126,7 +125,7 @@ def signed(secret: str, body: dict[str, Any] | bytes, *, t: int | None = None
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     ts = int(time.time()) if t is None else t
     return raw, {"content-type": "application/json",
-                 webhooks.HEADER: webhooks.sign_header(secret, ts, raw)}
+                 webhook_signature.HEADER: webhook_signature.sign_header(secret, ts, raw)}
 
 
 def second_keys(rt: Runtime) -> dict[str, str]:

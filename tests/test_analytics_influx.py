@@ -15,7 +15,7 @@ import pytest
 
 from cizo import services
 from cizo.settings import Settings
-from control.fleet import jobs as fleet_jobs
+from control.fleet import jobs
 from control.ledger.db import Database, migrate
 from control.ledger.models import Alert, Desco, Kit, KitMetrics
 from telemetry import analytics, rollups
@@ -87,7 +87,7 @@ def test_analytics_find_each_planted_fault(
             s.add(Kit(id=k, desco_id="default", mqtt_username=k, mqtt_password_hash="x",
                       secret_enc="x", cmd_seq=0, created_at=data.start, online=True,
                       last_seen=data.now - (10 * 86400 if k == data.spec.kit_ids[6] else 60)))
-    findings = fleet_jobs.run_analytics(settings, db, data.now)
+    findings = jobs.run_analytics(settings, db, data.now)
     ids = data.spec.kit_ids
     found = {(f.kit_id, f.kind) for f in findings}
     assert (ids[2], "pv_below_neighbours") in found
@@ -112,7 +112,7 @@ def test_analytics_find_each_planted_fault(
                                         if r.kit_id == ids[8]])[1]), rel=0.02)
         assert s.query(Alert).filter(Alert.state == "open").count() == len(findings)
     # the next run refreshes the same alerts instead of opening new ones
-    fleet_jobs.run_analytics(settings, db, data.now + 60)
+    jobs.run_analytics(settings, db, data.now + 60)
     with db.session() as s:
         assert s.query(Alert).count() == len(findings)
     db.dispose()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -14,8 +15,8 @@ from sqlalchemy import func, select
 
 from cizo.clock import ManualClock
 from cizo.settings import Settings
-from control.commands import lifecycle as commands
-from control.commands.service import ControlService
+from control.commands import desired
+from control.commands.service import ControlService, Issued
 from control.ledger import credit
 from control.ledger.accounts import SYSTEM, account_for_kit, provision_kit
 from control.ledger.db import Database, migrate
@@ -50,7 +51,7 @@ def make_service(url: str, box: SecretBox, clock: ManualClock,
 def provision_many(svc: ControlService, n: int, credit_days: float | None) -> list[str]:
     now = svc.clock.now()
     ids = [f"K{i:04d}" for i in range(n)]
-    with svc.db.session() as s:
+    with no_broker_link(svc), svc.db.session() as s:
         for kid in ids:
             provision_kit(s, kit_id=kid, desco_id="default", phone_e164="+22890000001",
                           plan=PLAN, box=svc.box, now=now, actor=SYSTEM, deposit_paid=False)
@@ -64,6 +65,22 @@ def provision_many(svc: ControlService, n: int, credit_days: float | None) -> li
     return ids
 
 
+@contextmanager
+def no_broker_link(svc: ControlService) -> Iterator[None]:
+    """Commands issued meanwhile stay queued for the sweep, as in a process with no broker
+    link (an API-only process, the CLI)."""
+    publisher, svc.publisher = svc.publisher, None
+    try:
+        yield
+    finally:
+        svc.publisher = publisher
+
+
+def sent_after_commit(svc: ControlService, issued: list[Issued | None]) -> None:
+    """What every caller of ``converge_kit`` does once its transaction has committed."""
+    svc.send(i.outgoing for i in issued if i is not None)
+
+
 def _telemetry(kit_id: str, ts: float, *, locked: bool) -> bytes:
     return json.dumps({"v": 1, "kit_id": kit_id, "ts": int(ts), "seq": 1, "boot": 1,
                        "battery_v": 12.8, "soc": 70, "pv_w": 0, "load_w": 5,
@@ -72,12 +89,12 @@ def _telemetry(kit_id: str, ts: float, *, locked: bool) -> bytes:
 
 
 def test_backoff_doubles_is_capped_and_jittered() -> None:
-    delays = [commands.backoff_s(n, base_s=30, cap_s=240, jitter=0.0) for n in range(1, 7)]
+    delays = [desired.backoff_s(n, base_s=30, cap_s=240, jitter=0.0) for n in range(1, 7)]
     assert delays == [30, 60, 120, 240, 240, 240]
-    low = commands.backoff_s(3, base_s=30, cap_s=240, jitter=0.25, rnd=lambda: 0.0)
-    high = commands.backoff_s(3, base_s=30, cap_s=240, jitter=0.25, rnd=lambda: 0.999999)
+    low = desired.backoff_s(3, base_s=30, cap_s=240, jitter=0.25, rnd=lambda: 0.0)
+    high = desired.backoff_s(3, base_s=30, cap_s=240, jitter=0.25, rnd=lambda: 0.999999)
     assert low == 90 and 149.9 < high <= 150
-    spread = {round(commands.backoff_s(2, base_s=30, cap_s=240, jitter=0.25), 3)
+    spread = {round(desired.backoff_s(2, base_s=30, cap_s=240, jitter=0.25), 3)
               for _ in range(50)}
     assert len(spread) > 10 and all(45 <= d <= 75 for d in spread)
 
@@ -176,17 +193,19 @@ def test_batched_sweep_locks_exactly_the_kits_whose_credit_ended(
     svc, rec, clock = one
     ids = provision_many(svc, 30, credit_days=1)
     svc.sweep()
+    issued = []
     with svc.db.session() as s:
         # three kits paid again meanwhile, one is owned, one repossessed-style closed
         for kid in ids[:3]:
             acct = account_for_kit(s, kid)
             assert acct is not None
             acct.credit_until = int(clock.now() + 5 * DAY)
-            svc.converge_kit(s, kid, origin="payment")
+            issued.append(svc.converge_kit(s, kid, origin="payment"))
         owned = account_for_kit(s, ids[3])
         assert owned is not None
         owned.owned, owned.credit_until = True, None
-        svc.converge_kit(s, ids[3], origin="payment")
+        issued.append(svc.converge_kit(s, ids[3], origin="payment"))
+    sent_after_commit(svc, issued)
     rec.sent.clear()
     clock.advance(DAY + 10)
     result = svc.sweep()
@@ -222,7 +241,7 @@ def test_resends_wait_while_acks_are_unread_new_commands_do_not(
     it then only adds work (a loaded month simulation re-sent commands up to six times)."""
     svc, rec, clock = one
     first, second = provision_many(svc, 2, credit_days=None)
-    with svc.db.session() as s:
+    with no_broker_link(svc), svc.db.session() as s:
         acct = account_for_kit(s, first)
         assert acct is not None
         acct.credit_until = int(clock.now() + 5 * DAY)
@@ -232,11 +251,12 @@ def test_resends_wait_while_acks_are_unread_new_commands_do_not(
     assert [c["kit_id"] for c in rec.sent] == [first]
     clock.advance(40)  # its re-send is due (30 s +- 25 %)
     rec.acks_waiting = 3
-    with svc.db.session() as s:  # meanwhile the second kit is paid: a new command
+    # meanwhile the second kit is paid: a new command, queued for the sweep
+    with no_broker_link(svc), svc.db.session() as s:
         acct = account_for_kit(s, second)
         assert acct is not None
         acct.credit_until = int(clock.now() + 5 * DAY)
-        svc.converge_kit(s, second, origin="payment")
+        assert svc.converge_kit(s, second, origin="payment") is not None
     held = svc.sweep()
     assert held.resends_held and held.published == 1
     assert [c["kit_id"] for c in rec.sent] == [first, second]
@@ -349,9 +369,8 @@ def test_rotation_whose_ack_was_lost_completes_on_the_kits_signed_refusal(
     with svc.db.session() as s:
         kit = s.get(Kit, "ROT")
         assert kit is not None
-        rot = commands.issue_rotate(s, kit=kit, box=svc.box, now=clock.now(), ttl_s=3600)
-        rot_id = rot.id
-    svc.publish([rot_id])
+        rot = svc.rotate_secret(s, kit)
+    svc.send([rot.outgoing])
     assert fw.handle_command(json.dumps(rec.sent[-1]).encode())["result"] == "applied"
     # ... but that ack is lost; a payment's unlock supersedes the (still pending) rotate
     with svc.db.session() as s:
@@ -360,7 +379,7 @@ def test_rotation_whose_ack_was_lost_completes_on_the_kits_signed_refusal(
         acct.credit_until = int(clock.now()) + 3 * DAY
         cmd = svc.converge_kit(s, "ROT", origin="payment")
         assert cmd is not None
-    svc.publish([cmd.id])
+    svc.send([cmd.outgoing])
     refusal = fw.handle_command(json.dumps(rec.sent[-1]).encode())
     assert refusal["reason"] == "bad_signature"  # signed with the secret the kit left
     svc.handle_ack("ROT", json.dumps(refusal).encode())

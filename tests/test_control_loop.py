@@ -4,19 +4,23 @@ commands are issued when desired state changes, superseded, re-sent, expired, ac
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
-from sqlalchemy.orm import Session
 
 from cizo import protocol
 from cizo.clock import ManualClock
 from cizo.settings import Settings
 from control.commands.service import ControlService, Outgoing
 from control.ledger import credit
-from control.ledger.accounts import SYSTEM, account_for_kit, credit_payment, provision_kit
-from control.ledger.db import Database, migrate
-from control.ledger.models import Account, Command, Kit, Payment
-from control.ledger.secrets import SecretBox, generate_secret_key
+from control.ledger.accounts import SYSTEM, ProvisionedKit, account_for_kit, provision_kit
+from control.ledger.db import migrate
+from control.ledger.models import Command, Kit, Payment
+from control.ledger.secrets import generate_secret_key
+from control.payments import matching, posting
+from control.runtime import Runtime
 
 PLAN = credit.Plan(deposit_fcfa=5000, daily_rate_fcfa=100, total_price_fcfa=41500)
 
@@ -36,46 +40,58 @@ class Recorder:
 @pytest.fixture
 def loop(database_url: str):
     migrate(database_url)
-    db = Database(database_url)
-    box = SecretBox(generate_secret_key())
     clock = ManualClock()
     rec = Recorder()
     settings = Settings(database_url=database_url, command_resend_after_s=30,
-                        command_backoff_jitter=0.0, command_ttl_s=2 * 86400)
-    svc = ControlService(settings, db, box, clock, rec)
-    with db.session() as s:
+                        command_backoff_jitter=0.0, command_ttl_s=2 * 86400,
+                        secret_key=generate_secret_key())
+    rt = Runtime.build(settings, clock)
+    rt.service.publisher = rec
+    with rt.db.session() as s:
         kit = provision_kit(s, kit_id="K1", desco_id="default", phone_e164="+22890000001",
-                            plan=PLAN, box=box, now=clock.now(), actor=SYSTEM)
-    yield svc, rec, clock, kit
-    db.dispose()
+                            plan=PLAN, box=rt.box, now=clock.now(), actor=SYSTEM)
+    yield Loop(rt, rec, clock, kit)
+    rt.close()
 
 
-def credit_k1(s: Session, svc: ControlService, amount: int, ref: str) -> Account:
-    """Record and credit a payment to K1's account, in the caller's transaction."""
+@dataclass
+class Loop:
+    """The runtime under test; unpacks as (service, recorder, clock, provisioned kit)."""
+
+    rt: Runtime
+    rec: Recorder
+    clock: ManualClock
+    kit: ProvisionedKit
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.rt.service, self.rec, self.clock, self.kit))
+
+
+def k1_payment(svc: ControlService, ref: str) -> int:
+    """A payment to K1's account, recorded and not yet credited."""
     now = svc.clock.now()
-    acct = account_for_kit(s, "K1", for_update=True)
-    assert acct is not None
-    p = Payment(desco_id="default", provider="test", provider_ref=ref, status="pending",
-                created_at=now, updated_at=now)
-    s.add(p)
-    s.flush()
-    credit_payment(s, payment=p, acct=acct, amount_fcfa=amount, now=now)
-    return acct
-
-
-def pay(svc: ControlService, amount: int, ref: str) -> list[str]:
     with svc.db.session() as s:
-        credit_k1(s, svc, amount, ref)
-        cmd = svc.converge_kit(s, "K1", origin="payment")
-        ids = [cmd.id] if cmd else []
-    svc.publish(ids)
-    return ids
+        acct = account_for_kit(s, "K1")
+        assert acct is not None
+        p = Payment(desco_id="default", provider="test", provider_ref=ref, status="pending",
+                    account_id=acct.id, created_at=now, updated_at=now)
+        s.add(p)
+        s.flush()
+        return p.id
+
+
+def pay(loop: Loop, amount: int, ref: str) -> list[str]:
+    """Credit a payment to K1 through the one posting path (which publishes its command)."""
+    receipt = posting.credit_intent(loop.rt, k1_payment(loop.rt.service, ref), amount=amount,
+                                    currency="XOF", checks=matching.VOUCHED, actor=SYSTEM)
+    assert receipt.credited
+    return [receipt.command_id] if receipt.command_id else []
 
 
 def test_payment_issues_a_signed_unlock_with_the_exact_credit_end(loop) -> None:
-    svc, rec, clock, kit = loop
+    _svc, rec, clock, kit = loop
     t0 = int(clock.now())
-    pay(svc, 700, "p1")
+    pay(loop, 700, "p1")
     assert len(rec.sent) == 1
     kit_id, cmd = rec.sent[0]
     assert kit_id == "K1" and cmd["action"] == "unlock" and cmd["seq"] == 1
@@ -85,8 +101,8 @@ def test_payment_issues_a_signed_unlock_with_the_exact_credit_end(loop) -> None:
 
 def test_a_newer_command_supersedes_the_pending_one(loop) -> None:
     svc, _rec, _clock, _kit = loop
-    first = pay(svc, 700, "p1")[0]
-    second = pay(svc, 300, "p2")[0]
+    first = pay(loop, 700, "p1")[0]
+    second = pay(loop, 300, "p2")[0]
     with svc.db.session() as s:
         assert s.get(Command, first).status == "superseded"
         newer = s.get(Command, second)
@@ -95,7 +111,7 @@ def test_a_newer_command_supersedes_the_pending_one(loop) -> None:
 
 def test_sweep_locks_when_credit_ends_and_ack_makes_it_applied(loop) -> None:
     svc, rec, clock, _kit = loop
-    pay(svc, 100, "p1")
+    pay(loop, 100, "p1")
     unlock_id = rec.sent[-1][1]["id"]
     clock.advance(86400 + 5)
     assert svc.sweep().issued == 1
@@ -115,7 +131,7 @@ def test_unacked_command_is_resent_then_expires_and_is_reissued(loop) -> None:
     svc, rec, clock, _kit = loop
     svc.handle_status("K1", b'{"v":1,"online":true}')  # online but silent: resent
     rec.online = False
-    cid = pay(svc, 700, "p1")[0]
+    cid = pay(loop, 700, "p1")[0]
     with svc.db.session() as s:
         assert s.get(Command, cid).status == "queued"  # broker away: nothing lost
     rec.online = True
@@ -135,7 +151,7 @@ def test_unacked_command_is_resent_then_expires_and_is_reissued(loop) -> None:
 
 def test_rejected_ack_records_the_kits_reason(loop) -> None:
     svc, _rec, _clock, _kit = loop
-    cid = pay(svc, 700, "p1")[0]
+    cid = pay(loop, 700, "p1")[0]
     ack = {"v": 1, "id": cid, "seq": 1, "result": "rejected", "reason": "expired",
            "locked": True, "credit_until": None}
     svc.handle_ack("K1", json.dumps(ack).encode())
@@ -166,25 +182,27 @@ def test_bad_messages_from_kits_are_counted_not_raised(loop) -> None:
     assert svc.counters.bad_messages == {"not_json": 1, "missing_field": 1, "unknown_kit": 1}
 
 
-def _credit_and_claim(svc: ControlService, ref: str) -> Outgoing | None:
+def _credit_and_claim(loop: Loop, ref: str) -> Outgoing | None:
     """The payment path: credit, converge and claim the command in one transaction."""
-    with svc.db.session() as s:
-        acct = credit_k1(s, svc, 700, ref)
-        kit = s.get(Kit, "K1")
-        assert kit is not None
-        cmd = svc.converge_kit(s, "K1", origin="payment", kit=kit, acct=acct)
-        return svc.claim_for_publish(s, cmd, kit)
+    rt = loop.rt
+    pid = k1_payment(rt.service, ref)
+    with rt.db.writing() as conn:
+        found = posting.lock_payment(conn, pid)
+        assert found is not None and found[1] is not None
+        posted = posting.post(rt, conn, payment=found[0], acct=found[1], amount=700)
+    assert posted.issued is not None
+    return posted.issued.outgoing
 
 
 def test_claimed_command_is_published_after_commit_without_a_second_transaction(loop) -> None:
     svc, rec, _clock, kit = loop
-    out = _credit_and_claim(svc, "p1")
+    out = _credit_and_claim(loop, "p1")
     assert out is not None
     with svc.db.session() as s:
         cmd = s.get(Command, out.command_id)
         assert cmd.status == "sent" and cmd.attempts == 1 and cmd.next_attempt_at is not None
     assert rec.sent == []  # committed, not yet published
-    assert svc.send_claimed(out) is True
+    assert svc.send([out]) == 1
     (kit_id, fields), = rec.sent
     assert kit_id == "K1" and fields["id"] == out.command_id and fields["action"] == "unlock"
     assert protocol.verify(fields, kit.command_secret)
@@ -193,9 +211,9 @@ def test_claimed_command_is_published_after_commit_without_a_second_transaction(
 def test_claimed_command_goes_back_to_the_queue_when_the_broker_is_away(loop) -> None:
     svc, rec, _clock, _kit = loop
     rec.online = False
-    out = _credit_and_claim(svc, "p1")
+    out = _credit_and_claim(loop, "p1")
     assert out is not None
-    assert svc.send_claimed(out) is False
+    assert svc.send([out]) == 0
     with svc.db.session() as s:
         cmd = s.get(Command, out.command_id)
         assert cmd.status == "queued" and cmd.attempts == 0 and cmd.sent_at is None

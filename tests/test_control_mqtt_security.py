@@ -19,7 +19,6 @@ from cizo import services
 from cizo.clock import SystemClock
 from cizo.settings import Settings
 from control.api import create_api_key, create_app
-from control.commands import lifecycle as commands
 from control.commands.mqtt_link import MqttLink
 from control.ledger import credit
 from control.ledger.accounts import SYSTEM, ProvisionedKit, provision_kit
@@ -117,10 +116,12 @@ def test_secret_rotates_without_travelling_and_acks_prove_it(world: World) -> No
     with rt.db.session() as s:
         kit = s.get(Kit, kit_id)
         assert kit is not None
-        rot = commands.issue_rotate(s, kit=kit, box=rt.box, now=rt.clock.now(), ttl_s=3600)
-        rot_id, nonce = rot.id, rot.nonce
+        rot = rt.service.rotate_secret(s, kit)
+        row = s.get(Command, rot.id)
+        assert row is not None
+        rot_id, nonce = rot.id, row.nonce
     assert nonce is not None and len(nonce) == 32
-    rt.service.publish([rot_id])
+    rt.service.send([rot.outgoing])
     _, wire = w.watcher.wait_for(lambda t, d, r: t == p.cmd_topic(kit_id) and d is not None
                                  and d["id"] == rot_id)
     assert old not in json.dumps(wire)  # only the nonce travels
@@ -143,7 +144,7 @@ def test_secret_rotates_without_travelling_and_acks_prove_it(world: World) -> No
         cmd = rt.service.converge_kit(s, kit_id, origin="support")
         assert cmd is not None
         cid = cmd.id
-    rt.service.publish([cid])
+    rt.service.send([cmd.outgoing])
     ack = _ack_for(w, cid)
     assert ack["result"] == "applied" and p.verify(dict(ack), new)
     # an ack signed with the retired secret is no longer believed

@@ -6,7 +6,7 @@ import csv
 import io
 
 from control.api import create_api_key
-from control.fleet import jobs as fleet_jobs
+from control.fleet import jobs
 from control.ledger.models import Account, Alert, Kit, KitMetrics, LedgerEntry
 from control.runtime import Runtime
 from telemetry import opendata
@@ -49,7 +49,7 @@ def _setup(client: TestClient, rt: Runtime, keys: Keys) -> float:
                          battery_health_pct=75.0))
         s.add(Alert(kit_id="KIT-1", desco_id="default", kind="silent", state="open",
                     detail="x", opened_at=now, last_seen_at=now))
-    fleet_jobs.refresh_fleet_summary(rt.db, now)
+    jobs.refresh_fleet_summary(rt.db, now)
     return now
 
 

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from control.gateways import sms
 from control.ledger.accounts import SYSTEM
 from control.ledger.models import Account
-from control.payments import intake
-from control.payments import receipts as notify
+from control.payments import receipts
+from control.payments.receive import Incoming, receive
 from control.runtime import Runtime
 from tests.test_api_helpers import (  # noqa: F401 - fixtures
     DAY,
@@ -69,10 +70,8 @@ def gateway() -> Iterator[Gateway]:
 
 
 @pytest.fixture
-def hooks() -> Iterator[None]:
-    notify.install_hooks()
-    yield
-    intake.AFTER_CREDIT_HOOKS.remove(notify.on_credit)
+def hooks(rt: Runtime) -> None:
+    rt.on_credit(receipts.on_credit)
 
 
 def test_http_gateway_adapter_posts_the_message_and_raises_on_refusal(
@@ -81,28 +80,28 @@ def test_http_gateway_adapter_posts_the_message_and_raises_on_refusal(
     settings = rt.settings.model_copy(update={
         "notify_backend": "http", "sms_gateway_url": gateway.url,
         "sms_gateway_token": SecretStr("gw-token")})
-    sms = notify.notifier_for(settings)
-    msg = notify.Message("receipt", "+22890123456", "CIZO : paiement reçu", "K-1", "default",
+    notifier = sms.notifier_for(settings)
+    msg = sms.Message("receipt", "+22890123456", "CIZO : paiement reçu", "K-1", "default",
                          "42")
-    sms.send(msg)
+    notifier.send(msg)
     body, auth = gateway.received[0]
     assert body == {"to": "+22890123456", "text": "CIZO : paiement reçu", "kind": "receipt",
                     "ref": "K-1:receipt:42"}
     assert auth == "Bearer gw-token"
     gateway.status = 503
     with pytest.raises(RuntimeError, match="503"):
-        sms.send(msg)
-    notify.set_notifier(rt, sms)
-    assert notify.send(rt, msg) is False  # logged, not raised: money is never undone
+        notifier.send(msg)
+    rt.notifier = notifier
+    assert receipts.send(rt, msg) is False  # logged, not raised: money is never undone
 
 
 def test_receipt_in_french_for_each_credited_payment(
     client: TestClient, rt: Runtime, keys: Keys, tmp_path: Path, hooks: None
 ) -> None:
     out = tmp_path / "sms.jsonl"
-    notify.set_notifier(rt, notify.FileNotifier(out))
+    rt.notifier = sms.FileNotifier(out)
     provision(client, keys.admin, "NT-1")
-    receipt = intake.receive(rt, intake.Incoming(
+    receipt = receive(rt, Incoming(
         provider="test", provider_ref="r-1", desco_id=None, amount_fcfa=1500,
         reference="NT-1"), actor=SYSTEM)
     assert receipt.credited
@@ -112,9 +111,9 @@ def test_receipt_in_french_for_each_credited_payment(
     assert line["kind"] == "receipt" and line["to"] == "+22890123456"
     assert line["text"] == (
         f"CIZO : paiement de 1500 FCFA reçu pour le kit NT-1. 15 jours ajoutés. "
-        f"Crédit valable jusqu'au {notify.french_time(until)}.")
+        f"Crédit valable jusqu'au {receipts.french_time(until)}.")
     # a duplicate delivery of the same payment sends nothing more
-    intake.receive(rt, intake.Incoming(provider="test", provider_ref="r-1", desco_id=None,
+    receive(rt, Incoming(provider="test", provider_ref="r-1", desco_id=None,
                                        amount_fcfa=1500, reference="NT-1"), actor=SYSTEM)
     assert len(out.read_text(encoding="utf-8").splitlines()) == 1
 
@@ -129,7 +128,7 @@ def test_reminders_once_a_day_before_credit_ends_none_for_owned_and_desco_wordin
         "NORD : kit ${kit_id}, fin le ${credit_end}.", encoding="utf-8")
     rt.settings = rt.settings.model_copy(update={"notify_templates_dir": templates,
                                                  "reminder_lead_s": 2 * DAY})
-    notify.set_notifier(rt, notify.FileNotifier(out))
+    rt.notifier = sms.FileNotifier(out)
     for kid in ("RM-1", "RM-2", "RM-3", "RM-4"):
         provision(client, keys.admin, kid)
     provision(client, keys.north_admin, "RM-N")
@@ -140,15 +139,15 @@ def test_reminders_once_a_day_before_credit_ends_none_for_owned_and_desco_wordin
         for acct in s.query(Account):
             acct.credit_until = ends[acct.kit_id]
             acct.owned = acct.kit_id == "RM-3"
-    assert notify.send_reminders(rt) == 2  # RM-1 and RM-N: within 2 days, not owned
-    assert notify.send_reminders(rt) == 0  # at most one a day
+    assert receipts.send_reminders(rt) == 2  # RM-1 and RM-N: within 2 days, not owned
+    assert receipts.send_reminders(rt) == 0  # at most one a day
     rt.clock.advance(DAY / 2)  # type: ignore[attr-defined]
-    assert notify.send_reminders(rt) == 0
+    assert receipts.send_reminders(rt) == 0
     rt.clock.advance(DAY / 2 + 5)  # type: ignore[attr-defined]
-    assert notify.send_reminders(rt) == 0  # RM-1 ended meanwhile, RM-N too
+    assert receipts.send_reminders(rt) == 0  # RM-1 ended meanwhile, RM-N too
     lines = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
     by_kit = {m["kit_id"]: m["text"] for m in lines}
     assert set(by_kit) == {"RM-1", "RM-N"}
     assert by_kit["RM-1"].startswith("CIZO : le crédit de votre kit RM-1 se termine le ")
     assert "Payez 100 FCFA par jour" in by_kit["RM-1"]
-    assert by_kit["RM-N"] == f"NORD : kit RM-N, fin le {notify.french_time(now + 3600)}."
+    assert by_kit["RM-N"] == f"NORD : kit RM-N, fin le {receipts.french_time(now + 3600)}."

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from control.api import create_app
-from control.payments import poll as payment_poll
+from control.payments import poll
 from control.runtime import Runtime
 from payment_sim.paygate import SimServerHandle
 from tests.payments_fixtures import (  # noqa: F401 - fixtures
@@ -96,9 +96,9 @@ def test_failed_is_recorded_with_its_reason_and_pending_is_polled(
     assert r.json()["outcome"] == "pending" and entries(rt) == 0
     # the customer approves; the callback is lost (no server); the poller finds it
     sim_settle(momo_sim, ref2)
-    assert payment_poll.poll_pending(rt).checked == 0  # not due yet
+    assert poll.poll_pending(rt).checked == 0  # not due yet
     rt.clock.advance(3600)  # type: ignore[attr-defined]
-    result = payment_poll.poll_pending(rt)
+    result = poll.poll_pending(rt)
     assert result.credited == 1, result
     assert payment_by_ref(rt, "momo", ref2).status == "credited"
     assert entries(rt) == 1 and account(rt, "KIT-M2").paid_total_fcfa == 2700
@@ -122,10 +122,10 @@ def test_status_api_down_or_timing_out_stays_pending_then_credits(
     assert p.status == "pending" and p.check_attempts == 2 and p.next_check_at is not None
     assert entries(rt) == 0
     rt.clock.advance(3600)  # type: ignore[attr-defined]
-    assert payment_poll.poll_pending(rt).unavailable == 1  # still down: retried later
+    assert poll.poll_pending(rt).unavailable == 1  # still down: retried later
     sim.config.status_timeout_rate = 0.0
     rt.clock.advance(3 * 3600)  # type: ignore[attr-defined]
-    assert payment_poll.poll_pending(rt).credited == 1
+    assert poll.poll_pending(rt).credited == 1
     assert entries(rt) == 1
 
 

@@ -16,7 +16,7 @@ from control.api import create_app
 from control.ledger.db import migrate
 from control.ledger.models import AuditEntry, Payment
 from control.ledger.secrets import generate_secret_key
-from control.payments import poll as payment_poll
+from control.payments import poll
 from control.runtime import Runtime
 from payment_sim.paygate import SimServerHandle
 from tests.conftest import _pg_url_for, create_pg_database, drop_pg_database
@@ -108,10 +108,10 @@ def test_status_api_5xx_answers_503_and_the_poller_credits_later(
     assert r.status_code == 503 and entries(rt) == 0
     assert payment_by_ref(rt, "paygate", ident).status == "pending"
     rt.clock.advance(3600)  # type: ignore[attr-defined]
-    assert payment_poll.poll_pending(rt).unavailable == 1
+    assert poll.poll_pending(rt).unavailable == 1
     paygate_sim.sim.config.status_error_rate = 0.0
     rt.clock.advance(3 * 3600)  # type: ignore[attr-defined]
-    assert payment_poll.poll_pending(rt).credited == 1
+    assert poll.poll_pending(rt).credited == 1
     assert entries(rt) == 1
 
 

@@ -9,7 +9,7 @@ from control.ledger.check import replay
 from control.ledger.credit import DAY_S, Plan
 from control.ledger.models import LedgerEntry
 from control.payments import matching, statements
-from control.payments.providers import webhook_signature as webhooks
+from control.payments.providers import webhook_signature
 
 NOW = 1_760_000_000
 
@@ -64,25 +64,25 @@ def test_x100_and_overpayment_are_flagged() -> None:
 
 def test_webhook_signatures() -> None:
     secret, body = "whsec_test", b'{"transaction_id":"T1"}'
-    header = webhooks.sign_header(secret, NOW, body)
-    assert webhooks.verify(secret, header, body, now=NOW + 299) == NOW
-    with pytest.raises(webhooks.SignatureError, match="tolerance"):
-        webhooks.verify(secret, header, body, now=NOW + 301)  # replayed later
-    with pytest.raises(webhooks.SignatureError, match="tolerance"):
-        webhooks.verify(secret, header, body, now=NOW - 301)
-    with pytest.raises(webhooks.SignatureError, match="bad signature"):
-        webhooks.verify(secret, header, body + b" ", now=NOW)  # body changed
-    with pytest.raises(webhooks.SignatureError, match="bad signature"):
-        webhooks.verify("whsec_other", header, body, now=NOW)
+    header = webhook_signature.sign_header(secret, NOW, body)
+    assert webhook_signature.verify(secret, header, body, now=NOW + 299) == NOW
+    with pytest.raises(webhook_signature.SignatureError, match="tolerance"):
+        webhook_signature.verify(secret, header, body, now=NOW + 301)  # replayed later
+    with pytest.raises(webhook_signature.SignatureError, match="tolerance"):
+        webhook_signature.verify(secret, header, body, now=NOW - 301)
+    with pytest.raises(webhook_signature.SignatureError, match="bad signature"):
+        webhook_signature.verify(secret, header, body + b" ", now=NOW)  # body changed
+    with pytest.raises(webhook_signature.SignatureError, match="bad signature"):
+        webhook_signature.verify("whsec_other", header, body, now=NOW)
     # a fresh t on an old signature does not verify: t is signed
     sig = header.split("v1=")[1]
-    with pytest.raises(webhooks.SignatureError, match="bad signature"):
-        webhooks.verify(secret, f"t={NOW + 1000},v1={sig}", body, now=NOW + 1000)
+    with pytest.raises(webhook_signature.SignatureError, match="bad signature"):
+        webhook_signature.verify(secret, f"t={NOW + 1000},v1={sig}", body, now=NOW + 1000)
     # several v1 (secret rotation): any one valid is enough
-    assert webhooks.verify(secret, f"t={NOW},v1={'0' * 64},v1={sig}", body, now=NOW) == NOW
+    assert webhook_signature.verify(secret, f"t={NOW},v1={'0' * 64},v1={sig}", body, now=NOW) == NOW
     for bad in (None, "", "garbage", "t=abc,v1=00", f"t={NOW}", "v1=00"):
-        with pytest.raises(webhooks.SignatureError):
-            webhooks.verify(secret, bad, body, now=NOW)
+        with pytest.raises(webhook_signature.SignatureError):
+            webhook_signature.verify(secret, bad, body, now=NOW)
 
 
 CSV = """Transaction_ID,Date,Amount,Currency,Phone

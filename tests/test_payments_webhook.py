@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from control.api import create_app
-from control.ledger import check as accounting
+from control.ledger import check
 from control.ledger.models import Command, Payment
 from control.runtime import Runtime
 from tests.payments_fixtures import (  # noqa: F401 - fixtures
@@ -176,7 +176,7 @@ def test_reversals_are_correcting_entries_and_may_lock_the_kit(client: TestClien
     assert audits(rt, "payment.reversal_unknown") == 1
     assert account(rt, "KIT-R").paid_total_fcfa == 2000
     with rt.db.session() as s:
-        assert accounting.check_ledger(s) == []
+        assert check.check_ledger(s) == []
 
 
 def test_secrets_never_reach_the_logs(client: TestClient, rt: Runtime,

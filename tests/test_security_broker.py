@@ -24,8 +24,7 @@ from broker_bridge import Bridge
 from cizo import protocol, services
 from cizo.clock import SystemClock
 from cizo.settings import Settings
-from control.ledger import accounts as ledger
-from control.ledger import credit
+from control.ledger import accounts, credit
 from control.ledger.db import Database, migrate
 from control.ledger.secrets import SecretBox, generate_secret_key
 from control.security import broker_auth, pki
@@ -139,16 +138,16 @@ def _telemetry(kit_id: str, seq: int) -> bytes:
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     root = tmp_path_factory.mktemp("secure-broker")
-    url = f"sqlite:///{root / 'ledger.db'}"
+    url = f"sqlite:///{root / 'accounts.db'}"
     migrate(url)
     db = Database(url)
     box = SecretBox(generate_secret_key())
     passwords: dict[str, str] = {}
     with db.session() as s:
         for kit in ("KIT-A", "KIT-B", "KIT-C"):
-            made = ledger.provision_kit(
+            made = accounts.provision_kit(
                 s, kit_id=kit, desco_id="default", phone_e164="+22890000001",
-                plan=credit.Plan(0, 100, 1000), box=box, now=time.time(), actor=ledger.SYSTEM)
+                plan=credit.Plan(0, 100, 1000), box=box, now=time.time(), actor=accounts.SYSTEM)
             passwords[kit] = made.mqtt_password
     ca = pki.make_ca()
     server_crt, server_key = pki.make_server_cert(ca, ["127.0.0.1", "localhost"]).write(

@@ -48,8 +48,7 @@ from control.ledger.accounts import SYSTEM
 from control.ledger.db import migrate
 from control.ledger.models import Alert, Desco, Payment, ReconProposal, SuspenseLink
 from control.ledger.secrets import ROLES, generate_secret_key
-from control.payments.providers import webhook_secrets as webhook_store
-from control.payments.providers import webhook_signature as webhooks
+from control.payments.providers import webhook_secrets, webhook_signature
 from control.runtime import Runtime
 from payment_sim.momo import MoMoSimConfig
 from payment_sim.momo import run_in_thread as run_momo
@@ -105,7 +104,7 @@ def _signed(secret: str, body: dict[str, Any]) -> dict[str, Any]:
     return {"data": raw, "headers": {
         "content-type": "application/json",
         # the app's clock is a ManualClock never moved here: wall time is its time
-        webhooks.HEADER: webhooks.sign_header(secret, int(time.time()), raw)}}
+        webhook_signature.HEADER: webhook_signature.sign_header(secret, int(time.time()), raw)}}
 
 
 def _statement(prefix: str, n: int, day: str) -> str:
@@ -120,7 +119,7 @@ def _seed_money(rt: Runtime, client: TestClient, keys: dict[str, str]) -> dict[s
     intent and open alerts; returns path parameters for the fuzzer."""
     finance2 = create_api_key(rt, name=SEED_FINANCE, role="finance")[1]
     support2 = create_api_key(rt, name=SEED_SUPPORT, role="support")[1]
-    secret = webhook_store.rotate_secret(rt, "default", actor=SYSTEM)
+    secret = webhook_secrets.rotate_secret(rt, "default", actor=SYSTEM)
 
     def webhook(body: dict[str, Any]) -> dict[str, Any]:
         call = _signed(secret, body)
@@ -168,7 +167,7 @@ class Seeded:
 
     def webhook_secret(self) -> str:
         """The DESCO's secret now: the admin's fuzzing rotates it (a fuzzed endpoint)."""
-        secret = webhook_store.secret_for(self.rt, "default")
+        secret = webhook_secrets.secret_for(self.rt, "default")
         assert secret is not None
         return secret
 

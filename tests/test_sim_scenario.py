@@ -22,7 +22,7 @@ from cizo.settings import Settings
 from control.commands import tokens
 from control.ledger.secrets import generate_secret_key
 from control.main import build_app
-from control.payments import receipts as notify
+from control.payments import receipts
 from firmware_sim.clocks import AcceleratedClock, DriftingClock
 from firmware_sim.driver import (
     DrivenKit,
@@ -126,8 +126,8 @@ def test_the_code_is_read_from_each_kind_of_sms() -> None:
               "days_text": "7 jours ajoutés.", "credit_end": "31/01/2026 à 14:05",
               "token": code, "token_text": f" Code clavier : {code}.", "daily_rate_fcfa": 100}
     for name in ("receipt", "token", "owned"):
-        assert token_in_text(notify.render(settings, name, "d1", values)) == code, name
-    assert token_in_text(notify.render(settings, "receipt", "d1",
+        assert token_in_text(receipts.render(settings, name, "d1", values)) == code, name
+    assert token_in_text(receipts.render(settings, "receipt", "d1",
                                        values | {"token_text": ""})) is None
 
 

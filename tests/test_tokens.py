@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import openpaygo
@@ -17,10 +16,12 @@ from sqlalchemy import select, update
 from cizo import protocol
 from cizo.clock import FrozenClock
 from control.commands import tokens
+from control.gateways import sms
 from control.ledger.accounts import SYSTEM
 from control.ledger.models import Account, Command, Kit, KitToken
-from control.payments import intake
-from control.payments import receipts as notify
+from control.payments import receipts, reversals
+from control.payments.posting import Receipt
+from control.payments.receive import Incoming, receive
 from control.runtime import Runtime
 from firmware_sim.firmware import KitFirmware
 from firmware_sim.keypad import Keypad
@@ -134,16 +135,15 @@ def test_keypad_applies_tokens_decoded_by_the_reference_decoder() -> None:
 
 
 @pytest.fixture
-def outbox(rt: Runtime, tmp_path: Path) -> Iterator[Path]:
+def outbox(rt: Runtime, tmp_path: Path) -> Path:
     path = tmp_path / "sms.jsonl"
-    notify.set_notifier(rt, notify.FileNotifier(path))
-    notify.install_hooks()
-    yield path
-    intake.AFTER_CREDIT_HOOKS.remove(notify.on_credit)
+    rt.notifier = sms.FileNotifier(path)
+    rt.on_credit(receipts.on_credit)
+    return path
 
 
-def _pay(rt: Runtime, ref: str, amount: int, account: str) -> intake.Receipt:
-    return intake.receive(rt, intake.Incoming(
+def _pay(rt: Runtime, ref: str, amount: int, account: str) -> Receipt:
+    return receive(rt, Incoming(
         provider="test", provider_ref=ref, desco_id=None, amount_fcfa=amount,
         phone_e164=None, reference=account), actor=SYSTEM)
 
@@ -320,7 +320,7 @@ def test_set_time_counts_from_the_day_it_is_typed_receipts_never_carry_one(
     assert st.token in sms[-1]["text"] and "aujourd'hui" in sms[-1]["text"]
     # a reversal takes 5 days off the ledger (now lapsed): no code, the kit keeps its days
     rt.clock.set(day0 + DAY + 3 * 3600)  # type: ignore[attr-defined]
-    rev = intake.reverse(rt, provider="test", provider_ref="kp7-rev", original_ref="kp7-1",
+    rev = reversals.reverse(rt, provider="test", provider_ref="kp7-rev", original_ref="kp7-1",
                          desco_id=None, amount_fcfa=500, actor=SYSTEM, reason="disputed")
     assert rev.outcome == "reversed", rev
     assert _new_tokens(rt, "KP-7", st.count) == []

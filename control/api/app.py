@@ -16,6 +16,7 @@ from control.api import dashboard, finance, keys, kits, payments, support
 from control.api.auth import RuntimeDep
 from control.api.schemas import Health, Problem
 from control.runtime import Runtime
+from control.support import actions
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,21 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
         log.warning("value out of range on %s: %s", request.url.path, type(exc).__name__)
         return JSONResponse({"detail": "a value in the request is out of range"},
                             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    # what a support action refuses, as HTTP answers (control.support.actions)
+    errors: dict[type[Exception], int] = {
+        actions.KitNotFound: status.HTTP_404_NOT_FOUND,
+        actions.NeedsAdmin: status.HTTP_403_FORBIDDEN,
+        actions.SupportError: status.HTTP_409_CONFLICT,
+        actions.TokenError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    }
+
+    async def _refused(request: Request, exc: Exception) -> JSONResponse:
+        code = next(c for kind, c in errors.items() if isinstance(exc, kind))
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    for kind in errors:
+        app.add_exception_handler(kind, _refused)
 
     @app.get("/healthz", response_model=Health, tags=["health"],
              summary="The process is alive")

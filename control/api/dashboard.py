@@ -24,7 +24,7 @@ from control.api.auth import (
     RuntimeDep,
 )
 from control.api.kits import command_out
-from control.fleet import jobs as fleet_jobs
+from control.fleet import jobs
 from control.ledger import accounts as ledger
 from control.ledger.accounts import Actor
 from control.ledger.models import (
@@ -83,20 +83,20 @@ def fleet(
     with rt.db.session() as s:
         rows = list(s.scalars(select(FleetSummary)))
     if not rows:  # first start: the scheduled job has not run yet
-        fleet_jobs.refresh_fleet_summary(rt.db, rt.clock.now())
+        jobs.refresh_fleet_summary(rt.db, rt.clock.now())
         with rt.db.session() as s:
             rows = list(s.scalars(select(FleetSummary)))
     visible = [r for r in rows if actor.desco_id is None or r.desco_id == actor.desco_id]
     chosen = [r for r in visible if (desco is None or r.desco_id == desco)
               and (region is None or r.region == region)]
-    figures = fleet_jobs.combine(chosen)
+    figures = jobs.combine(chosen)
     computed_at = min((r.computed_at for r in rows), default=None)
     figures.update(
         computed_at=computed_at,
         age_s=None if computed_at is None else max(0.0, rt.clock.now() - computed_at),
         filters={"desco_id": desco, "region": region},
         descos=sorted({r.desco_id for r in visible}),
-        regions=list(fleet_jobs.REGIONS),
+        regions=list(jobs.REGIONS),
     )
     return figures
 
@@ -244,7 +244,7 @@ def opendata_csv(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     started = time.monotonic()
     try:
-        households = fleet_jobs.opendata_households(rt.settings, rt.db, month)
+        households = jobs.opendata_households(rt.settings, rt.db, month)
     except InfluxUnavailable as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                             detail="InfluxDB is unavailable; try again later") from exc

@@ -9,17 +9,25 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from control.api.auth import AdminKey, FinanceKey, RuntimeDep, require_role
-from control.api.schemas import Problem
+from control.api.schemas import (
+    DecisionIn,
+    ImportOut,
+    LinkIn,
+    LinkOut,
+    Problem,
+    ProposalOut,
+    SecretOut,
+    SuspenseOut,
+)
 from control.ledger import check as accounting
 from control.ledger.accounts import Actor
 from control.ledger.models import Account, ReconImport, ReconProposal
 from control.payments import reconcile, settlement, statements, suspense
-from control.payments.providers import webhook_secrets as webhook_store
+from control.payments.providers import webhook_secrets
 
 log = logging.getLogger(__name__)
 
@@ -36,64 +44,20 @@ def _raise(exc: suspense.SuspenseError) -> HTTPException:
     return HTTPException(exc.status, detail=str(exc))
 
 
-class SecretOut(BaseModel):
-    desco_id: str
-    secret: str = Field(description="shown once: sign with HMAC-SHA256 over '<t>.<raw body>'")
-
-
 @router.post("/v1/descos/{desco_id}/webhook-secret", response_model=SecretOut,
              responses=_errors, summary="Create or rotate a DESCO's webhook secret (admin)")
 def rotate_webhook_secret(rt: RuntimeDep, actor: AdminKey, desco_id: str) -> SecretOut:
     if actor.desco_id is not None and actor.desco_id != desco_id:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"DESCO {desco_id} not found")
     try:
-        secret = webhook_store.rotate_secret(rt, desco_id, actor=actor)
-    except webhook_store.UnknownDesco as exc:
+        secret = webhook_secrets.rotate_secret(rt, desco_id, actor=actor)
+    except webhook_secrets.UnknownDesco as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             detail=f"DESCO {desco_id} not found") from exc
     return SecretOut(desco_id=desco_id, secret=secret)
 
 
 # --- suspense ----------------------------------------------------------------------------
-
-
-class SuspenseOut(BaseModel):
-    payment_id: int
-    desco_id: str
-    provider: str
-    provider_ref: str
-    kind: str
-    amount_fcfa: int | None
-    currency: str | None
-    reference: str | None
-    phone: str | None
-    reason: str | None
-    hint_account_id: int | None
-    received_at: float
-
-
-class LinkIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    account: str = Field(min_length=1, max_length=64, description="account number or kit")
-    reason: str = Field(min_length=3, max_length=500)
-
-
-class DecisionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    reason: str | None = Field(default=None, max_length=500)
-
-
-class LinkOut(BaseModel):
-    link_id: int
-    payment_id: int
-    account_id: int
-    status: str
-    proposed_by: str
-    decided_by: str | None
-    credited: bool = False
-    kit_id: str | None = None
 
 
 @router.get("/v1/suspense", response_model=list[SuspenseOut], responses=_errors,
@@ -153,28 +117,6 @@ def reject_link(rt: RuntimeDep, actor: FinanceKey, link_id: int,
 
 
 # --- reconciliation ----------------------------------------------------------------------
-
-
-class ImportOut(BaseModel):
-    import_id: int
-    provider: str
-    desco_id: str
-    imported_by: str
-    report: dict[str, Any]
-
-
-class ProposalOut(BaseModel):
-    proposal_id: int
-    import_id: int
-    provider: str
-    transaction_id: str
-    day: str
-    amount_fcfa: int
-    status: str
-    proposed_by: str
-    decided_by: str | None
-    payment_id: int | None
-    outcome: str | None = None
 
 
 def _proposal_out(p: ReconProposal, outcome: str | None = None) -> ProposalOut:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
-from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from control.api.auth import AdminKey, RuntimeDep, create_api_key, revoke_api_key
-from control.api.schemas import Problem
+from control.api.schemas import KeyCreate, KeyCreated, KeyOut, KeyPage, Problem
 from control.ledger.models import ApiKey, Desco
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -18,34 +17,6 @@ _errors: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem},
 }
 
-Role = Literal["admin", "operator", "support", "finance", "regulator"]
-
-
-class KeyCreate(BaseModel):
-    model_config = {"extra": "forbid"}
-
-    name: str = Field(min_length=1, max_length=200, pattern=r"\S",
-                      description="who holds the key (person or system)")
-    role: Role
-    desco_id: str | None = Field(default=None, min_length=1, max_length=64,
-                                 description="null: national (admin of the platform only)")
-
-
-class KeyOut(BaseModel):
-    id: int
-    name: str
-    role: str
-    desco_id: str | None
-    created_at: float
-    revoked_at: float | None
-
-
-class KeyCreated(KeyOut):
-    key: str = Field(description="the key itself: shown once, only its hash is stored")
-
-
-class KeyPage(BaseModel):
-    items: list[KeyOut]
 
 
 def _out(row: ApiKey) -> KeyOut:

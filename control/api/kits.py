@@ -11,7 +11,6 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import Response
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from control.api.auth import AdminKey, ReaderKey, RuntimeDep, UnlockKey
 from control.api.idempotency import IdempotencyKey, run_idempotent
@@ -30,17 +29,14 @@ from control.api.schemas import (
     UnlockOut,
 )
 from control.commands.lifecycle import desired_for
-from control.ledger import accounts as ledger
-from control.ledger import credit
-from control.ledger.accounts import Actor
+from control.ledger import accounts, credit
 from control.ledger.models import Account, AuditEntry, Command, Desco, Kit
 from control.ledger.phone import PhoneError, normalise_phone
-from control.payments.intake import publish_after_commit
 from control.runtime import Runtime
+from control.support import actions
 
 log = logging.getLogger(__name__)
 
-FREE_DAYS_WITHOUT_ADMIN = 7
 LATEST_COMMANDS = 5
 TELEMETRY_TIMEOUT_S = 2.0
 
@@ -49,17 +45,6 @@ router = APIRouter(prefix="/v1", tags=["kits"])
 _errors: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem},
 }
-
-
-def _in_scope(actor: Actor, desco_id: str) -> bool:
-    return actor.desco_id is None or actor.desco_id == desco_id
-
-
-def _kit_or_404(s: Session, actor: Actor, kit_id: str) -> Kit:
-    kit = s.get(Kit, kit_id)
-    if kit is None or not _in_scope(actor, kit.desco_id):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"kit {kit_id} not found")
-    return kit
 
 
 def command_out(cmd: Command) -> CommandOut:
@@ -84,7 +69,7 @@ def provision(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     desco_id = body.desco_id or actor.desco_id or rt.settings.default_desco_id
-    if not _in_scope(actor, desco_id):
+    if not actions.in_scope(actor, desco_id):
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             detail="this key may only provision kits for its own DESCO")
     try:
@@ -103,7 +88,7 @@ def provision(
                 if s.get(Desco, desco_id) is None:
                     raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                                         detail=f"unknown DESCO {desco_id}")
-                created = ledger.provision_kit(
+                created = accounts.provision_kit(
                     s, kit_id=body.kit_id, desco_id=desco_id, phone_e164=phone, plan=plan,
                     box=rt.box, now=rt.clock.now(), actor=actor,
                     deposit_paid=body.deposit_paid,
@@ -187,11 +172,11 @@ def last_telemetry(rt: Runtime, kit_id: str) -> dict[str, Any] | None:
             summary="One kit: reported state, credit, money, commands")
 def get_kit(rt: RuntimeDep, actor: ReaderKey, kit_id: str) -> KitDetail:
     with rt.db.session() as s:
-        kit = _kit_or_404(s, actor, kit_id)
-        acct = ledger.account_for_kit(s, kit_id)
+        kit = actions.kit_in_scope(s, actor, kit_id)
+        acct = accounts.account_for_kit(s, kit_id)
         cmds = s.scalars(select(Command).where(Command.kit_id == kit_id)
                          .order_by(Command.seq.desc()).limit(LATEST_COMMANDS)).all()
-        plan = ledger.plan_of(acct) if acct else None
+        plan = accounts.plan_of(acct) if acct else None
         detail = KitDetail(
             kit_id=kit.id, desco_id=kit.desco_id,
             account_number=acct.account_number if acct else None,
@@ -200,7 +185,7 @@ def get_kit(rt: RuntimeDep, actor: ReaderKey, kit_id: str) -> KitDetail:
             credit_until=acct.credit_until if acct else None, online=kit.online,
             last_seen=kit.last_seen, fw=kit.fw, last_telemetry=None,
             paid_total_fcfa=acct.paid_total_fcfa if acct else 0,
-            balance_fcfa=credit.balance_fcfa(plan, ledger.state_of(acct))
+            balance_fcfa=credit.balance_fcfa(plan, accounts.state_of(acct))
             if acct and plan else 0,
             remainder_fcfa=acct.remainder_fcfa if acct else 0,
             owned=bool(acct and acct.owned),
@@ -225,7 +210,7 @@ def kit_audit(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> AuditPage:
     with rt.db.session() as s:
-        _kit_or_404(s, actor, kit_id)
+        actions.kit_in_scope(s, actor, kit_id)
         rows = s.scalars(select(AuditEntry).where(AuditEntry.kit_id == kit_id)
                          .order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
                          .limit(limit).offset(offset)).all()
@@ -244,7 +229,7 @@ def get_command(rt: RuntimeDep, actor: ReaderKey, command_id: str) -> CommandOut
     with rt.db.session() as s:
         cmd = s.get(Command, command_id)
         kit = s.get(Kit, cmd.kit_id) if cmd is not None else None
-        if cmd is None or kit is None or not _in_scope(actor, kit.desco_id):
+        if cmd is None or kit is None or not actions.in_scope(actor, kit.desco_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND,
                                 detail=f"command {command_id} not found")
         return command_out(cmd)
@@ -263,30 +248,10 @@ def unlock(
     rt: RuntimeDep, actor: UnlockKey, kit_id: str, body: UnlockIn, request: Request,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    if body.days > FREE_DAYS_WITHOUT_ADMIN and actor.role != "admin":
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN,
-            detail=f"more than {FREE_DAYS_WITHOUT_ADMIN} free days needs the admin role",
-        )
-
     def act() -> UnlockOut:
-        with rt.db.session() as s:
-            _kit_or_404(s, actor, kit_id)
-            acct = ledger.account_for_kit(s, kit_id, for_update=True)
-            if acct is None:
-                raise HTTPException(status.HTTP_404_NOT_FOUND,
-                                    detail=f"kit {kit_id} has no account")
-            before, after = ledger.grant_free_days(s, acct=acct, days=body.days,
-                                                   now=rt.clock.now(), actor=actor,
-                                                   reason=body.reason)
-            cmd = rt.service.converge_kit(s, kit_id, origin="support")
-            command_id = cmd.id if cmd is not None else None
-            credit_until = acct.credit_until
-        log.info("support unlock: %d free days by %s", body.days, actor.name,
-                 extra={"kit_id": kit_id, "payment_id": None})
-        publish_after_commit(rt, command_id, kit_id=kit_id)
-        return UnlockOut(kit_id=kit_id, days=body.days, command_id=command_id,
-                         credit_until=credit_until, before=before, after=after)
+        done = actions.unlock(rt, actor, kit_id, days=body.days, reason=body.reason)
+        return UnlockOut(kit_id=kit_id, days=done.days, command_id=done.command_id,
+                         credit_until=done.credit_until, before=done.before, after=done.after)
 
     return run_idempotent(rt, actor=actor, key=idempotency_key, method="POST",
                           path=request.url.path, body=body.model_dump(mode="json"),

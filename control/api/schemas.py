@@ -6,7 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from control.payments import matching
+
 Network = Literal["FLOOZ", "TMONEY"]
+Role = Literal["admin", "operator", "support", "finance", "regulator"]
 
 
 class _In(BaseModel):
@@ -214,3 +217,222 @@ class CallbackAck(BaseModel):
     )
     identifier: str
     credited: bool
+
+
+# --- payments -------------------------------------------------------------------------
+
+
+class MoMoIntentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kit_id: str = Field(min_length=1, max_length=64)
+    amount_fcfa: int = Field(gt=0, le=matching.MAX_AMOUNT_FCFA)
+    phone: str = Field(min_length=8, max_length=32)
+
+
+class MoMoIntentOut(BaseModel):
+    reference_id: str
+    kit_id: str
+    amount_fcfa: int
+    status: str
+
+
+class FeedAck(BaseModel):
+    outcome: str = Field(description="credited|already_credited|duplicate|pending|failed|"
+                                     "suspense|unknown|unmatched|reversed|void|"
+                                     "unknown_original")
+    reference: str
+    credited: bool
+    payment_id: int | None = None
+
+
+class AgentPaymentIn(BaseModel):
+    """The signed generic webhook's body (DESCO agents, cash collection). Strict: a field we
+    do not know is refused, so a typo cannot silently drop information."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transaction_id: str = Field(min_length=1, max_length=100)
+    type: Literal["payment", "reversal"] = "payment"
+    amount: int | str | float
+    currency: str
+    reference: str | None = Field(default=None, max_length=128)
+    phone: str | None = Field(default=None, max_length=32)
+    paid_at: str | int | None = None
+    reverses: str | None = Field(default=None, max_length=100)
+    agent: str | None = Field(default=None, max_length=100)
+    note: str | None = Field(default=None, max_length=500)
+
+
+class RefundIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount_fcfa: int = Field(gt=0, le=matching.MAX_AMOUNT_FCFA)
+    reason: str = Field(min_length=3, max_length=500)
+    refund_id: str = Field(min_length=1, max_length=64,
+                           description="your unique id for this refund (a retry is a no-op)")
+
+
+# --- finance --------------------------------------------------------------------------
+
+
+class SecretOut(BaseModel):
+    desco_id: str
+    secret: str = Field(description="shown once: sign with HMAC-SHA256 over '<t>.<raw body>'")
+
+
+class SuspenseOut(BaseModel):
+    payment_id: int
+    desco_id: str
+    provider: str
+    provider_ref: str
+    kind: str
+    amount_fcfa: int | None
+    currency: str | None
+    reference: str | None
+    phone: str | None
+    reason: str | None
+    hint_account_id: int | None
+    received_at: float
+
+
+class LinkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    account: str = Field(min_length=1, max_length=64, description="account number or kit")
+    reason: str = Field(min_length=3, max_length=500)
+
+
+class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class LinkOut(BaseModel):
+    link_id: int
+    payment_id: int
+    account_id: int
+    status: str
+    proposed_by: str
+    decided_by: str | None
+    credited: bool = False
+    kit_id: str | None = None
+
+
+class ImportOut(BaseModel):
+    import_id: int
+    provider: str
+    desco_id: str
+    imported_by: str
+    report: dict[str, Any]
+
+
+class ProposalOut(BaseModel):
+    proposal_id: int
+    import_id: int
+    provider: str
+    transaction_id: str
+    day: str
+    amount_fcfa: int
+    status: str
+    proposed_by: str
+    decided_by: str | None
+    payment_id: int | None
+    outcome: str | None = None
+
+
+# --- support --------------------------------------------------------------------------
+
+
+class CreditUntilIn(ReasonIn):
+    credit_until: int = Field(ge=0, le=4_102_444_800, description="unix seconds (UTC)")
+
+
+class SwapIn(ReasonIn):
+    new_kit_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+
+
+class KeypadIn(ReasonIn):
+    keypad_only: bool
+
+
+class TokenIn(ReasonIn):
+    send_sms: bool = True
+
+
+class ActionOut(BaseModel):
+    kit_id: str
+    action: str
+    command_id: str | None = Field(description="the command it issued (see /v1/commands)")
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+
+class SwapOut(BaseModel):
+    old_kit_id: str
+    command_id: str | None
+    credentials: KitCredentials
+
+
+class TokenOut(BaseModel):
+    id: int
+    kit_id: str
+    count: int
+    token: str
+    token_type: str
+    value_days: int | None
+    credit_until: int | None
+    chain_until: int | None
+    payment_id: int | None
+    reason: str | None
+    created_by: str
+    created_at: float
+
+
+class TokenPage(BaseModel):
+    items: list[TokenOut]
+
+
+class CommandPage(BaseModel):
+    kit_id: str
+    anomaly_count: int
+    last_anomaly_at: float | None
+    items: list[CommandOut]
+
+
+class ControlStatus(BaseModel):
+    commands_by_status: dict[str, int]
+    anomalies_total: int
+    kits_with_anomalies: int
+    process_counters: dict[str, Any]
+
+
+# --- keys -----------------------------------------------------------------------------
+
+
+class KeyCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"\S",
+                      description="who holds the key (person or system)")
+    role: Role
+    desco_id: str | None = Field(default=None, min_length=1, max_length=64,
+                                 description="null: national (admin of the platform only)")
+
+
+class KeyOut(BaseModel):
+    id: int
+    name: str
+    role: str
+    desco_id: str | None
+    created_at: float
+    revoked_at: float | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the key itself: shown once, only its hash is stored")
+
+
+class KeyPage(BaseModel):
+    items: list[KeyOut]

@@ -18,82 +18,50 @@ the sweep runs under a transaction-scoped advisory lock (control.commands.servic
 from __future__ import annotations
 
 import logging
-import random
-import secrets
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, insert, select, text, update
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    CursorResult,
+    Select,
+    Table,
+    bindparam,
+    case,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from cizo import protocol
-from control.ledger import credit
-from control.ledger.accounts import state_of
+from control.commands.desired import (
+    PENDING,
+    REISSUE_ON,
+    STATE_ACTIONS,
+    Desired,
+    commanded,
+    desired_from,
+)
+from control.ledger.db import SQLITE_WRITE_LOCK
 from control.ledger.models import Account, Command, Kit
-from control.ledger.secrets import SecretBox
 
 log = logging.getLogger(__name__)
 
-PENDING = ("queued", "sent")
-FINAL = ("applied", "rejected", "expired", "superseded")
-STATE_ACTIONS = ("unlock", "lock", "own")
-REISSUE_ON = ("expired", "replayed_seq")  # other refusals are alerts, not retried blindly
-
-
-@dataclass(frozen=True, slots=True)
-class Desired:
-    action: str  # unlock | lock | own
-    credit_until: int | None
-
-    @property
-    def lock_due_at(self) -> int | None:
-        """The kit's ``lock_due_at`` once this is commanded: set only while it is commanded
-        unlocked (the sweep's index of kits coming due)."""
-        return self.credit_until if self.action == "unlock" else None
+C, K, A = (cast(Table, m.__table__) for m in (Command, Kit, Account))
 
 
 def desired_for(acct: Account, now: float) -> Desired:
-    if acct.closed_at is not None:
-        return Desired("lock", acct.credit_until)  # repossessed: locked for good
-    action = credit.desired_action(state_of(acct), now)
-    return Desired(action, None if action == "own" else acct.credit_until)
+    """The kit's desired state from its account."""
+    return desired_from(acct.owned, acct.credit_until, now, acct.closed_at is not None)
 
 
-def desired_from(owned: bool, credit_until: int | None, now: float,
-                 closed: bool = False) -> Desired:
-    """The same rule as ``desired_for`` from bare columns (the batched sweep's rows)."""
-    if closed:
-        return Desired("lock", credit_until)
-    action = credit.desired_action(
-        credit.CreditState(0, 0, credit_until, owned), now)
-    return Desired(action, None if action == "own" else credit_until)
-
-
-def commanded(kit: Kit) -> Desired | None:
-    if kit.commanded_action is None:
-        return None
-    return Desired(kit.commanded_action, kit.commanded_credit_until)
-
-
-def backoff_s(attempts: int, *, base_s: float, cap_s: float, jitter: float,
-              rnd: Callable[[], float] = random.random) -> float:
-    """Delay before re-sending after ``attempts`` publications: base * 2^(n-1), capped,
-    scaled by a random factor in [1 - jitter, 1 + jitter] so a fleet does not move in step.
-    A cap below the base never shortens the first delay (a 6 h base with the default 15 min
-    cap re-sent every sweep: ``effective_cap_s``)."""
-    raw = min(effective_cap_s(base_s, cap_s), base_s * (2 ** max(0, attempts - 1)))
-    return float(raw * (1 - jitter + 2 * jitter * rnd()))
-
-
-def effective_cap_s(base_s: float, cap_s: float) -> float:
-    """The longest wait between re-sends: the cap, but never less than the first delay."""
-    return max(base_s, cap_s)
-
-
-def sqlite_write_lock(s: Session) -> None:
+def sqlite_write_lock(s: Session | Connection) -> None:
     """SQLite: take the database's single writer lock now, with a write that changes nothing.
 
     SQLite ignores ``FOR UPDATE``, and outside a write transaction each read sees whatever
@@ -102,11 +70,8 @@ def sqlite_write_lock(s: Session) -> None:
     ``seq`` or token count taken twice). Called first in such a transaction, every read that
     follows sees the latest state and nobody commits before this transaction ends. Nothing
     on PostgreSQL, whose row locks do this."""
-    if s.get_bind().dialect.name == "sqlite":
+    if dialect(s) == "sqlite":
         s.execute(SQLITE_WRITE_LOCK)
-
-
-SQLITE_WRITE_LOCK = text("UPDATE kits SET cmd_seq = cmd_seq WHERE 0")
 
 
 def skip_locked(q: Select[Any], s: Session) -> Select[Any]:
@@ -117,92 +82,165 @@ def skip_locked(q: Select[Any], s: Session) -> Select[Any]:
     return q
 
 
-def supersede_pending(s: Session, kit_ids: Sequence[str], now: float) -> None:
-    if len(kit_ids) > 1 and s.get_bind().dialect.name == "postgresql":
-        s.execute(text(
-            "UPDATE commands SET status = 'superseded', finished_at = :now, "
-            "next_attempt_at = NULL WHERE kit_id = ANY(CAST(:ids AS varchar[])) "
-            "AND status IN ('queued', 'sent')"), {"now": now, "ids": list(kit_ids)})
+def dialect(conn: Session | Connection) -> str:
+    """``sqlite`` or ``postgresql``: for the few statements written per database."""
+    bind = conn.get_bind() if isinstance(conn, Session) else conn
+    return bind.dialect.name
+
+
+def lock_kits(s: Session, kit_ids: Sequence[str]) -> list[Kit]:
+    """These kits' rows, locked for this transaction (PostgreSQL row locks, in id order so
+    two transactions never wait on each other; SQLite's writer lock), read fresh."""
+    if not kit_ids:
+        return []
+    q = select(Kit).where(Kit.id.in_(list(kit_ids))).order_by(Kit.id)
+    if dialect(s) == "postgresql":
+        q = q.with_for_update()
+    else:
+        sqlite_write_lock(s)
+    return list(s.scalars(q.execution_options(populate_existing=True)))
+
+
+def supersede_pending(s: Session | Connection, kit_ids: Sequence[str], now: float) -> None:
+    """Every queued or sent command of these kits becomes ``superseded``."""
+    if not kit_ids:
         return
-    s.execute(
-        update(Command)
-        .where(Command.kit_id.in_(list(kit_ids)), Command.status.in_(PENDING))
-        .values(status="superseded", finished_at=now, next_attempt_at=None)
-    )
+    if len(kit_ids) > 1 and dialect(s) == "postgresql":
+        s.execute(_PG_SUPERSEDE, {"now": now, "ids": list(kit_ids)})
+        return
+    s.execute(update(C).where(C.c.kit_id.in_(list(kit_ids)), C.c.status.in_(PENDING))
+              .values(status="superseded", finished_at=now, next_attempt_at=None))
 
 
-def _next_seq(s: Session, kit: Kit, want: Desired | None) -> int:
-    """Take the kit's next ``seq`` in the database (``cmd_seq + 1 ... RETURNING``) and record
-    what is now commanded, in the one UPDATE the kit needs anyway.
-
-    Whatever the caller read before (a kit row read without a lock on SQLite, or on a path
-    that locks only the account), two transactions never get the same seq: the UPDATE waits
-    for the row (PostgreSQL) or the writer lock (SQLite) and counts from the committed value.
-    The pending commands it supersedes are looked up after it, so they include any command
-    that transaction committed."""
-    values: dict[str, Any] = {"cmd_seq": Kit.cmd_seq + 1}
-    if want is not None:
-        values.update(commanded_action=want.action, commanded_credit_until=want.credit_until,
-                      lock_due_at=want.lock_due_at)
-    seq = int(s.execute(update(Kit).where(Kit.id == kit.id).values(**values)
-                        .returning(Kit.cmd_seq)
-                        .execution_options(synchronize_session=False)).scalar_one())
-    set_committed_value(kit, "cmd_seq", seq)
-    for name, value in values.items():
-        if name != "cmd_seq":
-            set_committed_value(kit, name, value)
-    return seq
+_PG_SUPERSEDE = text(
+    "UPDATE commands SET status = 'superseded', finished_at = :now, next_attempt_at = NULL "
+    "WHERE kit_id = ANY(CAST(:ids AS varchar[])) AND status IN ('queued', 'sent')")
 
 
-def issue(
-    s: Session, *, kit: Kit, want: Desired, origin: str, now: float, ttl_s: int
-) -> Command:
-    """A new command for ``kit``; older pending ones become ``superseded``."""
-    seq = _next_seq(s, kit, want)
-    supersede_pending(s, [kit.id], now)
-    cmd = Command(
-        id=str(uuid.uuid4()), kit_id=kit.id, seq=seq, action=want.action,
-        credit_until=want.credit_until, issued_at=int(now), expires_at=int(now) + ttl_s,
-        status="queued", origin=origin, attempts=0, created_at=now, next_attempt_at=now,
-    )
-    s.add(cmd)
-    log.info("command issued", extra={"kit_id": kit.id, "command_id": cmd.id,
-                                      "action": want.action, "seq": cmd.seq, "origin": origin})
-    return cmd
+@dataclass(frozen=True, slots=True)
+class KitSeq:
+    """A kit row as the issuing transaction holds it (locked): its last ``seq`` and what it
+    was last commanded."""
+
+    kit_id: str
+    cmd_seq: int
+    commanded: Desired | None
+    lock_due_at: int | None
+    secret_enc: str
+
+    @classmethod
+    def of(cls, kit: Kit) -> KitSeq:
+        return cls(kit.id, kit.cmd_seq, commanded(kit.commanded_action,
+                                                  kit.commanded_credit_until),
+                   kit.lock_due_at, kit.secret_enc)
 
 
-def issue_rotate(s: Session, *, kit: Kit, box: SecretBox, now: float, ttl_s: int,
-                 origin: str = "support") -> Command:
-    """A signed ``rotate`` with a fresh nonce; the derived secret waits in ``secret_next_enc``
-    until an ack signed with it proves the kit holds it (control.commands.service.handle_ack)."""
-    nonce = secrets.token_hex(16)
-    current = box.decrypt(kit.secret_enc)
-    kit.secret_next_enc = box.encrypt(protocol.derive_rotated_secret(current, nonce))
-    seq = _next_seq(s, kit, None)
-    supersede_pending(s, [kit.id], now)
-    cmd = Command(
-        id=str(uuid.uuid4()), kit_id=kit.id, seq=seq, action="rotate",
-        credit_until=None, issued_at=int(now), expires_at=int(now) + ttl_s, status="queued",
-        origin=origin, attempts=0, created_at=now, next_attempt_at=now, nonce=nonce,
-    )
-    # commanded_* and lock_due_at stay: a state command due meanwhile (a payment, the credit
-    # running out) supersedes the rotate, and the state command it superseded is sent again
-    # once the kit has rotated (or the rotate failed or expired): see ControlService.handle_ack
-    s.add(cmd)
-    log.info("rotate issued", extra={"kit_id": kit.id, "command_id": cmd.id, "seq": cmd.seq})
-    return cmd
+def new_command_row(*, kit_id: str, seq: int, action: str, credit_until: int | None,
+                    origin: str, now: float, ttl_s: int, nonce: str | None = None
+                    ) -> dict[str, Any]:
+    """The columns of a freshly issued (``queued``) command."""
+    return {"id": str(uuid.uuid4()), "kit_id": kit_id, "seq": seq, "action": action,
+            "credit_until": credit_until, "issued_at": int(now),
+            "expires_at": int(now) + ttl_s, "status": "queued", "origin": origin,
+            "attempts": 0, "created_at": now, "next_attempt_at": now, "sent_at": None,
+            "nonce": nonce}
 
 
-def converge(
-    s: Session, *, kit: Kit, acct: Account, origin: str, now: float, ttl_s: int
-) -> Command | None:
-    """Issue a command if the account's desired state differs from the last command."""
-    if kit.decommissioned_at is not None:
-        return None
-    want = desired_for(acct, now)
-    if commanded(kit) == want:
-        return None
-    return issue(s, kit=kit, want=want, origin=origin, now=now, ttl_s=ttl_s)
+def kit_move(kit_id: str, prev_seq: int, seq: int, want: Desired | None,
+             lock_due_at: int | None) -> dict[str, Any]:
+    """A kit's new seq and commanded state (``want`` None: unchanged, as for a rotate)."""
+    return {"kid": kit_id, "prev_seq": prev_seq, "seq": seq,
+            "keep": want is None,
+            "action": want.action if want is not None else None,
+            "until": want.credit_until if want is not None else None,
+            "due": lock_due_at}
+
+
+def write_issued(conn: Session | Connection, rows: Sequence[dict[str, Any]],
+                 kits: Sequence[dict[str, Any]], now: float) -> None:
+    """The one writer of issued commands: move each kit's seq and commanded state, supersede
+    the pending commands of every kit that gets a new one, insert the new ones.
+
+    Each kit's seq was read under its row lock (PostgreSQL ``FOR UPDATE``, SQLite's writer
+    lock); the UPDATE checks it has not moved since, so a caller that forgot the lock fails
+    loudly instead of issuing a seq twice."""
+    if kits:
+        moved = cast(CursorResult[Any], conn.execute(
+            _PG_MOVE_KITS if dialect(conn) == "postgresql" else _MOVE_KIT,
+            _move_params(conn, kits)))
+        if moved.rowcount != len(kits):
+            raise StaleKitError(f"{len(kits) - moved.rowcount} of {len(kits)} kits moved "
+                                "since they were read: issue commands under the kit's lock")
+    if rows:
+        supersede_pending(conn, [r["kit_id"] for r in rows], now)
+        conn.execute(insert(C), list(rows))
+        for r in rows:
+            log.info("command issued", extra={"kit_id": r["kit_id"], "command_id": r["id"],
+                                              "action": r["action"], "seq": r["seq"],
+                                              "origin": r["origin"]})
+
+
+class StaleKitError(RuntimeError):
+    """A kit's seq moved between the issuing transaction's read and its write (a bug)."""
+
+
+def _move_params(conn: Session | Connection, kits: Sequence[dict[str, Any]]) -> Any:
+    if dialect(conn) != "postgresql":
+        return list(kits)
+    return {"ids": [k["kid"] for k in kits], "prev": [k["prev_seq"] for k in kits],
+            "seqs": [k["seq"] for k in kits], "keep": [k["keep"] for k in kits],
+            "actions": [k["action"] for k in kits], "cus": [k["until"] for k in kits],
+            "dues": [k["due"] for k in kits]}
+
+
+_KEEP = bindparam("keep", type_=Boolean)
+_MOVE_KIT = update(K).where(K.c.id == bindparam("kid"), K.c.cmd_seq == bindparam("prev_seq")
+                            ).values(
+    cmd_seq=bindparam("seq"),
+    commanded_action=case((_KEEP, K.c.commanded_action), else_=bindparam("action")),
+    commanded_credit_until=case((_KEEP, K.c.commanded_credit_until), else_=bindparam("until")),
+    lock_due_at=case((_KEEP, K.c.lock_due_at), else_=bindparam("due")))
+# PostgreSQL: any number of kits in one statement over unnest()ed arrays
+_PG_MOVE_KITS = text("""
+UPDATE kits AS k SET cmd_seq = u.seq,
+  commanded_action = CASE WHEN u.keep THEN k.commanded_action ELSE u.action END,
+  commanded_credit_until = CASE WHEN u.keep THEN k.commanded_credit_until ELSE u.cu END,
+  lock_due_at = CASE WHEN u.keep THEN k.lock_due_at ELSE u.due END
+FROM unnest(CAST(:ids AS varchar[]), CAST(:prev AS bigint[]), CAST(:seqs AS bigint[]),
+            CAST(:keep AS boolean[]), CAST(:actions AS varchar[]), CAST(:cus AS bigint[]),
+            CAST(:dues AS bigint[])) AS u(id, prev, seq, keep, action, cu, due)
+WHERE k.id = u.id AND k.cmd_seq = u.prev
+""")
+
+
+def plan_state_command(kit: KitSeq, want: Desired, *, origin: str, now: float, ttl_s: int
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The command row and kit move that command ``want`` to ``kit``."""
+    row = new_command_row(kit_id=kit.kit_id, seq=kit.cmd_seq + 1, action=want.action,
+                          credit_until=want.credit_until, origin=origin, now=now, ttl_s=ttl_s)
+    return row, kit_move(kit.kit_id, kit.cmd_seq, row["seq"], want, want.lock_due_at)
+
+
+def plan_rotate(kit: KitSeq, *, nonce: str, origin: str, now: float, ttl_s: int
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ``rotate`` command row and its kit move.
+
+    What is commanded and ``lock_due_at`` stay: a state command due meanwhile (a payment,
+    the credit running out) supersedes the rotate, and the state command it superseded is
+    sent again once the kit has rotated (or the rotate failed or expired): see
+    ControlService.handle_ack."""
+    row = new_command_row(kit_id=kit.kit_id, seq=kit.cmd_seq + 1, action="rotate",
+                          credit_until=None, origin=origin, now=now, ttl_s=ttl_s, nonce=nonce)
+    return row, kit_move(kit.kit_id, kit.cmd_seq, row["seq"], None, kit.lock_due_at)
+
+
+def sync_kit(kit: Kit, move: dict[str, Any]) -> None:
+    """Make a session's Kit object show what ``write_issued`` wrote, without reading it."""
+    set_committed_value(kit, "cmd_seq", move["seq"])
+    if not move["keep"]:
+        set_committed_value(kit, "commanded_action", move["action"])
+        set_committed_value(kit, "commanded_credit_until", move["until"])
+        set_committed_value(kit, "lock_due_at", move["due"])
 
 
 def rotation_pending(s: Session, kit: Kit) -> bool:
@@ -212,30 +250,12 @@ def rotation_pending(s: Session, kit: Kit) -> bool:
         Command.status.in_(PENDING)).limit(1)) is not None
 
 
-def new_command_row(*, kit_id: str, seq: int, want: Desired, origin: str, now: float,
-                    ttl_s: int) -> dict[str, Any]:
-    """The columns of a freshly issued (``queued``) state command, for bulk inserts."""
-    return {"id": str(uuid.uuid4()), "kit_id": kit_id, "seq": seq, "action": want.action,
-            "credit_until": want.credit_until, "issued_at": int(now),
-            "expires_at": int(now) + ttl_s, "status": "queued", "origin": origin,
-            "attempts": 0, "created_at": now, "next_attempt_at": now}
-
-
 def command_payload(row: Mapping[str, Any], secret_hex: str) -> bytes:
     """The signed bytes of a command given as columns (a ``commands`` row or its dict)."""
     return protocol.encode(protocol.build_command(
         kit_id=row["kit_id"], command_id=row["id"], seq=row["seq"], action=row["action"],
         credit_until=row["credit_until"], issued_at=row["issued_at"],
         expires_at=row["expires_at"], secret_hex=secret_hex, nonce=row.get("nonce")))
-
-
-def signed_payload(cmd: Command, box: SecretBox, kit: Kit) -> bytes:
-    fields = protocol.build_command(
-        kit_id=cmd.kit_id, command_id=cmd.id, seq=cmd.seq, action=cmd.action,  # type: ignore[arg-type]
-        credit_until=cmd.credit_until, issued_at=cmd.issued_at, expires_at=cmd.expires_at,
-        secret_hex=box.decrypt(kit.secret_enc), nonce=cmd.nonce,
-    )
-    return protocol.encode(fields)
 
 
 def due_for_lock(s: Session, now: float, limit: int = 10_000) -> list[str]:
@@ -250,88 +270,37 @@ def sweep_due(s: Session, *, now: float, ttl_s: int, origin: str = "sweep",
               limit: int = 50_000) -> list[str]:
     """Issue the commands of every kit whose ``lock_due_at`` has passed, in a few statements.
 
-    One indexed range scan (joined to the account) finds them, then one UPDATE supersedes
-    their pending commands, one multi-row INSERT queues the new ones and one executemany
-    UPDATE moves their kits: no per-kit round trip, whatever the number due.
-    Returns the new commands' ids.
+    One indexed range scan (joined to the account) finds them and locks their kit rows,
+    then ``write_issued`` moves the kits, supersedes their pending commands and queues the
+    new ones: no per-kit round trip, whatever the number due. Returns the new commands' ids.
     """
     q = (
-        select(Kit.id, Kit.cmd_seq, Kit.commanded_action, Kit.commanded_credit_until,
-               Account.owned, Account.credit_until, Account.closed_at)
-        .join(Account, Account.kit_id == Kit.id)
-        .where(Kit.lock_due_at <= int(now), Kit.decommissioned_at.is_(None))
-        .order_by(Kit.lock_due_at)
+        select(K.c.id, K.c.cmd_seq, K.c.commanded_action, K.c.commanded_credit_until,
+               K.c.lock_due_at, K.c.secret_enc, A.c.owned, A.c.credit_until, A.c.closed_at)
+        .join(A, A.c.kit_id == K.c.id)
+        .where(K.c.lock_due_at <= int(now), K.c.decommissioned_at.is_(None))
+        .order_by(K.c.lock_due_at)
         .limit(limit)
     )
-    if s.get_bind().dialect.name == "postgresql":
-        q = q.with_for_update(of=Kit, skip_locked=True)
-    rows = s.execute(q).all()
+    if dialect(s) == "postgresql":
+        q = q.with_for_update(of=K, skip_locked=True)
     new_cmds: list[dict[str, Any]] = []
-    kit_updates: list[dict[str, Any]] = []
-    for r in rows:
+    moves: list[dict[str, Any]] = []
+    for r in s.execute(q).all():
+        kit = KitSeq(r.id, r.cmd_seq, commanded(r.commanded_action, r.commanded_credit_until),
+                     r.lock_due_at, r.secret_enc)
         want = desired_from(r.owned, r.credit_until, now, r.closed_at is not None)
-        if Desired(r.commanded_action, r.commanded_credit_until) == want:
-            # commanded unlock still holds (credit was extended in place): move the index
-            kit_updates.append({"id": r.id, "cmd_seq": r.cmd_seq,
-                                "commanded_action": want.action,
-                                "commanded_credit_until": want.credit_until,
-                                "lock_due_at": want.lock_due_at
-                                if (want.credit_until or 0) > now else None})
+        if kit.commanded == want:
+            # the commanded unlock still holds (credit was extended in place): only the
+            # sweep's index moves
+            due = want.lock_due_at if (want.credit_until or 0) > now else None
+            moves.append(kit_move(kit.kit_id, kit.cmd_seq, kit.cmd_seq, want, due))
             continue
-        seq = r.cmd_seq + 1
-        new_cmds.append(new_command_row(kit_id=r.id, seq=seq, want=want, origin=origin,
-                                        now=now, ttl_s=ttl_s))
-        kit_updates.append({"id": r.id, "cmd_seq": seq, "commanded_action": want.action,
-                            "commanded_credit_until": want.credit_until,
-                            "lock_due_at": want.lock_due_at})
-    if new_cmds:
-        supersede_pending(s, [c["kit_id"] for c in new_cmds], now)
-    if s.get_bind().dialect.name == "postgresql":
-        _pg_write(s, new_cmds, kit_updates, now=now, ttl_s=ttl_s, origin=origin)
-    else:
-        if new_cmds:
-            s.execute(insert(Command), new_cmds)
-        if kit_updates:
-            s.execute(update(Kit), kit_updates)  # ORM bulk UPDATE by primary key
-    if new_cmds:
-        log.info("sweep queued %d commands", len(new_cmds), extra={"origin": origin})
+        row, move = plan_state_command(kit, want, origin=origin, now=now, ttl_s=ttl_s)
+        new_cmds.append(row)
+        moves.append(move)
+    write_issued(s, new_cmds, moves, now)
     return [c["id"] for c in new_cmds]
-
-
-_PG_INSERT = text("""
-INSERT INTO commands (id, kit_id, seq, action, credit_until, issued_at, expires_at, status,
-                      origin, attempts, created_at, next_attempt_at)
-SELECT u.id, u.kit_id, u.seq, u.action, u.cu, :issued, :expires, 'queued', :origin, 0,
-       :now, :now
-FROM unnest(CAST(:ids AS varchar[]), CAST(:kit_ids AS varchar[]), CAST(:seqs AS bigint[]),
-            CAST(:actions AS varchar[]), CAST(:cus AS bigint[]))
-     AS u(id, kit_id, seq, action, cu)
-""")
-_PG_UPDATE = text("""
-UPDATE kits AS k SET cmd_seq = u.seq, commanded_action = u.action,
-                     commanded_credit_until = u.cu, lock_due_at = u.ld
-FROM unnest(CAST(:ids AS varchar[]), CAST(:seqs AS bigint[]), CAST(:actions AS varchar[]),
-            CAST(:cus AS bigint[]), CAST(:lds AS bigint[])) AS u(id, seq, action, cu, ld)
-WHERE k.id = u.id
-""")
-
-
-def _pg_write(s: Session, new_cmds: list[dict[str, Any]], kit_updates: list[dict[str, Any]],
-              *, now: float, ttl_s: int, origin: str) -> None:
-    """PostgreSQL: the whole batch as one INSERT and one UPDATE over unnest()ed arrays
-    (one round trip each, whatever the batch size)."""
-    if new_cmds:
-        s.execute(_PG_INSERT, {
-            "ids": [c["id"] for c in new_cmds], "kit_ids": [c["kit_id"] for c in new_cmds],
-            "seqs": [c["seq"] for c in new_cmds], "actions": [c["action"] for c in new_cmds],
-            "cus": [c["credit_until"] for c in new_cmds], "issued": int(now),
-            "expires": int(now) + ttl_s, "origin": origin, "now": now})
-    if kit_updates:
-        s.execute(_PG_UPDATE, {
-            "ids": [k["id"] for k in kit_updates], "seqs": [k["cmd_seq"] for k in kit_updates],
-            "actions": [k["commanded_action"] for k in kit_updates],
-            "cus": [k["commanded_credit_until"] for k in kit_updates],
-            "lds": [k["lock_due_at"] for k in kit_updates]})
 
 
 def defer_offline(s: Session, now: float, wait_s: float) -> int:

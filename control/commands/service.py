@@ -1,30 +1,41 @@
-"""The control loop: converge each kit to its account, publish signed commands, read acks.
+"""The control loop: converge each kit to its account, claim signed commands, publish them.
+
+Every command goes out the same way: the transaction that issues it (a payment's credit, a
+support action, the sweep, an ack's follow-up) also signs it and marks it ``sent`` — it is
+*claimed* — and once that transaction has committed, ``ControlService.send`` publishes it.
+A broker that refuses it puts it back as it was (the sweep tries again); a process that dies
+between commit and publish leaves it ``sent`` with its re-send time set, so the sweep
+re-publishes it then. Nothing is published from inside a transaction, so an ack can never
+arrive before the ``sent`` it answers has committed.
 
 I/O stays at the edges: the database through ``Database``, the broker through a
-``CommandPublisher`` (the real one is control.commands.mqtt_link.MqttLink; tests may pass any
+``CommandPublisher`` (the real one is control.commands.mqtt_link.MqttLink; tests pass any
 object with the same method).
 
 Two or more control processes may run against one PostgreSQL: the sweep takes a
 transaction-scoped advisory lock (one sweeper at a time, the others skip that round),
-commands are claimed with ``SKIP LOCKED`` before they are published, and kit rows are
-locked while a status or telemetry message is applied, so a reconnect or an anomaly seen
-by both processes is acted on once.
+commands are claimed with ``SKIP LOCKED``, and kit rows are locked while a kit's commands
+are issued, so a reconnect or an anomaly seen by both processes is acted on once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Connection, Table, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from cizo import protocol
 from cizo.clock import Clock
 from cizo.settings import Settings
-from control.commands import lifecycle as commands
+from control.commands import desired, lifecycle
+from control.commands.desired import Desired
+from control.commands.lifecycle import KitSeq
 from control.ledger.accounts import account_for_kit
 from control.ledger.db import Database
 from control.ledger.models import Account, Command, Kit
@@ -43,12 +54,23 @@ class CommandPublisher(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A command signed and marked ``sent`` inside its issuing transaction, to publish once
-    that transaction has committed (``ControlService.send_claimed``)."""
+    """A command signed and claimed (marked ``sent``) inside a transaction, to publish once
+    that transaction has committed (``ControlService.send``). ``before`` is what the claim
+    replaced, put back if the broker refuses it."""
 
     command_id: str
     kit_id: str
     payload: bytes
+    attempts: int
+    before: tuple[str, int, float | None]  # status, attempts, sent_at
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A command just issued, and its claim when a broker link exists to publish it."""
+
+    id: str
+    outgoing: Outgoing | None
 
 
 @dataclass
@@ -86,90 +108,122 @@ class ControlService:
         self.publisher = publisher
         self.counters = Counters()
 
-    # --- converging -------------------------------------------------------------
+    # --- issuing (inside the caller's transaction) -----------------------------------
+
+    def issue(self, conn: Session | Connection, kit: KitSeq, want: Desired | None, *,
+              origin: str, rotate_nonce: str | None = None) -> Issued:
+        """Issue, sign and claim a command for ``kit`` (held locked by the caller): the state
+        ``want``, or a ``rotate`` with ``rotate_nonce``."""
+        now = self.clock.now()
+        ttl = self.settings.command_ttl_s
+        if rotate_nonce is not None:
+            row, move = lifecycle.plan_rotate(kit, nonce=rotate_nonce, origin=origin, now=now,
+                                              ttl_s=ttl)
+        else:
+            assert want is not None
+            row, move = lifecycle.plan_state_command(kit, want, origin=origin, now=now,
+                                                     ttl_s=ttl)
+        out = self.claim_row(row, kit.secret_enc)
+        lifecycle.write_issued(conn, [row], [move], now)
+        return Issued(row["id"], out)
+
+    def converge(self, conn: Session | Connection, kit: KitSeq, want: Desired, *,
+                 decommissioned: bool, origin: str) -> Issued | None:
+        """Issue a command if ``want`` differs from what the kit was last commanded."""
+        if decommissioned or kit.commanded == want:
+            return None
+        return self.issue(conn, kit, want, origin=origin)
 
     def converge_kit(self, s: Session, kit_id: str, origin: str, *, kit: Kit | None = None,
-                     acct: Account | None = None) -> Command | None:
-        """Inside the caller's transaction: issue a command if the kit must change.
-        ``kit``/``acct``: the rows when the caller already holds them (locked), unread again."""
+                     acct: Account | None = None) -> Issued | None:
+        """``converge`` for a kit whose row the session holds locked (``kit``/``acct``: the
+        objects when the caller has them already)."""
         kit = kit if kit is not None else s.get(Kit, kit_id)
         acct = acct if acct is not None else account_for_kit(s, kit_id)
         if kit is None or acct is None:
             return None
-        return commands.converge(
-            s, kit=kit, acct=acct, origin=origin, now=self.clock.now(),
-            ttl_s=self.settings.command_ttl_s,
-        )
+        s.flush()
+        want = lifecycle.desired_for(acct, self.clock.now())
+        issued = self.converge(s, KitSeq.of(kit), want,
+                               decommissioned=kit.decommissioned_at is not None, origin=origin)
+        if issued is not None:
+            lifecycle.sync_kit(kit, lifecycle.kit_move(kit.id, kit.cmd_seq, kit.cmd_seq + 1,
+                                                       want, want.lock_due_at))
+        return issued
 
-    def claim_for_publish(self, s: Session, cmd: Command | None, kit: Kit) -> Outgoing | None:
-        """Inside the issuing transaction: sign ``cmd`` and mark it sent, so publishing it
-        right after commit needs no second transaction (the payment path's hot spot).
+    def rotate_secret(self, s: Session, kit: Kit, *, origin: str = "support") -> Issued:
+        """A signed ``rotate`` with a fresh nonce; the derived secret waits in
+        ``secret_next_enc`` until an ack signed with it proves the kit holds it
+        (``handle_ack``)."""
+        nonce = secrets.token_hex(16)
+        current = self.box.decrypt(kit.secret_enc)
+        kit.secret_next_enc = self.box.encrypt(protocol.derive_rotated_secret(current, nonce))
+        s.flush()
+        issued = self.issue(s, KitSeq.of(kit), None, origin=origin, rotate_nonce=nonce)
+        lifecycle.sync_kit(kit, lifecycle.kit_move(kit.id, kit.cmd_seq, kit.cmd_seq + 1, None,
+                                                   kit.lock_due_at))
+        return issued
 
-        Nothing is lost if the publish never happens: a process that dies between commit
-        and publish leaves the command ``sent`` with its resend time set, and the sweep
-        publishes it then; a broker that refuses it puts it back in the queue
-        (``send_claimed``)."""
-        if cmd is None or self.publisher is None:
-            return None
-        payload = commands.signed_payload(cmd, self.box, kit)
-        self._mark_sent(cmd, self.clock.now())
-        return Outgoing(cmd.id, kit.id, payload)
-
-    def send_claimed(self, out: Outgoing | None, *, payment_id: int | None = None) -> bool:
-        """After commit: publish a claimed command; if the broker is away, queue it again."""
-        if out is None or self.publisher is None:
-            return False
-        extra = {"kit_id": out.kit_id, "command_id": out.command_id, "payment_id": payment_id}
-        try:
-            if self.publisher.publish_command(out.kit_id, out.payload):
-                return True
-        except Exception:
-            log.exception("publishing command failed; queued again for the sweep", extra=extra)
-        now = self.clock.now()
-        with self.db.session() as s:
-            s.execute(update(Command).where(Command.id == out.command_id,
-                                            Command.status == "sent")
-                      .values(status="queued", attempts=Command.attempts - 1, sent_at=None,
-                              next_attempt_at=now))
-        log.warning("command not published (broker away); queued again", extra=extra)
-        return False
-
-    def publish(self, command_ids: list[str]) -> int:
-        """Publish these commands now (after their transaction committed)."""
-        if self.publisher is None or not command_ids:
-            return 0
-        sent = 0
-        with self.db.session() as s:
-            commands.sqlite_write_lock(s)  # an ack landing meanwhile is not set back to sent
-            q = select(Command).where(Command.id.in_(command_ids),
-                                      Command.status.in_(commands.PENDING))
-            for cmd in s.scalars(commands.skip_locked(q, s)):
-                sent += self._publish_one(s, cmd)
-        return sent
-
-    def _publish_one(self, s: Session, cmd: Command) -> int:
-        assert self.publisher is not None
-        kit = s.get(Kit, cmd.kit_id)
-        if kit is None:
-            return 0
-        payload = commands.signed_payload(cmd, self.box, kit)
-        if not self.publisher.publish_command(cmd.kit_id, payload):
-            return 0  # broker away: still due, the next sweep tries again
-        self._mark_sent(cmd, self.clock.now())
-        return 1
+    # --- claiming and publishing ------------------------------------------------------
 
     def claim_row(self, row: dict[str, Any], secret_enc: str) -> Outgoing | None:
-        """``claim_for_publish`` for a command given as columns (a bulk insert's row):
-        signed with the kit's secret (``secret_enc``) and marked sent in place."""
+        """Sign a command not yet written (its row's columns) and mark it sent in place;
+        None when no broker link exists (it stays queued for the sweep)."""
         if self.publisher is None:
             return None
-        payload = commands.command_payload(row, self.box.decrypt(secret_enc))
+        payload = lifecycle.command_payload(row, self.box.decrypt(secret_enc))
+        before = (row["status"], row["attempts"], row["sent_at"])
         row.update(self._sent_values(row["attempts"] + 1, self.clock.now()))
-        return Outgoing(row["id"], row["kit_id"], payload)
+        return Outgoing(row["id"], row["kit_id"], payload, row["attempts"], before)
 
-    def _mark_sent(self, cmd: Command, now: float) -> None:
-        for name, value in self._sent_values(cmd.attempts + 1, now).items():
-            setattr(cmd, name, value)
+    def claim(self, s: Session, cmds: Sequence[Command]) -> list[Outgoing]:
+        """Sign and mark sent commands already written (due re-sends, a kit back online)."""
+        if self.publisher is None or not cmds:
+            return []
+        secrets_by_kit: dict[str, str] = {
+            kid: enc for kid, enc in s.execute(select(Kit.id, Kit.secret_enc).where(
+                Kit.id.in_({c.kit_id for c in cmds})))}
+        now = self.clock.now()
+        out = []
+        for cmd in cmds:
+            enc = secrets_by_kit.get(cmd.kit_id)
+            if enc is None:
+                continue
+            payload = lifecycle.command_payload(_columns(cmd), self.box.decrypt(enc))
+            before = (cmd.status, cmd.attempts, cmd.sent_at)
+            for name, value in self._sent_values(cmd.attempts + 1, now).items():
+                setattr(cmd, name, value)
+            out.append(Outgoing(cmd.id, cmd.kit_id, payload, cmd.attempts, before))
+        return out
+
+    def send(self, outgoing: Iterable[Outgoing | None], *, payment_id: int | None = None
+             ) -> int:
+        """After commit: publish claimed commands. One the broker refuses is put back as it
+        was, due now, for the sweep; returns how many were published."""
+        outs = [o for o in outgoing if o is not None]
+        if self.publisher is None or not outs:
+            return 0
+        refused = [o for o in outs if not self._publish(o, payment_id)]
+        if refused:
+            with self.db.session() as s:
+                s.execute(_UNCLAIM, [{
+                    "cid": o.command_id, "claimed": o.attempts, "st": o.before[0],
+                    "att": o.before[1], "sent": o.before[2], "now": self.clock.now(),
+                } for o in refused])
+            log.warning("%d command(s) not published (broker away); left for the sweep",
+                        len(refused), extra={"kit_id": refused[0].kit_id,
+                                             "command_id": refused[0].command_id,
+                                             "payment_id": payment_id})
+        return len(outs) - len(refused)
+
+    def _publish(self, out: Outgoing, payment_id: int | None) -> bool:
+        assert self.publisher is not None
+        try:
+            return bool(self.publisher.publish_command(out.kit_id, out.payload))
+        except Exception:
+            log.exception("publishing command failed", extra={
+                "kit_id": out.kit_id, "command_id": out.command_id, "payment_id": payment_id})
+            return False
 
     def _sent_values(self, attempts: int, now: float) -> dict[str, Any]:
         """A command just published for the ``attempts``-th time: when to re-send it."""
@@ -178,66 +232,73 @@ class ControlService:
 
     def resend_delay_s(self, attempts: int) -> float:
         """How long to wait for an ack after the ``attempts``-th publication."""
-        return commands.backoff_s(
+        return desired.backoff_s(
             attempts, base_s=self.settings.command_resend_after_s,
             cap_s=self.settings.command_backoff_max_s,
             jitter=self.settings.command_backoff_jitter)
+
+    def _link_up(self) -> bool:
+        return self.publisher is not None and bool(getattr(self.publisher, "connected", True))
 
     def _acks_waiting(self) -> int:
         """Acks the publisher (the MQTT link) has received and not yet handed to us."""
         return int(getattr(self.publisher, "acks_waiting", 0))
 
+    # --- the sweep ------------------------------------------------------------------
+
     def _sweep_lock(self, s: Session) -> bool:
         if not self.db.is_postgres:
             # one writer at a time: what the sweep reads (kits' seqs, commanded state) is
             # what it writes over, not a payment's commit that landed in between
-            commands.sqlite_write_lock(s)
+            lifecycle.sqlite_write_lock(s)
             return True
         got = s.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": SWEEP_LOCK_KEY})
         return bool(got)
 
     def sweep(self) -> SweepResult:
         """One pass: expire stale commands, lock kits whose credit ended, (re)publish."""
-        now = self.clock.now()
         result = SweepResult()
+        issued: list[Outgoing | None] = []
         with self.db.session() as s:
             if not self._sweep_lock(s):
                 result.skipped = True
             else:
-                expired_kits = commands.expire(s, now)
+                now = self.clock.now()
+                expired_kits = lifecycle.expire(s, now)
                 result.expired = len(expired_kits)
                 # a kit whose command expired converges again from its account
-                for kit_id in expired_kits:
-                    if self.converge_kit(s, kit_id, origin="sweep") is not None:
+                for kit in lifecycle.lock_kits(s, expired_kits):
+                    again = self.converge_kit(s, kit.id, origin="sweep", kit=kit)
+                    if again is not None:
                         result.issued += 1
-                result.issued += len(commands.sweep_due(
+                        issued.append(again.outgoing)
+                result.issued += len(lifecycle.sweep_due(
                     s, now=now, ttl_s=self.settings.command_ttl_s))
-        if self.publisher is not None:
+        result.published += self.send(issued)
+        if self._link_up():
             with self.db.session() as s:
-                commands.sqlite_write_lock(s)  # no ack or supersede is overwritten by "sent"
-                commands.defer_offline(s, self.clock.now(), commands.effective_cap_s(
+                lifecycle.sqlite_write_lock(s)  # no ack or supersede is overwritten by "sent"
+                lifecycle.defer_offline(s, self.clock.now(), desired.effective_cap_s(
                     self.settings.command_resend_after_s, self.settings.command_backoff_max_s))
                 # an unread ack may be for a command now due again: re-send once read
                 resends = self._acks_waiting() == 0
                 result.resends_held = not resends
-                for cmd in commands.to_publish(s, self.clock.now(), resends=resends):
-                    result.published += self._publish_one(s, cmd)
+                due = self.claim(s, lifecycle.to_publish(s, self.clock.now(), resends=resends))
+            result.published += self.send(due)
         if result.issued or result.expired:
             log.info("sweep", extra={"issued": result.issued, "expired": result.expired,
                                      "published": result.published})
         return result
 
-    # --- messages from kits -----------------------------------------------------
+    # --- kits ----------------------------------------------------------------------
 
     def lock_kit(self, s: Session, kit_id: str) -> Kit | None:
         """The kit row, locked for this transaction (PostgreSQL row lock; SQLite writer
         lock), read fresh."""
-        q = select(Kit).where(Kit.id == kit_id)
-        if self.db.is_postgres:
-            q = q.with_for_update()
-        else:
-            commands.sqlite_write_lock(s)
-        return s.scalars(q.execution_options(populate_existing=True)).one_or_none()
+        found = lifecycle.lock_kits(s, [kit_id])
+        return found[0] if found else None
+
+    # --- messages from kits ---------------------------------------------------------
 
     def _ack_secret_ok(self, kit: Kit, payload: bytes, ack: protocol.Ack) -> bool:
         """Which secret signed the ack: the current one, or a pending rotation's (which is
@@ -265,7 +326,7 @@ class ControlService:
             self.counters.bad(exc.reason)
             log.warning("bad ack", extra={"kit_id": kit_id, "reason": exc.reason})
             return
-        follow_up: Command | None = None
+        follow_up: Issued | None = None
         with self.db.session() as s:
             kit = self.lock_kit(s, kit_id)
             if kit is None:
@@ -277,8 +338,8 @@ class ControlService:
                             extra={"kit_id": kit_id, "command_id": ack.id})
                 return
             before = s.get(Command, ack.id) if ack.id else None
-            was_pending = before is not None and before.status in commands.PENDING
-            cmd = commands.apply_ack(s, kit=kit, ack=ack, now=self.clock.now())
+            was_pending = before is not None and before.status in desired.PENDING
+            cmd = lifecycle.apply_ack(s, kit=kit, ack=ack, now=self.clock.now())
             self.counters.acks += 1
             if cmd is not None and cmd.action == "rotate" and was_pending:
                 if ack.result == "rejected":
@@ -288,9 +349,9 @@ class ControlService:
                 kit.commanded_credit_until = None
             if kit.commanded_action is None and kit.decommissioned_at is None:
                 # after a rotation (or a stale refusal): converge under the current secret
-                follow_up = self.converge_kit(s, kit_id, origin="sweep")
+                follow_up = self.converge_kit(s, kit_id, origin="sweep", kit=kit)
         if follow_up is not None:
-            self.publish([follow_up.id])
+            self.send([follow_up.outgoing])
 
     def handle_status(self, kit_id: str, payload: bytes) -> None:
         if not payload:
@@ -300,7 +361,7 @@ class ControlService:
         except protocol.ContractError as exc:
             self.counters.bad(exc.reason)
             return
-        resend: list[str] = []
+        resend: list[Outgoing] = []
         now = self.clock.now()
         with self.db.session() as s:
             kit = self.lock_kit(s, kit_id)
@@ -313,12 +374,10 @@ class ControlService:
             kit.last_seen = now
             if came_online:
                 # re-send what is still pending the moment the kit is back
-                pending = s.scalars(select(Command).where(
-                    Command.kit_id == kit_id, Command.status == "sent")).all()
-                for c in pending:
-                    c.next_attempt_at = now
-                    resend.append(c.id)
-        self.publish(resend)
+                pending = select(Command).where(Command.kit_id == kit_id,
+                                                Command.status == "sent")
+                resend = self.claim(s, s.scalars(lifecycle.skip_locked(pending, s)).all())
+        self.send(resend)
 
     def handle_telemetry(self, kit_id: str, payload: bytes) -> None:
         """Reported state from telemetry; a kit unlocked without credit is corrected."""
@@ -328,7 +387,7 @@ class ControlService:
         except protocol.ContractError as exc:
             self.counters.bad(exc.reason)
             return
-        issued: Command | None = None
+        issued: Issued | None = None
         with self.db.session() as s:
             kit = self.lock_kit(s, kit_id)
             acct = account_for_kit(s, kit_id)
@@ -342,10 +401,10 @@ class ControlService:
             kit.reported_credit_until = tele.credit_until
             if kit.decommissioned_at is not None:
                 return
-            want = commands.desired_for(acct, now)
+            want = lifecycle.desired_for(acct, now)
             wrong = (want.action == "lock") != tele.locked
             pending = s.scalar(select(Command.id).where(
-                Command.kit_id == kit_id, Command.status.in_(commands.PENDING)).limit(1))
+                Command.kit_id == kit_id, Command.status.in_(desired.PENDING)).limit(1))
             if wrong and pending is None and tele.ts >= now - 120:
                 self.counters.anomalies += 1
                 kit.anomaly_count = (kit.anomaly_count or 0) + 1
@@ -353,10 +412,13 @@ class ControlService:
                 log.warning("kit state differs from its account",
                             extra={"kit_id": kit_id, "reported_locked": tele.locked,
                                    "desired": want.action})
-                issued = commands.issue(s, kit=kit, want=want, origin="correction", now=now,
-                                        ttl_s=self.settings.command_ttl_s)
+                s.flush()
+                issued = self.issue(s, KitSeq.of(kit), want, origin="correction")
+                lifecycle.sync_kit(kit, lifecycle.kit_move(kit.id, kit.cmd_seq,
+                                                           kit.cmd_seq + 1, want,
+                                                           want.lock_due_at))
         if issued is not None:
-            self.publish([issued.id])
+            self.send([issued.outgoing])
 
     @staticmethod
     def _older_than_last_ack(s: Session, kit: Kit, tele: protocol.Telemetry) -> bool:
@@ -369,8 +431,6 @@ class ControlService:
             Command.kit_id == kit.id, Command.status.in_(("applied", "rejected"))))
         return last_ack is not None and tele.ts < last_ack
 
-    # --- decommissioning ------------------------------------------------------------
-
     def clear_retained(self, kit_id: str) -> bool:
         """Remove a decommissioned kit's retained command from the broker."""
         clear = getattr(self.publisher, "clear_retained", None)
@@ -378,3 +438,18 @@ class ControlService:
             return False
         result = clear(kit_id)
         return result is not False
+
+
+def _columns(cmd: Command) -> dict[str, Any]:
+    return {"kit_id": cmd.kit_id, "id": cmd.id, "seq": cmd.seq, "action": cmd.action,
+            "credit_until": cmd.credit_until, "issued_at": cmd.issued_at,
+            "expires_at": cmd.expires_at, "nonce": cmd.nonce}
+
+
+# Put a refused claim back as it was (only if nothing has moved it since), due now.
+_C: Table = Command.__table__  # type: ignore[assignment]
+_UNCLAIM = (update(_C)
+            .where(_C.c.id == bindparam("cid"), _C.c.status == "sent",
+                   _C.c.attempts == bindparam("claimed"))
+            .values(status=bindparam("st"), attempts=bindparam("att"),
+                    sent_at=bindparam("sent"), next_attempt_at=bindparam("now")))

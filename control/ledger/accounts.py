@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from cizo import protocol
 from control.ledger import credit
-from control.ledger.models import Account, AuditEntry, Desco, Kit, LedgerEntry, Payment
+from control.ledger.models import Account, AuditEntry, Desco, Kit, LedgerEntry
 from control.ledger.secrets import SecretBox, hash_mqtt_password, new_mqtt_password
 
 log = logging.getLogger(__name__)
@@ -157,44 +157,6 @@ def account_for_kit(s: Session, kit_id: str, *, for_update: bool = False) -> Acc
     if for_update:
         q = q.with_for_update()
     return s.scalars(q).one_or_none()
-
-
-def post_change(
-    s: Session, *, payment: Payment, acct: Account, change: credit.CreditChange, status: str,
-    kind: str, amount_fcfa: int, entry_fcfa: int, now: float,
-) -> None:
-    """Store a computed credit change: the account's new state, the payment marked
-    ``status`` against this account, and the ledger entry (``entry_fcfa`` signed) that
-    proves it."""
-    _store_state(acct, change.after)
-    payment.status = status
-    payment.amount_fcfa = amount_fcfa
-    payment.account_id = acct.id
-    payment.credited_at = now
-    payment.updated_at = now
-    s.add(LedgerEntry(
-        account_id=acct.id, payment_id=payment.id, kind=kind, amount_fcfa=entry_fcfa,
-        days=change.days_added, remainder_after_fcfa=change.after.remainder_fcfa,
-        credit_until_before=change.before.credit_until,
-        credit_until_after=change.after.credit_until, created_at=now,
-    ))
-
-
-def credit_payment(
-    s: Session, *, payment: Payment, acct: Account, amount_fcfa: int, now: float
-) -> credit.CreditChange:
-    """Credit a confirmed payment once: the ledger entry's unique payment_id guards it."""
-    if payment.status == "credited":
-        raise LedgerError(f"payment {payment.id} is already credited")
-    change = credit.apply_payment(plan_of(acct), state_of(acct), amount_fcfa, int(now))
-    post_change(s, payment=payment, acct=acct, change=change, status="credited",
-                kind="payment", amount_fcfa=amount_fcfa, entry_fcfa=amount_fcfa, now=now)
-    log.info(
-        "payment credited",
-        extra={"payment_id": payment.id, "kit_id": acct.kit_id, "amount_fcfa": amount_fcfa,
-               "days": change.days_added},
-    )
-    return change
 
 
 def grant_free_days(

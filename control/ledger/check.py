@@ -1,5 +1,5 @@
-"""Correcting entries and proof: reversals post negative ledger entries (never edits), and
-``check_ledger`` re-derives every account's balance from the append-only ledger alone.
+"""Proof: ``check_ledger`` re-derives every account's balance from the append-only ledger
+alone (reversals are negative entries, never edits: control.payments.reversals).
 """
 
 from __future__ import annotations
@@ -10,18 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control.ledger import credit
-from control.ledger.accounts import plan_of, post_change, state_of
+from control.ledger.accounts import plan_of, state_of
 from control.ledger.models import Account, LedgerEntry, Payment
-
-
-def post_reversal(
-    s: Session, *, reversal: Payment, acct: Account, amount_fcfa: int, now: float
-) -> credit.CreditChange:
-    """Inside the caller's transaction: a negative entry, the account reduced accordingly."""
-    change = credit.apply_reversal(plan_of(acct), state_of(acct), amount_fcfa, int(now))
-    post_change(s, payment=reversal, acct=acct, change=change, status="applied",
-                kind="reversal", amount_fcfa=amount_fcfa, entry_fcfa=-amount_fcfa, now=now)
-    return change
 
 
 @dataclass(frozen=True, slots=True)

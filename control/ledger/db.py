@@ -9,10 +9,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+
+# SQLite's single writer lock, taken with a write that changes nothing (see Database.writing)
+SQLITE_WRITE_LOCK = text("UPDATE kits SET cmd_seq = cmd_seq WHERE 0")
 
 
 def normalise_url(url: str) -> str:
@@ -75,6 +78,19 @@ class Database:
     def session(self) -> Iterator[Session]:
         with self._factory() as s, s.begin():
             yield s
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A Core transaction that reads rows in order to write them back.
+
+        PostgreSQL: the caller locks what it reads (``FOR UPDATE``). SQLite ignores
+        ``FOR UPDATE`` and lets each read see whatever committed last, so its one writer
+        lock is taken first: every read that follows sees the latest state and nobody else
+        commits before this transaction ends."""
+        with self.engine.begin() as conn:
+            if not self.is_postgres:
+                conn.execute(SQLITE_WRITE_LOCK)
+            yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -105,3 +105,33 @@ def suspicious_amount(amount: int, *, owed_fcfa: int, requested_fcfa: int | None
         hint = " (x100 error?)" if amount % 100 == 0 and amount // 100 <= owed_fcfa else ""
         return f"amount {amount} exceeds the {owed_fcfa} still owed{hint}"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Checks:
+    """What a confirmed amount must pass before it is credited; anything else waits for a
+    human in suspense. What differs between feeds is this, not a copy of the credit."""
+
+    requested: bool  # equal to what our intent asked the payer for
+    owed: bool  # not above what is still owed on the kit (amounts the payer chose)
+
+
+INTENT = Checks(requested=True, owed=False)  # PayGate: the amount we asked for, confirmed
+INTENT_WITHIN_OWED = Checks(requested=True, owed=True)  # MoMo
+MATCHED = Checks(requested=False, owed=True)  # found by reference or phone
+VOUCHED = Checks(requested=False, owed=False)  # a staff member linked it (maker-checker)
+
+
+def verdict(amount: int | None, currency: str | None, *, checks: Checks,
+            requested_fcfa: int | None, owed_fcfa: int) -> str | None:
+    """Why a confirmed amount must wait for a human, or None: it may be credited."""
+    if amount is None or isinstance(amount, bool) or amount <= 0:
+        return f"provider confirmed no usable amount ({amount!r})"
+    if currency not in (None, CURRENCY):
+        return f"currency {currency} is not {CURRENCY}"
+    if not checks.owed:
+        if checks.requested and requested_fcfa is not None and amount != requested_fcfa:
+            return suspicious_amount(amount, owed_fcfa=0, requested_fcfa=requested_fcfa)
+        return None
+    return suspicious_amount(amount, owed_fcfa=owed_fcfa,
+                             requested_fcfa=requested_fcfa if checks.requested else None)

@@ -14,8 +14,8 @@ from apscheduler.schedulers.base import BaseScheduler
 from sqlalchemy import select
 
 from control.ledger.models import Payment
-from control.payments.providers import momo
-from control.payments.providers import paygate as payments
+from control.payments.errors import PaymentProviderUnavailable
+from control.payments.providers import momo, paygate
 from control.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -45,16 +45,16 @@ def poll_pending(rt: Runtime, *, limit: int = 200) -> PollResult:
         try:
             if provider == momo.PROVIDER:
                 outcome = momo.confirm(rt, ref)  # schedules its own next check if PENDING
-            elif provider == payments.PROVIDER:
-                outcome = payments.handle_paygate_callback(rt, {"identifier": ref})
+            elif provider == paygate.PROVIDER:
+                outcome = paygate.handle_paygate_callback(rt, {"identifier": ref})
             else:
                 continue
-        except payments.PaymentProviderUnavailable:
+        except PaymentProviderUnavailable:
             result.unavailable += 1
             _backoff(rt, pid, attempts + 1)
             continue
         if outcome.outcome == "unknown" or (
-            provider == payments.PROVIDER and outcome.outcome == "pending"
+            provider == paygate.PROVIDER and outcome.outcome == "pending"
         ):
             _backoff(rt, pid, attempts + 1)
         if outcome.credited:

@@ -1,34 +1,29 @@
 """Customer messages (SMS): receipts, reminders before credit ends, keypad tokens.
 
-A ``Notifier`` delivers one text to one phone. Three are built in: ``FileNotifier``
-(JSON lines, the default: the outbox a test or an operator reads), ``LogNotifier`` and
-``HttpSmsNotifier`` (a generic HTTP SMS gateway: ``POST {"to", "text", "kind", "ref"}``
-with a bearer token). Words come from templates (French by default) that a DESCO can
-override: ``<notify_templates_dir>/<desco_id>/<lang>/<name>.txt``, then
-``<notify_templates_dir>/<lang>/<name>.txt``, then ours in control/templates/.
+Words come from templates (French by default) that a DESCO can override:
+``<notify_templates_dir>/<desco_id>/<lang>/<name>.txt``, then
+``<notify_templates_dir>/<lang>/<name>.txt``, then ours in control/templates/. They go out
+through the runtime's notifier (control.gateways.sms).
 
-Receipts run as an after-credit hook (``control.payments.intake.AFTER_CREDIT_HOOKS``, installed by
-``install_hooks``), after the credit committed: a failure is logged, never undoes money.
-Phone numbers go to the notifier only, never to the log.
+``on_credit`` is the after-credit hook the control app registers on its runtime
+(control.main): it runs once a credit or a reversal has committed; a failure is logged and
+never undoes money. Phone numbers go to the notifier only, never to the log.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import string
-import threading
-import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import httpx
 from sqlalchemy import select
 
 from cizo.settings import Settings
 from control.commands import tokens
+from control.gateways.sms import Message
+from control.ledger.events import CreditNotice
 from control.ledger.models import Account, Kit, KitToken, LedgerEntry
 from control.runtime import Runtime
 
@@ -36,74 +31,6 @@ log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 DAY_S = 86_400
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    kind: str  # receipt|reminder|token|owned
-    to: str  # E.164
-    text: str
-    kit_id: str
-    desco_id: str
-    ref: str  # what the message is about (payment id, token count, day)
-
-
-class Notifier(Protocol):
-    def send(self, msg: Message) -> None:
-        """Deliver or raise; the caller logs failures."""
-        ...
-
-
-class FileNotifier:
-    """Appends one JSON object per message to a file (thread-safe)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-
-    def send(self, msg: Message) -> None:
-        line = json.dumps({"at": time.time(), "kind": msg.kind, "to": msg.to, "text": msg.text,
-                           "kit_id": msg.kit_id, "desco_id": msg.desco_id, "ref": msg.ref},
-                          ensure_ascii=False)
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
-
-
-class LogNotifier:
-    """Logs that a message would be sent (kind and kit only: no phone, no text)."""
-
-    def send(self, msg: Message) -> None:
-        log.info("notification %s", msg.kind, extra={"kit_id": msg.kit_id, "ref": msg.ref})
-
-
-class HttpSmsNotifier:
-    """A generic HTTP SMS gateway; 2xx is delivered, anything else raises."""
-
-    def __init__(self, url: str, token: str | None, timeout_s: float) -> None:
-        self.url = url
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.timeout_s = timeout_s
-
-    def send(self, msg: Message) -> None:
-        r = httpx.post(self.url, json={"to": msg.to, "text": msg.text, "kind": msg.kind,
-                                       "ref": f"{msg.kit_id}:{msg.kind}:{msg.ref}"},
-                       headers=self.headers, timeout=self.timeout_s)
-        if r.status_code // 100 != 2:
-            raise RuntimeError(f"SMS gateway answered {r.status_code}")
-
-
-def notifier_for(settings: Settings) -> Notifier:
-    if settings.notify_backend == "http":
-        if not settings.sms_gateway_url:
-            raise RuntimeError("notify_backend is http but CIZO_SMS_GATEWAY_URL is not set")
-        tok = settings.sms_gateway_token.get_secret_value() if settings.sms_gateway_token \
-            else None
-        return HttpSmsNotifier(settings.sms_gateway_url, tok, settings.sms_gateway_timeout_s)
-    if settings.notify_backend == "log":
-        return LogNotifier()
-    return FileNotifier(settings.notify_file or settings.data_dir / "notifications.jsonl")
 
 
 # --- templates ---------------------------------------------------------------------------
@@ -155,22 +82,9 @@ def _token_text(tok: KitToken | None) -> str:
 # --- receipts (after-credit hook) ------------------------------------------------------------
 
 
-def _notifier(rt: Runtime) -> Notifier:
-    found: Notifier | None = getattr(rt, "_cizo_notifier", None)
-    if found is None:
-        found = notifier_for(rt.settings)
-        object.__setattr__(rt, "_cizo_notifier", found)
-    return found
-
-
-def set_notifier(rt: Runtime, notifier: Notifier) -> None:
-    """Use this notifier for ``rt`` (tests and benchmarks)."""
-    object.__setattr__(rt, "_cizo_notifier", notifier)
-
-
-def on_credit(rt: Runtime, notice: Any) -> None:
+def on_credit(rt: Runtime, notice: CreditNotice) -> None:
     """After a committed credit (or reversal): a keypad token when the kit cannot be reached,
-    then the customer's receipt. ``notice`` is a control.payments.intake.CreditNotice."""
+    then the customer's receipt."""
     if (notice.wants_token is False and notice.account_number is not None
             and notice.desco_id is not None):
         # the credit's transaction read all we need and no token is due: no database here
@@ -200,7 +114,7 @@ def on_credit(rt: Runtime, notice: Any) -> None:
           erased=acct.personal_data_erased_at is not None, tok=tok)
 
 
-def _tell(rt: Runtime, notice: Any, *, account_number: str, days: int | None,
+def _tell(rt: Runtime, notice: CreditNotice, *, account_number: str, days: int | None,
           credit_until: int | None, daily_rate_fcfa: int | None, phone: str | None,
           desco: str, erased: bool, tok: KitToken | None) -> None:
     """The customer's receipt (or, after a reversal, the new token alone)."""
@@ -219,7 +133,7 @@ def _tell(rt: Runtime, notice: Any, *, account_number: str, days: int | None,
 
 def send(rt: Runtime, msg: Message) -> bool:
     try:
-        _notifier(rt).send(msg)
+        rt.notifier.send(msg)
     except Exception:
         log.exception("notification %s not delivered", msg.kind,
                       extra={"kit_id": msg.kit_id, "ref": msg.ref})
@@ -242,14 +156,6 @@ def send_token(rt: Runtime, kit_id: str, token_id: int) -> bool:
         msg = Message("token", acct.customer_phone, text, kit_id, acct.desco_id,
                       str(tok.count))
     return send(rt, msg)
-
-
-def install_hooks() -> None:
-    """Register the receipt hook once (control.main.build_app calls this)."""
-    from control.payments import intake
-
-    if on_credit not in intake.AFTER_CREDIT_HOOKS:
-        intake.AFTER_CREDIT_HOOKS.append(on_credit)
 
 
 # --- reminders -------------------------------------------------------------------------------

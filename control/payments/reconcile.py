@@ -18,7 +18,9 @@ from sqlalchemy.orm import Session
 from control.ledger import accounts as ledger
 from control.ledger.accounts import Actor
 from control.ledger.models import Payment, ReconImport, ReconProposal
-from control.payments import intake, statements
+from control.payments import statements
+from control.payments.posting import Receipt
+from control.payments.receive import Incoming, receive
 from control.payments.suspense import SuspenseError, same_person
 from control.runtime import Runtime
 
@@ -125,7 +127,7 @@ def _recheck(s: Session, provider: str, tx: str, now: float) -> None:
 
 
 def decide_proposal(rt: Runtime, *, proposal_id: int, approve: bool, actor: Actor,
-                    reason: str | None = None) -> tuple[ReconProposal, intake.Receipt | None]:
+                    reason: str | None = None) -> tuple[ReconProposal, Receipt | None]:
     """A second finance user approves (the payment is recorded and matched) or rejects."""
     now = rt.clock.now()
     with rt.db.session() as s:
@@ -151,7 +153,7 @@ def decide_proposal(rt: Runtime, *, proposal_id: int, approve: bool, actor: Acto
     if approve:
         ref = prop.transaction_id if prop.provider != "agent" \
             else f"{prop.desco_id}:{prop.transaction_id}"
-        receipt = intake.receive(rt, intake.Incoming(
+        receipt = receive(rt, Incoming(
             provider=prop.provider, provider_ref=ref, desco_id=prop.desco_id,
             amount_fcfa=prop.amount_fcfa, phone_e164=prop.phone, reference=prop.reference,
             paid_at=day_start(prop.day) + 43_200,

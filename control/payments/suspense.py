@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from control.ledger import accounts as ledger
 from control.ledger.accounts import Actor
 from control.ledger.models import Account, Payment, SuspenseLink
-from control.payments import intake
+from control.payments import posting
+from control.payments.posting import Receipt
 from control.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def propose_link(rt: Runtime, *, payment_id: int, account: str, reason: str,
 
 
 def decide_link(rt: Runtime, *, link_id: int, approve: bool, actor: Actor,
-                reason: str | None = None) -> tuple[SuspenseLink, intake.Receipt | None]:
+                reason: str | None = None) -> tuple[SuspenseLink, Receipt | None]:
     """Finance approves (credits now) or rejects; never the proposer."""
     now = rt.clock.now()
     with rt.db.session() as s:
@@ -101,7 +102,7 @@ def decide_link(rt: Runtime, *, link_id: int, approve: bool, actor: Actor,
         s.expunge(link)
     receipt = None
     if approve:
-        receipt = intake.credit_parked(rt, link.payment_id, link.account_id, actor=actor,
+        receipt = posting.credit_parked(rt, link.payment_id, link.account_id, actor=actor,
                                        audit_detail={"link_id": link.id,
                                                      "proposed_by": link.proposed_by})
         if not receipt.credited:

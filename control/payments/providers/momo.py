@@ -17,14 +17,16 @@ from control.ledger import accounts as ledger
 from control.ledger.accounts import Actor
 from control.ledger.models import Payment
 from control.ledger.phone import PhoneError, normalise_phone
-from control.payments import credit_fast, intake, matching
-from control.payments.providers.paygate import (
-    CallbackOutcome,
+from control.payments import callbacks, matching, posting
+from control.payments.callbacks import CallbackOutcome
+from control.payments.errors import (
     PaymentInvalid,
     PaymentNotFound,
     PaymentProviderUnavailable,
     PaymentRejected,
 )
+from control.payments.posting import Confirmed
+from control.payments.receive import Incoming, receive
 from control.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,7 @@ def safe_body(body: dict[str, Any]) -> dict[str, Any]:
 def confirm(rt: Runtime, reference_id: str, body: dict[str, Any] | None = None
             ) -> CallbackOutcome:
     """Ask MoMo for the verdict on ``reference_id`` and act on it (callback or poll)."""
-    state = intake.payment_state(rt, PROVIDER, reference_id)
+    state = callbacks.payment_state(rt, PROVIDER, reference_id)
     payment_id = state.payment_id if state else None
     status_now = state.status if state else None
     attempts = state.check_attempts if state else 0
@@ -137,62 +139,36 @@ def confirm(rt: Runtime, reference_id: str, body: dict[str, Any] | None = None
     if payment_id is None:
         if verdict.status != SUCCESSFUL or verdict.amount is None:
             return CallbackOutcome("unmatched", reference_id, detail=verdict.status)
-        receipt = intake.receive(rt, intake.Incoming(
+        receipt = receive(rt, Incoming(
             provider=PROVIDER, provider_ref=reference_id, desco_id=None,
             amount_fcfa=verdict.amount, currency=verdict.currency or "",
             phone_e164=verdict.payer_e164, reference=verdict.external_id,
             payment_reference=verdict.financial_transaction_id, network="MTN",
             detail={"reference_id": reference_id}), actor=MOMO_ACTOR)
-        return _outcome(reference_id, receipt)
+        return callbacks.outcome_of(reference_id, receipt)
     if verdict.status == PENDING or verdict.status not in (SUCCESSFUL, FAILED):
         _schedule(rt, payment_id, attempts + 1, None)
         return CallbackOutcome("pending", reference_id, payment_id, detail=verdict.status)
     if verdict.status == FAILED:
         reason = f"MoMo FAILED: {verdict.reason or 'no reason given'}"
-        with rt.db.session() as s:
-            p = intake.lock_payment(rt, s, payment_id)
-            if p.status in ("initiated", "pending"):
-                p.status, p.reason, p.next_check_at = "failed", reason, None
-                p.updated_at = rt.clock.now()
-                ledger.audit(s, actor=MOMO_ACTOR, action="payment.failed", now=p.updated_at,
-                             desco_id=p.desco_id, reason=reason,
-                             after={"reference_id": reference_id})
+        callbacks.set_open_status(rt, payment_id, status="failed", reason=reason,
+                                  next_check_at=None,
+                                  audit=(MOMO_ACTOR, "payment.failed",
+                                         {"reference_id": reference_id}))
         log.info("MoMo payment %s failed: %s", reference_id, verdict.reason, extra=extra)
         return CallbackOutcome("failed", reference_id, payment_id, detail=reason)
-    confirmed = {"payment_reference": verdict.financial_transaction_id,
-                 "paid_at": rt.clock.now()}
-    fast = credit_fast.credit_intent(
-        rt, payment_id, amount=verdict.amount, currency=verdict.currency, check_owed=True,
-        fields={k: v for k, v in confirmed.items() if v is not None})
-    if fast is not None:  # the plain case, in Core statements; otherwise the general path
-        return CallbackOutcome("credited", reference_id, payment_id, credited=True,
-                               command_id=fast.command_id)
-    # a currency other than XOF is kept as sent: the intake parks it in suspense
-    receipt = intake.credit_intent(
-        rt, payment_id, amount=verdict.amount, currency=verdict.currency, actor=MOMO_ACTOR,
-        fields={"payment_reference": verdict.financial_transaction_id,
-                "paid_at": rt.clock.now(), "next_check_at": None})
-    if receipt.outcome == "suspense":
-        with rt.db.session() as s:
-            parked = s.get(Payment, payment_id)
-            if parked is not None:
-                parked.next_check_at = None
-    return _outcome(reference_id, receipt)
-
-
-def _outcome(ref: str, r: intake.Receipt) -> CallbackOutcome:
-    name = {"duplicate": "already_credited"}.get(r.outcome, r.outcome)
-    return CallbackOutcome(name, ref, r.payment_id, credited=r.credited,
-                           command_id=r.command_id, detail=r.detail)
+    # a currency other than XOF is kept as sent: posting parks it in suspense
+    receipt = posting.credit_intent(
+        rt, payment_id, amount=verdict.amount, currency=verdict.currency,
+        checks=matching.INTENT_WITHIN_OWED, actor=MOMO_ACTOR,
+        confirmed=Confirmed(paid_at=rt.clock.now(),
+                            payment_reference=verdict.financial_transaction_id))
+    return callbacks.outcome_of(reference_id, receipt)
 
 
 def _schedule(rt: Runtime, payment_id: int, attempts: int, reason: str | None) -> None:
-    with rt.db.session() as s:
-        p = s.get(Payment, payment_id)
-        if p is None or p.status not in ("initiated", "pending"):
-            return
-        p.status = "pending"
-        p.check_attempts = attempts
-        p.next_check_at = next_check(rt, attempts)
-        if reason:
-            p.reason = reason
+    values: dict[str, Any] = {"status": "pending", "check_attempts": attempts,
+                              "next_check_at": next_check(rt, attempts)}
+    if reason:
+        values["reason"] = reason
+    callbacks.set_open_status(rt, payment_id, **values)

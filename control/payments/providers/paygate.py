@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from control.gateways.paygate import (
@@ -31,46 +29,23 @@ from control.ledger import accounts as ledger
 from control.ledger.accounts import Actor
 from control.ledger.models import Payment
 from control.ledger.phone import PhoneError, local_digits, normalise_phone
-from control.payments import credit_fast, intake, matching
+from control.payments import callbacks, matching, posting
+from control.payments.callbacks import CallbackOutcome
+from control.payments.errors import (
+    PaymentInvalid,
+    PaymentNotFound,
+    PaymentProviderUnavailable,
+    PaymentRejected,
+)
+from control.payments.posting import Confirmed
+from control.payments.receive import Incoming, receive
 from control.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 PROVIDER = "paygate"
 PAYGATE_ACTOR = Actor(name="paygate-callback", role="system")
-MAX_AMOUNT_FCFA = 10_000_000
-
-
-class PaymentError(Exception):
-    """Base of the errors the API turns into clear answers."""
-
-
-class PaymentInvalid(PaymentError):
-    """The request itself is wrong (amount, phone, network)."""
-
-
-class PaymentNotFound(PaymentError):
-    """No such kit or payment in the caller's scope."""
-
-
-class PaymentRejected(PaymentError):
-    """PayGate answered and refused to start the payment."""
-
-
-class PaymentProviderUnavailable(PaymentError):
-    """PayGate could not be reached: nothing was credited; try again later."""
-
-
-@dataclass(frozen=True, slots=True)
-class CallbackOutcome:
-    """What a callback led to; ``credited`` is True only for the one call that credited."""
-
-    outcome: str  # credited|already_credited|pending|failed|suspense|unknown|unmatched
-    identifier: str
-    payment_id: int | None = None
-    credited: bool = False
-    command_id: str | None = None
-    detail: str | None = None
+MAX_AMOUNT_FCFA = matching.MAX_AMOUNT_FCFA
 
 
 def new_identifier(kit_id: str) -> str:
@@ -198,7 +173,7 @@ def handle_paygate_callback(rt: Runtime, body: dict[str, Any]) -> CallbackOutcom
             raise PaymentInvalid("callback has no identifier")
     identifier = str(raw_id).strip()
 
-    state = intake.payment_state(rt, PROVIDER, identifier)
+    state = callbacks.payment_state(rt, PROVIDER, identifier)
     known = state is not None
     payment_id = state.payment_id if state is not None else None
     status_now = state.status if state is not None else None
@@ -243,12 +218,10 @@ def handle_paygate_callback(rt: Runtime, body: dict[str, Any]) -> CallbackOutcom
                     identifier, confirmed.status, extra=extra)
         return CallbackOutcome("pending", identifier, payment_id, detail=confirmed.status_text)
 
-    try:
-        return _credit_confirmed(rt, payment_id, identifier, confirmed)
-    except IntegrityError:
-        # the ledger's unique payment_id: another worker credited it between our checks
-        log.info("callback for %s: credited concurrently", identifier, extra=extra)
-        return CallbackOutcome("already_credited", identifier, payment_id)
+    receipt = posting.credit_intent(rt, payment_id, amount=confirmed.amount, currency=None,
+                                    checks=matching.INTENT, actor=PAYGATE_ACTOR,
+                                    confirmed=_confirmed(confirmed, rt.clock.now()))
+    return callbacks.outcome_of(identifier, receipt)
 
 
 def _identifier_from_tx_reference(rt: Runtime, raw: object) -> str | None:
@@ -264,89 +237,22 @@ def _identifier_from_tx_reference(rt: Runtime, raw: object) -> str | None:
     return found
 
 
-def _apply_confirmation(row: Payment, confirmed: PayGateStatus) -> None:
-    row.tx_reference = confirmed.tx_reference or row.tx_reference
-    row.payment_reference = confirmed.payment_reference or row.payment_reference
-    if confirmed.payment_method in ("FLOOZ", "TMONEY"):
-        row.network = confirmed.payment_method
+def _confirmed(status: PayGateStatus, now: float) -> Confirmed:
+    """The payment columns PayGate's status API vouches for."""
+    network = status.payment_method if status.payment_method in ("FLOOZ", "TMONEY") else None
+    return Confirmed(paid_at=status.paid_at or now, tx_reference=status.tx_reference or None,
+                     payment_reference=status.payment_reference or None, network=network)
 
 
-def _set_status(
-    rt: Runtime, payment_id: int, status: str, reason: str | None, confirmed: PayGateStatus
-) -> None:
-    with rt.db.session() as s:
-        row = intake.lock_payment(rt, s, payment_id)
-        if row.status in ("credited", "suspense"):
-            return
-        row.status = status
-        row.reason = reason
-        row.updated_at = rt.clock.now()
-        _apply_confirmation(row, confirmed)
-
-
-def _credit_confirmed(
-    rt: Runtime, payment_id: int, identifier: str, confirmed: PayGateStatus
-) -> CallbackOutcome:
-    now = rt.clock.now()
-    fields: dict[str, Any] = {"paid_at": confirmed.paid_at or now}
-    if confirmed.tx_reference:
-        fields["tx_reference"] = confirmed.tx_reference
-    if confirmed.payment_reference:
-        fields["payment_reference"] = confirmed.payment_reference
-    if confirmed.payment_method in ("FLOOZ", "TMONEY"):
-        fields["network"] = confirmed.payment_method
-    fast = credit_fast.credit_intent(rt, payment_id, amount=confirmed.amount, currency=None,
-                                     fields=fields, check_owed=False)
-    if fast is not None:  # the plain case, in Core statements; otherwise the general path
-        return CallbackOutcome("credited", identifier, payment_id, credited=True,
-                               command_id=fast.command_id)
-    command_id: str | None = None
-    with rt.db.session() as s:
-        # one statement locks all three; _kit is held so converging does not read it again
-        row, acct, kit = intake.lock_for_credit(rt, s, payment_id)
-        extra = {"kit_id": acct.kit_id if acct else None, "payment_id": payment_id}
-        if row.status == "credited":
-            log.info("callback for %s: already credited", identifier, extra=extra)
-            return CallbackOutcome("already_credited", identifier, payment_id)
-        if row.status == "suspense":
-            return CallbackOutcome("suspense", identifier, payment_id, detail=row.reason)
-        _apply_confirmation(row, confirmed)
-        row.updated_at = now
-        reason: str | None = None
-        if acct is None:
-            reason = "payment is not linked to an account"
-        elif confirmed.amount is None or confirmed.amount <= 0:
-            reason = f"PayGate confirmed no usable amount ({confirmed.amount!r})"
-        elif row.requested_fcfa is not None and confirmed.amount != row.requested_fcfa:
-            reason = matching.suspicious_amount(confirmed.amount, owed_fcfa=0,
-                                                requested_fcfa=row.requested_fcfa)
-        if reason is not None or acct is None or confirmed.amount is None:
-            row.status = "suspense"
-            row.reason = reason
-            row.amount_fcfa = confirmed.amount
-            ledger.audit(s, actor=PAYGATE_ACTOR, action="payment.suspense", now=now,
-                         kit_id=acct.kit_id if acct else None, desco_id=row.desco_id,
-                         reason=reason, after={"identifier": identifier,
-                                               "amount_fcfa": confirmed.amount})
-            log.warning("payment %s to suspense: %s", identifier, reason, extra=extra)
-            return CallbackOutcome("suspense", identifier, payment_id, detail=reason)
-
-        # no audit row for a plain confirmed credit: the payment row (confirmed fields,
-        # matched_by, credited_at) and its ledger entry are the record; suspense is audited
-        change = ledger.credit_payment(s, payment=row, acct=acct,
-                                       amount_fcfa=confirmed.amount, now=now)
-        row.matched_by = "intent"
-        row.next_check_at = None
-        row.paid_at = confirmed.paid_at or now
-        s.flush()  # the ledger entry's unique payment_id fails here, not at commit
-        cmd, outgoing, wants = intake.converge_and_claim(rt, s, acct, kit)
-        command_id = cmd.id if cmd is not None else None
-        notice = intake.notice_for(acct, row, confirmed.amount, days=change.days_added,
-                                   wants_token=wants)
-    rt.service.send_claimed(outgoing, payment_id=payment_id)
-    intake.after_credit(rt, notice)
-    return CallbackOutcome("credited", identifier, payment_id, credited=True,
-                           command_id=command_id)
+def _set_status(rt: Runtime, payment_id: int, status: str, reason: str | None,
+                confirmed: PayGateStatus) -> None:
+    """A verdict that is not a payment (still pending, expired, cancelled)."""
+    c = _confirmed(confirmed, rt.clock.now())
+    fields: dict[str, Any] = {k: v for k, v in (("tx_reference", c.tx_reference),
+                                ("payment_reference", c.payment_reference),
+                                ("network", c.network)) if v is not None}
+    callbacks.set_open_status(rt, payment_id, only_open=False, status=status, reason=reason,
+                              **fields)
 
 
 def _record_unconfirmed(
@@ -371,7 +277,7 @@ def _park_unmatched(
         log.warning("callback for %s: not ours and not paid (%s); nothing recorded",
                     identifier, confirmed.status_text)
         return CallbackOutcome("unmatched", identifier, detail=confirmed.status_text)
-    receipt = intake.receive(rt, intake.Incoming(
+    receipt = receive(rt, Incoming(
         provider=PROVIDER, provider_ref=identifier, desco_id=None,
         amount_fcfa=confirmed.amount, phone_e164=confirmed.phone_e164,
         paid_at=confirmed.paid_at, tx_reference=confirmed.tx_reference,

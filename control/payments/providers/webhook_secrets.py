@@ -5,7 +5,7 @@ from __future__ import annotations
 from control.ledger import accounts as ledger
 from control.ledger.accounts import Actor
 from control.ledger.models import Desco, WebhookSecret
-from control.payments.providers import webhook_signature as webhooks
+from control.payments.providers import webhook_signature
 from control.runtime import Runtime
 
 
@@ -15,7 +15,7 @@ class UnknownDesco(LookupError):
 
 def rotate_secret(rt: Runtime, desco_id: str, *, actor: Actor) -> str:
     """Set a new secret for ``desco_id`` and return it: shown once, stored encrypted."""
-    secret = webhooks.new_secret()
+    secret = webhook_signature.new_secret()
     now = rt.clock.now()
     with rt.db.session() as s:
         if s.get(Desco, desco_id) is None:
