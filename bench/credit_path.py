@@ -36,7 +36,8 @@ from control.db import migrate
 from control.models import Payment
 from control.runtime import Runtime
 from control.security import generate_secret_key
-from payment_sim.paygate import PAID, PayGateSimConfig, run_in_thread
+from payment_sim.paygate import PayGateSimConfig, run_in_thread
+from payment_sim.paygate_wire import PAID
 
 N = int(os.environ.get("CIZO_BENCH_CREDITS", "2000"))
 KITS = 500

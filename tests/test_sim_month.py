@@ -19,7 +19,7 @@ from control.main import build_app
 from firmware_sim.clocks import AcceleratedClock
 from firmware_sim.driver import FleetDriver, PaymentOptions, summary_text
 from firmware_sim.scenario import KeypadSpec, NetworkSpec, PlanSpec, Scenario, build_plan
-from payment_sim.paygate import PAID, PENDING
+from payment_sim.paygate_wire import PAID, PENDING
 from tests.support import ServerThread, wait_for
 from tests.test_sim_scenario import fleet_control, keypad_problems, provision_fleet
 

@@ -44,7 +44,7 @@ from firmware_sim.scenario import (
     load_scenario,
 )
 from firmware_sim.wire import OPENPAYGO_METRICS_KB, monthly_budget, pings_per_month
-from payment_sim.paygate import PayGateSimConfig, SimServerHandle, run_in_thread
+from payment_sim.paygate import PayGateHandle, PayGateSimConfig, run_in_thread
 
 TOML = """
 name = "lome-pilot"
@@ -295,7 +295,7 @@ PAYGATE_TOKEN = "keypad-paygate-token"
 
 def fleet_control(mosquitto: services.ManagedProcess, tmp_path: Path, clock: AcceleratedClock,
                   *, admin_key: str, paygate_token: str, approve_after_s: float
-                  ) -> tuple[SimServerHandle, Settings]:
+                  ) -> tuple[PayGateHandle, Settings]:
     """A PayGate simulator on the scenario's clock and the control service's settings for a
     fleet test: SQLite ledger and receipts (``sms.jsonl``) in ``tmp_path``, a 0.2 s sweep,
     a 6 h resend delay (the scenario's clock runs fast). The caller serves
@@ -364,7 +364,7 @@ def test_keypad_kits_type_the_codes_support_reads_out(mosquitto, tmp_path: Path)
     kit that also gets the MQTT commands converges once (not credited twice); a plain kit
     types nothing. The modemless kit was given 30 h of credit before the run: it types an
     activation code first. Run again, keypads resume from the codes already issued."""
-    from payment_sim.paygate import PAID
+    from payment_sim.paygate_wire import PAID
     from tests.support import ServerThread, wait_for
 
     # the run ends at 18:00 on day 1, after both payments and before their codes' end (the
