@@ -17,7 +17,9 @@ import httpx
 
 from control.main import build_app
 from firmware_sim.clocks import AcceleratedClock
-from firmware_sim.driver import FleetDriver, PaymentOptions, summary_text
+from firmware_sim.customers import PaymentOptions
+from firmware_sim.driver import FleetDriver
+from firmware_sim.fleet_summary import summary_text
 from firmware_sim.scenario import KeypadSpec, NetworkSpec, PlanSpec, Scenario, build_plan
 from payment_sim.paygate_wire import PAID, PENDING
 from tests.support import ServerThread, wait_for

@@ -23,14 +23,11 @@ from control import notify, tokens
 from control.main import build_app
 from control.security import generate_secret_key
 from firmware_sim.clocks import AcceleratedClock, DriftingClock
-from firmware_sim.driver import (
-    DrivenKit,
-    FleetDriver,
-    PaymentOptions,
-    identity_for,
-    summary_text,
-)
+from firmware_sim.customers import PaymentOptions
+from firmware_sim.driven_kit import DrivenKit, identity_for
+from firmware_sim.driver import FleetDriver
 from firmware_sim.firmware import KitFirmware
+from firmware_sim.fleet_summary import summary_text
 from firmware_sim.keypad import token_in_text
 from firmware_sim.kit import KitIdentity
 from firmware_sim.scenario import (
@@ -267,12 +264,12 @@ def test_codes_are_typed_in_order_after_their_delay_and_once(tmp_path: Path) -> 
     body = "".join(json.dumps(m) + "\n" for m in lines)
     partial = json.dumps({"kind": "receipt", "kit_id": kit.kit_id, "text": f"Code : {add2}"})
     outbox.write_text(body + partial[:20], encoding="utf-8")
-    offset = driver._read_outbox(outbox, 0)
+    offset = driver.keypads.read_outbox(outbox, 0)
     assert offset == len(body.encode()) and len(kit.codes_due) == 1  # the repeat is ignored
     with outbox.open("a", encoding="utf-8") as fh:
         fh.write(partial[20:] + "\n")
     clock.advance(600)
-    assert driver._read_outbox(outbox, offset) > offset and len(kit.codes_due) == 2
+    assert driver.keypads.read_outbox(outbox, offset) > offset and len(kit.codes_due) == 2
     (due3, _), (due2, _) = kit.codes_due
     assert sc.start_ts + 3600 <= due3 <= due2 <= sc.start_ts + 600 + 7200
     kit.type_due_codes(clock.now())
