@@ -32,19 +32,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
-from payment_sim.server import (
-    FaultPatch,
-    SimCore,
-    SimServerHandle,
-    control_routes,
-    serve_foreground,
-    serve_in_thread,
-    sim_app,
-)
+from payment_sim import server
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +118,7 @@ class _Settle(BaseModel):
     reason: str | None = None
 
 
-class _ConfigPatch(FaultPatch):
+class _ConfigPatch(server.FaultPatch):
     outcome: Outcome | None = None
     callback_method: Literal["PUT", "POST"] | None = None
     amount_as_number: bool | None = None
@@ -137,7 +129,7 @@ def _err(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status)
 
 
-class MoMoSim(SimCore[MoMoTransaction]):
+class MoMoSim(server.SimCore[MoMoTransaction]):
     """The simulator's state (``app.state.sim``)."""
 
     name = "momo sim"
@@ -203,7 +195,7 @@ class MoMoSim(SimCore[MoMoTransaction]):
         await self.announce(tx, self.config.callback_method, tx.callback_url, body)
 
 
-MoMoHandle = SimServerHandle[MoMoSim]
+MoMoHandle = server.SimServerHandle[MoMoSim]
 
 
 # --- the collections API -----------------------------------------------------------------
@@ -328,27 +320,12 @@ def _sim_controls(sim: MoMoSim) -> APIRouter:
     return router
 
 
-# --- running it --------------------------------------------------------------------------
+# --- the simulator -----------------------------------------------------------------------
 
 
-def _app(sim: MoMoSim) -> FastAPI:
-    return sim_app(sim, "MTN MoMo collections simulator", _collections_api(sim),
-                   _sim_controls(sim), control_routes(sim, _ConfigPatch))
-
-
-def create_app(config: MoMoSimConfig) -> FastAPI:
-    """The simulator as an ASGI app; its state is ``app.state.sim`` (a ``MoMoSim``)."""
-    return _app(MoMoSim(config))
-
-
-def serve(config: MoMoSimConfig, host: str = "127.0.0.1", port: int = 8091) -> None:
-    """Run the simulator in the foreground (blocks until interrupted)."""
-    serve_foreground(create_app(config), host, port)
-
-
-def run_in_thread(config: MoMoSimConfig, port: int = 0, host: str = "127.0.0.1",
-                  timeout_s: float = 10.0) -> MoMoHandle:
-    """The MoMo simulator on a real server in a background thread; its state is
-    ``handle.sim``."""
-    sim = MoMoSim(config)
-    return serve_in_thread(_app(sim), sim, port=port, host=host, timeout_s=timeout_s)
+SIMULATOR = server.Simulator(
+    title="MTN MoMo collections simulator", state=MoMoSim, routes=(_collections_api, _sim_controls),
+    patch_model=_ConfigPatch, default_port=8091)
+create_app = SIMULATOR.create_app
+serve = SIMULATOR.serve
+run_in_thread = SIMULATOR.run_in_thread

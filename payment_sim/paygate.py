@@ -50,11 +50,12 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 import httpx
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cizo.clock import Clock, SystemClock
+from payment_sim import server
 from payment_sim.paygate_wire import (
     CANCELLED,
     EXPIRED,
@@ -71,15 +72,6 @@ from payment_sim.paygate_wire import (
     drift_body,
     normalise_phone,
     whole_amount,
-)
-from payment_sim.server import (
-    FaultPatch,
-    SimCore,
-    SimServerHandle,
-    control_routes,
-    serve_foreground,
-    serve_in_thread,
-    sim_app,
 )
 
 log = logging.getLogger(__name__)
@@ -113,7 +105,7 @@ class PayGateSimConfig:
     seed: int | None = None
 
 
-class _ConfigPatch(FaultPatch):
+class _ConfigPatch(server.FaultPatch):
     outcome: Outcome | None = None
     callback_retries: int | None = Field(default=None, ge=0)
     callback_url: str | None = None
@@ -131,7 +123,7 @@ class _Settle(BaseModel):
     outcome: Literal["approve", "decline", "expire"]
 
 
-class PayGateSim(SimCore[SimTransaction]):
+class PayGateSim(server.SimCore[SimTransaction]):
     """The simulator's state (``app.state.sim``)."""
 
     name = "paygate sim"
@@ -267,7 +259,7 @@ class PayGateSim(SimCore[SimTransaction]):
         await self.announce(tx, "POST", url, body)
 
 
-PayGateHandle = SimServerHandle[PayGateSim]
+PayGateHandle = server.SimServerHandle[PayGateSim]
 
 
 # --- the merchant API --------------------------------------------------------------------
@@ -404,26 +396,12 @@ def _sim_controls(sim: PayGateSim) -> APIRouter:
     return router
 
 
-# --- running it --------------------------------------------------------------------------
+# --- the simulator -----------------------------------------------------------------------
 
 
-def _app(sim: PayGateSim) -> FastAPI:
-    return sim_app(sim, "PayGate Global simulator", _merchant_api(sim), _sim_controls(sim),
-                   control_routes(sim, _ConfigPatch))
-
-
-def create_app(config: PayGateSimConfig) -> FastAPI:
-    """The simulator as an ASGI app; its state is ``app.state.sim`` (a ``PayGateSim``)."""
-    return _app(PayGateSim(config))
-
-
-def serve(config: PayGateSimConfig, host: str = "127.0.0.1", port: int = 8090) -> None:
-    """Run the simulator in the foreground (blocks until interrupted)."""
-    serve_foreground(create_app(config), host, port)
-
-
-def run_in_thread(config: PayGateSimConfig, port: int = 0, host: str = "127.0.0.1",
-                  timeout_s: float = 10.0) -> PayGateHandle:
-    """Start the simulator on ``port`` (0: any free port) and wait until it serves."""
-    sim = PayGateSim(config)
-    return serve_in_thread(_app(sim), sim, port=port, host=host, timeout_s=timeout_s)
+SIMULATOR = server.Simulator(
+    title="PayGate Global simulator", state=PayGateSim, routes=(_merchant_api, _sim_controls),
+    patch_model=_ConfigPatch, default_port=8090)
+create_app = SIMULATOR.create_app
+serve = SIMULATOR.serve
+run_in_thread = SIMULATOR.run_in_thread

@@ -4,7 +4,8 @@ approving pending payments at a rate, the ``/_sim/`` controls for both, and runn
 on a real uvicorn server (foreground, or in a background thread for tests and benchmarks).
 
 The provider modules (``paygate.py``, ``momo.py``) keep only what is theirs: routes,
-payloads and verdicts.
+payloads and verdicts, put together as a ``Simulator`` (whose ``create_app``, ``serve`` and
+``run_in_thread`` they export).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -259,6 +260,7 @@ class SimCore(Generic[TxT]):
 
 
 SimT = TypeVar("SimT", bound=SimCore[Any])
+ConfigT = TypeVar("ConfigT")
 
 
 # --- the app ---------------------------------------------------------------------------
@@ -286,28 +288,7 @@ def control_routes(sim: SimCore[Any], patch_model: type[FaultPatch]) -> APIRoute
     return router
 
 
-def sim_app(sim: SimCore[Any], title: str, *routers: APIRouter) -> FastAPI:
-    """An app serving ``routers``; the simulator is ``app.state.sim`` and its background
-    tasks and clients are closed when the app shuts down."""
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await sim.aclose()
-
-    app = FastAPI(title=title, lifespan=lifespan)
-    app.state.sim = sim
-    for router in routers:
-        app.include_router(router)
-    return app
-
-
 # --- running it --------------------------------------------------------------------------
-
-
-def serve_foreground(app: FastAPI, host: str, port: int) -> None:
-    """Run a simulator app in the foreground (blocks until interrupted)."""
-    uvicorn.run(app, host=host, port=port, ws="none", log_config=None)
 
 
 @dataclass
@@ -377,3 +358,49 @@ def serve_in_thread(app: FastAPI, sim: SimT, port: int = 0, host: str = "127.0.0
         time.sleep(0.02)
     log.info("%s listening on http://%s:%d", sim.name, host, bound_port)
     return SimServerHandle(app, sim, server, thread, host, bound_port)
+
+
+@dataclass(frozen=True)
+class Simulator(Generic[ConfigT, SimT]):
+    """One provider's simulator: its state from its config, its own routes (besides the
+    shared ``control_routes``), its ``/_sim/config`` fields."""
+
+    title: str
+    state: Callable[[ConfigT], SimT]
+    routes: tuple[Callable[[SimT], APIRouter], ...]  # the provider's own route groups
+    patch_model: type[FaultPatch]
+    default_port: int
+
+    def app(self, sim: SimT) -> FastAPI:
+        """The app serving ``sim`` (``app.state.sim``); its background tasks and clients are
+        closed when the app shuts down."""
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            yield
+            await sim.aclose()
+
+        app = FastAPI(title=self.title, lifespan=lifespan)
+        app.state.sim = sim
+        for routes in self.routes:
+            app.include_router(routes(sim))
+        app.include_router(control_routes(sim, self.patch_model))
+        return app
+
+    def create_app(self, config: ConfigT) -> FastAPI:
+        """The simulator as an ASGI app; its state is ``app.state.sim``."""
+        return self.app(self.state(config))
+
+    def serve(self, config: ConfigT, host: str = "127.0.0.1", port: int | None = None
+              ) -> None:
+        """Run the simulator in the foreground (blocks until interrupted)."""
+        uvicorn.run(self.create_app(config), host=host,
+                    port=self.default_port if port is None else port, ws="none",
+                    log_config=None)
+
+    def run_in_thread(self, config: ConfigT, port: int = 0, host: str = "127.0.0.1",
+                      timeout_s: float = 10.0) -> SimServerHandle[SimT]:
+        """Start the simulator on ``port`` (0: any free port) and wait until it serves;
+        its state is ``handle.sim``."""
+        sim = self.state(config)
+        return serve_in_thread(self.app(sim), sim, port=port, host=host, timeout_s=timeout_s)
