@@ -35,7 +35,8 @@ from control.ledger.models import Payment
 from control.ledger.secrets import generate_secret_key
 from control.payments.providers import paygate as payments
 from control.runtime import Runtime
-from payment_sim.paygate import PAID, PayGateSimConfig, run_in_thread
+from payment_sim.paygate import PayGateSimConfig, run_in_thread
+from payment_sim.paygate_wire import PAID
 
 N = int(os.environ.get("CIZO_BENCH_CREDITS", "2000"))
 KITS = 500

@@ -52,7 +52,8 @@ from control.ledger.models import Account, Command, LedgerEntry, Payment
 from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
 from payment_sim import momo as momo_sim
-from payment_sim.paygate import PAID, PayGateSimConfig, SimServerHandle, run_in_thread
+from payment_sim.paygate import PayGateHandle, PayGateSimConfig, run_in_thread
+from payment_sim.paygate_wire import PAID
 
 PG_ADMIN = os.environ.get("CIZO_TEST_PG_ADMIN_URL",
                           "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -119,14 +120,14 @@ def provision(rt: Runtime, n: int) -> list[str]:
     return kits
 
 
-def precreate(rt: Runtime, kits: list[str], total: int, pg: SimServerHandle,
-              mm: SimServerHandle, callback_base: str) -> None:
+def precreate(rt: Runtime, kits: list[str], total: int, pg: PayGateHandle,
+              mm: momo_sim.MoMoHandle, callback_base: str) -> None:
     """Intents registered at the simulators and in the ledger, as POST .../intents would."""
     with rt.db.session() as s:
         acct_ids = {k: i for k, i in s.execute(select(Account.kit_id, Account.id))}
     now = rt.clock.now()
     rows: list[dict[str, Any]] = []
-    msim = momo_sim.momo_of(mm)
+    msim = mm.sim
     for i in range(total):
         kit = kits[i % len(kits)]
         amount = 100 * (1 + i % 9) + (i % 7)  # whole days plus a remainder
@@ -294,7 +295,7 @@ def run_one(kind: str, workdir: Path) -> dict[str, Any]:
                "CIZO_MOMO_API_KEY": MOMO_CREDS["api_key"], "CIZO_PUBLIC_BASE_URL": api,
                "CIZO_PAYGATE_TIMEOUT_S": "5", "CIZO_MOMO_TIMEOUT_S": "5"}
         proc = start_control(env, api_port, workdir / f"control-{kind}.log")
-        msim = momo_sim.momo_of(mm_h)
+        msim = mm_h.sim
         say(f"[{kind}] warm-up: {WARMUP[0]:.0f}/s for {WARMUP[1]:.0f} s (not counted)")
         n_w = int(WARMUP[0] * WARMUP[1])
         httpx.post(f"{pg_h.url}/_sim/pay_pending",
@@ -379,7 +380,7 @@ def run_one(kind: str, workdir: Path) -> dict[str, Any]:
             "within_p99_goal_p99_ms": good["p99_ms"] if good else None, **checks}
 
 
-def pending_paid(rt: Runtime, pg_h: SimServerHandle, msim: momo_sim.MoMoSim) -> int:
+def pending_paid(rt: Runtime, pg_h: PayGateHandle, msim: momo_sim.MoMoSim) -> int:
     """Payments the simulators took money for that the ledger has not credited yet."""
     paid = {t.identifier for t in pg_h.sim.by_ref.values() if t.state == PAID} | {
         t.reference_id for t in msim.by_ref.values() if t.status == "SUCCESSFUL"}
@@ -389,7 +390,7 @@ def pending_paid(rt: Runtime, pg_h: SimServerHandle, msim: momo_sim.MoMoSim) -> 
     return len(paid - credited)
 
 
-def verify(rt: Runtime, pg_h: SimServerHandle, msim: momo_sim.MoMoSim) -> dict[str, Any]:
+def verify(rt: Runtime, pg_h: PayGateHandle, msim: momo_sim.MoMoSim) -> dict[str, Any]:
     """Against the simulators' own records: every paid transaction credited exactly once."""
     paid: dict[tuple[str, str], int] = {}
     for tx in pg_h.sim.by_ref.values():

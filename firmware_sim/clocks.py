@@ -11,6 +11,8 @@ event loop read it from different threads). See docs/simulation.md.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 
@@ -71,3 +73,18 @@ class DriftingClock:
     def now(self) -> float:
         t = self.base.now()
         return t + self.offset_s + (t - self._t0) * self.drift_ppm * 1e-6
+
+
+def clock_speed(clock: Clock) -> float:
+    """Simulated seconds per real second (1 for a clock that is not accelerated)."""
+    speed = getattr(clock, "speed", 1.0)
+    return float(speed) if isinstance(speed, int | float) and speed > 0 else 1.0
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds`` of real time, or return True early if ``stop`` is set."""
+    if seconds <= 0:
+        return stop.is_set()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()

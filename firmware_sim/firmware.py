@@ -68,9 +68,9 @@ class KitFirmware:
         self.seq = 0  # telemetry sequence within this boot
         self.physics = PhysicsState(soc=soc)
         self._secret_hex = secret_hex
-        self._prev_secret: str | None = None  # issue 5: kept to re-ack a redelivered rotate
+        self._prev_secret: str | None = None  # kept to re-ack a redelivered rotate
         self._physics_t: float | None = None
-        # misbehaviour on demand (issue 6): set by the fleet driver's fault plan
+        # misbehaviour on demand: set from the scenario's fault plan (driven_kit.DrivenKit)
         self.tamper = False  # the output is bypassed: load flows while locked
         self.stuck_sensor = False  # readings freeze at their last value
         self._stuck_reading: dict[str, Any] | None = None
@@ -96,7 +96,7 @@ class KitFirmware:
             return self._ack(cmd.id, cmd.seq, "wrong_kit", detail=cmd.kit_id)
         # verify the fields as sent, not as parsed: extra fields are signed too
         if not protocol.verify(json.loads(payload), self._secret_hex):
-            # issue 5: the rotate just applied, redelivered, is signed with the old secret
+            # the rotate just applied, redelivered, is signed with the old secret
             if (cmd.id == self.last_applied_id and self._prev_secret is not None
                     and protocol.verify(json.loads(payload), self._prev_secret)):
                 return self._ack(cmd.id, cmd.seq, None)
@@ -118,7 +118,7 @@ class KitFirmware:
             self.owned = False
             self.locked = True
             self.credit_until = cmd.credit_until
-        elif cmd.action == "rotate":  # issue 5: the new secret is derived, never sent
+        elif cmd.action == "rotate":  # the new secret is derived, never sent
             assert cmd.nonce is not None  # checked above
             self._prev_secret = self._secret_hex
             self._secret_hex = protocol.derive_rotated_secret(self._secret_hex, cmd.nonce)
@@ -136,7 +136,7 @@ class KitFirmware:
         if reason is not None:
             log.warning("kit %s rejected command %r seq=%d: %s %s",
                         self.kit_id, cmd_id, seq, reason, detail)
-        # issue 5: acks are signed (optional "sig") so the server knows which secret we hold
+        # acks are signed (optional "sig") so the server knows which secret we hold
         return protocol.sign_ack({
             "v": protocol.PROTOCOL_VERSION,
             "id": cmd_id,

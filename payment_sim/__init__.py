@@ -1,20 +1,21 @@
-"""Local stand-ins for mobile-money providers (PayGate Global for now)."""
+"""Local stand-ins for mobile-money providers: PayGate Global (``paygate``) and MTN MoMo
+collections (``momo``), sharing one server and fault model (``server``)."""
 
 from __future__ import annotations
 
 from payment_sim.paygate import (
+    PayGateHandle,
     PayGateSim,
     PayGateSimConfig,
-    SimServerHandle,
     create_app,
     run_in_thread,
     serve,
 )
 
 __all__ = [
+    "PayGateHandle",
     "PayGateSim",
     "PayGateSimConfig",
-    "SimServerHandle",
     "create_app",
     "run_in_thread",
     "serve",

@@ -22,24 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
 import hmac
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import uvicorn
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
-from payment_sim._common import CallbackFailed, FaultPatch, PayPending, SimCore
-from payment_sim.paygate import SimServerHandle, serve_app_in_thread
+from payment_sim import server
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +48,8 @@ REASONS = ("NOT_ENOUGH_FUNDS", "COULD_NOT_PERFORM_TRANSACTION", "PAYER_NOT_FOUND
 
 @dataclass
 class MoMoSimConfig:
+    """How the simulated MoMo and its simulated customers behave."""
+
     subscription_key: str
     api_user: str
     api_key: str
@@ -76,6 +75,8 @@ class MoMoSimConfig:
 
 @dataclass
 class MoMoTransaction:
+    """One request-to-pay; every callback attempt is recorded on it."""
+
     reference_id: str
     amount: int
     currency: str
@@ -117,8 +118,7 @@ class _Settle(BaseModel):
     reason: str | None = None
 
 
-
-class _ConfigPatch(FaultPatch):
+class _ConfigPatch(server.FaultPatch):
     outcome: Outcome | None = None
     callback_method: Literal["PUT", "POST"] | None = None
     amount_as_number: bool | None = None
@@ -129,8 +129,8 @@ def _err(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status)
 
 
-class MoMoSim(SimCore):
-    """The simulator's state (``app.state.momo``); event-loop thread only."""
+class MoMoSim(server.SimCore[MoMoTransaction]):
+    """The simulator's state (``app.state.sim``)."""
 
     name = "momo sim"
     config: MoMoSimConfig
@@ -141,6 +141,16 @@ class MoMoSim(SimCore):
         self.tokens: set[str] = set()
         self.by_ref: dict[str, MoMoTransaction] = {}
 
+    def fault_response(self) -> JSONResponse:
+        return _err(500, "INTERNAL_PROCESSING_ERROR", "An internal error occurred")
+
+    def tx_label(self, tx: MoMoTransaction) -> str:
+        return f"request-to-pay {tx.reference_id}"
+
+    def config_view(self, changed: Mapping[str, Any]) -> dict[str, Any]:
+        """Only the fields just changed, with their new values."""
+        return {k: getattr(self.config, k) for k in changed}
+
     def bearer_ok(self, request: Request) -> bool:
         auth = request.headers.get("authorization", "")
         return auth.startswith("Bearer ") and auth[7:] in self.tokens
@@ -148,6 +158,12 @@ class MoMoSim(SimCore):
     def key_ok(self, request: Request) -> bool:
         key = request.headers.get("ocp-apim-subscription-key", "")
         return hmac.compare_digest(key.encode(), self.config.subscription_key.encode())
+
+    def add(self, tx: MoMoTransaction) -> None:
+        """Register a request-to-pay directly (benchmarks pre-create thousands)."""
+        self.by_ref[tx.reference_id] = tx
+
+    # --- customers -------------------------------------------------------------------
 
     async def customer(self, tx: MoMoTransaction) -> None:
         await asyncio.sleep(self.config.approve_after_s)
@@ -159,10 +175,6 @@ class MoMoSim(SimCore):
 
     async def approve(self, tx: MoMoTransaction) -> None:
         await self.settle(tx, "approve")
-
-    def add(self, tx: MoMoTransaction) -> None:
-        """Register a request-to-pay directly (benchmarks pre-create thousands)."""
-        self.by_ref[tx.reference_id] = tx
 
     async def settle(self, tx: MoMoTransaction, outcome: str, reason: str | None = None
                      ) -> None:
@@ -177,57 +189,68 @@ class MoMoSim(SimCore):
             self.spawn(self.deliver_all(tx))
 
     async def deliver_all(self, tx: MoMoTransaction) -> None:
+        """The callback to the request's X-Callback-Url (with its copies)."""
         assert tx.callback_url is not None
         body = tx.body(amount_as_number=self.config.amount_as_number)
-        copies = 1 + self.config.duplicate_callbacks
-        jobs = [self._deliver(tx, body, c) for c in range(copies)]
-        if self.rng.random() < self.config.redeliver_fraction:
-            jobs.append(self._late(tx, body, copies))
-        await asyncio.gather(*jobs)
-
-    async def _late(self, tx: MoMoTransaction, body: dict[str, Any], copy: int) -> None:
-        await asyncio.sleep(self.rng.uniform(0, self.config.redeliver_delay_s))
-        await self._deliver(tx, body, copy)
-
-    async def _deliver(self, tx: MoMoTransaction, body: dict[str, Any], copy: int) -> None:
-        assert tx.callback_url is not None
-        for attempt in range(self.config.callback_retries + 1):
-            if attempt:
-                await asyncio.sleep(self.config.retry_backoff_s * 2 ** (attempt - 1))
-            record: dict[str, Any] = {"copy": copy, "attempt": attempt, "at": time.time(),
-                                      "status_code": None, "ok": False, "latency_s": None}
-            tx.callbacks.append(record)
-            t0 = time.perf_counter()
-            try:
-                status_code = await self.send_callback(self.config.callback_method,
-                                                       tx.callback_url, json=body)
-            except CallbackFailed as exc:
-                record["error"] = str(exc).split(":")[0]
-                continue
-            record["latency_s"] = time.perf_counter() - t0
-            record["done_perf"] = time.perf_counter()
-            record["status_code"] = status_code
-            if 200 <= status_code < 300:
-                record["ok"] = True
-                return
-        log.warning("momo sim: gave up on callback for %s", tx.reference_id)
-
-    def fault_response(self) -> JSONResponse:
-        return _err(500, "INTERNAL_PROCESSING_ERROR", "An internal error occurred")
+        await self.announce(tx, self.config.callback_method, tx.callback_url, body)
 
 
-def create_app(config: MoMoSimConfig) -> FastAPI:
-    sim = MoMoSim(config)
+MoMoHandle = server.SimServerHandle[MoMoSim]
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await sim.aclose()
 
-    app = FastAPI(title="MTN MoMo collections simulator", lifespan=lifespan)
-    app.state.momo = sim
+# --- the collections API -----------------------------------------------------------------
 
-    @app.post("/collection/token/", response_model=None)
+
+def _unauthorised(sim: MoMoSim, request: Request) -> JSONResponse | None:
+    """The subscription key and a token from ``/collection/token/``, or a 401."""
+    if sim.key_ok(request) and sim.bearer_ok(request):
+        return None
+    return _err(401, "UNAUTHORIZED", "Access denied due to invalid credentials.")
+
+
+def _refused_reference(sim: MoMoSim, request: Request, ref: str) -> JSONResponse | None:
+    """What the sandbox answers to a wrong environment or a bad or reused X-Reference-Id."""
+    if request.headers.get("x-target-environment") != sim.config.target_environment:
+        return _err(400, "INVALID_TARGET_ENVIRONMENT", "Invalid target environment")
+    try:
+        uuid.UUID(ref)
+    except ValueError:
+        return _err(400, "INVALID_REFERENCE_ID", "ReferenceId is not a valid UUID")
+    if ref in sim.by_ref:
+        return _err(409, "RESOURCE_ALREADY_EXIST",
+                    "Duplicated reference id. Creation of resource failed.")
+    return None
+
+
+async def _new_request(sim: MoMoSim, request: Request, ref: str
+                       ) -> MoMoTransaction | JSONResponse:
+    """The request-to-pay its headers and body describe, or the error MoMo answers."""
+    try:
+        body = await request.json()
+        payer = body["payer"]
+        amount_s = str(body["amount"])
+        if not amount_s.isdigit() or int(amount_s) <= 0:
+            raise ValueError("amount")
+        if body["currency"] != sim.config.currency:
+            return _err(500, "NOT_ALLOWED_TARGET_ENVIRONMENT",
+                        "Currency not supported.")  # what the sandbox answers
+        return MoMoTransaction(
+            reference_id=ref, amount=int(amount_s),
+            currency=body["currency"], external_id=str(body.get("externalId", "")),
+            party_id=str(payer["partyId"]), payer_message=str(body.get("payerMessage", "")),
+            payee_note=str(body.get("payeeNote", "")),
+            callback_url=request.headers.get("x-callback-url"), outcome=sim.config.outcome,
+            created_at=time.time(),
+        )
+    except (ValueError, KeyError, TypeError):
+        return _err(400, "INVALID_PARAMETER", "Invalid request body")
+
+
+def _collections_api(sim: MoMoSim) -> APIRouter:
+    """Token, request-to-pay and its status, as the collections product answers them."""
+    router = APIRouter(prefix="/collection")
+
+    @router.post("/token/", response_model=None)
     async def token(request: Request) -> dict[str, Any] | JSONResponse:
         auth = request.headers.get("authorization", "")
         want = base64.b64encode(f"{sim.config.api_user}:{sim.config.api_key}".encode()).decode()
@@ -238,66 +261,53 @@ def create_app(config: MoMoSimConfig) -> FastAPI:
         sim.tokens.add(tok)
         return {"access_token": tok, "token_type": "access_token", "expires_in": 3600}
 
-    @app.post("/collection/v1_0/requesttopay", response_model=None)
+    @router.post("/v1_0/requesttopay", response_model=None)
     async def request_to_pay(request: Request) -> Response:
-        if not sim.key_ok(request) or not sim.bearer_ok(request):
-            return _err(401, "UNAUTHORIZED", "Access denied due to invalid credentials.")
-        if request.headers.get("x-target-environment") != sim.config.target_environment:
-            return _err(400, "INVALID_TARGET_ENVIRONMENT", "Invalid target environment")
         ref = request.headers.get("x-reference-id", "")
-        try:
-            uuid.UUID(ref)
-        except ValueError:
-            return _err(400, "INVALID_REFERENCE_ID", "ReferenceId is not a valid UUID")
-        if ref in sim.by_ref:
-            return _err(409, "RESOURCE_ALREADY_EXIST",
-                        "Duplicated reference id. Creation of resource failed.")
-        try:
-            body = await request.json()
-            payer = body["payer"]
-            amount_s = str(body["amount"])
-            if not amount_s.isdigit() or int(amount_s) <= 0:
-                raise ValueError("amount")
-            if body["currency"] != sim.config.currency:
-                return _err(500, "NOT_ALLOWED_TARGET_ENVIRONMENT",
-                            "Currency not supported.")  # what the sandbox answers
-            tx = MoMoTransaction(
-                reference_id=ref, amount=int(amount_s), currency=body["currency"],
-                external_id=str(body.get("externalId", "")), party_id=str(payer["partyId"]),
-                payer_message=str(body.get("payerMessage", "")),
-                payee_note=str(body.get("payeeNote", "")),
-                callback_url=request.headers.get("x-callback-url"), outcome=sim.config.outcome,
-                created_at=time.time(),
-            )
-        except (ValueError, KeyError, TypeError):
-            return _err(400, "INVALID_PARAMETER", "Invalid request body")
-        sim.by_ref[ref] = tx
+        refused = _unauthorised(sim, request)
+        if refused is None:
+            refused = _refused_reference(sim, request, ref)
+        if refused is not None:
+            return refused
+        tx = await _new_request(sim, request, ref)
+        if isinstance(tx, JSONResponse):
+            return tx
+        sim.add(tx)
         if tx.outcome != "never":
             sim.spawn(sim.customer(tx))
         return Response(status_code=202)
 
-    @app.get("/collection/v1_0/requesttopay/{reference_id}", response_model=None)
+    @router.get("/v1_0/requesttopay/{reference_id}", response_model=None)
     async def status(reference_id: str, request: Request) -> dict[str, Any] | JSONResponse:
-        if not sim.key_ok(request) or not sim.bearer_ok(request):
-            return _err(401, "UNAUTHORIZED", "Access denied due to invalid credentials.")
-        fault = await sim.status_fault()
-        if fault is not None:
-            return fault
+        refused = _unauthorised(sim, request)
+        if refused is None:
+            refused = await sim.status_fault()
+        if refused is not None:
+            return refused
         tx = sim.by_ref.get(reference_id)
         if tx is None:
             return _err(404, "RESOURCE_NOT_FOUND", "Requested resource was not found.")
         return tx.body(amount_as_number=sim.config.amount_as_number)
 
-    @app.get("/_sim/transactions")
+    return router
+
+
+# --- simulator controls ------------------------------------------------------------------
+
+
+def _sim_view(tx: MoMoTransaction) -> dict[str, Any]:
+    return {"reference_id": tx.reference_id, **tx.body(amount_as_number=True)}
+
+
+def _sim_controls(sim: MoMoSim) -> APIRouter:
+    """MoMo's own ``/_sim/`` endpoints: transactions and settle."""
+    router = APIRouter(prefix="/_sim")
+
+    @router.get("/transactions")
     async def transactions() -> list[dict[str, Any]]:
-        return [{"reference_id": t.reference_id, **t.body(amount_as_number=True),
-                 "callbacks": list(t.callbacks)} for t in sim.by_ref.values()]
+        return [{**_sim_view(t), "callbacks": list(t.callbacks)} for t in sim.by_ref.values()]
 
-    @app.post("/_sim/pay_pending")
-    async def pay_pending(req: PayPending) -> dict[str, Any]:
-        return {"started": await sim.pay_pending(req.rate_per_s, req.count)}
-
-    @app.post("/_sim/settle")
+    @router.post("/settle")
     async def settle(req: _Settle) -> dict[str, Any]:
         tx = sim.by_ref.get(req.reference_id)
         if tx is None:
@@ -305,28 +315,17 @@ def create_app(config: MoMoSimConfig) -> FastAPI:
         if tx.status != "PENDING":
             raise HTTPException(409, f"transaction is {tx.status}")
         await sim.settle(tx, req.outcome, req.reason)
-        return {"reference_id": tx.reference_id, **tx.body(amount_as_number=True)}
+        return _sim_view(tx)
 
-    @app.post("/_sim/config")
-    async def set_config(patch: _ConfigPatch) -> dict[str, Any]:
-        changes = patch.model_dump(exclude_unset=True)
-        sim.config = dataclasses.replace(sim.config, **changes)
-        return {k: getattr(sim.config, k) for k in changes}
-
-    return app
+    return router
 
 
-def run_in_thread(config: MoMoSimConfig, port: int = 0, host: str = "127.0.0.1"
-                  ) -> SimServerHandle:
-    """The MoMo simulator on a real server in a background thread; ``momo_of(handle)``."""
-    return serve_app_in_thread(create_app(config), port=port, host=host)
+# --- the simulator -----------------------------------------------------------------------
 
 
-def momo_of(handle: SimServerHandle) -> MoMoSim:
-    sim: MoMoSim = handle.app.state.momo
-    return sim
-
-
-def serve(config: MoMoSimConfig, host: str = "127.0.0.1", port: int = 8091) -> None:
-    """Run the simulator in the foreground (blocks until interrupted)."""
-    uvicorn.run(create_app(config), host=host, port=port, ws="none", log_config=None)
+SIMULATOR = server.Simulator(
+    title="MTN MoMo collections simulator", state=MoMoSim, routes=(_collections_api, _sim_controls),
+    patch_model=_ConfigPatch, default_port=8091)
+create_app = SIMULATOR.create_app
+serve = SIMULATOR.serve
+run_in_thread = SIMULATOR.run_in_thread

@@ -37,40 +37,44 @@ callback URL or ``?url=``), ``POST /_sim/settle`` (settle a pending payment now)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hmac
 import itertools
 import json
 import logging
-import random
 import secrets
-import socket
-import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 import httpx
-import uvicorn
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cizo.clock import Clock, SystemClock
-from payment_sim._common import CallbackFailed, FaultPatch, PayPending, SimCore
+from payment_sim import server
+from payment_sim.paygate_wire import (
+    CANCELLED,
+    EXPIRED,
+    NETWORKS,
+    PAID,
+    PAY_BAD_PARAMS,
+    PAY_BAD_TOKEN,
+    PAY_DUPLICATE,
+    PAY_OK,
+    PENDING,
+    STATE_NAMES,
+    Outcome,
+    SimTransaction,
+    drift_body,
+    normalise_phone,
+    whole_amount,
+)
 
 log = logging.getLogger(__name__)
-
-Outcome = Literal["approve", "decline", "never"]
-
-PAID, PENDING, EXPIRED, CANCELLED = 0, 2, 4, 6
-STATE_NAMES = {PAID: "paid", PENDING: "pending", EXPIRED: "expired", CANCELLED: "cancelled"}
-PAY_OK, PAY_BAD_TOKEN, PAY_BAD_PARAMS, PAY_DUPLICATE = 0, 2, 4, 6
-NETWORKS = {"FLOOZ": "FLOOZ", "TMONEY": "T-Money"}  # request value -> payment_method
 
 
 @dataclass
@@ -101,107 +105,7 @@ class PayGateSimConfig:
     seed: int | None = None
 
 
-@dataclass
-class SimTransaction:
-    tx_reference: int
-    identifier: str
-    amount: int
-    phone_number: str  # 228XXXXXXXX
-    network: str
-    description: str
-    outcome: Outcome
-    created_at: float  # clock time
-    created_mono: float
-    state: int = PENDING
-    paid_at: float | None = None
-    payment_reference: str = ""
-    callbacks: list[dict[str, Any]] = field(default_factory=list)
-    settled_perf: float | None = None  # perf_counter when the customer paid (benchmarks)
-
-    @property
-    def payment_method(self) -> str:
-        return NETWORKS[self.network]
-
-    def status_body(self) -> dict[str, Any]:
-        return {
-            "tx_reference": self.tx_reference,
-            "identifier": self.identifier,
-            "amount": self.amount,
-            "payment_reference": self.payment_reference,
-            "payment_method": self.payment_method,
-            "datetime": iso_ms(self.paid_at if self.paid_at is not None else self.created_at),
-            "phone_number": self.phone_number,
-            "status": self.state,
-        }
-
-    def callback_body(self) -> dict[str, Any]:
-        body = self.status_body()
-        del body["status"]
-        return body
-
-    def sim_view(self) -> dict[str, Any]:
-        return {
-            **self.status_body(),
-            "state": STATE_NAMES[self.state],
-            "network": self.network,
-            "description": self.description,
-            "outcome": self.outcome,
-            "callbacks_delivered": sum(1 for c in self.callbacks if c["ok"]),
-            "callback_attempts": list(self.callbacks),
-        }
-
-
-def drift_body(body: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-    """The format drift seen in the wild: tx_reference as string, 'TMONEY' for 'T-Money',
-    phone without 228 or with +228, dates without milliseconds."""
-    out = dict(body)
-    if rng.random() < 0.5:
-        out["tx_reference"] = str(out["tx_reference"])
-    if out.get("payment_method") == "T-Money" and rng.random() < 0.5:
-        out["payment_method"] = "TMONEY"
-    phone = str(out.get("phone_number", ""))
-    roll = rng.random()
-    if roll < 0.33 and phone.startswith("228"):
-        out["phone_number"] = phone[3:]
-    elif roll < 0.66 and phone.startswith("228"):
-        out["phone_number"] = "+" + phone
-    if rng.random() < 0.5 and isinstance(out.get("datetime"), str):
-        out["datetime"] = out["datetime"][:19] + "Z"
-    return out
-
-
-def iso_ms(t: float) -> str:
-    """``2025-09-09T13:03:31.000Z``, as PayGate writes times."""
-    dt = datetime.fromtimestamp(t, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def normalise_phone(value: Any) -> str | None:
-    """8-digit Togolese number, with or without 228 / +228 / 00228 -> ``228XXXXXXXX``."""
-    if not isinstance(value, str | int) or isinstance(value, bool):
-        return None
-    digits = str(value).strip().replace(" ", "")
-    for prefix in ("+228", "00228"):
-        if digits.startswith(prefix):
-            digits = "228" + digits[len(prefix):]
-    if len(digits) == 8 and digits.isdigit():
-        return "228" + digits
-    if len(digits) == 11 and digits.isdigit() and digits.startswith("228"):
-        return digits
-    return None
-
-
-def _whole_amount(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value > 0 else None
-    if isinstance(value, str) and value.isdigit() and value.isascii():
-        return int(value) if int(value) > 0 else None
-    return None
-
-
-class _ConfigPatch(FaultPatch):
+class _ConfigPatch(server.FaultPatch):
     outcome: Outcome | None = None
     callback_retries: int | None = Field(default=None, ge=0)
     callback_url: str | None = None
@@ -219,8 +123,8 @@ class _Settle(BaseModel):
     outcome: Literal["approve", "decline", "expire"]
 
 
-class PayGateSim(SimCore):
-    """The simulator's state; lives on ``app.state.paygate``. Event-loop thread only."""
+class PayGateSim(server.SimCore[SimTransaction]):
+    """The simulator's state (``app.state.sim``)."""
 
     name = "paygate sim"
     config: PayGateSimConfig
@@ -239,6 +143,33 @@ class PayGateSim(SimCore):
         return JSONResponse({"message": "Internal Server Error"},
                             status_code=self.rng.choice((500, 502, 503)))
 
+    def tx_label(self, tx: SimTransaction) -> str:
+        return f"tx {tx.tx_reference}"
+
+    def config_view(self, changed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The whole behaviour, whatever was changed."""
+        c = self.config
+        return {
+            "callback_url": c.callback_url,
+            "approve_after_s": c.approve_after_s,
+            "outcome": c.outcome,
+            "duplicate_callbacks": c.duplicate_callbacks,
+            "callback_retries": c.callback_retries,
+            "callback_on_decline": c.callback_on_decline,
+            "expire_after_s": c.expire_after_s,
+            "status_latency_s": c.status_latency_s,
+            "status_error_rate": c.status_error_rate,
+            "status_timeout_rate": c.status_timeout_rate,
+            "redeliver_fraction": c.redeliver_fraction,
+            "format_drift": c.format_drift,
+        }
+
+    def authorised(self, body: dict[str, Any]) -> bool:
+        token = body.get("auth_token")
+        return isinstance(token, str) and hmac.compare_digest(
+            token.encode(), self.config.auth_token.encode()
+        )
+
     # --- transactions ---------------------------------------------------------------
 
     def refresh(self, tx: SimTransaction) -> SimTransaction:
@@ -251,12 +182,10 @@ class PayGateSim(SimCore):
         return tx
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        token = body.get("auth_token")
-        if not isinstance(token, str) or not hmac.compare_digest(
-            token.encode(), self.config.auth_token.encode()
-        ):
+        """``POST /api/v1/pay``: the answer PayGate gives (a status code, no exception)."""
+        if not self.authorised(body):
             return {"status": PAY_BAD_TOKEN}
-        amount = _whole_amount(body.get("amount"))
+        amount = whole_amount(body.get("amount"))
         phone = normalise_phone(body.get("phone_number"))
         identifier, description = body.get("identifier"), body.get("description")
         network = body.get("network")
@@ -284,7 +213,7 @@ class PayGateSim(SimCore):
         )
         self.by_ref[tx.tx_reference] = tx
         self.by_identifier[identifier] = tx
-        # never a phone number in logs, not even a simulated one (issue 8): last 2 digits
+        # phone numbers stay out of logs, simulated ones too: the last 2 digits tell apart
         log.info("paygate sim: tx %d %s %d XOF from ...%s, customer will %s",
                  tx.tx_reference, identifier, amount, str(tx.phone_number)[-2:], tx.outcome)
         if tx.outcome != "never":
@@ -318,9 +247,8 @@ class PayGateSim(SimCore):
         if tx.state == PAID or (tx.state == CANCELLED and self.config.callback_on_decline):
             self.spawn(self.deliver_all(tx))
 
-    # --- callbacks ---------------------------------------------------------------------
-
     async def deliver_all(self, tx: SimTransaction) -> None:
+        """The callback to the URL set in the merchant dashboard (with its copies)."""
         url = self.config.callback_url
         if not url:
             log.info("paygate sim: no callback URL, tx %d not announced", tx.tx_reference)
@@ -328,49 +256,21 @@ class PayGateSim(SimCore):
         body = tx.callback_body()
         if self.config.format_drift:
             body = drift_body(body, self.rng)
-        copies = 1 + self.config.duplicate_callbacks
-        jobs = [self._deliver(tx, url, body, copy) for copy in range(copies)]
-        if self.rng.random() < self.config.redeliver_fraction:
-            jobs.append(self._redeliver(tx, url, body, copies))
-        await asyncio.gather(*jobs)
+        await self.announce(tx, "POST", url, body)
 
-    async def _redeliver(self, tx: SimTransaction, url: str, body: dict[str, Any], copy: int
-                         ) -> None:
-        """A late, unordered copy: real providers re-send what they think was missed."""
-        await asyncio.sleep(self.rng.uniform(0, self.config.redeliver_delay_s))
-        await self._deliver(tx, url, body, copy)
 
-    async def _deliver(self, tx: SimTransaction, url: str, body: dict[str, Any], copy: int
-                       ) -> None:
-        retries = self.config.callback_retries
-        for attempt in range(retries + 1):
-            if attempt:
-                await asyncio.sleep(self.config.retry_backoff_s * 2 ** (attempt - 1))
-            record: dict[str, Any] = {"copy": copy, "attempt": attempt, "at": time.time(),
-                                      "status_code": None, "error": None, "ok": False}
-            tx.callbacks.append(record)
-            t0 = time.perf_counter()
-            try:
-                status_code = await self.send_callback("POST", url, json=body)
-            except CallbackFailed as exc:
-                record["error"] = str(exc)
-                log.warning("paygate sim: callback tx %d copy %d attempt %d failed: %s",
-                            tx.tx_reference, copy, attempt, record["error"])
-                continue
-            record["status_code"] = status_code
-            record["latency_s"] = time.perf_counter() - t0
-            record["done_perf"] = time.perf_counter()
-            if 200 <= status_code < 300:
-                record["ok"] = True
-                return
-            log.warning("paygate sim: callback tx %d copy %d attempt %d got HTTP %d",
-                        tx.tx_reference, copy, attempt, status_code)
-        log.error("paygate sim: gave up delivering callback for tx %d (copy %d) after %d tries",
-                  tx.tx_reference, copy, retries + 1)
+PayGateHandle = server.SimServerHandle[PayGateSim]
+
+
+# --- the merchant API --------------------------------------------------------------------
 
 
 def _error(http_status: int, code: int, message: str) -> JSONResponse:
     return JSONResponse({"error_code": code, "error_message": message}, status_code=http_status)
+
+
+def _bad_params() -> JSONResponse:
+    return _error(400, 400, "Paramètres invalides.")
 
 
 async def _read_body(request: Request) -> dict[str, Any] | None:
@@ -388,124 +288,98 @@ async def _read_body(request: Request) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def create_app(config: PayGateSimConfig) -> FastAPI:
-    """The simulator as an ASGI app; its state is ``app.state.paygate`` (a ``PayGateSim``)."""
-    sim = PayGateSim(config)
+async def _status_request(sim: PayGateSim, request: Request) -> dict[str, Any] | JSONResponse:
+    """What both status endpoints check first: injected faults, a body, the token."""
+    fault = await sim.status_fault()
+    if fault is not None:
+        return fault
+    body = await _read_body(request)
+    if body is None:
+        return _bad_params()
+    if not sim.authorised(body):
+        return _error(401, 401, "Jeton d'authentification invalide.")
+    return body
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await sim.aclose()
 
-    app = FastAPI(title="PayGate Global simulator", lifespan=lifespan)
-    app.state.paygate = sim
-
-    def authorised(body: dict[str, Any]) -> bool:
-        token = body.get("auth_token")
-        return isinstance(token, str) and hmac.compare_digest(
-            token.encode(), sim.config.auth_token.encode()
-        )
-
-    def not_found() -> JSONResponse:
+def _status_of(sim: PayGateSim, tx: SimTransaction | None) -> dict[str, Any] | JSONResponse:
+    if tx is None:
         return _error(sim.config.not_found_http_status, 403, "Transaction non trouvée.")
+    return sim.refresh(tx).status_body()
 
-    @app.post("/api/v1/pay")
+
+def _merchant_api(sim: PayGateSim) -> APIRouter:
+    """``/api/v1/pay`` and the two status endpoints, as PayGate answers them."""
+    router = APIRouter()
+
+    @router.post("/api/v1/pay")
     async def pay(request: Request) -> dict[str, Any]:
         body = await _read_body(request)
         if body is None:
             return {"status": PAY_BAD_PARAMS}
         return sim.create(body)
 
-    async def status_request(request: Request) -> dict[str, Any] | JSONResponse:
-        """What both status endpoints check first: injected faults, a body, the token."""
-        fault = await sim.status_fault()
-        if fault is not None:
-            return fault
-        body = await _read_body(request)
-        if body is None:
-            return _error(400, 400, "Paramètres invalides.")
-        if not authorised(body):
-            return _error(401, 401, "Jeton d'authentification invalide.")
-        return body
-
-    @app.post("/api/v1/status", response_model=None)
+    @router.post("/api/v1/status", response_model=None)
     async def status_v1(request: Request) -> dict[str, Any] | JSONResponse:
-        body = await status_request(request)
+        body = await _status_request(sim, request)
         if isinstance(body, JSONResponse):
             return body
         ref = body.get("tx_reference")
         if isinstance(ref, str) and ref.isdigit():
             ref = int(ref)
         if not isinstance(ref, int) or isinstance(ref, bool):
-            return _error(400, 400, "Paramètres invalides.")
-        tx = sim.by_ref.get(ref)
-        return sim.refresh(tx).status_body() if tx else not_found()
+            return _bad_params()
+        return _status_of(sim, sim.by_ref.get(ref))
 
-    @app.post("/api/v2/status", response_model=None)
+    @router.post("/api/v2/status", response_model=None)
     async def status_v2(request: Request) -> dict[str, Any] | JSONResponse:
-        body = await status_request(request)
+        body = await _status_request(sim, request)
         if isinstance(body, JSONResponse):
             return body
         identifier = body.get("identifier")
         if not isinstance(identifier, str) or not identifier:
-            return _error(400, 400, "Paramètres invalides.")
-        tx = sim.by_identifier.get(identifier)
-        return sim.refresh(tx).status_body() if tx else not_found()
+            return _bad_params()
+        return _status_of(sim, sim.by_identifier.get(identifier))
 
-    # --- simulator controls --------------------------------------------------------
+    return router
 
-    def config_view() -> dict[str, Any]:
-        c = sim.config
-        return {
-            "callback_url": c.callback_url,
-            "approve_after_s": c.approve_after_s,
-            "outcome": c.outcome,
-            "duplicate_callbacks": c.duplicate_callbacks,
-            "callback_retries": c.callback_retries,
-            "callback_on_decline": c.callback_on_decline,
-            "expire_after_s": c.expire_after_s,
-            "status_latency_s": c.status_latency_s,
-            "status_error_rate": c.status_error_rate,
-            "status_timeout_rate": c.status_timeout_rate,
-            "redeliver_fraction": c.redeliver_fraction,
-            "format_drift": c.format_drift,
-        }
 
-    @app.get("/_sim/transactions")
+# --- simulator controls ------------------------------------------------------------------
+
+
+def _pending_tx(sim: PayGateSim, req: _Settle) -> SimTransaction:
+    """The transaction ``/_sim/settle`` names, which must still be pending."""
+    if req.tx_reference is not None:
+        tx = sim.by_ref.get(req.tx_reference)
+    elif req.identifier is not None:
+        tx = sim.by_identifier.get(req.identifier)
+    else:
+        raise HTTPException(400, "give tx_reference or identifier")
+    if tx is None:
+        raise HTTPException(404, "no such transaction")
+    if sim.refresh(tx).state != PENDING:
+        raise HTTPException(409, f"transaction is {STATE_NAMES[tx.state]}, not pending")
+    return tx
+
+
+def _sim_controls(sim: PayGateSim) -> APIRouter:
+    """PayGate's own ``/_sim/`` endpoints: transactions, config, settle, forged callbacks."""
+    router = APIRouter(prefix="/_sim")
+
+    @router.get("/transactions")
     async def transactions() -> list[dict[str, Any]]:
         return [sim.refresh(tx).sim_view() for tx in sim.by_ref.values()]
 
-    @app.post("/_sim/config")
-    async def set_config(patch: _ConfigPatch) -> dict[str, Any]:
-        changes = patch.model_dump(exclude_unset=True)
-        sim.config = dataclasses.replace(sim.config, **changes)
-        log.info("paygate sim: config changed: %s", sorted(changes))
-        return config_view()
-
-    @app.get("/_sim/config")
+    @router.get("/config")
     async def get_config() -> dict[str, Any]:
-        return config_view()
+        return sim.config_view()
 
-    @app.post("/_sim/pay_pending")
-    async def pay_pending(req: PayPending) -> dict[str, Any]:
-        return {"started": await sim.pay_pending(req.rate_per_s, req.count)}
-
-    @app.post("/_sim/settle")
+    @router.post("/settle")
     async def settle(req: _Settle) -> dict[str, Any]:
-        if req.tx_reference is not None:
-            tx = sim.by_ref.get(req.tx_reference)
-        elif req.identifier is not None:
-            tx = sim.by_identifier.get(req.identifier)
-        else:
-            raise HTTPException(400, "give tx_reference or identifier")
-        if tx is None:
-            raise HTTPException(404, "no such transaction")
-        if sim.refresh(tx).state != PENDING:
-            raise HTTPException(409, f"transaction is {STATE_NAMES[tx.state]}, not pending")
+        tx = _pending_tx(sim, req)
         await sim.settle(tx, req.outcome)
         return tx.sim_view()
 
-    @app.post("/_sim/callback")
+    @router.post("/callback")
     async def send_callback(request: Request, url: str | None = None) -> dict[str, Any]:
         target = url or sim.config.callback_url
         if not target:
@@ -519,89 +393,15 @@ def create_app(config: PayGateSimConfig) -> FastAPI:
             raise HTTPException(502, f"callback failed: {type(exc).__name__}: {exc}") from exc
         return {"url": target, "status_code": resp.status_code, "body": resp.text[:2000]}
 
-    return app
+    return router
 
 
-# --- running it --------------------------------------------------------------------------
+# --- the simulator -----------------------------------------------------------------------
 
 
-def serve(config: PayGateSimConfig, host: str = "127.0.0.1", port: int = 8090) -> None:
-    """Run the simulator in the foreground (blocks until interrupted)."""
-    uvicorn.run(create_app(config), host=host, port=port, ws="none", log_config=None)
-
-
-@dataclass
-class SimServerHandle:
-    """A simulator running in a background thread (for tests and the local stack)."""
-
-    app: FastAPI
-    server: uvicorn.Server
-    thread: threading.Thread
-    host: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def sim(self) -> PayGateSim:
-        sim: PayGateSim = self.app.state.paygate
-        return sim
-
-    @property
-    def state(self) -> Any:
-        """The app's state object (``.paygate`` or ``.momo``)."""
-        return self.app.state
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout_s)
-        if self.thread.is_alive():
-            raise RuntimeError(f"paygate simulator on port {self.port} did not stop")
-
-
-def run_in_thread(config: PayGateSimConfig, port: int = 0, host: str = "127.0.0.1",
-                  timeout_s: float = 10.0) -> SimServerHandle:
-    """Start the simulator on ``port`` (0: any free port) and wait until it serves."""
-    return serve_app_in_thread(create_app(config), port=port, host=host, timeout_s=timeout_s)
-
-
-def serve_app_in_thread(app: FastAPI, port: int = 0, host: str = "127.0.0.1",
-                        timeout_s: float = 10.0) -> SimServerHandle:
-    """Any simulator app (PayGate, MoMo) on a real uvicorn server in a background thread."""
-    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say TCP,
-    # and without it keep-alive answers wait ~40 ms for the client's delayed ACK
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    bound_port = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=host, port=bound_port, ws="none", log_level="warning", access_log=False,
-        lifespan="on",
-    ))
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            server.run(sockets=[sock])
-        except BaseException as exc:  # SystemExit from uvicorn included: reported below
-            failure.append(exc)
-            log.exception("paygate simulator thread died")
-        finally:
-            sock.close()
-
-    thread = threading.Thread(target=run, name=f"paygate-sim-{bound_port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError(f"paygate simulator did not start on port {bound_port}: {failure}")
-        time.sleep(0.02)
-    log.info("paygate simulator listening on http://%s:%d", host, bound_port)
-    return SimServerHandle(app, server, thread, host, bound_port)
+SIMULATOR = server.Simulator(
+    title="PayGate Global simulator", state=PayGateSim, routes=(_merchant_api, _sim_controls),
+    patch_model=_ConfigPatch, default_port=8090)
+create_app = SIMULATOR.create_app
+serve = SIMULATOR.serve
+run_in_thread = SIMULATOR.run_in_thread

@@ -1,4 +1,4 @@
-"""Fixtures for the issue-4 payment tests: a Runtime wired to both provider simulators
+"""Fixtures for the payment tests: a Runtime wired to both provider simulators
 (PayGate and MTN MoMo, real HTTP on free ports) over a real ledger database, extra keys
 for maker-checker, and helpers to sign webhooks and provision kits.
 
@@ -27,9 +27,9 @@ from control.ledger.models import Account, AuditEntry, Desco, LedgerEntry, Payme
 from control.ledger.secrets import generate_secret_key
 from control.payments.providers import webhook_secrets, webhook_signature
 from control.runtime import Runtime
-from payment_sim.momo import MoMoSim, MoMoSimConfig, momo_of
+from payment_sim.momo import MoMoHandle, MoMoSimConfig
 from payment_sim.momo import run_in_thread as run_momo
-from payment_sim.paygate import SimServerHandle
+from payment_sim.paygate import PayGateHandle
 from tests.test_api_helpers import ADMIN_KEY, PAYGATE_TOKEN, RecordingPublisher
 
 MOMO_SUB_KEY = "momo-subscription-key-SECRET-1"
@@ -39,7 +39,7 @@ PLAN = credit.Plan(deposit_fcfa=2000, daily_rate_fcfa=100, total_price_fcfa=50_0
 
 
 @pytest.fixture(name="momo_sim")
-def momo_sim_fixture() -> Iterator[SimServerHandle]:
+def momo_sim_fixture() -> Iterator[MoMoHandle]:
     """The MoMo simulator; its customers never answer: tests settle by hand."""
     handle = run_momo(MoMoSimConfig(subscription_key=MOMO_SUB_KEY, api_user=MOMO_USER,
                                     api_key=MOMO_API_KEY, outcome="never",
@@ -50,8 +50,8 @@ def momo_sim_fixture() -> Iterator[SimServerHandle]:
 
 
 @pytest.fixture(name="rt")
-def payments_rt_fixture(database_url: str, paygate_sim: SimServerHandle,
-                        momo_sim: SimServerHandle) -> Iterator[Runtime]:
+def payments_rt_fixture(database_url: str, paygate_sim: PayGateHandle,
+                        momo_sim: MoMoHandle) -> Iterator[Runtime]:
     migrate(database_url)
     settings = Settings(
         database_url=database_url, secret_key=generate_secret_key(),
@@ -71,10 +71,6 @@ def payments_rt_fixture(database_url: str, paygate_sim: SimServerHandle,
     if runtime.momo is not None:
         runtime.momo.close()
     runtime.db.dispose()
-
-
-def momo(handle: SimServerHandle) -> MoMoSim:
-    return momo_of(handle)
 
 
 def make_kit(rt: Runtime, kit_id: str, *, phone: str = "+22890123456",
@@ -136,7 +132,7 @@ def second_keys(rt: Runtime) -> dict[str, str]:
     }
 
 
-def sim_settle(handle: SimServerHandle, reference_id: str, outcome: str = "approve",
+def sim_settle(handle: MoMoHandle, reference_id: str, outcome: str = "approve",
                reason: str | None = None) -> dict[str, Any]:
     resp = httpx.post(f"{handle.url}/_sim/settle", json={
         "reference_id": reference_id, "outcome": outcome, "reason": reason})

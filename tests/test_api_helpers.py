@@ -32,7 +32,7 @@ from control.ledger.db import migrate
 from control.ledger.models import Desco
 from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
-from payment_sim.paygate import PayGateSimConfig, SimServerHandle, run_in_thread
+from payment_sim.paygate import PayGateHandle, PayGateSimConfig, run_in_thread
 
 ADMIN_KEY = "cizo_test_admin_key_0123456789abcdef"
 PAYGATE_TOKEN = "test-paygate-token"
@@ -68,7 +68,7 @@ class Keys:
 
 
 @pytest.fixture(name="paygate_sim")
-def paygate_sim_fixture() -> Iterator[SimServerHandle]:
+def paygate_sim_fixture() -> Iterator[PayGateHandle]:
     """The PayGate simulator; its customers never answer: tests settle by hand."""
     handle = run_in_thread(PayGateSimConfig(auth_token=PAYGATE_TOKEN, outcome="never",
                                             callback_url=None))
@@ -78,7 +78,7 @@ def paygate_sim_fixture() -> Iterator[SimServerHandle]:
 
 
 @pytest.fixture(name="rt")
-def rt_fixture(database_url: str, paygate_sim: SimServerHandle) -> Iterator[Runtime]:
+def rt_fixture(database_url: str, paygate_sim: PayGateHandle) -> Iterator[Runtime]:
     migrate(database_url)
     settings = Settings(
         database_url=database_url, secret_key=generate_secret_key(),

@@ -22,7 +22,7 @@ from cizo.settings import Settings
 from control.ledger.secrets import generate_secret_key
 from control.main import build_app
 from firmware_sim import KitIdentity, SimKit
-from payment_sim.paygate import PayGateSimConfig, SimServerHandle, run_in_thread
+from payment_sim.paygate import PayGateHandle, PayGateSimConfig, run_in_thread
 from tests.support import ServerThread, wait_for
 
 ADMIN = "e2e-admin-key-0123456789abcdef"
@@ -35,7 +35,7 @@ class Stack:
     settings: Settings
     clock: ManualClock
     api: httpx.Client
-    paygate: SimServerHandle
+    paygate: PayGateHandle
     influx_url: str
 
     def kit(self, kit_id: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from payment_sim import PayGateSimConfig, SimServerHandle, run_in_thread
+from payment_sim import PayGateHandle, PayGateSimConfig, run_in_thread
 
 TOKEN = "merchant-token"
 
@@ -71,7 +71,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def paygate(receiver: Receiver) -> Iterator[SimServerHandle]:
+def paygate(receiver: Receiver) -> Iterator[PayGateHandle]:
     handle = run_in_thread(PayGateSimConfig(
         auth_token=TOKEN, callback_url=receiver.url, approve_after_s=0.3, retry_backoff_s=0.05,
     ))
@@ -112,7 +112,7 @@ def wait_status(base: str, identifier: str, wanted: int, timeout_s: float = 5.0
 
 
 def test_payment_goes_pending_then_paid_and_calls_back(
-    paygate: SimServerHandle, receiver: Receiver
+    paygate: PayGateHandle, receiver: Receiver
 ) -> None:
     created = pay(paygate.url, "CIZO-1")
     assert created["status"] == 0 and isinstance(created["tx_reference"], int)
@@ -135,7 +135,7 @@ def test_payment_goes_pending_then_paid_and_calls_back(
     assert status_v1(paygate.url, str(ref)).json() == paid  # form-style string reference
 
 
-def test_duplicate_identifier_bad_token_and_bad_params(paygate: SimServerHandle) -> None:
+def test_duplicate_identifier_bad_token_and_bad_params(paygate: PayGateHandle) -> None:
     assert pay(paygate.url, "CIZO-2")["status"] == 0
     assert pay(paygate.url, "CIZO-2") == {"status": 6}
     assert pay(paygate.url, "CIZO-3", auth_token="wrong") == {"status": 2}
@@ -146,7 +146,7 @@ def test_duplicate_identifier_bad_token_and_bad_params(paygate: SimServerHandle)
     assert resp.json() == {"status": 4}
 
 
-def test_form_encoded_pay_is_accepted(paygate: SimServerHandle) -> None:
+def test_form_encoded_pay_is_accepted(paygate: PayGateHandle) -> None:
     resp = httpx.post(f"{paygate.url}/api/v1/pay", data={
         "auth_token": TOKEN, "phone_number": "+22899000000", "amount": "1000",
         "description": "x", "identifier": "CIZO-FORM", "network": "FLOOZ",
@@ -157,7 +157,7 @@ def test_form_encoded_pay_is_accepted(paygate: SimServerHandle) -> None:
         1000, "FLOOZ", "22899000000")
 
 
-def test_status_errors_cannot_be_read_as_a_payment_state(paygate: SimServerHandle) -> None:
+def test_status_errors_cannot_be_read_as_a_payment_state(paygate: PayGateHandle) -> None:
     ref = pay(paygate.url, "CIZO-5")["tx_reference"]
     for resp in (status_v2(paygate.url, "nope"), status_v1(paygate.url, ref + 10_000)):
         assert resp.status_code == 404 and "status" not in resp.json()
@@ -168,7 +168,7 @@ def test_status_errors_cannot_be_read_as_a_payment_state(paygate: SimServerHandl
 
 
 def test_decline_cancels_without_callback_and_never_stays_pending(
-    paygate: SimServerHandle, receiver: Receiver
+    paygate: PayGateHandle, receiver: Receiver
 ) -> None:
     httpx.post(f"{paygate.url}/_sim/config", json={"outcome": "decline"}).raise_for_status()
     pay(paygate.url, "CIZO-D")
@@ -185,7 +185,7 @@ def test_decline_cancels_without_callback_and_never_stays_pending(
 
 
 def test_callback_is_retried_and_duplicated(
-    paygate: SimServerHandle, receiver: Receiver
+    paygate: PayGateHandle, receiver: Receiver
 ) -> None:
     receiver.fail_first = 2
     httpx.post(f"{paygate.url}/_sim/config",
@@ -203,7 +203,7 @@ def test_callback_is_retried_and_duplicated(
     assert [a["status_code"] for a in tx["callback_attempts"] if not a["ok"]] == [500, 500]
 
 
-def test_forged_callback_goes_to_the_merchant(paygate: SimServerHandle, receiver: Receiver
+def test_forged_callback_goes_to_the_merchant(paygate: PayGateHandle, receiver: Receiver
                                               ) -> None:
     forged = {"tx_reference": 1, "identifier": "CIZO-FAKE", "amount": 1_000_000}
     resp = httpx.post(f"{paygate.url}/_sim/callback", json=forged)
@@ -231,7 +231,7 @@ def test_unreachable_callback_url_gives_up_and_records_errors(receiver: Receiver
         handle.stop()
 
 
-def test_pending_payment_expires_when_configured(paygate: SimServerHandle) -> None:
+def test_pending_payment_expires_when_configured(paygate: PayGateHandle) -> None:
     httpx.post(f"{paygate.url}/_sim/config",
                json={"outcome": "never", "expire_after_s": 0.2}).raise_for_status()
     pay(paygate.url, "CIZO-E")

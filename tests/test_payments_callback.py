@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from control.api import create_app
 from control.ledger.models import Account, AuditEntry, LedgerEntry, Payment
 from control.runtime import Runtime
-from payment_sim.paygate import SimServerHandle
+from payment_sim.paygate import PayGateHandle
 from tests.test_api_helpers import (  # noqa: F401 - fixtures
     DAY,
     Keys,
@@ -39,7 +39,7 @@ def start_intent(client: TestClient, keys: Keys, kit_id: str, amount: int = 700)
     return identifier
 
 
-def settle(sim: SimServerHandle, identifier: str, outcome: str = "approve") -> dict[str, Any]:
+def settle(sim: PayGateHandle, identifier: str, outcome: str = "approve") -> dict[str, Any]:
     resp = httpx.post(f"{sim.url}/_sim/settle", json={"identifier": identifier,
                                                       "outcome": outcome})
     resp.raise_for_status()
@@ -67,7 +67,7 @@ def account(rt: Runtime, kit_id: str) -> Account:
 
 
 def test_intent_starts_a_paygate_payment(
-    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: SimServerHandle
+    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: PayGateHandle
 ) -> None:
     provision(client, keys.admin, "KIT-P1")
     identifier = start_intent(client, keys, "KIT-P1")
@@ -91,7 +91,7 @@ def test_intent_starts_a_paygate_payment(
 
 
 def test_paid_callback_confirmed_by_status_api_credits_once(
-    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: SimServerHandle
+    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: PayGateHandle
 ) -> None:
     provision(client, keys.admin, "KIT-P2")
     identifier = start_intent(client, keys, "KIT-P2")
@@ -127,7 +127,7 @@ def test_paid_callback_confirmed_by_status_api_credits_once(
 
 
 def test_forged_callbacks_credit_nothing(
-    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: SimServerHandle
+    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: PayGateHandle
 ) -> None:
     provision(client, keys.admin, "KIT-P3")
     forged = {"identifier": "CIZO-KIT-P3-000000000000", "tx_reference": 1, "amount": 50_000,
@@ -155,7 +155,7 @@ def test_forged_callbacks_credit_nothing(
 
 
 def test_amount_differing_from_the_intent_goes_to_suspense(
-    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: SimServerHandle
+    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: PayGateHandle
 ) -> None:
     provision(client, keys.admin, "KIT-P4")
     identifier = start_intent(client, keys, "KIT-P4", amount=700)
@@ -173,7 +173,7 @@ def test_amount_differing_from_the_intent_goes_to_suspense(
 
 
 def test_paygate_status_api_down_answers_503_and_credits_nothing(
-    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: SimServerHandle
+    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: PayGateHandle
 ) -> None:
     provision(client, keys.admin, "KIT-P5")
     identifier = start_intent(client, keys, "KIT-P5")
@@ -204,7 +204,7 @@ def test_bad_callback_bodies_get_clear_errors(client: TestClient, rt: Runtime) -
 
 @pytest.mark.timeout(120)
 def test_ten_concurrent_identical_callbacks_credit_once(
-    database_url: str, rt: Runtime, keys: Keys, paygate_sim: SimServerHandle
+    database_url: str, rt: Runtime, keys: Keys, paygate_sim: PayGateHandle
 ) -> None:
     app = create_app(rt)
     server = serve_in_thread(app)

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from cizo import cli
 from control.ledger.models import AuditEntry
 from control.runtime import Runtime
-from payment_sim.paygate import SimServerHandle
+from payment_sim.paygate import PayGateHandle
 from tests.payments_fixtures import (  # noqa: F401 - fixtures
     account,
     count,
@@ -86,7 +86,7 @@ def test_suspense_link_is_proposed_by_support_and_approved_by_another_user(
         "payment_id"] == pid2
 
 
-def _statement(rt: Runtime, paygate_sim: SimServerHandle, client: TestClient,
+def _statement(rt: Runtime, paygate_sim: PayGateHandle, client: TestClient,
                keys: Keys) -> tuple[str, str]:
     make_kit(rt, "KIT-F2", phone="+22890000201")
     ident = start_intent(client, keys, "KIT-F2")
@@ -105,7 +105,7 @@ def _statement(rt: Runtime, paygate_sim: SimServerHandle, client: TestClient,
 
 
 def test_statement_import_reports_and_proposals_need_a_second_finance_user(
-    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: SimServerHandle
+    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: PayGateHandle
 ) -> None:
     csv, day = _statement(rt, paygate_sim, client, keys)
     extra = second_keys(rt)
@@ -140,7 +140,7 @@ def test_statement_import_reports_and_proposals_need_a_second_finance_user(
 
 
 def test_reconcile_and_settlement_from_the_cli(
-    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: SimServerHandle,
+    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: PayGateHandle,
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = logging.getLogger()
@@ -153,7 +153,7 @@ def test_reconcile_and_settlement_from_the_cli(
 
 
 def _cli_flow(
-    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: SimServerHandle,
+    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: PayGateHandle,
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     csv, day = _statement(rt, paygate_sim, client, keys)

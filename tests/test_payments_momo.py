@@ -12,7 +12,7 @@ import pytest
 from control.api import create_app
 from control.payments import poll
 from control.runtime import Runtime
-from payment_sim.paygate import SimServerHandle
+from payment_sim.momo import MoMoHandle
 from tests.payments_fixtures import (  # noqa: F401 - fixtures
     MOMO_API_KEY,
     MOMO_SUB_KEY,
@@ -20,7 +20,6 @@ from tests.payments_fixtures import (  # noqa: F401 - fixtures
     audits,
     entries,
     make_kit,
-    momo,
     momo_sim_fixture,
     payment_by_ref,
     payments_rt_fixture,
@@ -47,12 +46,12 @@ def intent(http: httpx.Client | TestClient, keys: Keys, kit_id: str, amount: int
 
 
 def test_callbacks_by_put_and_post_are_confirmed_and_credit_once(
-    rt: Runtime, keys: Keys, momo_sim: SimServerHandle
+    rt: Runtime, keys: Keys, momo_sim: MoMoHandle
 ) -> None:
     make_kit(rt, "KIT-M1")
     server = serve_in_thread(create_app(rt))
     rt.settings.public_base_url = server.url
-    sim = momo(momo_sim)
+    sim = momo_sim.sim
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             ref = intent(http, keys, "KIT-M1")
@@ -79,7 +78,7 @@ def test_callbacks_by_put_and_post_are_confirmed_and_credit_once(
 
 
 def test_failed_is_recorded_with_its_reason_and_pending_is_polled(
-    client: TestClient, rt: Runtime, keys: Keys, momo_sim: SimServerHandle
+    client: TestClient, rt: Runtime, keys: Keys, momo_sim: MoMoHandle
 ) -> None:
     make_kit(rt, "KIT-M2")
     ref = intent(client, keys, "KIT-M2")
@@ -105,10 +104,10 @@ def test_failed_is_recorded_with_its_reason_and_pending_is_polled(
 
 
 def test_status_api_down_or_timing_out_stays_pending_then_credits(
-    client: TestClient, rt: Runtime, keys: Keys, momo_sim: SimServerHandle
+    client: TestClient, rt: Runtime, keys: Keys, momo_sim: MoMoHandle
 ) -> None:
     make_kit(rt, "KIT-M3")
-    sim = momo(momo_sim)
+    sim = momo_sim.sim
     ref = intent(client, keys, "KIT-M3")
     sim_settle(momo_sim, ref)
     sim.config.status_error_rate = 1.0
@@ -130,7 +129,7 @@ def test_status_api_down_or_timing_out_stays_pending_then_credits(
 
 
 def test_bad_callbacks_and_doubtful_confirmations(
-    client: TestClient, rt: Runtime, keys: Keys, momo_sim: SimServerHandle,
+    client: TestClient, rt: Runtime, keys: Keys, momo_sim: MoMoHandle,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -144,7 +143,7 @@ def test_bad_callbacks_and_doubtful_confirmations(
     assert r.status_code == 200 and r.json()["outcome"] == "unknown"
     assert audits(rt, "payment.callback_unconfirmed") == 1
     # MoMo confirms another currency, or 100x the amount: held in suspense, not credited
-    sim = momo(momo_sim)
+    sim = momo_sim.sim
     ref = intent(client, keys, "KIT-M4")
     sim.by_ref[ref].currency = "EUR"
     sim_settle(momo_sim, ref)

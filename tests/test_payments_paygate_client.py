@@ -19,7 +19,7 @@ from control.gateways.paygate import (
     normalise_network,
     parse_status,
 )
-from payment_sim.paygate import PayGateSimConfig, SimServerHandle, run_in_thread
+from payment_sim.paygate import PayGateHandle, PayGateSimConfig, run_in_thread
 from tests.test_api_helpers import ServerHandle, serve_in_thread
 
 LOGGED = {"tx_reference": 4671135, "identifier": "TEST2_1757422968_3014", "amount": 10,
@@ -64,13 +64,13 @@ def test_networks_and_unknowns() -> None:
 
 
 @pytest.fixture
-def sim() -> Iterator[SimServerHandle]:
+def sim() -> Iterator[PayGateHandle]:
     handle = run_in_thread(PayGateSimConfig(auth_token="tok", outcome="never"))
     yield handle
     handle.stop()
 
 
-def test_against_the_simulator(sim: SimServerHandle) -> None:
+def test_against_the_simulator(sim: PayGateHandle) -> None:
     client = PayGateClient(sim.url, "tok", timeout_s=3)
     try:
         result = client.pay(phone_local="90123456", amount=700, description="kit",

@@ -18,7 +18,7 @@ from control.ledger.models import AuditEntry, Payment
 from control.ledger.secrets import generate_secret_key
 from control.payments import poll
 from control.runtime import Runtime
-from payment_sim.paygate import SimServerHandle
+from payment_sim.paygate import PayGateHandle
 from tests.conftest import _pg_url_for, create_pg_database, drop_pg_database
 from tests.payments_fixtures import (  # noqa: F401 - fixtures
     account,
@@ -44,7 +44,7 @@ from tests.test_payments_callback import callback_body, settle, start_intent
 
 
 def test_format_drift_is_accepted_and_credits_once(
-    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: SimServerHandle
+    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: PayGateHandle
 ) -> None:
     make_kit(rt, "KIT-D1")
     ident = start_intent(client, keys, "KIT-D1")
@@ -72,7 +72,7 @@ def test_format_drift_is_accepted_and_credits_once(
 
 @pytest.mark.timeout(120)
 def test_duplicate_late_and_concurrent_callbacks_from_the_simulator(
-    rt: Runtime, keys: Keys, paygate_sim: SimServerHandle
+    rt: Runtime, keys: Keys, paygate_sim: PayGateHandle
 ) -> None:
     for i in range(5):
         make_kit(rt, f"KIT-D2-{i}")
@@ -98,7 +98,7 @@ def test_duplicate_late_and_concurrent_callbacks_from_the_simulator(
 
 
 def test_status_api_5xx_answers_503_and_the_poller_credits_later(
-    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: SimServerHandle
+    client: TestClient, rt: Runtime, keys: Keys, paygate_sim: PayGateHandle
 ) -> None:
     make_kit(rt, "KIT-D3")
     ident = start_intent(client, keys, "KIT-D3")
@@ -116,7 +116,7 @@ def test_status_api_5xx_answers_503_and_the_poller_credits_later(
 
 
 def test_a_paygate_payment_we_never_started_is_matched_by_phone(
-    client: TestClient, rt: Runtime, paygate_sim: SimServerHandle
+    client: TestClient, rt: Runtime, paygate_sim: PayGateHandle
 ) -> None:
     make_kit(rt, "KIT-D4", phone="+22891112233")
     r = httpx.post(f"{paygate_sim.url}/api/v1/pay", json={

@@ -13,15 +13,11 @@ import time
 import uuid
 from typing import Any
 
-import httpx
-
-from control.main import build_app
-from firmware_sim.clocks import AcceleratedClock
-from firmware_sim.driver import FleetDriver, PaymentOptions, summary_text
+from firmware_sim.driver import FleetDriver
+from firmware_sim.fleet_summary import summary_text
 from firmware_sim.scenario import KeypadSpec, NetworkSpec, PlanSpec, Scenario, build_plan
-from payment_sim.paygate import PAID, PENDING
-from tests.support import ServerThread, wait_for
-from tests.test_sim_scenario import fleet_control, keypad_problems, provision_fleet
+from payment_sim.paygate_wire import PAID, PENDING
+from tests.fleet_support import controlled_fleet, keypad_problems
 
 ADMIN = "month-admin-key-0123456789abcdef"
 PAYGATE_TOKEN = "month-paygate-token"
@@ -32,7 +28,7 @@ REAL_SECONDS_FOR_THE_MONTH = 100.0
 def _mismatches(kits: list[Any], accounts: dict[str, dict[str, Any]],
                 tokens: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Kits whose firmware does not hold what their account says (on the kit's clock); keypad
-    kits hold it to the day grid of their codes (tests/test_sim_scenario.keypad_problems)."""
+    kits hold it to the day grid of their codes (tests/fleet_support.keypad_problems)."""
     wrong = keypad_problems([k for k in kits if k.keypad is not None], accounts, tokens)
     for k in kits:
         if k.keypad is not None:
@@ -77,105 +73,68 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path, caplog) -> None:
         keypad=KeypadSpec(share=0.1, with_mqtt=0.5, delay_h=(0.5, 6.0), source="receipt"),
     )
     plan = build_plan(scenario, seed=2026)
-    clock = AcceleratedClock(scenario.start_ts, scenario.speed)
-    clock.pause()  # provisioning takes real time: the month starts when the fleet does
-    # receipts (with the codes keypad customers type) go to tmp_path / "sms.jsonl"
-    paygate, settings = fleet_control(mosquitto, tmp_path, clock, admin_key=ADMIN,
-                                      paygate_token=PAYGATE_TOKEN, approve_after_s=0.2)
-    outbox = settings.notify_file
     started = time.monotonic()
-    try:
-        with ServerThread(build_app(settings, clock), settings.api_port) as server, \
-                httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"},
-                             timeout=30) as api:
-            identities = provision_fleet(api, plan, scenario.plan)
+    # receipts (with the codes keypad customers type) go to tmp_path / "sms.jsonl"
+    with controlled_fleet(mosquitto, tmp_path, plan, admin_key=ADMIN,
+                          paygate_token=PAYGATE_TOKEN, approve_after_s=0.2) as fleet:
+        paygate, api = fleet.paygate, fleet.api
+        driver_box: list[FleetDriver] = []
 
-            def accounts() -> dict[str, dict[str, Any]]:
-                r = api.get("/v1/kits", params={"limit": 500})
-                r.raise_for_status()
-                return {k["kit_id"]: k for k in r.json()["items"] if k["kit_id"] in ids}
+        async def month() -> str:
+            driver = fleet.driver(ramp_s=0.5, outbox=fleet.settings.notify_file)
+            driver_box.append(driver)
+            await driver.start()
+            await fleet.run_to(scenario.end_ts, 1.0)
 
-            def codes(driver: FleetDriver) -> dict[str, list[dict[str, Any]]]:
-                return {k.kit_id: api.get(f"/v1/kits/{k.kit_id}/tokens",
-                                          params={"limit": 500}).json()["items"]
-                        for k in driver.keypad_kits}
+            def settled() -> bool:
+                txs = list(paygate.sim.by_ref.values())
+                return all(t.state != PENDING and (t.state != PAID or any(
+                    c["ok"] for c in t.callbacks)) for t in txs)
 
-            ids = {i.kit_id for i in identities}
-            driver_box: list[FleetDriver] = []
+            await fleet.settle(driver, settled, 60, "payments settled")
+            await fleet.converge(lambda: _mismatches(driver.kits, fleet.accounts(),
+                                                     fleet.codes(driver.keypad_kits)),
+                                 90, "every kit in the state its account says")
+            summary = driver.summary()
+            await driver.stop()
+            return summary_text(summary)
 
-            async def month() -> str:
-                driver = FleetDriver(plan, clock, host="127.0.0.1", port=mosquitto.port,
-                                     identities=identities, ramp_s=0.5,
-                                     payments=PaymentOptions(server.url, ADMIN,
-                                                             outbox=outbox))
-                driver_box.append(driver)
-                driver.sim_end = None  # the kits stay up after the month for the check
-                await driver.start()
-                clock.resume()
-                end = scenario.end_ts
-                while clock.now() < end:
-                    await asyncio.sleep(1.0)
-                clock.pause()  # freeze time: payments, commands and acks settle
-                assert driver.pay_task is not None
-                await asyncio.wait_for(driver.pay_task, 60)
-
-                def settled() -> bool:
-                    txs = list(paygate.sim.by_ref.values())
-                    return all(t.state != PENDING and (t.state != PAID or any(
-                        c["ok"] for c in t.callbacks)) for t in txs)
-
-                await asyncio.to_thread(wait_for, settled, 60, "payments settled")
-                driver.settle()  # keypad customers type the codes they hold now
-                try:
-                    await asyncio.to_thread(
-                        wait_for, lambda: not _mismatches(driver.kits, accounts(),
-                                                          codes(driver)),
-                        90, "every kit in the state its account says")
-                except AssertionError as exc:
-                    wrong = _mismatches(driver.kits, accounts(), codes(driver))
-                    raise AssertionError(f"{exc}: {len(wrong)} kits: {wrong[:10]}") from None
-                summary = driver.summary()
-                await driver.stop()
-                return summary_text(summary)
-
-            text = asyncio.run(month())
-            driver = driver_box[0]
-            final = accounts()
-            assert _mismatches(driver.kits, final, codes(driver)) == []
-            s = driver.summary()
-            print(f"\n{text}\nmonth scenario took {time.monotonic() - started:.0f} s real")
-            # the scenario really exercised the paths it claims to
-            assert s.payments_made == sum(len(k.plan.payments) for k in driver.kits)
-            assert s.payments_failed == 0
-            owned = sum(a["owned"] for a in final.values())
-            locked = sum(k.firmware.locked for k in driver.kits)
-            unlocked = sum(not k.firmware.locked for k in driver.kits)
-            assert owned > 0 and locked > 0 and unlocked > owned
-            assert s.commands_applied > len(driver.kits) and s.link_drops > 0
-            assert s.reconnects > 0 and s.buffered_total > 0
-            # keypad kits of both kinds typed their receipts' codes, none refused
-            kinds = [k.plan.keypad for k in driver.keypad_kits]
-            assert kinds.count("only") >= 3 and kinds.count("with_mqtt") >= 3
-            assert s.tokens_accepted == s.tokens_entered > len(kinds)
-            assert s.tokens_rejected == 0
-            assert all(k.wire.connects == 0 for k in driver.keypad_kits
-                       if k.plan.keypad == "only")
-            assert any(not k.firmware.locked for k in driver.keypad_kits
-                       if k.plan.keypad == "only")
-            # about one command per state change plus bounded re-sends (a sweep racing the
-            # payment path on SQLite once failed on commands' unique (kit_id, seq), and an
-            # ack overwritten by a concurrent publish was re-sent until it expired: ~50,000
-            # commands received instead of ~3,000), and no control error logged
-            issued = {k.kit_id: len(api.get(f"/v1/kits/{k.kit_id}/commands",
-                                            params={"limit": 500}).json()["items"])
-                      for k in driver.kits}
-            print(f"commands issued {sum(issued.values())}, received by the kits "
-                  f"{s.commands_received}, reconnects {s.reconnects}")
-            assert _delivery_problems(driver.kits, issued) == []
-            assert s.commands_received <= 2 * sum(issued.values()) + 2 * s.reconnects
-            errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records
-                      if r.levelno >= logging.ERROR or "UNIQUE constraint" in r.getMessage()
-                      or "IntegrityError" in (r.exc_text or "")]
-            assert errors == []
-    finally:
-        paygate.stop()
+        text = asyncio.run(month())
+        driver = driver_box[0]
+        final = fleet.accounts()
+        assert _mismatches(driver.kits, final, fleet.codes(driver.keypad_kits)) == []
+        s = driver.summary()
+        print(f"\n{text}\nmonth scenario took {time.monotonic() - started:.0f} s real")
+        # the scenario really exercised the paths it claims to
+        assert s.payments_made == sum(len(k.plan.payments) for k in driver.kits)
+        assert s.payments_failed == 0
+        owned = sum(a["owned"] for a in final.values())
+        locked = sum(k.firmware.locked for k in driver.kits)
+        unlocked = sum(not k.firmware.locked for k in driver.kits)
+        assert owned > 0 and locked > 0 and unlocked > owned
+        assert s.commands_applied > len(driver.kits) and s.link_drops > 0
+        assert s.reconnects > 0 and s.buffered_total > 0
+        # keypad kits of both kinds typed their receipts' codes, none refused
+        kinds = [k.plan.keypad for k in driver.keypad_kits]
+        assert kinds.count("only") >= 3 and kinds.count("with_mqtt") >= 3
+        assert s.tokens_accepted == s.tokens_entered > len(kinds)
+        assert s.tokens_rejected == 0
+        assert all(k.wire.connects == 0 for k in driver.keypad_kits
+                   if k.plan.keypad == "only")
+        assert any(not k.firmware.locked for k in driver.keypad_kits
+                   if k.plan.keypad == "only")
+        # about one command per state change plus bounded re-sends (a sweep racing the
+        # payment path on SQLite once failed on commands' unique (kit_id, seq), and an
+        # ack overwritten by a concurrent publish was re-sent until it expired: ~50,000
+        # commands received instead of ~3,000), and no control error logged
+        issued = {k.kit_id: len(api.get(f"/v1/kits/{k.kit_id}/commands",
+                                        params={"limit": 500}).json()["items"])
+                  for k in driver.kits}
+        print(f"commands issued {sum(issued.values())}, received by the kits "
+              f"{s.commands_received}, reconnects {s.reconnects}")
+        assert _delivery_problems(driver.kits, issued) == []
+        assert s.commands_received <= 2 * sum(issued.values()) + 2 * s.reconnects
+        errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records
+                  if r.levelno >= logging.ERROR or "UNIQUE constraint" in r.getMessage()
+                  or "IntegrityError" in (r.exc_text or "")]
+        assert errors == []

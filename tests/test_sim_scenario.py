@@ -9,33 +9,23 @@ import dataclasses
 import json
 import uuid
 from pathlib import Path
-from typing import Any
 
-import httpx
 import openpaygo
 import pytest
 from paho.mqtt import subscribe
 
-from cizo import protocol, services
+from cizo import protocol
 from cizo.clock import FrozenClock
 from cizo.settings import Settings
 from control.commands import tokens
-from control.ledger.secrets import generate_secret_key
-from control.main import build_app
 from control.payments import receipts
 from firmware_sim.clocks import AcceleratedClock, DriftingClock
-from firmware_sim.driver import (
-    DrivenKit,
-    FleetDriver,
-    PaymentOptions,
-    identity_for,
-    summary_text,
-)
+from firmware_sim.driven_kit import identity_for
+from firmware_sim.driver import FleetDriver
 from firmware_sim.firmware import KitFirmware
+from firmware_sim.fleet_summary import summary_text
 from firmware_sim.keypad import token_in_text
-from firmware_sim.kit import KitIdentity
 from firmware_sim.scenario import (
-    FleetPlan,
     KeypadSpec,
     NetworkSpec,
     PlanSpec,
@@ -45,7 +35,8 @@ from firmware_sim.scenario import (
     load_scenario,
 )
 from firmware_sim.wire import OPENPAYGO_METRICS_KB, monthly_budget, pings_per_month
-from payment_sim.paygate import PayGateSimConfig, SimServerHandle, run_in_thread
+from payment_sim.paygate_wire import PAID
+from tests.fleet_support import controlled_fleet, keypad_problems
 
 TOML = """
 name = "lome-pilot"
@@ -268,12 +259,12 @@ def test_codes_are_typed_in_order_after_their_delay_and_once(tmp_path: Path) -> 
     body = "".join(json.dumps(m) + "\n" for m in lines)
     partial = json.dumps({"kind": "receipt", "kit_id": kit.kit_id, "text": f"Code : {add2}"})
     outbox.write_text(body + partial[:20], encoding="utf-8")
-    offset = driver._read_outbox(outbox, 0)
+    offset = driver.keypads.read_outbox(outbox, 0)
     assert offset == len(body.encode()) and len(kit.codes_due) == 1  # the repeat is ignored
     with outbox.open("a", encoding="utf-8") as fh:
         fh.write(partial[20:] + "\n")
     clock.advance(600)
-    assert driver._read_outbox(outbox, offset) > offset and len(kit.codes_due) == 2
+    assert driver.keypads.read_outbox(outbox, offset) > offset and len(kit.codes_due) == 2
     (due3, _), (due2, _) = kit.codes_due
     assert sc.start_ts + 3600 <= due3 <= due2 <= sc.start_ts + 600 + 7200
     kit.type_due_codes(clock.now())
@@ -294,80 +285,12 @@ ADMIN = "keypad-admin-key-0123456789abcdef"
 PAYGATE_TOKEN = "keypad-paygate-token"
 
 
-def fleet_control(mosquitto: services.ManagedProcess, tmp_path: Path, clock: AcceleratedClock,
-                  *, admin_key: str, paygate_token: str, approve_after_s: float
-                  ) -> tuple[SimServerHandle, Settings]:
-    """A PayGate simulator on the scenario's clock and the control service's settings for a
-    fleet test: SQLite ledger and receipts (``sms.jsonl``) in ``tmp_path``, a 0.2 s sweep,
-    a 6 h resend delay (the scenario's clock runs fast). The caller serves
-    ``build_app(settings, clock)`` on ``settings.api_port`` and stops the simulator."""
-    api_port = services.free_port()
-    paygate = run_in_thread(PayGateSimConfig(
-        auth_token=paygate_token, approve_after_s=approve_after_s, clock=clock,
-        callback_url=f"http://127.0.0.1:{api_port}/v1/payments/paygate"))
-    settings = Settings(
-        mqtt_port=mosquitto.port, mqtt_client_id=f"control-{uuid.uuid4().hex[:8]}",
-        database_url=f"sqlite:///{tmp_path / 'ledger.db'}", api_port=api_port,
-        admin_api_key=admin_key, secret_key=generate_secret_key(),
-        paygate_auth_token=paygate_token, paygate_url=paygate.url,
-        notify_file=tmp_path / "sms.jsonl", sweep_interval_s=0.2,
-        command_resend_after_s=6 * 3600)
-    return paygate, settings
-
-
-def provision_fleet(api: httpx.Client, plan: FleetPlan, plan_spec: PlanSpec
-                    ) -> list[KitIdentity]:
-    """Each planned kit provisioned through the API; the credentials its firmware uses."""
-    identities = []
-    for kp in plan.kits:
-        r = api.post("/v1/kits", json={"kit_id": kp.kit_id, "phone": kp.phone,
-                                       "plan": plan_spec.model_dump()})
-        assert r.status_code == 201, r.text
-        c = r.json()
-        identities.append(KitIdentity(c["kit_id"], c["mqtt_username"], c["mqtt_password"],
-                                      c["command_secret"]))
-    return identities
-
-
-def keypad_problems(kits: list[DrivenKit], accounts: dict[str, dict[str, Any]],
-                    tokens: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Kits not (yet) where their account and their codes put them. A token carries whole
-    days on the kit's chain (docs/commands.md), so a keypad kit ends on the chain end the API
-    shows, within half a day of the ledger's; one that also gets MQTT holds one of the two
-    ends, never their sum. Every code issued has been typed. (Also used by the month test.)"""
-    wrong = []
-    for k in kits:
-        fw, acct, toks = k.firmware, accounts[k.kit_id], tokens.get(k.kit_id, [])
-        until = acct["credit_until"]
-        chain = toks[0]["chain_until"] if toks else None
-        if acct["owned"]:
-            ok = fw.owned and not fw.locked and k.counters.tokens_entered == len(toks)
-        elif k.plan.keypad is None:
-            ok = fw.credit_until == until
-        elif k.plan.keypad == "only":
-            ok = fw.credit_until == chain and k.counters.tokens_entered == len(toks)
-        else:
-            ok = fw.credit_until in (until, chain) and k.counters.tokens_entered == len(toks)
-        if chain is not None and until is not None:
-            ok = ok and abs(chain - until) <= 43_200
-        ok = ok and (acct["owned"] or fw.locked == (fw.credit_until is None
-                                                     or fw.credit_until <= fw.clock.now()))
-        if not ok:
-            wrong.append(f"{k.kit_id} ({k.plan.keypad}): kit credit_until={fw.credit_until} "
-                         f"locked={fw.locked}, account {until}, chain {chain}, "
-                         f"{len(toks)} codes issued, {k.counters}")
-    return wrong
-
-
 def test_keypad_kits_type_the_codes_support_reads_out(mosquitto, tmp_path: Path) -> None:
     """Four kits, two simulated days, paying daily through the control API: a kit with no
     modem is unlocked by the codes it types alone, to the credit end the API shows; a keypad
     kit that also gets the MQTT commands converges once (not credited twice); a plain kit
     types nothing. The modemless kit was given 30 h of credit before the run: it types an
     activation code first. Run again, keypads resume from the codes already issued."""
-    from payment_sim.paygate import PAID
-    from tests.support import ServerThread, wait_for
-
     # the run ends at 18:00 on day 1, after both payments and before their codes' end (the
     # chain's whole days put it at midnight or later: a token's days are rounded)
     sc = Scenario(name="keypad", kits=4, kit_id_prefix=f"K{uuid.uuid4().hex[:4].upper()}-",
@@ -380,87 +303,62 @@ def test_keypad_kits_type_the_codes_support_reads_out(mosquitto, tmp_path: Path)
     plan = build_plan(sc, 3)
     assert [k.keypad for k in plan.kits] == ["with_mqtt", "only", None, None]
     assert all(len(k.payments) == 2 for k in plan.kits)
-    clock = AcceleratedClock(sc.start_ts, sc.speed)
-    clock.pause()  # provisioning and activation happen at the scenario's start
-    paygate, settings = fleet_control(mosquitto, tmp_path, clock, admin_key=ADMIN,
-                                      paygate_token=PAYGATE_TOKEN, approve_after_s=0.1)
-    try:
-        with ServerThread(build_app(settings, clock), settings.api_port) as server, \
-                httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"},
-                             timeout=30) as api:
-            identities = provision_fleet(api, plan, sc.plan)
-            ids = {i.kit_id for i in identities}
-            only_id = plan.kits[1].kit_id
-            r = api.post(f"/v1/kits/{only_id}/set-credit-until", json={
-                "credit_until": int(sc.start_ts) + 30 * 3600, "reason": "installed with credit"})
-            assert r.status_code == 200, r.text
+    # provisioning and activation happen at the scenario's start (the clock is paused)
+    with controlled_fleet(mosquitto, tmp_path, plan, admin_key=ADMIN,
+                          paygate_token=PAYGATE_TOKEN, approve_after_s=0.1) as fleet:
+        paygate = fleet.paygate
+        only_id = plan.kits[1].kit_id
+        r = fleet.api.post(f"/v1/kits/{only_id}/set-credit-until", json={
+            "credit_until": int(sc.start_ts) + 30 * 3600, "reason": "installed with credit"})
+        assert r.status_code == 200, r.text
 
-            def problems(driver: FleetDriver) -> list[str]:
-                items = api.get("/v1/kits", params={"limit": 500}).json()["items"]
-                accounts = {a["kit_id"]: a for a in items if a["kit_id"] in ids}
-                toks = {k.kit_id: api.get(f"/v1/kits/{k.kit_id}/tokens").json()["items"]
-                        for k in driver.keypad_kits}
-                return keypad_problems(driver.kits, accounts, toks)
+        def problems(driver: FleetDriver) -> list[str]:
+            return keypad_problems(driver.kits, fleet.accounts(),
+                                   fleet.codes(driver.keypad_kits))
 
-            async def run() -> FleetDriver:
-                driver = FleetDriver(plan, clock, host="127.0.0.1", port=mosquitto.port,
-                                     identities=identities, ramp_s=0.2,
-                                     payments=PaymentOptions(server.url, ADMIN))
-                driver.sim_end = None  # kits stay up for the check
-                await driver.start()
-                # flagged; the kit with credit typed its activation code (1 day: 30 h is
-                # nearer one day than two on its chain), the other needs none: still locked
-                only, mqtt = driver.kits[1], driver.kits[0]
-                assert only.counters.tokens_accepted == 1 and not only.firmware.locked
-                assert only.firmware.credit_until == sc.start_ts + 86_400
-                assert mqtt.counters.tokens_entered == 0 and mqtt.firmware.locked
-                clock.resume()
-                while clock.now() < sc.end_ts:
-                    await asyncio.sleep(0.05)
-                clock.pause()
-                assert driver.pay_task is not None
-                await asyncio.wait_for(driver.pay_task, 30)
-                await asyncio.to_thread(wait_for, lambda: len(paygate.sim.by_ref) == 8 and all(
-                    t.state == PAID and any(c["ok"] for c in t.callbacks)
-                    for t in paygate.sim.by_ref.values()), 30, "payments credited")
-                driver.settle()  # the customers type the codes they hold now
-                try:
-                    await asyncio.to_thread(wait_for, lambda: not problems(driver), 30,
-                                            "kits where their accounts and codes put them")
-                except AssertionError as exc:
-                    raise AssertionError(f"{exc}: {problems(driver)}") from None
-                await driver.stop()
-                again = FleetDriver(plan, clock, host="127.0.0.1", port=mosquitto.port,
-                                    identities=identities,
-                                    payments=PaymentOptions(server.url, ADMIN))
-                await again.setup_keypads()
-                for old, new in zip(driver.keypad_kits, again.keypad_kits, strict=True):
-                    assert old.keypad is not None and new.keypad is not None
-                    assert (new.keypad.count, new.keypad.chain_until) == (
-                        old.keypad.count, old.keypad.chain_until)
-                    assert new.counters.tokens_entered == 0  # no new activation code
-                return driver
+        async def run() -> FleetDriver:
+            driver = fleet.driver(ramp_s=0.2)
+            await driver.start()
+            # flagged; the kit with credit typed its activation code (1 day: 30 h is
+            # nearer one day than two on its chain), the other needs none: still locked
+            only, mqtt = driver.kits[1], driver.kits[0]
+            assert only.counters.tokens_accepted == 1 and not only.firmware.locked
+            assert only.firmware.credit_until == sc.start_ts + 86_400
+            assert mqtt.counters.tokens_entered == 0 and mqtt.firmware.locked
+            await fleet.run_to(sc.end_ts, 0.05)
+            await fleet.settle(driver, lambda: len(paygate.sim.by_ref) == 8 and all(
+                t.state == PAID and any(c["ok"] for c in t.callbacks)
+                for t in paygate.sim.by_ref.values()), 30, "payments credited")
+            await fleet.converge(lambda: problems(driver), 30,
+                                 "kits where their accounts and codes put them")
+            await driver.stop()
+            again = fleet.driver()
+            await again.setup_keypads()
+            for old, new in zip(driver.keypad_kits, again.keypad_kits, strict=True):
+                assert old.keypad is not None and new.keypad is not None
+                assert (new.keypad.count, new.keypad.chain_until) == (
+                    old.keypad.count, old.keypad.chain_until)
+                assert new.counters.tokens_entered == 0  # no new activation code
+            return driver
 
-            driver = asyncio.run(run())
-            s = driver.summary()
-            print("\n" + summary_text(s))
-            assert problems(driver) == [] and s.payments_made == 8 and s.payments_failed == 0
-            for k in driver.kits:
-                # both payments' credit outlasts the run: every kit is unlocked at the end
-                assert not k.firmware.locked and k.firmware.credit_until is not None
-                assert k.firmware.credit_until > sc.end_ts, k.kit_id
-                if k.plan.keypad is None:
-                    assert k.counters.tokens_entered == 0
-                    continue
-                codes = 3 if k.plan.keypad == "only" else 2  # the activation code, then 2 paid
-                assert k.counters.tokens_accepted == codes and k.counters.tokens_rejected == 0
-                if k.plan.keypad == "only":  # no modem: only its keypad could unlock it
-                    assert k.wire.connects == 0 and k.counters.commands_received == 0
-                else:  # it got the MQTT unlocks too, and did not add them to the codes'
-                    assert k.counters.commands_applied >= 2
-                    assert k.firmware.credit_until < sc.start_ts + 3 * 86_400 + 43_200
-            assert s.keypad_kits == 2 and s.tokens_entered == 5 and s.tokens_accepted == 5
-            assert "tokens entered     5 (5 accepted, 0 rejected) on 2 keypad kits" \
-                in summary_text(s)
-    finally:
-        paygate.stop()
+        driver = asyncio.run(run())
+        s = driver.summary()
+        print("\n" + summary_text(s))
+        assert problems(driver) == [] and s.payments_made == 8 and s.payments_failed == 0
+        for k in driver.kits:
+            # both payments' credit outlasts the run: every kit is unlocked at the end
+            assert not k.firmware.locked and k.firmware.credit_until is not None
+            assert k.firmware.credit_until > sc.end_ts, k.kit_id
+            if k.plan.keypad is None:
+                assert k.counters.tokens_entered == 0
+                continue
+            codes = 3 if k.plan.keypad == "only" else 2  # the activation code, then 2 paid
+            assert k.counters.tokens_accepted == codes and k.counters.tokens_rejected == 0
+            if k.plan.keypad == "only":  # no modem: only its keypad could unlock it
+                assert k.wire.connects == 0 and k.counters.commands_received == 0
+            else:  # it got the MQTT unlocks too, and did not add them to the codes'
+                assert k.counters.commands_applied >= 2
+                assert k.firmware.credit_until < sc.start_ts + 3 * 86_400 + 43_200
+        assert s.keypad_kits == 2 and s.tokens_entered == 5 and s.tokens_accepted == 5
+        assert "tokens entered     5 (5 accepted, 0 rejected) on 2 keypad kits" \
+            in summary_text(s)

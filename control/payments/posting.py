@@ -308,6 +308,7 @@ def settle(rt: Runtime, conn: Connection, *, payment: PaymentRow, acct: AccountR
            unmatched: str = "payment is not linked to an account",
            detail: dict[str, Any] | None = None) -> tuple[Receipt, Posted | None]:
     """Credit a confirmed payment to its locked account if ``checks`` pass, else park it."""
+    reason: str | None
     if acct is None:  # no account to weigh the amount against: only its form counts
         reason = matching.verdict(amount, currency, checks=matching.VOUCHED,
                                   requested_fcfa=None, owed_fcfa=0) or unmatched
