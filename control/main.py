@@ -10,6 +10,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from cizo.clock import Clock
+from cizo.production import CONTROL_PARTS, require_production_ready
 from cizo.settings import Settings
 from control.db import migrate
 from control.mqtt_link import MqttLink
@@ -27,11 +28,12 @@ def build_app(
     """The control app; its lifespan connects to the broker and starts the sweep."""
     from control.api import create_app, ensure_admin_key
 
+    require_production_ready(settings, uses=CONTROL_PARTS)
     if migrate_db:
         migrate(settings.database_url)
     rt = Runtime.build(settings, clock)
     ensure_admin_key(rt)
-    install_hooks()  # issue 5: receipts (and keypad tokens) after each credit
+    install_hooks()  # receipts (and keypad tokens) after each credit
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -39,11 +41,11 @@ def build_app(
         rt.service.publisher = link
         link.start()
         scheduler = start_scheduler(rt.service, settings.sweep_interval_s)
-        add_reminder_job(scheduler, rt)  # issue 5: reminders before credit ends
-        from control.fleet_jobs import add_jobs  # issue 7: summary, rollups, analytics
+        add_reminder_job(scheduler, rt)  # reminders before credit ends
+        from control.fleet_jobs import add_jobs  # summary, rollups, analytics
 
         add_jobs(scheduler, settings, rt.db, rt.clock.now)
-        add_poll_job(scheduler, rt)  # issue 4: pending payments re-checked with providers
+        add_poll_job(scheduler, rt)  # pending payments re-checked with providers
         try:
             yield
         finally:
