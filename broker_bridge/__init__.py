@@ -10,6 +10,7 @@ from types import FrameType
 from broker_bridge.bridge import Bridge, BridgeStats, RejectCounters
 from broker_bridge.deadletter import DeadLetter, DeadLetterStore
 from cizo.clock import SystemClock
+from cizo.production import bridge_parts, require_production_ready
 from cizo.settings import Settings
 
 __all__ = ["Bridge", "BridgeStats", "DeadLetter", "DeadLetterStore", "RejectCounters", "main"]
@@ -24,6 +25,7 @@ def main(settings: Settings, *, client_id: str = "cizo-bridge",
     Must be called from the main thread (signal handlers can only be installed there).
     Each process needs its own ``client_id``: the broker keeps one session per id.
     """
+    require_production_ready(settings, uses=bridge_parts(settings))
     stop = threading.Event()
 
     def _handle(signum: int, frame: FrameType | None) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cizo.logs import configure as configure_logging
+from cizo.production import ConfigurationError, require_development
 from cizo.settings import Settings
 
 log = logging.getLogger("cizo")
@@ -128,6 +129,13 @@ def _settings() -> Settings:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
+    try:
+        return _run(args)
+    except ConfigurationError as exc:
+        raise SystemExit(f"cizo {args.command}: {exc}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     handler = getattr(args, "func", None)
     if handler is not None:
         result: int = handler(args)
@@ -140,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         from cizo.stack import StackOptions, run_stack
 
+        require_development(_settings())
         return run_stack(StackOptions(
             mqtt_port=args.mqtt_port, api_port=args.api_port, influx_port=args.influx_port,
             paygate_port=args.paygate_port, kits=args.kits, data_dir=args.data_dir,

