@@ -23,11 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cizo.clock import SystemClock
 from cizo.settings import Settings
-from control.api import create_api_key, create_app
+from control.api import create_app
 from control.fleet import jobs
 from control.ledger.db import migrate
 from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
+from control.security.api_keys import create_api_key
 from tests.test_api_helpers import serve_in_thread
 
 ADMIN = os.environ.get("CIZO_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -9,7 +9,7 @@ starts a private Mosquitto and influxd, then:
    not what is measured);
 2. (a) a bare paho subscriber (separate process, QoS 1, same Receive Maximum as the
    bridge) drains its N messages: the Python-client limit on this machine;
-   (b) one bridge process (``python -m cizo.cli bridge``) drains its N and writes them to
+   (b) one bridge process (``python -m cizo_cli bridge``) drains its N and writes them to
    InfluxDB; done when its ``/metrics`` shows N written; the points are then counted in
    InfluxDB: ``lost`` = N - counted;
    (c) two bridge processes sharing the load through ``$share/bench/...``;
@@ -213,7 +213,7 @@ class BridgeProc:
         })
         if group:
             env["CIZO_BRIDGE_SHARED_GROUP"] = group
-        argv = [sys.executable, "-m", "cizo.cli", "bridge"]
+        argv = [sys.executable, "-m", "cizo_cli", "bridge"]
         if profile is not None:  # sampling profiler: every thread, no instrumentation cost
             py_spy = str(Path(sys.executable).with_name("py-spy"))
             argv = [py_spy, "record", "--format", "raw", "--rate", "250", "--nonblocking",

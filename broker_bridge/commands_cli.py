@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _store() -> DeadLetterStore:
-    from cizo.cli import load_settings
+    from cizo.settings import load_settings
 
     settings = load_settings()
     directory = settings.bridge_deadletter_dir or settings.data_dir / "deadletter"

@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -229,3 +229,11 @@ class Settings(BaseSettings):
                 "Generate one with: cizo keygen"
             )
         return self.secret_key.get_secret_value()
+
+
+def load_settings() -> Settings:
+    """Settings for a command-line process, or a clear exit naming what is wrong."""
+    try:
+        return Settings()
+    except (ValidationError, ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"cizo: invalid configuration:\n{exc}") from None

@@ -26,7 +26,8 @@ def build_app(
     settings: Settings, clock: Clock | None = None, *, migrate_db: bool = True
 ) -> FastAPI:
     """The control app; its lifespan connects to the broker and starts the sweep."""
-    from control.api import create_app, ensure_admin_key
+    from control.api import create_app
+    from control.security.api_keys import ensure_admin_key
 
     require_production_ready(settings, uses=CONTROL_PARTS)
     if migrate_db:

@@ -19,19 +19,33 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from cizo import protocol
+from cizo.clock import Clock
 from firmware_sim.clocks import DriftingClock, clock_speed, sleep_or_stop
 from firmware_sim.firmware import KitFirmware
 from firmware_sim.keypad import Keypad
 from firmware_sim.kit import OFFLINE, KitIdentity
 from firmware_sim.mqtt_async import MqttConnection, MqttError, WireCounters
 from firmware_sim.physics import KitProfile
-from firmware_sim.scenario import KitPlan
+from firmware_sim.scenario import FleetPlan, KitPlan
 
-if TYPE_CHECKING:
-    from firmware_sim.driver import FleetDriver
+
+class Fleet(Protocol):
+    """What a kit reads of the fleet driving it (firmware_sim.driver.FleetDriver)."""
+
+    plan: FleetPlan
+    clock: Clock
+    host: str
+    port: int
+    ramp_s: float
+    buffer_limit: int
+    local_addr: tuple[str, int] | None
+    reconnect_base_s: float
+    reconnect_cap_s: float
+    sim_end: float | None
+    settling: bool
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +79,7 @@ class KitCounters:
 class DrivenKit:
     """One kit: firmware + its own MQTT session + its plan's outages and misbehaviour."""
 
-    def __init__(self, plan: KitPlan, identity: KitIdentity, fleet: FleetDriver) -> None:
+    def __init__(self, plan: KitPlan, identity: KitIdentity, fleet: Fleet) -> None:
         self.plan = plan
         self.identity = identity
         self.kit_id = identity.kit_id

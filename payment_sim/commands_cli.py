@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cizo.cli import load_settings
+    from cizo.settings import load_settings
     from payment_sim.momo import MoMoSimConfig, serve
 
     s = load_settings()

@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 
 from cizo.clock import ManualClock
 from cizo.settings import Settings
-from control.api import create_api_key, ensure_admin_key
 from control.ledger import accounts as ledger
 from control.ledger import credit
 from control.ledger.accounts import SYSTEM
@@ -27,6 +26,7 @@ from control.ledger.models import Account, AuditEntry, Desco, LedgerEntry, Payme
 from control.ledger.secrets import generate_secret_key
 from control.payments.providers import webhook_secrets, webhook_signature
 from control.runtime import Runtime
+from control.security.api_keys import create_api_key, ensure_admin_key
 from payment_sim.momo import MoMoHandle, MoMoSimConfig
 from payment_sim.momo import run_in_thread as run_momo
 from payment_sim.paygate import PayGateHandle

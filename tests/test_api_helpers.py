@@ -27,11 +27,12 @@ with warnings.catch_warnings():
 
 from cizo.clock import ManualClock
 from cizo.settings import Settings
-from control.api import create_api_key, create_app, ensure_admin_key
+from control.api import create_app
 from control.ledger.db import migrate
 from control.ledger.models import Desco
 from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
+from control.security.api_keys import create_api_key, ensure_admin_key
 from payment_sim.paygate import PayGateHandle, PayGateSimConfig, run_in_thread
 
 ADMIN_KEY = "cizo_test_admin_key_0123456789abcdef"

@@ -237,7 +237,7 @@ def test_broker_restart_under_load_loses_nothing(
 
 
 class BridgeProcess:
-    """``python -m cizo.cli bridge`` as a separate process, with its /metrics."""
+    """``python -m cizo_cli bridge`` as a separate process, with its /metrics."""
 
     def __init__(self, settings: Settings, client_id: str, group: str | None = None) -> None:
         self.metrics_port = services.free_port()
@@ -257,7 +257,7 @@ class BridgeProcess:
         self.log_path = settings.data_dir / f"{client_id}.log"
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cizo.cli", "bridge"], env=env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "cizo_cli", "bridge"], env=env,
                                          cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: self.metrics().get("cizo_bridge_connected") == 1, timeout_s=20,
                  what=f"bridge process {client_id} connected")

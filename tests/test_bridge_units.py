@@ -17,7 +17,7 @@ from broker_bridge.fastpath import fast_telemetry
 from broker_bridge.metrics import render
 from broker_bridge.spool import Spool
 from cizo import protocol
-from cizo.cli import main as cli_main
+from cizo_cli.main import main as cli_main
 from telemetry.schema import encode_line, line_kit_id
 
 NOW = 1_750_000_000.0

@@ -19,11 +19,12 @@ from playwright.sync_api import Page, sync_playwright
 from cizo import services
 from cizo.clock import ManualClock
 from cizo.settings import Settings
-from control.api import create_api_key, create_app
+from control.api import create_app
 from control.fleet import jobs
 from control.ledger.db import migrate
 from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
+from control.security.api_keys import create_api_key
 from tests.dashboard_support import FleetSpec, simulate, write_readings
 from tests.test_api_helpers import ADMIN_KEY, PLAN, RecordingPublisher, serve_in_thread
 
@@ -51,7 +52,7 @@ def site(influxd: services.InfluxProcess, tmp_path_factory: pytest.TempPathFacto
     app = create_app(rt)
     server = serve_in_thread(app)
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    from control.api import ensure_admin_key
+    from control.security.api_keys import ensure_admin_key
 
     ensure_admin_key(rt)
     for i, kit in enumerate(KITS):

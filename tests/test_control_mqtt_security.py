@@ -18,7 +18,7 @@ from cizo import protocol as p
 from cizo import services
 from cizo.clock import SystemClock
 from cizo.settings import Settings
-from control.api import create_api_key, create_app
+from control.api import create_app
 from control.commands.mqtt_link import MqttLink
 from control.ledger import credit
 from control.ledger.accounts import SYSTEM, ProvisionedKit, provision_kit
@@ -26,6 +26,7 @@ from control.ledger.db import migrate
 from control.ledger.models import Command, Kit
 from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
+from control.security.api_keys import create_api_key
 from firmware_sim import KitIdentity, SimKit
 from tests.support import wait_for
 from tests.test_api_helpers import TestClient

@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 import io
 
-from control.api import create_api_key
 from control.fleet import jobs
 from control.ledger.models import Account, Alert, Kit, KitMetrics, LedgerEntry
 from control.runtime import Runtime
+from control.security.api_keys import create_api_key
 from telemetry import opendata
 from tests.test_api_helpers import (  # noqa: F401 - fixtures
     DAY,

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from cizo import protocol
 from control.gateways import momo, paygate
+from control.ledger import money
 from control.ledger.phone import PhoneError, normalise_phone
 from control.payments import matching, statements
 from control.payments.providers import webhook_signature
@@ -158,12 +159,12 @@ def test_momo_status_parser_never_raises(body: dict[str, Any]) -> None:
 @example(float("nan"))
 def test_amount_and_phone_parsers(raw: Any) -> None:
     try:
-        value = matching.parse_amount(raw)
-        assert 0 < value <= matching.MAX_AMOUNT_FCFA
-    except matching.AmountError:
+        value = money.parse_amount(raw)
+        assert 0 < value <= money.MAX_AMOUNT_FCFA
+    except money.AmountError:
         pass
-    with contextlib.suppress(matching.AmountError):
-        matching.check_currency(raw)
+    with contextlib.suppress(money.AmountError):
+        money.check_currency(raw)
     matching.normalise_reference(raw)
     if isinstance(raw, str | int) and not isinstance(raw, bool):
         with contextlib.suppress(PhoneError):

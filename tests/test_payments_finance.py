@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from cizo import cli
+from cizo_cli import main as cli
 from control.ledger.models import AuditEntry
 from control.runtime import Runtime
 from payment_sim.paygate import PayGateHandle
@@ -147,7 +147,7 @@ def test_reconcile_and_settlement_from_the_cli(
     saved = (list(root.handlers), root.level)
     try:
         _cli_flow(client, rt, keys, paygate_sim, tmp_path, monkeypatch, capsys)
-    finally:  # cizo.cli configures logging onto capsys's stream: put it back
+    finally:  # cizo_cli.main configures logging onto capsys's stream: put it back
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from control.ledger import money
 from control.ledger.check import replay
 from control.ledger.credit import DAY_S, Plan
 from control.ledger.models import LedgerEntry
@@ -17,22 +18,22 @@ NOW = 1_760_000_000
 @pytest.mark.parametrize("raw,want", [(700, 700), ("700", 700), (" 700 ", 700), (700.0, 700),
                                       ("700.00", 700), (10_000_000, 10_000_000)])
 def test_whole_xof_amounts_are_read(raw: object, want: int) -> None:
-    assert matching.parse_amount(raw) == want
+    assert money.parse_amount(raw) == want
 
 
 @pytest.mark.parametrize("raw", [0, -5, "0", "-700", 700.5, "700.5", "7e2", True, None, "",
                                  10_000_001, 10**12, "abc", [700], {"v": 1}, float("nan")])
 def test_bad_amounts_are_refused(raw: object) -> None:
-    with pytest.raises(matching.AmountError):
-        matching.parse_amount(raw)
+    with pytest.raises(money.AmountError):
+        money.parse_amount(raw)
 
 
 def test_currency_must_be_xof() -> None:
-    assert matching.check_currency(None) == "XOF"
-    assert matching.check_currency(" xof ") == "XOF"
+    assert money.check_currency(None) == "XOF"
+    assert money.check_currency(" xof ") == "XOF"
     for bad in ("EUR", "GHS", "", "XAF"):
-        with pytest.raises(matching.AmountError):
-            matching.check_currency(bad)
+        with pytest.raises(money.AmountError):
+            money.check_currency(bad)
 
 
 def test_references_tolerate_case_spaces_and_separators() -> None:

@@ -163,7 +163,7 @@ def test_the_development_secret_key_works_for_the_local_stack() -> None:
 
 
 def test_the_local_stack_writes_recognisable_development_keys(tmp_path: Path) -> None:
-    from cizo.stack import Stack, StackOptions
+    from cizo_cli.stack import Stack, StackOptions
 
     stack = Stack(StackOptions(mqtt_port=1, api_port=2, influx_port=3, paygate_port=4,
                                kits=0, data_dir=tmp_path))
@@ -255,7 +255,7 @@ def fake_broker() -> Iterator[socket.socket]:
 
 def run_cli(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CIZO_")}
-    return subprocess.run([sys.executable, "-m", "cizo.cli", command], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "cizo_cli", command], cwd=ROOT,
                           env={**clean, **env}, capture_output=True, text=True, timeout=120,
                           check=False)
 
@@ -302,7 +302,7 @@ def test_cizo_bridge_in_production_with_a_development_token_exits_before_startin
 
 def test_cizo_up_refuses_production_mode(monkeypatch: pytest.MonkeyPatch,
                                          tmp_path: Path) -> None:
-    from cizo.cli import main
+    from cizo_cli.main import main
 
     monkeypatch.setenv("CIZO_ENV", "production")
     with pytest.raises(SystemExit) as refused:

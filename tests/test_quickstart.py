@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from cizo import services
-from cizo.stack import mqtt_login_accepted
+from cizo_cli.stack import mqtt_login_accepted
 from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_up_refuses_a_taken_port_naming_it(tmp_path: Path) -> None:
         ports = _ports()
         ports["mqtt"] = port
         result = subprocess.run(
-            [sys.executable, "-m", "cizo.cli", "up", "--data-dir", str(tmp_path / "stack"),
+            [sys.executable, "-m", "cizo_cli", "up", "--data-dir", str(tmp_path / "stack"),
              *[a for n, p in ports.items() for a in (f"--{n}-port", str(p))]],
             capture_output=True, text=True, timeout=60,
         )

@@ -15,16 +15,18 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from cizo import cli, services
+from cizo import services
 from cizo.clock import ManualClock
 from cizo.settings import Settings
-from control.api import create_api_key, create_app
+from cizo_cli import main as cli
+from control.api import create_app
 from control.ledger import privacy
 from control.ledger.accounts import SYSTEM
 from control.ledger.db import Database, migrate
 from control.ledger.models import Account, ApiKey, AuditEntry, LedgerEntry, Payment
 from control.ledger.secrets import ROLES, generate_secret_key
 from control.runtime import Runtime
+from control.security.api_keys import create_api_key
 from payment_sim.paygate import PayGateSimConfig, run_in_thread
 from telemetry import opendata
 from tests.security_support import TestClient, auth

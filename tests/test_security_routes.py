@@ -15,12 +15,13 @@ from sqlalchemy import select
 
 from cizo.clock import ManualClock
 from cizo.settings import Settings
-from control.api import create_api_key, create_app
+from control.api import create_app
 from control.api.auth import RequireRole
 from control.ledger.db import migrate
 from control.ledger.models import ApiKey, Desco
 from control.ledger.secrets import ROLES, generate_secret_key, hash_api_key
 from control.runtime import Runtime
+from control.security.api_keys import create_api_key
 from tests.security_support import ANY_KEY, TestClient, auth, endpoints, fill
 
 PLAN = {"deposit_fcfa": 0, "daily_rate_fcfa": 100, "total_price_fcfa": 10_000}

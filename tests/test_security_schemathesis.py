@@ -43,13 +43,14 @@ from sqlalchemy import select
 from cizo import services
 from cizo.clock import ManualClock
 from cizo.settings import Settings
-from control.api import create_api_key, create_app
+from control.api import create_app
 from control.ledger.accounts import SYSTEM
 from control.ledger.db import migrate
 from control.ledger.models import Alert, Desco, Payment, ReconProposal, SuspenseLink
 from control.ledger.secrets import ROLES, generate_secret_key
 from control.payments.providers import webhook_secrets, webhook_signature
 from control.runtime import Runtime
+from control.security.api_keys import create_api_key
 from payment_sim.momo import MoMoSimConfig
 from payment_sim.momo import run_in_thread as run_momo
 from payment_sim.paygate import PayGateSimConfig, run_in_thread

@@ -60,7 +60,7 @@ def test_secrets_are_hidden_and_the_secret_key_is_required(
 def test_cli_reports_invalid_configuration_without_a_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cizo.cli import main
+    from cizo_cli.main import main
 
     monkeypatch.setenv("CIZO_SWEEP_INTERVAL_S", "soon")
     with pytest.raises(SystemExit) as exc:

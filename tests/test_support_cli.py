@@ -7,11 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from cizo import cli, services
-from control.api import create_api_key, create_app
+from cizo import services
+from cizo_cli import main as cli
+from control.api import create_app
 from control.cli.support import parse_until
 from control.ledger.models import Account, AuditEntry
 from control.runtime import Runtime
+from control.security.api_keys import create_api_key
 from tests.support import ServerThread
 from tests.test_api_helpers import (  # noqa: F401 - fixtures
     DAY,

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from control.api import create_api_key
 from control.ledger.secrets import ROLES
 from control.runtime import Runtime
+from control.security.api_keys import create_api_key
 from tests.security_support import auth, endpoints, fill
 from tests.test_api_helpers import (  # noqa: F401 - fixtures
     Keys,

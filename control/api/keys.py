@@ -7,9 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from sqlalchemy import select
 
-from control.api.auth import AdminKey, RuntimeDep, create_api_key, revoke_api_key
+from control.api.auth import AdminKey, RuntimeDep
 from control.api.schemas import KeyCreate, KeyCreated, KeyOut, KeyPage, Problem
 from control.ledger.models import ApiKey, Desco
+from control.security.api_keys import create_api_key, revoke_api_key
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 

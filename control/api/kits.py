@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 from typing import Annotated, Any
 
@@ -12,6 +11,8 @@ from fastapi.responses import Response
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from telemetry.errors import InfluxError
+from telemetry.influx import InfluxClient
 from control.api.auth import AdminKey, ReaderKey, RuntimeDep, UnlockKey
 from control.api.idempotency import IdempotencyKey, run_idempotent
 from control.api.schemas import (
@@ -136,36 +137,19 @@ def list_kits(
 
 def last_telemetry(rt: Runtime, kit_id: str) -> dict[str, Any] | None:
     """The kit's latest reading from InfluxDB, or None (logged) if it cannot be had."""
-    try:
-        module = importlib.import_module("telemetry.influx")
-    except ImportError:
-        return None
     extra = {"kit_id": kit_id, "payment_id": None}
     try:
         # a short timeout: a slow InfluxDB must not make the kit page slow
-        client: Any = module.InfluxClient.from_settings(rt.settings,
-                                                        timeout_s=TELEMETRY_TIMEOUT_S)
+        client = InfluxClient.from_settings(rt.settings, timeout_s=TELEMETRY_TIMEOUT_S)
         try:
-            reading: Any = client.last_telemetry(kit_id)
+            reading = client.last_telemetry(kit_id)
         finally:
-            close = getattr(client, "close", None)
-            if callable(close):
-                close()
-    except Exception as exc:
+            client.close()
+    except InfluxError as exc:
         log.warning("last telemetry unavailable (InfluxDB): %s", type(exc).__name__,
                     extra=extra)
         return None
-    if reading is None:
-        return None
-    if isinstance(reading, dict):
-        return reading
-    if hasattr(reading, "model_dump"):
-        dumped: dict[str, Any] = reading.model_dump(mode="json")
-        return dumped
-    if dataclasses.is_dataclass(reading) and not isinstance(reading, type):
-        return dataclasses.asdict(reading)
-    log.warning("last telemetry of unexpected type %s", type(reading).__name__, extra=extra)
-    return None
+    return reading
 
 
 @router.get("/kits/{kit_id}", response_model=KitDetail, responses=_errors,

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from control.payments import matching
+from control.ledger import money
 
 Network = Literal["FLOOZ", "TMONEY"]
 Role = Literal["admin", "operator", "support", "finance", "regulator"]
@@ -226,7 +226,7 @@ class MoMoIntentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kit_id: str = Field(min_length=1, max_length=64)
-    amount_fcfa: int = Field(gt=0, le=matching.MAX_AMOUNT_FCFA)
+    amount_fcfa: int = Field(gt=0, le=money.MAX_AMOUNT_FCFA)
     phone: str = Field(min_length=8, max_length=32)
 
 
@@ -267,7 +267,7 @@ class AgentPaymentIn(BaseModel):
 class RefundIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount_fcfa: int = Field(gt=0, le=matching.MAX_AMOUNT_FCFA)
+    amount_fcfa: int = Field(gt=0, le=money.MAX_AMOUNT_FCFA)
     reason: str = Field(min_length=3, max_length=500)
     refund_id: str = Field(min_length=1, max_length=64,
                            description="your unique id for this refund (a retry is a no-op)")

@@ -87,7 +87,7 @@ def _sync_args(p: argparse.ArgumentParser) -> None:
 
 
 def _settings() -> Settings:
-    from cizo.cli import load_settings
+    from cizo.settings import load_settings
 
     return load_settings()
 
@@ -103,9 +103,9 @@ def _runtime_db(settings: Settings) -> Any:
 
 
 def keys_create(args: argparse.Namespace) -> int:
-    from control.api.auth import create_api_key
     from control.ledger.db import migrate
     from control.runtime import Runtime
+    from control.security.api_keys import create_api_key
 
     settings = _settings()
     migrate(settings.database_url)

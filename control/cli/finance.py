@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _runtime() -> Runtime:
-    from cizo.cli import load_settings
+    from cizo.settings import load_settings
 
     return Runtime.build(load_settings())
 

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _rollup(args: argparse.Namespace) -> int:
-    from cizo.cli import load_settings
+    from cizo.settings import load_settings
     from control.fleet.jobs import refresh_fleet_summary, run_analytics
     from control.ledger.db import Database
     from telemetry.rollups import ensure_tiers, run_rollups
@@ -47,7 +47,7 @@ def _rollup(args: argparse.Namespace) -> int:
 
 
 def _opendata(args: argparse.Namespace) -> int:
-    from cizo.cli import load_settings
+    from cizo.settings import load_settings
     from control.fleet.jobs import opendata_households
     from control.ledger.db import Database
     from telemetry import opendata

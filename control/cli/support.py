@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from cizo.cli import load_settings
+from cizo.settings import load_settings
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from control.gateways.http_json import JsonHttp, Reply, TransportFailed
+from control.ledger import money
 from control.ledger.phone import PhoneError, normalise_phone
-from control.payments import matching
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ def parse_status(body: dict[str, Any]) -> MoMoStatus:
     """Amounts come as strings or numbers; ``reason`` as a code string or {code, message}."""
     amount: int | None
     try:
-        amount = matching.parse_amount(body.get("amount"))
-    except matching.AmountError:
+        amount = money.parse_amount(body.get("amount"))
+    except money.AmountError:
         amount = None
     payer = body.get("payer")
     phone: str | None = None

@@ -1,7 +1,7 @@
-"""Pure rules for incoming money: amounts, currencies, references, and what a match means.
+"""Pure rules for incoming money: references, what a match means, and which amounts may be
+credited without a human (control.ledger.money says what an amount is).
 
-Kept apart from I/O so every rule is tested alone. Amounts are whole XOF (no minor unit):
-anything else is refused rather than rounded, because a rounded franc is a lost franc.
+Kept apart from I/O so every rule is tested alone.
 """
 
 from __future__ import annotations
@@ -9,48 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-MAX_AMOUNT_FCFA = 10_000_000  # no PAYG payment is this large: a typo or a x100 error
-CURRENCY = "XOF"
+from control.ledger.money import CURRENCY
+
 _SEPARATORS = re.compile(r"[\s\-_.]+")
 SQL_SEPARATORS = (" ", "-", "_", ".")  # what the SQL index expression removes
-
-
-class AmountError(ValueError):
-    """An amount that must not be credited (zero, negative, fractional, huge, not a number)."""
-
-
-def parse_amount(raw: object) -> int:
-    """700, "700", 700.0 and " 700 " are 700 XOF; 0, -5, 700.5, "7e2", True, 10**9 are refused."""
-    if isinstance(raw, bool) or raw is None:
-        raise AmountError("amount is missing")
-    if isinstance(raw, int):
-        value = raw
-    elif isinstance(raw, float):
-        if not raw.is_integer():
-            raise AmountError(f"amount must be whole XOF (no minor unit), got {raw!r}")
-        value = int(raw)
-    elif isinstance(raw, str):
-        text = raw.strip()
-        if re.fullmatch(r"-?\d+(\.0+)?", text) is None:
-            raise AmountError(f"amount must be whole XOF digits, got {raw!r}")
-        value = int(text.split(".", 1)[0])
-    else:
-        raise AmountError(f"amount must be a number, got {type(raw).__name__}")
-    if value <= 0:
-        raise AmountError(f"amount must be positive, got {value}")
-    if value > MAX_AMOUNT_FCFA:
-        raise AmountError(f"amount {value} exceeds the {MAX_AMOUNT_FCFA} XOF limit")
-    return value
-
-
-def check_currency(raw: object) -> str:
-    """Only XOF is credited; a missing currency means XOF (PayGate sends none)."""
-    if raw is None:
-        return CURRENCY
-    text = str(raw).strip().upper()
-    if text != CURRENCY:
-        raise AmountError(f"currency must be {CURRENCY}, got {raw!r}")
-    return text
 
 
 def normalise_reference(raw: object) -> str | None:

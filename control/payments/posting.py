@@ -33,7 +33,7 @@ from control.commands import tokens
 from control.commands.desired import commanded, desired_from
 from control.commands.lifecycle import KitSeq
 from control.commands.service import Issued
-from control.ledger import credit
+from control.ledger import credit, money
 from control.ledger.accounts import Actor
 from control.ledger.events import CreditNotice
 from control.ledger.models import Account, AuditEntry, Kit, LedgerEntry, Payment
@@ -243,7 +243,7 @@ def post(rt: Runtime, conn: Connection, *, payment: PaymentRow, acct: AccountRow
     conn.execute(_POSTED, {
         "pid": payment.id, "status": "credited" if kind == "payment" else "applied",
         "amount": amount, "aid": acct.id, "desco": acct.desco_id, "now": now,
-        "matched_by": matched_by, "cur": matching.CURRENCY, **_confirmed(confirmed)})
+        "matched_by": matched_by, "cur": money.CURRENCY, **_confirmed(confirmed)})
     conn.execute(_ENTRY, {
         "account_id": acct.id, "payment_id": payment.id, "kind": kind,
         "amount_fcfa": amount if kind == "payment" else -amount, "days": change.days_added,

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, CursorResult, insert, literal_column, select
 from sqlalchemy.exc import IntegrityError
 
+from control.ledger import money
 from control.ledger.accounts import Actor
 from control.ledger.models import Account, Payment
 from control.payments import matching, posting
@@ -35,7 +36,7 @@ class Incoming:
     provider_ref: str
     desco_id: str | None  # None: any DESCO (a platform-wide merchant account)
     amount_fcfa: int
-    currency: str = matching.CURRENCY
+    currency: str = money.CURRENCY
     phone_e164: str | None = None
     reference: str | None = None
     paid_at: float | None = None

@@ -14,9 +14,10 @@ import logging
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from control.ledger import money
 from control.ledger.accounts import Actor
 from control.ledger.models import Payment
-from control.payments import matching, posting
+from control.payments import posting
 from control.payments.posting import PaymentRow, Posted, Receipt
 from control.payments.receive import _inserted, existing
 from control.runtime import Runtime
@@ -48,7 +49,7 @@ def reverse(rt: Runtime, *, provider: str, provider_ref: str, original_ref: str,
             pid = _inserted(conn.execute(insert(Payment).values(
                 desco_id=desco, provider=provider, provider_ref=provider_ref,
                 kind="reversal", reverses_payment_id=original.id if original else None,
-                amount_fcfa=amount_fcfa, currency=matching.CURRENCY, reference=original_ref,
+                amount_fcfa=amount_fcfa, currency=money.CURRENCY, reference=original_ref,
                 status="received", created_at=now, updated_at=now, paid_at=now,
                 check_attempts=0, reason=reason)))
             row = PaymentRow(pid, "received", provider, provider_ref, desco, None, None,

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from control.ledger import money
 from control.ledger.phone import PhoneError, normalise_phone
-from control.payments import matching
 
 ALIASES = {
     "transaction_id": ("transaction_id", "identifier", "reference_id", "referenceid",
@@ -124,8 +124,8 @@ def parse_statement(text: str) -> tuple[list[StatementLine], list[str]]:
             if raw_day is None:
                 raise ValueError("no date")
             day = parse_day(raw_day)
-            amount = matching.parse_amount(get("amount"))
-            matching.check_currency(get("currency"))
+            amount = money.parse_amount(get("amount"))
+            money.check_currency(get("currency"))
             phone_raw = get("phone")
             phone = normalise_phone(phone_raw) if phone_raw else None
         except (ValueError, PhoneError) as exc:

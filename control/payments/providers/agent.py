@@ -14,9 +14,9 @@ import logging
 from dataclasses import dataclass
 
 from control.gateways.paygate import normalise_datetime
+from control.ledger import money
 from control.ledger.accounts import Actor
 from control.ledger.phone import PhoneError, normalise_phone
-from control.payments import matching
 from control.payments.posting import Receipt
 from control.payments.providers import webhook_secrets, webhook_signature
 from control.payments.receive import Incoming, receive
@@ -71,10 +71,10 @@ def record(rt: Runtime, desco_id: str, msg: AgentPayment) -> Receipt:
     Raises ``AgentRefused`` (422) for an amount, currency or phone that must not be
     credited, and ``ReversalConflict`` for a reversal that cannot apply."""
     try:
-        amount = matching.parse_amount(msg.amount)
-        currency = matching.check_currency(msg.currency)
+        amount = money.parse_amount(msg.amount)
+        currency = money.check_currency(msg.currency)
         phone = normalise_phone(msg.phone) if msg.phone else None
-    except (matching.AmountError, PhoneError) as exc:
+    except (money.AmountError, PhoneError) as exc:
         raise AgentRefused(str(exc), 422) from exc
     actor = Actor(name=f"webhook:{desco_id}", role="system", desco_id=desco_id)
     ref = f"{desco_id}:{msg.transaction_id}"

@@ -14,6 +14,7 @@ from typing import Any
 
 from control.gateways.momo import FAILED, PENDING, SUCCESSFUL, MoMoClient, MoMoError
 from control.ledger import accounts as ledger
+from control.ledger import money
 from control.ledger.accounts import Actor
 from control.ledger.models import Payment
 from control.ledger.phone import PhoneError, normalise_phone
@@ -55,9 +56,9 @@ def create_intent(rt: Runtime, *, actor: Actor, kit_id: str, amount_fcfa: int,
                   phone: str) -> Payment:
     """Record the intent, then ask MoMo to collect it; the callback URL carries our key."""
     try:
-        amount = matching.parse_amount(amount_fcfa)
+        amount = money.parse_amount(amount_fcfa)
         phone_e164 = normalise_phone(phone)
-    except (matching.AmountError, PhoneError) as exc:
+    except (money.AmountError, PhoneError) as exc:
         raise PaymentInvalid(str(exc)) from exc
     reference_id = str(uuid.uuid4())
     now = rt.clock.now()

@@ -26,6 +26,7 @@ from control.gateways.paygate import (
     PayGateUnavailable,
 )
 from control.ledger import accounts as ledger
+from control.ledger import money
 from control.ledger.accounts import Actor
 from control.ledger.models import Payment
 from control.ledger.phone import PhoneError, local_digits, normalise_phone
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 PROVIDER = "paygate"
 PAYGATE_ACTOR = Actor(name="paygate-callback", role="system")
-MAX_AMOUNT_FCFA = matching.MAX_AMOUNT_FCFA
+MAX_AMOUNT_FCFA = money.MAX_AMOUNT_FCFA
 
 
 def new_identifier(kit_id: str) -> str:

@@ -1,6 +1,6 @@
 """``cizo``: one console script, a subcommand per process or task.
 
-    cizo up           the whole local stack with a simulated fleet (cizo.stack)
+    cizo up           the whole local stack with a simulated fleet (cizo_cli.stack)
     cizo bridge       MQTT -> InfluxDB telemetry bridge
     cizo control      HTTP API + MQTT command link + sweep scheduler
     cizo sim          a simulated fleet of kits from a credentials file
@@ -12,19 +12,20 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-from pydantic import ValidationError
-
+from broker_bridge import commands_cli as broker_bridge_cli
 from cizo.logs import configure as configure_logging
 from cizo.production import ConfigurationError, require_development
-from cizo.settings import Settings
+from cizo.settings import load_settings
+from control.cli import admin as admin_cli
+from control.cli import finance as finance_cli
+from control.cli import fleet as fleet_cli
+from control.cli import support as support_cli
+from payment_sim import commands_cli as payment_sim_cli
 
 log = logging.getLogger("cizo")
 
@@ -87,43 +88,22 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="apply ledger migrations")
     sub.add_parser("keygen", help="print a new CIZO_SECRET_KEY")
-    for module in _plugin_modules():
+    for module in PLUGIN_MODULES:
         module.register(sub)
     return p
 
 
 # Packages add their own subcommands (``cizo support ...``, ``cizo deadletter ...``) in one
-# of these modules, each with ``register(subparsers)``; every parser it adds sets
-# ``func=handler`` where ``handler(args: Namespace) -> int``. Missing modules are skipped.
+# module each, with ``register(subparsers)``; every parser it adds sets ``func=handler``
+# where ``handler(args: Namespace) -> int``.
 PLUGIN_MODULES = (
-    "broker_bridge.commands_cli",  # cizo deadletter ...
-    "control.cli.fleet",  # cizo rollup / analytics / export ...
-    "control.cli.support",  # cizo support ...
-    "control.cli.finance",  # cizo reconcile / settlement ...
-    "control.cli.admin",  # cizo keys / broker credentials / erase ...
-    "firmware_sim.commands_cli",  # scenario tools
-    "payment_sim.commands_cli",  # momo-sim ...
+    broker_bridge_cli,  # cizo deadletter ...
+    fleet_cli,  # cizo rollup / analytics / export ...
+    support_cli,  # cizo support ...
+    finance_cli,  # cizo reconcile / settlement ...
+    admin_cli,  # cizo keys / broker credentials / erase ...
+    payment_sim_cli,  # momo-sim ...
 )
-
-
-def _plugin_modules() -> list[Any]:
-    found = []
-    for name in PLUGIN_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            found.append(importlib.import_module(name))
-    return found
-
-
-def load_settings() -> Settings:
-    """Settings for a CLI command, or a clear exit: used by plug-in subcommands too."""
-    return _settings()
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except (ValidationError, ValueError, FileNotFoundError) as exc:
-        raise SystemExit(f"cizo: invalid configuration:\n{exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,9 +126,9 @@ def _run(args: argparse.Namespace) -> int:
         print(generate_secret_key())
         return 0
     if args.command == "up":
-        from cizo.stack import StackOptions, run_stack
+        from cizo_cli.stack import StackOptions, run_stack
 
-        require_development(_settings())
+        require_development(load_settings())
         return run_stack(StackOptions(
             mqtt_port=args.mqtt_port, api_port=args.api_port, influx_port=args.influx_port,
             paygate_port=args.paygate_port, kits=args.kits, data_dir=args.data_dir,
@@ -157,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "paygate-sim":
         from payment_sim.paygate import PayGateSimConfig, serve
 
-        settings = _settings()
+        settings = load_settings()
         serve(
             PayGateSimConfig(
                 auth_token=settings.paygate_auth_token.get_secret_value(),
@@ -168,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
             args.port,
         )
         return 0
-    settings = _settings()
+    settings = load_settings()
     if args.command == "migrate":
         from control.ledger.db import migrate
 

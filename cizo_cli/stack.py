@@ -218,7 +218,7 @@ class Stack:
         log_path = self.dir / "logs" / f"{name}.log"
         with log_path.open("ab") as fh:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "cizo.cli", *args], env=env, stdout=fh,
+                [sys.executable, "-m", "cizo_cli", *args], env=env, stdout=fh,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.children.append((name, proc))
