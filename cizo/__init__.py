@@ -1,1 +1,4 @@
-"""Shared core of the CIZO kit backend: settings, clock, the kit contract and the CLI."""
+"""The shared core: settings, clock, the kit contract, server launchers, logging.
+
+Every other package may import it; it imports none of them (import-linter checks).
+"""

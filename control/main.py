@@ -1,4 +1,4 @@
-"""Run the control service: HTTP API + MQTT link + sweep scheduler, in one process."""
+"""The control process: HTTP API, MQTT link and scheduled jobs over one ``Runtime``."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ from fastapi import FastAPI
 from cizo.clock import Clock
 from cizo.production import CONTROL_PARTS, require_production_ready
 from cizo.settings import Settings
+from control import scheduler
 from control.commands.mqtt_link import MqttLink
 from control.ledger.db import migrate
 from control.payments import receipts
-from control.payments.poll import add_poll_job
 from control.runtime import Runtime
-from control.scheduler import add_reminder_job, start_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +40,11 @@ def build_app(
         link = MqttLink(settings, rt.service, client_id=settings.mqtt_client_id)
         rt.service.publisher = link
         link.start()
-        scheduler = start_scheduler(rt.service, settings.sweep_interval_s)
-        add_reminder_job(scheduler, rt)  # reminders before credit ends
-        from control.fleet.jobs import add_jobs  # summary, rollups, analytics
-
-        add_jobs(scheduler, settings, rt.db, rt.clock.now)
-        add_poll_job(scheduler, rt)  # pending payments re-checked with providers
+        jobs = scheduler.start(rt)
         try:
             yield
         finally:
-            scheduler.shutdown(wait=True)
+            jobs.shutdown(wait=True)
             link.stop()
             rt.close()
 

@@ -1,4 +1,11 @@
-"""APScheduler job that runs the control sweep every ``sweep_interval_s``."""
+"""Every periodic job of one control process, on one APScheduler.
+
+The sweep (converge kits, re-send unacked commands, every ``sweep_interval_s``), payments
+still pending re-checked with their provider (control.payments.poll), reminders before
+credit ends, and the jobs behind the dashboards (control.fleet.jobs). Each job runs one
+at a time (``max_instances=1``) and a missed run is coalesced, not queued; a job that fails
+is logged and runs again next time.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +13,40 @@ import logging
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from control.commands.service import ControlService
+from control.fleet.jobs import add_jobs as add_fleet_jobs
+from control.payments.poll import add_poll_job
+from control.payments.receipts import send_reminders
 from control.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def start_scheduler(service: ControlService, interval_s: float) -> BackgroundScheduler:
-    """One sweep at a time (max_instances=1); a missed run is coalesced, not queued."""
+def start(rt: Runtime) -> BackgroundScheduler:
+    """Register every job of the control process and start them."""
     scheduler = BackgroundScheduler(timezone="UTC")
+    interval = rt.settings.sweep_interval_s
     scheduler.add_job(
-        _sweep, "interval", seconds=interval_s, args=[service], id="sweep",
-        max_instances=1, coalesce=True, misfire_grace_time=max(1, int(interval_s * 10)),
+        _sweep, "interval", seconds=interval, args=[rt], id="sweep",
+        max_instances=1, coalesce=True, misfire_grace_time=max(1, int(interval * 10)),
     )
-    scheduler.start()
-    return scheduler
-
-
-def _sweep(service: ControlService) -> None:
-    try:
-        service.sweep()
-    except Exception:
-        log.exception("sweep failed; the next run will retry")
-
-
-def add_reminder_job(scheduler: BackgroundScheduler, rt: Runtime) -> None:
-    """Issue 5: reminders before credit ends, every ``reminder_interval_s``."""
     scheduler.add_job(
         _reminders, "interval", seconds=rt.settings.reminder_interval_s, args=[rt],
         id="reminders", max_instances=1, coalesce=True,
     )
+    add_poll_job(scheduler, rt)
+    add_fleet_jobs(scheduler, rt.settings, rt.db, rt.clock.now)
+    scheduler.start()
+    return scheduler
+
+
+def _sweep(rt: Runtime) -> None:
+    try:
+        rt.service.sweep()
+    except Exception:
+        log.exception("sweep failed; the next run will retry")
 
 
 def _reminders(rt: Runtime) -> None:
-    from control.payments.receipts import send_reminders
-
     try:
         sent = send_reminders(rt)
         if sent:

@@ -11,8 +11,6 @@ from fastapi.responses import Response
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from telemetry.errors import InfluxError
-from telemetry.influx import InfluxClient
 from control.api.auth import AdminKey, ReaderKey, RuntimeDep, UnlockKey
 from control.api.idempotency import IdempotencyKey, run_idempotent
 from control.api.schemas import (
@@ -35,6 +33,8 @@ from control.ledger.models import Account, AuditEntry, Command, Desco, Kit
 from control.ledger.phone import PhoneError, normalise_phone
 from control.runtime import Runtime
 from control.support import actions
+from telemetry.errors import InfluxError
+from telemetry.influx import InfluxClient
 
 log = logging.getLogger(__name__)
 

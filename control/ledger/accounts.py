@@ -1,8 +1,8 @@
-"""Ledger operations: provisioning, crediting payments, free days, audit.
+"""Accounts in the ledger: provisioning a kit and its account, free days, the audit log.
 
-Each function works inside the caller's session and transaction, so a payment, its
-ledger entry, the account's new credit and the command it triggers commit together
-or not at all.
+Each function works inside the caller's session and transaction, so a change, its ledger
+entry, its audit entry and the command it triggers commit together or not at all. Money
+is posted by control.payments.posting, the one credit path.
 """
 
 from __future__ import annotations
