@@ -96,7 +96,7 @@ def main() -> int:
         cpu_ms = 1000 * (time.process_time() - c0) / len(todo)
         wall_ms = 1000 * (time.perf_counter() - t0) / len(todo)
         if profile is not None:
-            pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(45)
+            pstats.Stats(profile, stream=sys.stderr).sort_stats(os.environ.get("CIZO_BENCH_PROFILE_SORT", "cumulative")).print_stats(45)
         rt.db.dispose()
     finally:
         handle.stop(timeout_s=10)

@@ -26,14 +26,14 @@ from typing import Any, cast
 from sqlalchemy import (
     Boolean,
     Connection,
-    CursorResult,
     Select,
     Table,
     bindparam,
     case,
     insert,
+    null,
+    or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.orm import Session
@@ -50,6 +50,7 @@ from control.commands.desired import (
 )
 from control.ledger.db import SQLITE_WRITE_LOCK
 from control.ledger.models import Account, Command, Kit
+from control.ledger.writes import Write, sql_text, write_all
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +104,21 @@ def lock_kits(s: Session, kit_ids: Sequence[str]) -> list[Kit]:
 
 def supersede_pending(s: Session | Connection, kit_ids: Sequence[str], now: float) -> None:
     """Every queued or sent command of these kits becomes ``superseded``."""
-    if not kit_ids:
-        return
-    if len(kit_ids) > 1 and dialect(s) == "postgresql":
-        s.execute(_PG_SUPERSEDE, {"now": now, "ids": list(kit_ids)})
-        return
-    s.execute(update(C).where(C.c.kit_id.in_(list(kit_ids)), C.c.status.in_(PENDING))
-              .values(status="superseded", finished_at=now, next_attempt_at=None))
+    write_all(s, [_supersede(kit_ids, now)])
 
 
-_PG_SUPERSEDE = text(
-    "UPDATE commands SET status = 'superseded', finished_at = :now, next_attempt_at = NULL "
-    "WHERE kit_id = ANY(CAST(:ids AS varchar[])) AND status IN ('queued', 'sent')")
+def _supersede(kit_ids: Sequence[str], now: float) -> Write:
+    return Write(_SUPERSEDE, [{"k_id": k, "now": now} for k in kit_ids]
+                 if len(kit_ids) != 1 else {"k_id": kit_ids[0], "now": now})
+
+
+# Constants are written into the SQL (``sql_text``), not bound: an IN list would be an
+# "expanding" parameter, which executemany refuses, and fewer parameters keep a credit's
+# bundle of writes within what the PostgreSQL driver caches (control.ledger.writes).
+_SUPERSEDE = (update(C).where(C.c.kit_id == bindparam("k_id"),
+                              or_(*(C.c.status == sql_text(status) for status in PENDING)))
+              .values(status=sql_text("superseded"), finished_at=bindparam("now"),
+                      next_attempt_at=null()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,68 +153,53 @@ def new_command_row(*, kit_id: str, seq: int, action: str, credit_until: int | N
 def kit_move(kit_id: str, prev_seq: int, seq: int, want: Desired | None,
              lock_due_at: int | None) -> dict[str, Any]:
     """A kit's new seq and commanded state (``want`` None: unchanged, as for a rotate)."""
-    return {"kid": kit_id, "prev_seq": prev_seq, "seq": seq,
-            "keep": want is None,
-            "action": want.action if want is not None else None,
-            "until": want.credit_until if want is not None else None,
-            "due": lock_due_at}
+    return {"k_id": kit_id, "k_prev": prev_seq, "k_seq": seq, "k_keep": want is None,
+            "k_action": want.action if want is not None else None,
+            "k_until": want.credit_until if want is not None else None,
+            "k_due": lock_due_at}
 
 
-def write_issued(conn: Session | Connection, rows: Sequence[dict[str, Any]],
-                 kits: Sequence[dict[str, Any]], now: float) -> None:
-    """The one writer of issued commands: move each kit's seq and commanded state, supersede
-    the pending commands of every kit that gets a new one, insert the new ones.
+def issue_writes(rows: Sequence[dict[str, Any]], kits: Sequence[dict[str, Any]],
+                 now: float) -> list[Write]:
+    """The one writer of issued commands, as writes for the caller's transaction: move each
+    kit's seq and commanded state, supersede the pending commands of every kit that gets a
+    new one, insert the new ones.
 
     Each kit's seq was read under its row lock (PostgreSQL ``FOR UPDATE``, SQLite's writer
-    lock); the UPDATE checks it has not moved since, so a caller that forgot the lock fails
-    loudly instead of issuing a seq twice."""
+    lock); the UPDATE matches only that seq, so a caller that forgot the lock fails loudly
+    (``WriteCountError``) instead of issuing a seq twice."""
+    writes = []
     if kits:
-        moved = cast(CursorResult[Any], conn.execute(
-            _PG_MOVE_KITS if dialect(conn) == "postgresql" else _MOVE_KIT,
-            _move_params(conn, kits)))
-        if moved.rowcount != len(kits):
-            raise StaleKitError(f"{len(kits) - moved.rowcount} of {len(kits)} kits moved "
-                                "since they were read: issue commands under the kit's lock")
+        writes.append(Write(_MOVE_KIT, kits[0] if len(kits) == 1 else list(kits),
+                            rows=len(kits)))
     if rows:
-        supersede_pending(conn, [r["kit_id"] for r in rows], now)
-        conn.execute(insert(C), list(rows))
+        writes.append(_supersede([r["kit_id"] for r in rows], now))
+        params = [{f"c_{k}": v for k, v in r.items()} for r in rows]
+        writes.append(Write(_INSERT_COMMAND, params[0] if len(params) == 1 else params))
         for r in rows:
             log.info("command issued", extra={"kit_id": r["kit_id"], "command_id": r["id"],
                                               "action": r["action"], "seq": r["seq"],
                                               "origin": r["origin"]})
+    return writes
 
 
-class StaleKitError(RuntimeError):
-    """A kit's seq moved between the issuing transaction's read and its write (a bug)."""
+def write_issued(conn: Session | Connection, rows: Sequence[dict[str, Any]],
+                 kits: Sequence[dict[str, Any]], now: float) -> None:
+    """``issue_writes``, written now."""
+    write_all(conn, issue_writes(rows, kits, now))
 
 
-def _move_params(conn: Session | Connection, kits: Sequence[dict[str, Any]]) -> Any:
-    if dialect(conn) != "postgresql":
-        return list(kits)
-    return {"ids": [k["kid"] for k in kits], "prev": [k["prev_seq"] for k in kits],
-            "seqs": [k["seq"] for k in kits], "keep": [k["keep"] for k in kits],
-            "actions": [k["action"] for k in kits], "cus": [k["until"] for k in kits],
-            "dues": [k["due"] for k in kits]}
-
-
-_KEEP = bindparam("keep", type_=Boolean)
-_MOVE_KIT = update(K).where(K.c.id == bindparam("kid"), K.c.cmd_seq == bindparam("prev_seq")
+_KEEP = bindparam("k_keep", type_=Boolean)
+_MOVE_KIT = update(K).where(K.c.id == bindparam("k_id"), K.c.cmd_seq == bindparam("k_prev")
                             ).values(
-    cmd_seq=bindparam("seq"),
-    commanded_action=case((_KEEP, K.c.commanded_action), else_=bindparam("action")),
-    commanded_credit_until=case((_KEEP, K.c.commanded_credit_until), else_=bindparam("until")),
-    lock_due_at=case((_KEEP, K.c.lock_due_at), else_=bindparam("due")))
-# PostgreSQL: any number of kits in one statement over unnest()ed arrays
-_PG_MOVE_KITS = text("""
-UPDATE kits AS k SET cmd_seq = u.seq,
-  commanded_action = CASE WHEN u.keep THEN k.commanded_action ELSE u.action END,
-  commanded_credit_until = CASE WHEN u.keep THEN k.commanded_credit_until ELSE u.cu END,
-  lock_due_at = CASE WHEN u.keep THEN k.lock_due_at ELSE u.due END
-FROM unnest(CAST(:ids AS varchar[]), CAST(:prev AS bigint[]), CAST(:seqs AS bigint[]),
-            CAST(:keep AS boolean[]), CAST(:actions AS varchar[]), CAST(:cus AS bigint[]),
-            CAST(:dues AS bigint[])) AS u(id, prev, seq, keep, action, cu, due)
-WHERE k.id = u.id AND k.cmd_seq = u.prev
-""")
+    cmd_seq=bindparam("k_seq"),
+    commanded_action=case((_KEEP, K.c.commanded_action), else_=bindparam("k_action")),
+    commanded_credit_until=case((_KEEP, K.c.commanded_credit_until),
+                                else_=bindparam("k_until")),
+    lock_due_at=case((_KEEP, K.c.lock_due_at), else_=bindparam("k_due")))
+_INSERT_COMMAND = insert(C).values({name: bindparam(f"c_{name}") for name in (
+    "id", "kit_id", "seq", "action", "credit_until", "issued_at", "expires_at", "status",
+    "origin", "attempts", "created_at", "next_attempt_at", "sent_at", "nonce")})
 
 
 def plan_state_command(kit: KitSeq, want: Desired, *, origin: str, now: float, ttl_s: int
@@ -236,11 +225,11 @@ def plan_rotate(kit: KitSeq, *, nonce: str, origin: str, now: float, ttl_s: int
 
 def sync_kit(kit: Kit, move: dict[str, Any]) -> None:
     """Make a session's Kit object show what ``write_issued`` wrote, without reading it."""
-    set_committed_value(kit, "cmd_seq", move["seq"])
-    if not move["keep"]:
-        set_committed_value(kit, "commanded_action", move["action"])
-        set_committed_value(kit, "commanded_credit_until", move["until"])
-        set_committed_value(kit, "lock_due_at", move["due"])
+    set_committed_value(kit, "cmd_seq", move["k_seq"])
+    if not move["k_keep"]:
+        set_committed_value(kit, "commanded_action", move["k_action"])
+        set_committed_value(kit, "commanded_credit_until", move["k_until"])
+        set_committed_value(kit, "lock_due_at", move["k_due"])
 
 
 def rotation_pending(s: Session, kit: Kit) -> bool:

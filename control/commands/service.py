@@ -40,6 +40,7 @@ from control.ledger.accounts import account_for_kit
 from control.ledger.db import Database
 from control.ledger.models import Account, Command, Kit
 from control.ledger.secrets import SecretBox
+from control.ledger.writes import Write, write_all
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,14 @@ class ControlService:
 
     # --- issuing (inside the caller's transaction) -----------------------------------
 
-    def issue(self, conn: Session | Connection, kit: KitSeq, want: Desired | None, *,
-              origin: str, rotate_nonce: str | None = None) -> Issued:
-        """Issue, sign and claim a command for ``kit`` (held locked by the caller): the state
-        ``want``, or a ``rotate`` with ``rotate_nonce``."""
-        now = self.clock.now()
+    def plan(self, kit: KitSeq, want: Desired | None, *, origin: str,
+             rotate_nonce: str | None = None, now: float | None = None
+             ) -> tuple[Issued, list[Write]]:
+        """A command for ``kit`` (held locked by the caller), signed and claimed — the state
+        ``want``, or a ``rotate`` with ``rotate_nonce`` — and the writes that record it, for
+        the caller's transaction (control.ledger.writes sends them with its own; ``now``:
+        the caller's instant, so all its writes carry one)."""
+        now = self.clock.now() if now is None else now
         ttl = self.settings.command_ttl_s
         if rotate_nonce is not None:
             row, move = lifecycle.plan_rotate(kit, nonce=rotate_nonce, origin=origin, now=now,
@@ -124,8 +128,14 @@ class ControlService:
             row, move = lifecycle.plan_state_command(kit, want, origin=origin, now=now,
                                                      ttl_s=ttl)
         out = self.claim_row(row, kit.secret_enc)
-        lifecycle.write_issued(conn, [row], [move], now)
-        return Issued(row["id"], out)
+        return Issued(row["id"], out), lifecycle.issue_writes([row], [move], now)
+
+    def issue(self, conn: Session | Connection, kit: KitSeq, want: Desired | None, *,
+              origin: str, rotate_nonce: str | None = None) -> Issued:
+        """``plan`` a command and write it now."""
+        issued, writes = self.plan(kit, want, origin=origin, rotate_nonce=rotate_nonce)
+        write_all(conn, writes)
+        return issued
 
     def converge(self, conn: Session | Connection, kit: KitSeq, want: Desired, *,
                  decommissioned: bool, origin: str) -> Issued | None:

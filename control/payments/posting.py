@@ -26,7 +26,19 @@ import logging
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, String, Table, bindparam, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Float,
+    String,
+    Table,
+    bindparam,
+    func,
+    insert,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from control.commands import tokens
@@ -37,6 +49,7 @@ from control.ledger import credit, money
 from control.ledger.accounts import Actor
 from control.ledger.events import CreditNotice
 from control.ledger.models import Account, AuditEntry, Kit, LedgerEntry, Payment
+from control.ledger.writes import Write, sql_text, write_all
 from control.payments import matching
 from control.runtime import Runtime
 
@@ -187,44 +200,62 @@ def lock_account(conn: Connection, account_id: int) -> AccountRow | None:
 
 
 # --- the writes -----------------------------------------------------------------------------
+# Each statement names its own parameters (prefix per table; ``now`` is shared), so a whole
+# posting travels as one bundle (control.ledger.writes).
 
-_POSTED = update(P).where(P.c.id == bindparam("pid")).values(
-    status=bindparam("status"), amount_fcfa=bindparam("amount"), account_id=bindparam("aid"),
-    desco_id=bindparam("desco"), credited_at=bindparam("now"), updated_at=bindparam("now"),
-    matched_by=func.coalesce(bindparam("matched_by", type_=String), P.c.matched_by),
-    next_check_at=None, currency=func.coalesce(bindparam("cur", type_=String), P.c.currency),
-    paid_at=func.coalesce(bindparam("paid"), P.c.paid_at, bindparam("now")),
-    tx_reference=func.coalesce(bindparam("txr", type_=String), P.c.tx_reference),
-    payment_reference=func.coalesce(bindparam("pref", type_=String), P.c.payment_reference),
-    network=func.coalesce(bindparam("net", type_=String), P.c.network))
-_PARKED = update(P).where(P.c.id == bindparam("pid")).values(
-    status="suspense", reason=bindparam("reason"), account_id=bindparam("aid"),
-    desco_id=bindparam("desco"), matched_by=bindparam("matched_by"),
-    amount_fcfa=func.coalesce(bindparam("amount"), P.c.amount_fcfa),
-    updated_at=bindparam("now"), next_check_at=None,
-    paid_at=func.coalesce(bindparam("paid"), P.c.paid_at),
-    tx_reference=func.coalesce(bindparam("txr", type_=String), P.c.tx_reference),
-    payment_reference=func.coalesce(bindparam("pref", type_=String), P.c.payment_reference),
-    network=func.coalesce(bindparam("net", type_=String), P.c.network))
-_ENTRY = insert(L)
-_TOTALS = update(A).where(A.c.id == bindparam("aid")).values(
-    paid_total_fcfa=bindparam("paid_total"), remainder_fcfa=bindparam("remainder"),
-    credit_until=bindparam("until"), owned=bindparam("is_owned"))
-_AUDIT = insert(AU)
+def _provider_fields(prefix: str) -> dict[str, Any]:
+    """Columns a provider confirmed: None keeps what the row holds."""
+    return {"tx_reference": func.coalesce(bindparam(f"{prefix}txr", type_=String),
+                                          P.c.tx_reference),
+            "payment_reference": func.coalesce(bindparam(f"{prefix}pref", type_=String),
+                                               P.c.payment_reference),
+            "network": func.coalesce(bindparam(f"{prefix}net", type_=String), P.c.network)}
 
 
-def _confirmed(c: Confirmed) -> dict[str, Any]:
-    return {"paid": c.paid_at, "txr": c.tx_reference, "pref": c.payment_reference,
-            "net": c.network}
+_POSTED = update(P).where(P.c.id == bindparam("p_id")).values(
+    status=bindparam("p_status"), amount_fcfa=bindparam("p_amount"),
+    account_id=bindparam("p_account"), desco_id=bindparam("p_desco"),
+    credited_at=bindparam("now"), updated_at=bindparam("now"),
+    matched_by=func.coalesce(bindparam("p_matched", type_=String), P.c.matched_by),
+    next_check_at=null(), currency=sql_text(money.CURRENCY),
+    paid_at=func.coalesce(bindparam("p_paid", type_=Float), P.c.paid_at, bindparam("now")),
+    **_provider_fields("p_"))
+_PARKED = update(P).where(P.c.id == bindparam("s_id")).values(
+    status="suspense", reason=bindparam("s_reason"), account_id=bindparam("s_account"),
+    desco_id=bindparam("s_desco"), matched_by=bindparam("s_matched", type_=String),
+    amount_fcfa=func.coalesce(bindparam("s_amount", type_=BigInteger), P.c.amount_fcfa),
+    updated_at=bindparam("now"), next_check_at=null(),
+    paid_at=func.coalesce(bindparam("s_paid", type_=Float), P.c.paid_at),
+    **_provider_fields("s_"))
+_ENTRY = insert(L).values(
+    account_id=bindparam("e_account"), payment_id=bindparam("e_payment"),
+    kind=bindparam("e_kind"), amount_fcfa=bindparam("e_amount"), days=bindparam("e_days"),
+    remainder_after_fcfa=bindparam("e_remainder"),
+    credit_until_before=bindparam("e_before", type_=BigInteger),
+    credit_until_after=bindparam("e_after", type_=BigInteger), created_at=bindparam("now"))
+_TOTALS = update(A).where(A.c.id == bindparam("t_account")).values(
+    paid_total_fcfa=bindparam("t_paid_total"), remainder_fcfa=bindparam("t_remainder"),
+    credit_until=bindparam("t_until", type_=BigInteger), owned=bindparam("t_owned"))
+_AUDIT = insert(AU).values(
+    at=bindparam("now"), actor=bindparam("au_actor"), role=bindparam("au_role"),
+    action=bindparam("au_action"), desco_id=bindparam("au_desco", type_=String),
+    kit_id=bindparam("au_kit", type_=String), reason=bindparam("au_reason", type_=String),
+    before=bindparam("au_before"), after=bindparam("au_after"))
 
 
-def audit(conn: Connection, *, actor: Actor, action: str, now: float, kit_id: str | None = None,
-          desco_id: str | None = None, reason: str | None = None,
-          before: dict[str, Any] | None = None, after: dict[str, Any] | None = None) -> None:
-    """An audit entry in the caller's transaction (who, what, why, before, after)."""
-    conn.execute(_AUDIT, {"at": now, "actor": actor.name, "role": actor.role, "action": action,
-                          "desco_id": desco_id, "kit_id": kit_id, "reason": reason,
-                          "before": before, "after": after})
+def audit_write(*, actor: Actor, action: str, now: float, kit_id: str | None = None,
+                desco_id: str | None = None, reason: str | None = None,
+                before: dict[str, Any] | None = None, after: dict[str, Any] | None = None
+                ) -> Write:
+    """An audit entry (who, what, why, before, after), to write with its transaction."""
+    return Write(_AUDIT, {"now": now, "au_actor": actor.name, "au_role": actor.role,
+                          "au_action": action, "au_desco": desco_id, "au_kit": kit_id,
+                          "au_reason": reason, "au_before": before, "au_after": after})
+
+
+def audit(conn: Connection, **entry: Any) -> None:
+    """An audit entry written now, in the caller's transaction (``audit_write``'s fields)."""
+    write_all(conn, [audit_write(**entry)])
 
 
 def post(rt: Runtime, conn: Connection, *, payment: PaymentRow, acct: AccountRow,
@@ -240,27 +271,35 @@ def post(rt: Runtime, conn: Connection, *, payment: PaymentRow, acct: AccountRow
     else:
         change = credit.apply_reversal(acct.plan, acct.state, amount, int(now))
     after = change.after
-    conn.execute(_POSTED, {
-        "pid": payment.id, "status": "credited" if kind == "payment" else "applied",
-        "amount": amount, "aid": acct.id, "desco": acct.desco_id, "now": now,
-        "matched_by": matched_by, "cur": money.CURRENCY, **_confirmed(confirmed)})
-    conn.execute(_ENTRY, {
-        "account_id": acct.id, "payment_id": payment.id, "kind": kind,
-        "amount_fcfa": amount if kind == "payment" else -amount, "days": change.days_added,
-        "remainder_after_fcfa": after.remainder_fcfa,
-        "credit_until_before": change.before.credit_until,
-        "credit_until_after": after.credit_until, "created_at": now})
-    conn.execute(_TOTALS, {"aid": acct.id, "paid_total": after.paid_total_fcfa,
-                           "remainder": after.remainder_fcfa, "until": after.credit_until,
-                           "is_owned": after.owned})
+    signed = amount if kind == "payment" else -amount
+    writes = [
+        Write(_POSTED, {
+            "p_id": payment.id, "p_status": "credited" if kind == "payment" else "applied",
+            "p_amount": amount, "p_account": acct.id, "p_desco": acct.desco_id, "now": now,
+            "p_matched": matched_by, "p_paid": confirmed.paid_at,
+            "p_txr": confirmed.tx_reference, "p_pref": confirmed.payment_reference,
+            "p_net": confirmed.network}, rows=1),
+        Write(_ENTRY, {
+            "e_account": acct.id, "e_payment": payment.id, "e_kind": kind, "e_amount": signed,
+            "e_days": change.days_added, "e_remainder": after.remainder_fcfa,
+            "e_before": change.before.credit_until, "e_after": after.credit_until,
+            "now": now}),
+        Write(_TOTALS, {"t_account": acct.id, "t_paid_total": after.paid_total_fcfa,
+                        "t_remainder": after.remainder_fcfa, "t_until": after.credit_until,
+                        "t_owned": after.owned}),
+    ]
     if staff is not None:
         actor, action, detail = staff
-        audit(conn, actor=actor, action=action, now=now, kit_id=acct.kit_id,
-              desco_id=acct.desco_id, reason=reason, before=acct.snapshot(),
-              after={**acct.snapshot(after), **detail})
-    issued = rt.service.converge(conn, acct.kit, desired_from(after.owned, after.credit_until,
-                                                               now, acct.closed),
-                                 decommissioned=acct.decommissioned, origin="payment")
+        writes.append(audit_write(actor=actor, action=action, now=now, kit_id=acct.kit_id,
+                                  desco_id=acct.desco_id, reason=reason,
+                                  before=acct.snapshot(), after={**acct.snapshot(after),
+                                                                 **detail}))
+    issued: Issued | None = None
+    want = desired_from(after.owned, after.credit_until, now, acct.closed)
+    if not acct.decommissioned and acct.kit.commanded != want:
+        issued, command_writes = rt.service.plan(acct.kit, want, origin="payment", now=now)
+        writes += command_writes
+    write_all(conn, writes)
     log.info("payment %s", "credited" if kind == "payment" else "reversed",
              extra={"payment_id": payment.id, "kit_id": acct.kit_id, "amount_fcfa": amount,
                     "days": change.days_added,
@@ -270,8 +309,7 @@ def post(rt: Runtime, conn: Connection, *, payment: PaymentRow, acct: AccountRow
         last_seen=acct.last_seen, created_at=acct.kit_created_at, now=now,
         offline_after_s=rt.settings.keypad_offline_after_s)
     notice = CreditNotice(
-        payment_id=payment.id, kit_id=acct.kit_id, account_id=acct.id,
-        amount_fcfa=amount if kind == "payment" else -amount,
+        payment_id=payment.id, kit_id=acct.kit_id, account_id=acct.id, amount_fcfa=signed,
         credit_until=after.credit_until, owned=after.owned, provider=payment.provider,
         kind=kind, days=change.days_added, account_number=acct.account_number,
         phone=acct.phone, desco_id=acct.desco_id, daily_rate_fcfa=acct.plan.daily_rate_fcfa,
@@ -287,15 +325,19 @@ def park(rt: Runtime, conn: Connection, *, payment: PaymentRow, reason: str,
     reason (``acct``: the account it seemed to be for, a hint for staff only). Audited."""
     now = rt.clock.now()
     desco = acct.desco_id if acct is not None else payment.desco_id
-    conn.execute(_PARKED, {"pid": payment.id, "reason": reason, "now": now,
-                           "aid": acct.id if acct is not None else payment.account_id,
-                           "desco": desco, "matched_by": matched_by, "amount": amount,
-                           **_confirmed(confirmed)})
     kit_id = acct.kit_id if acct is not None else None
-    audit(conn, actor=actor, action="payment.suspense", now=now, kit_id=kit_id,
-          desco_id=desco, reason=reason,
-          after={**(detail or {}), "provider": payment.provider,
-                 "provider_ref": payment.provider_ref, "amount_fcfa": amount})
+    write_all(conn, [
+        Write(_PARKED, {"s_id": payment.id, "s_reason": reason, "now": now,
+                        "s_account": acct.id if acct is not None else payment.account_id,
+                        "s_desco": desco, "s_matched": matched_by, "s_amount": amount,
+                        "s_paid": confirmed.paid_at, "s_txr": confirmed.tx_reference,
+                        "s_pref": confirmed.payment_reference, "s_net": confirmed.network},
+              rows=1),
+        audit_write(actor=actor, action="payment.suspense", now=now, kit_id=kit_id,
+                    desco_id=desco, reason=reason,
+                    after={**(detail or {}), "provider": payment.provider,
+                           "provider_ref": payment.provider_ref, "amount_fcfa": amount}),
+    ])
     log.warning("payment parked in suspense: %s", reason,
                 extra={"kit_id": kit_id, "payment_id": payment.id})
     return Receipt("suspense", payment.id, account_id=acct.id if acct is not None else None,
