@@ -277,11 +277,11 @@ def _strict_telemetry(topic_kit_id: str, payload: bytes, now: float) -> Telemetr
 _scan_once = json.decoder.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _isfinite = math.isfinite
 _int, _float, _bool, _str, _dict = int, float, bool, str, dict
+_new_telemetry = tuple.__new__  # Telemetry(*values) without its keyword-handling __new__
 
 
-def _in_range(value: object, bounds: tuple[float, float]) -> float:
-    """A finite number within ``bounds`` as a float; ValueError otherwise."""
-    low, high = bounds
+def _in_range(value: object, low: float, high: float) -> float:
+    """A finite number within [low, high] as a float; ValueError otherwise."""
     kind = type(value)
     if kind is _float:
         v: float = value  # type: ignore[assignment]
@@ -321,14 +321,14 @@ def _plain_telemetry(topic_kit_id: str, payload: bytes, now: float) -> Telemetry
                 or (credit is not None and type(credit) is not _int)
                 or not (EARLIEST_TS <= ts <= now + MAX_FUTURE_SKEW_S)):
             return None
-        return Telemetry(
+        return _new_telemetry(Telemetry, (
             1, kid, ts, seq, boot,
-            _in_range(d["battery_v"], VOLTS_RANGE), _in_range(d["soc"], PERCENT_RANGE),
-            _in_range(d["pv_w"], WATTS_RANGE), _in_range(d["load_w"], WATTS_RANGE),
-            _in_range(d["pv_wh_total"], WATT_HOURS_RANGE),
-            _in_range(d["load_wh_total"], WATT_HOURS_RANGE),
-            locked, credit, _in_range(d["temp_c"], CELSIUS_RANGE),
-        )
+            _in_range(d["battery_v"], *VOLTS_RANGE), _in_range(d["soc"], *PERCENT_RANGE),
+            _in_range(d["pv_w"], *WATTS_RANGE), _in_range(d["load_w"], *WATTS_RANGE),
+            _in_range(d["pv_wh_total"], *WATT_HOURS_RANGE),
+            _in_range(d["load_wh_total"], *WATT_HOURS_RANGE),
+            locked, credit, _in_range(d["temp_c"], *CELSIUS_RANGE),
+        ))
     except (ValueError, KeyError, TypeError, OverflowError, StopIteration):
         return None
 
