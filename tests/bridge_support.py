@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,16 @@ def start_bridge(settings: Settings, **kwargs: Any) -> Bridge:
     bridge.start()
     assert bridge.wait_subscribed(10), "bridge did not subscribe"
     return bridge
+
+
+def metric_samples(text: str) -> dict[str, float]:
+    """Prometheus exposition text -> {name with labels: value}."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
 
 
 def count_points(influx: InfluxClient, kits: list[str]) -> int:
@@ -156,12 +167,7 @@ class BridgeProcess:
             text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
         except httpx.HTTPError:
             return {}
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return metric_samples(text)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -175,6 +181,16 @@ class BridgeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+@dataclass(frozen=True)
+class LoadedBridge:
+    """A bridge taking a steady load: its settings, the publishing kits, the load."""
+
+    settings: Settings
+    kits: list[str]
+    bridge: Bridge
+    load: LoadPublisher
 
 
 class FaultRig:
@@ -208,6 +224,17 @@ class FaultRig:
         process = BridgeProcess(settings, client_id or unique("bridge"), group=group)
         self._bridges.append(process)
         return process
+
+    def bridge_under_load(self, db: str, *, kits: int, rate_per_s: float,
+                          steady_written: int, **over: Any) -> LoadedBridge:
+        """A bridge in this process and ``kits`` kits publishing at ``rate_per_s``,
+        returned once the bridge has written ``steady_written`` points."""
+        settings = self.settings(db, **over)
+        kit_ids = [unique(db.upper()) for _ in range(kits)]
+        bridge = self.bridge(settings)
+        load = self.load(kit_ids, rate_per_s)
+        wait_for(lambda: bridge.stats().written >= steady_written, what="steady writes")
+        return LoadedBridge(settings, kit_ids, bridge, load)
 
     def load(self, kits: list[str], rate_per_s: float) -> LoadPublisher:
         load = LoadPublisher(self.broker.port, kits, rate_per_s).start()

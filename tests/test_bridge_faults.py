@@ -25,11 +25,8 @@ OUTAGE_S = float(os.environ.get("CIZO_TEST_INFLUX_OUTAGE_S", "30"))
 
 
 def test_influxd_outage_is_spooled_then_replayed_exactly(fault_rig: FaultRig) -> None:
-    settings = fault_rig.settings("outage")
-    kits = [unique("OUT") for _ in range(20)]
-    bridge = fault_rig.bridge(settings)
-    load = fault_rig.load(kits, rate_per_s=100)
-    wait_for(lambda: bridge.stats().written >= 100, what="steady writes")
+    run = fault_rig.bridge_under_load("outage", kits=20, rate_per_s=100, steady_written=100)
+    bridge = run.bridge
 
     down_at = fault_rig.stop_influxd()
     acked_at_stop = bridge.stats().acked
@@ -43,7 +40,7 @@ def test_influxd_outage_is_spooled_then_replayed_exactly(fault_rig: FaultRig) ->
     fault_rig.influxd.start()
     wait_for(lambda: bridge.stats().written >= 100 + during.spooled, timeout_s=30,
              what="replay after restart")
-    fault_rig.wait_for_points(settings, kits, load.stop())
+    fault_rig.wait_for_points(run.settings, run.kits, run.load.stop())
     wait_for(lambda: bridge.stats().spool_records == 0, what="spool emptied")
     stats = bridge.stats()
     assert stats.spool_bytes == 0 and stats.replayed > 0
@@ -52,19 +49,17 @@ def test_influxd_outage_is_spooled_then_replayed_exactly(fault_rig: FaultRig) ->
 
 def test_full_spool_stops_acking_and_the_broker_holds_the_rest(fault_rig: FaultRig) -> None:
     # room for a few small batches only: the rest must wait, unacknowledged, in the broker
-    settings = fault_rig.settings("full", bridge_spool_max_bytes=4_000)
-    kits = [unique("FULL") for _ in range(5)]
-    bridge = fault_rig.bridge(settings)
-    load = fault_rig.load(kits, rate_per_s=100)
-    wait_for(lambda: bridge.stats().written >= 50, what="steady writes")
+    run = fault_rig.bridge_under_load("full", kits=5, rate_per_s=100, steady_written=50,
+                                      bridge_spool_max_bytes=4_000)
+    bridge = run.bridge
 
     fault_rig.stop_influxd()
-    wait_for(lambda: load.sent >= bridge.stats().acked + 100, what="acks held back")
+    wait_for(lambda: run.load.sent >= bridge.stats().acked + 100, what="acks held back")
     held = bridge.stats()
     assert 0 < held.spool_bytes <= 4_000 and held.spooled > 0
 
     fault_rig.influxd.start()
-    fault_rig.wait_for_points(settings, kits, load.stop())
+    fault_rig.wait_for_points(run.settings, run.kits, run.load.stop())
     wait_for(lambda: bridge.stats().spool_records == 0, what="spool emptied")
 
 
@@ -72,11 +67,8 @@ def test_full_spool_stops_acking_and_the_broker_holds_the_rest(fault_rig: FaultR
 
 
 def test_broker_restart_under_load_loses_nothing(fault_rig: FaultRig) -> None:
-    settings = fault_rig.settings("brk")
-    kits = [unique("BRK") for _ in range(10)]
-    bridge = fault_rig.bridge(settings)
-    load = fault_rig.load(kits, rate_per_s=150)
-    wait_for(lambda: bridge.stats().written >= 150, what="steady writes")
+    run = fault_rig.bridge_under_load("brk", kits=10, rate_per_s=150, steady_written=150)
+    bridge, load = run.bridge, run.load
     sent_before = load.sent
 
     fault_rig.restart_broker(bridge)
@@ -86,7 +78,7 @@ def test_broker_restart_under_load_loses_nothing(fault_rig: FaultRig) -> None:
     assert load.sent > sent_before + 150  # the load went on through the restart
     sent = load.stop()
     assert bridge.stats().connects == 2  # it really lost and regained the broker
-    fault_rig.wait_for_points(settings, kits, sent, timeout_s=20)
+    fault_rig.wait_for_points(run.settings, run.kits, sent, timeout_s=20)
 
 
 # --- bridge processes: SIGKILL mid-stream, and two on a shared subscription ------------------

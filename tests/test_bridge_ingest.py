@@ -19,7 +19,13 @@ from cizo import protocol, services
 from cizo.clock import SystemClock
 from cizo.settings import Settings
 from telemetry import InfluxClient, InfluxQueryError, quote_string
-from tests.bridge_support import FaultRig, bridge_settings, start_bridge, unique
+from tests.bridge_support import (
+    FaultRig,
+    bridge_settings,
+    metric_samples,
+    start_bridge,
+    unique,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -322,12 +328,7 @@ def test_broker_restart_redelivers_unwritten_messages_once(fault_rig: FaultRig) 
 def scrape(port: int) -> dict[str, float]:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     assert "# TYPE cizo_bridge_messages_in_total counter" in text
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+    return metric_samples(text)
 
 
 def test_same_kit_and_ts_is_idempotent_when_identical_and_dead_lettered_when_not(
