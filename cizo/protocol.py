@@ -247,7 +247,8 @@ def parse_telemetry(topic_kit_id: str, payload: bytes, now: float) -> Telemetry:
 
     The one telemetry validator, with two implementations of the same rules: the plain
     checks of ``_plain_telemetry`` answer for the plainly valid reading (almost every
-    message) in a third of the model's time; anything else goes to ``_strict_telemetry``,
+    message) in about a third of the strict implementation's time (5 against 14 µs, one
+    2-core machine); anything else goes to ``_strict_telemetry``,
     which accepts it or raises a ContractError with the precise reason. Both agree on
     every payload (tests/test_protocol_telemetry.py).
     """
