@@ -8,7 +8,8 @@ credited payment (process CPU, so the simulator's thread is included). The peer 
 run: the CPU of the bare PayGate status call every callback makes, so what the credit itself
 costs is the difference. Useful to see what a change to the credit path costs without the
 noise of a whole stack; run it on two trees for an A/B. CIZO_BENCH_CREDITS (default 2000)
-payments; CIZO_BENCH_PROFILE=1 also prints the top functions (cProfile, cumulative).
+payments; CIZO_BENCH_PROFILE=1 also prints the top functions (cProfile; CIZO_BENCH_PROFILE_SORT,
+default cumulative).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def main() -> int:
         cpu_ms = 1000 * (time.process_time() - c0) / len(todo)
         wall_ms = 1000 * (time.perf_counter() - t0) / len(todo)
         if profile is not None:
-            pstats.Stats(profile, stream=sys.stderr).sort_stats(os.environ.get("CIZO_BENCH_PROFILE_SORT", "cumulative")).print_stats(45)
+            order = os.environ.get("CIZO_BENCH_PROFILE_SORT", "cumulative")
+            pstats.Stats(profile, stream=sys.stderr).sort_stats(order).print_stats(45)
         rt.db.dispose()
     finally:
         handle.stop(timeout_s=10)

@@ -7,8 +7,10 @@ import signal
 import threading
 from types import FrameType
 
-from broker_bridge.bridge import Bridge, BridgeStats, RejectCounters
+from broker_bridge.bridge import Bridge
 from broker_bridge.deadletter import DeadLetter, DeadLetterStore
+from broker_bridge.rejects import RejectCounters
+from broker_bridge.stats import BridgeStats
 from cizo.clock import SystemClock
 from cizo.production import bridge_parts, require_production_ready
 from cizo.settings import Settings

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from broker_bridge.bridge import BridgeStats
+    from broker_bridge.stats import BridgeStats
 
 log = logging.getLogger(__name__)
 

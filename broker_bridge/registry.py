@@ -8,6 +8,10 @@ same made-up id is not looked up again and again.
 
 If the database cannot be read the registry cannot tell, and says so (``None``): the
 bridge then stores the reading rather than lose it, and logs the failure.
+
+The registry only reads, from one thread at a time: its engine needs no more than the
+URL's driver and, for SQLite, a busy timeout (the ledger's writers hold the lock now
+and then) and use from the writer thread as well as the starting one.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from sqlalchemy import Engine, bindparam, text
+from sqlalchemy import Engine, bindparam, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
+
+from cizo.settings import sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +46,11 @@ class KitRegistry:
 
     @classmethod
     def from_url(cls, url: str) -> KitRegistry:
-        from control.ledger.db import make_engine
-
-        return cls(make_engine(url))
+        url = sqlalchemy_url(url)
+        if url.startswith("sqlite"):
+            return cls(create_engine(url, connect_args={"check_same_thread": False,
+                                                        "timeout": 30}))
+        return cls(create_engine(url))
 
     def load_all(self) -> int:
         """Read every kit once (at start); returns how many."""

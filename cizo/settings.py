@@ -23,6 +23,15 @@ from pydantic_settings import (
 )
 
 
+def sqlalchemy_url(url: str) -> str:
+    """A database URL as SQLAlchemy takes it: plain ``postgresql://`` (and ``postgres://``)
+    URLs get the psycopg 3 driver, which is the one installed; others are unchanged."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
 class _TomlFileSource(PydanticBaseSettingsSource):
     """Reads the TOML file named by ``CIZO_CONFIG`` (if any)."""
 

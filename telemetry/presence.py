@@ -9,7 +9,7 @@ sensor, or a will not yet fired because the keepalive has not expired).
 
 The InfluxQL is per kit with ``GROUP BY kit_id`` (one row per series), bounded by a
 look-back window so a query never scans all history. ``classify_silent`` is the pure
-part, reused by analytics (issue 7) with its own inputs.
+part (last-seen times in, silent kits out), usable with inputs from anywhere.
 """
 
 from __future__ import annotations

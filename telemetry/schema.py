@@ -33,7 +33,7 @@ _UNWRITABLE = re.compile(r"[\x00-\x1f\x7f\\]")
 _UNWRITABLE_STRING = re.compile(r"[\x00-\x1f\x7f]")
 
 # One format for the whole line: a single %-operation per reading keeps encoding fast.
-TELEMETRY_LINE_FORMAT = _TELEMETRY_LINE = (
+_TELEMETRY_LINE = (
     TELEMETRY_MEASUREMENT + ",kit_id=%s "
     "battery_v=%r,soc=%r,pv_w=%r,load_w=%r,pv_wh_total=%r,load_wh_total=%r,temp_c=%r,"
     "seq=%di,boot=%di,locked=%s%s %d"
@@ -55,6 +55,19 @@ def escape_tag_value(value: str) -> str:
     return value.translate(_TAG_ESCAPES)
 
 
+_kit_tags: dict[str, str] = {}  # kit id -> escaped tag value: one escape per kit, not per line
+_MAX_KIT_TAGS = 500_000
+
+
+def _kit_tag(kit_id: str) -> str:
+    tag = _kit_tags.get(kit_id)
+    if tag is None:
+        if len(_kit_tags) >= _MAX_KIT_TAGS:
+            _kit_tags.clear()  # bounded: a flood of made-up kit ids cannot exhaust memory
+        tag = _kit_tags[kit_id] = escape_tag_value(kit_id)
+    return tag
+
+
 def quote_string_field(value: str) -> str:
     """A double-quoted string field value."""
     if _UNWRITABLE_STRING.search(value):
@@ -62,23 +75,26 @@ def quote_string_field(value: str) -> str:
     return '"' + value.translate(_FIELD_STRING_ESCAPES) + '"'
 
 
-def _check_finite(t: Telemetry) -> None:
-    for value in (t.battery_v, t.soc, t.pv_w, t.load_w, t.pv_wh_total, t.load_wh_total,
-                  t.temp_c):
-        if not math.isfinite(value):
-            raise LineProtocolError(f"kit {t.kit_id!r}: non-finite field value {value!r}")
-
-
 def encode_line(t: Telemetry) -> str:
-    """One ``kit_telemetry`` line (no trailing newline) for a validated reading."""
-    _check_finite(t)
-    credit = "" if t.credit_until is None else f",credit_until={t.credit_until}i"
+    """One ``kit_telemetry`` line (no trailing newline) for a validated reading.
+
+    Non-finite values are refused here too, for readings built without validation: a
+    ``nan`` would make InfluxDB refuse the whole batch's write.
+    """
+    (_v, kit_id, ts, seq, boot, battery_v, soc, pv_w, load_w, pv_wh_total, load_wh_total,
+     locked, credit_until, temp_c) = t
+    if not (_isfinite(battery_v) and _isfinite(soc) and _isfinite(pv_w) and _isfinite(load_w)
+            and _isfinite(pv_wh_total) and _isfinite(load_wh_total) and _isfinite(temp_c)):
+        raise LineProtocolError(f"kit {kit_id!r}: non-finite field value in {t!r}")
+    credit = "" if credit_until is None else f",credit_until={credit_until}i"
     return _TELEMETRY_LINE % (
-        escape_tag_value(t.kit_id),
-        float(t.battery_v), float(t.soc), float(t.pv_w), float(t.load_w),
-        float(t.pv_wh_total), float(t.load_wh_total), float(t.temp_c),
-        t.seq, t.boot, "true" if t.locked else "false", credit, t.ts,
+        _kit_tag(kit_id), _float(battery_v), _float(soc), _float(pv_w), _float(load_w),
+        _float(pv_wh_total), _float(load_wh_total), _float(temp_c),
+        seq, boot, "true" if locked else "false", credit, ts,
     )
+
+
+_isfinite, _float = math.isfinite, float
 
 
 def line_kit_id(line: str) -> str:

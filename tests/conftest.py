@@ -12,12 +12,16 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psycopg
 import pytest
 
 from cizo import services
+
+if TYPE_CHECKING:
+    from tests.bridge_support import FaultRig
 
 PG_ADMIN_URL = os.environ.get(
     "CIZO_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -39,6 +43,22 @@ def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Influ
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def fault_rig(tmp_path: Path) -> Iterator[FaultRig]:
+    """A private Mosquitto and influxd that a bridge fault test may stop, kill and restart
+    (tests/bridge_support.py); what the test started on them is stopped at its end."""
+    from tests.bridge_support import FaultRig
+
+    broker = services.mosquitto(tmp_path / "mosquitto", services.free_port())
+    influxd = services.influxd(tmp_path / "influxd", services.free_port())
+    with services.running(broker, influxd):
+        rig = FaultRig(broker, influxd, tmp_path / "var")
+        try:
+            yield rig
+        finally:
+            rig.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,15 @@ from cizo import protocol, services
 from cizo.clock import SystemClock
 from cizo.settings import Settings
 from telemetry import InfluxClient, InfluxQueryError, quote_string
+from tests.bridge_support import (
+    FaultRig,
+    bridge_settings,
+    metric_samples,
+    start_bridge,
+    unique,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def reading(kit_id: str, seq: int, ts: int | None = None, **over: Any) -> dict[str, Any]:
@@ -77,26 +79,10 @@ def publisher(mosquitto: services.ManagedProcess) -> Iterator[Publisher]:
     pub.close()
 
 
-def make_settings(mqtt_port: int, influx_port: int, db: str, data_dir: Path,
-                  **over: Any) -> Settings:
-    return Settings(mqtt_port=mqtt_port, influx_url=f"http://127.0.0.1:{influx_port}",
-                    influx_db=db, influx_flush_interval_s=0.1, data_dir=data_dir, **over)
-
-
 @pytest.fixture
 def settings(mosquitto: services.ManagedProcess, influxd: services.InfluxProcess,
              influx_db: str, tmp_path: Path) -> Settings:
-    return make_settings(mosquitto.port, influxd.port, influx_db, tmp_path / "var")
-
-
-def start_bridge(settings: Settings, **kwargs: Any) -> Bridge:
-    kwargs.setdefault("client_id", unique("bridge"))
-    kwargs.setdefault("session_expiry_s", 30)  # tests leave no long-lived sessions behind
-    kwargs.setdefault("retry_max_s", 0.5)
-    bridge = Bridge(settings, SystemClock(), **kwargs)
-    bridge.start()
-    assert bridge.wait_subscribed(10), "bridge did not subscribe"
-    return bridge
+    return bridge_settings(mosquitto.port, influxd.port, influx_db, tmp_path / "var")
 
 
 @pytest.fixture
@@ -264,8 +250,8 @@ def test_influxd_restart_while_publishing_loses_and_duplicates_nothing(
     influxd = services.influxd(tmp_path / "influxd", services.free_port())
     influxd.start()
     try:
-        settings = make_settings(mosquitto.port, influxd.port, "cizo_restart",
-                                 tmp_path / "var")
+        settings = bridge_settings(mosquitto.port, influxd.port, "cizo_restart",
+                                   tmp_path / "var")
         kit = unique("KIT")
         topic = protocol.telemetry_topic(kit)
         bridge = start_bridge(settings)
@@ -303,48 +289,37 @@ def test_influxd_restart_while_publishing_loses_and_duplicates_nothing(
 # --- broker restart while InfluxDB is down: session redelivery, no duplicates ---------------
 
 
-def test_broker_restart_redelivers_unwritten_messages_once(tmp_path: Path) -> None:
-    broker = services.mosquitto(tmp_path / "mosquitto", services.free_port())
-    own_influx = services.influxd(tmp_path / "influxd", services.free_port())
-    broker.start()
-    own_influx.start()
-    publisher: Publisher | None = None
+def test_broker_restart_redelivers_unwritten_messages_once(fault_rig: FaultRig) -> None:
+    # spool off: this test is about the broker holding what the bridge did not ack
+    settings = fault_rig.settings("cizo_broker_restart", bridge_spool_max_bytes=0)
+    kit = unique("KIT")
+    topic = protocol.telemetry_topic(kit)
+    bridge = start_bridge(settings, reconnect_max_s=2)
+    publisher = Publisher(fault_rig.broker.port)
     try:
-        # spool off: this test is about the broker holding what the bridge did not ack
-        settings = make_settings(broker.port, own_influx.port, "cizo_broker_restart",
-                                 tmp_path / "var", bridge_spool_max_bytes=0)
-        kit = unique("KIT")
-        topic = protocol.telemetry_topic(kit)
-        bridge = start_bridge(settings, reconnect_max_s=2)
-        publisher = Publisher(broker.port)
-        try:
-            own_influx.stop()
-            for seq in range(10):
-                publisher.send(topic, reading(kit, seq))
-            wait_until(lambda: bridge.stats().messages_in == 10 and
-                       bridge.stats().write_retries > 0, what="10 received, write failing")
-            broker.restart()  # the bridge's session and its 10 unacked messages persist
-            assert bridge.wait_subscribed(15), "bridge did not resubscribe after restart"
-            own_influx.start()
-            publisher.close()
-            publisher = Publisher(broker.port)
-            for seq in range(10, 15):
-                publisher.send(topic, reading(kit, seq))
-            with InfluxClient.from_settings(settings) as influx:
-                wait_until(lambda: count_points(influx, kit) == 15, timeout_s=15,
-                           what="all 15 points")
-                assert seqs(influx, kit) == list(range(15))
-            wait_until(lambda: bridge.stats().acked == 15, what="acks on the new connection")
-            stats = bridge.stats()
-            # the 10 were received twice (before and after the restart) and written once
-            assert stats.messages_in == 25 and stats.written == 15
-        finally:
-            bridge.stop()
+        fault_rig.stop_influxd()
+        for seq in range(10):
+            publisher.send(topic, reading(kit, seq))
+        wait_until(lambda: bridge.stats().messages_in == 10 and
+                   bridge.stats().write_retries > 0, what="10 received, write failing")
+        fault_rig.broker.restart()  # the bridge's session and its 10 unacked messages persist
+        assert bridge.wait_subscribed(15), "bridge did not resubscribe after restart"
+        fault_rig.influxd.start()
+        publisher.close()
+        publisher = Publisher(fault_rig.broker.port)
+        for seq in range(10, 15):
+            publisher.send(topic, reading(kit, seq))
+        with InfluxClient.from_settings(settings) as influx:
+            wait_until(lambda: count_points(influx, kit) == 15, timeout_s=15,
+                       what="all 15 points")
+            assert seqs(influx, kit) == list(range(15))
+        wait_until(lambda: bridge.stats().acked == 15, what="acks on the new connection")
+        stats = bridge.stats()
+        # the 10 were received twice (before and after the restart) and written once
+        assert stats.messages_in == 25 and stats.written == 15
     finally:
-        if publisher is not None:
-            publisher.close()
-        own_influx.stop()
-        broker.stop()
+        bridge.stop()
+        publisher.close()
 
 
 # --- redelivery vs conflict, dead letters, /metrics ------------------------------------------
@@ -353,12 +328,7 @@ def test_broker_restart_redelivers_unwritten_messages_once(tmp_path: Path) -> No
 def scrape(port: int) -> dict[str, float]:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     assert "# TYPE cizo_bridge_messages_in_total counter" in text
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+    return metric_samples(text)
 
 
 def test_same_kit_and_ts_is_idempotent_when_identical_and_dead_lettered_when_not(

@@ -1,5 +1,5 @@
-"""Pure parts of the bridge: fast path vs the contract's parser, the spool, the
-conflict record, the dead-letter store and the Prometheus rendering."""
+"""Pure parts of the bridge: message decoding, the spool, the conflict record, the
+dead-letter store and the Prometheus rendering."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 
-from broker_bridge.bridge import BridgeStats
 from broker_bridge.deadletter import DeadLetter, DeadLetterStore
+from broker_bridge.decoding import Decoder
 from broker_bridge.dedup import DUPLICATE_SEQ, NEW, REPEAT, TS_CONFLICT, RecentReadings
-from broker_bridge.fastpath import fast_telemetry
 from broker_bridge.metrics import render
+from broker_bridge.rejects import LogLimiter, RejectCounters, Rejects
 from broker_bridge.spool import Spool
+from broker_bridge.stats import BridgeStats
 from cizo import protocol
 from cizo_cli.main import main as cli_main
 from telemetry.schema import encode_line, line_kit_id
@@ -33,52 +35,59 @@ def reading(**over: Any) -> dict[str, Any]:
     return msg
 
 
-VALID = [reading(), reading(locked=True, credit_until=int(NOW) + 86400),
-         reading(kit_id="TG a,b=c"), reading(soc=100, battery_v=0, temp_c=-40),
-         reading(extra_field="ignored"), reading(pv_wh_total=1e12)]
-INVALID = [
-    reading(v=2), reading(v=True), reading(soc=100.5), reading(battery_v=-0.1),
-    reading(soc=True), reading(soc="64"), reading(seq=-1), reading(seq=1.0), reading(ts=1.5),
-    reading(ts=int(NOW) + 3600), reading(ts=1_000_000_000), reading(locked=0),
-    reading(credit_until=True), reading(credit_until=1.5), reading(kit_id="OTHER"),
-    reading(kit_id="A" * 65), reading(kit_id="back\\slash"), reading(temp_c=121),
-    reading(pv_w=10_001), reading(boot=-1),
-]
+class FixedClock:
+    def now(self) -> float:
+        return NOW
 
 
-def payloads() -> list[bytes]:
-    out = [json.dumps(m).encode() for m in VALID + INVALID]
-    out += [b"not json", b"[1]", b" " + json.dumps(reading()).encode(),
-            json.dumps(reading()).replace('"soc": 64.5', '"soc": NaN').encode(),
-            json.dumps(reading()).replace('"soc": 64.5', '"soc": 1e999').encode(),
-            json.dumps(reading()).encode().replace(b"KIT-1", b"KIT-\xff"),
-            json.dumps({k: v for k, v in reading().items() if k != "temp_c"}).encode(),
-            json.dumps(reading(pad="x" * 5000)).encode()]
-    return out
+def decoder() -> Decoder:
+    return Decoder(FixedClock(), Rejects(RejectCounters(), LogLimiter()), RecentReadings(100))
 
 
-@pytest.mark.parametrize("payload", payloads())
-def test_fast_path_agrees_with_the_contract_parser(payload: bytes) -> None:
-    topic_kit = json.loads(payload)["kit_id"] if payload.startswith(b"{") and \
-        b"\xff" not in payload else "KIT-1"
-    if topic_kit == "OTHER":
-        topic_kit = "KIT-1"
-    try:
-        tele = protocol.parse_telemetry(topic_kit, payload, NOW)
-        expected: tuple[str, int, int, int] | None = (encode_line(tele), tele.ts, tele.boot,
-                                                      tele.seq)
-    except (protocol.ContractError, ValueError):
-        expected = None
-    fast = fast_telemetry(topic_kit, payload, NOW)
-    if expected is None:
-        assert fast is None  # the fast path never accepts what the contract refuses
-    elif fast is not None:  # it may defer (None) but never disagree
-        assert fast == expected
+def message(topic: bytes, payload: bytes, mid: int = 1) -> mqtt.MQTTMessage:
+    msg = mqtt.MQTTMessage(mid, topic)
+    msg.payload, msg.qos = payload, 1
+    return msg
 
 
-def test_fast_path_takes_the_plain_valid_readings() -> None:
-    for msg in VALID:
-        assert fast_telemetry(msg["kit_id"], json.dumps(msg).encode(), NOW) is not None
+def test_decoding_a_reading_gives_its_line_and_ts() -> None:
+    got = decoder().decode(message(b"kits/KIT-1/telemetry", json.dumps(reading()).encode(), 9),
+                           epoch=3, received=1.5)
+    tele = protocol.parse_telemetry("KIT-1", json.dumps(reading()).encode(), NOW)
+    assert got.line == encode_line(tele) and got.dead is None
+    assert (got.epoch, got.mid, got.qos, got.kit_id, got.ts, got.received) == (
+        3, 9, 1, "KIT-1", int(NOW) - 60, 1.5)
+
+
+def test_decoding_a_status_stamps_it_with_the_receipt_time() -> None:
+    got = decoder().decode(message(b"kits/K 2/status", b'{"v":1,"online":true}'), 1, 0.0)
+    assert got.line == f"kit_status,kit_id=K\\ 2 online=true {int(NOW)}" and got.dead is None
+
+
+@pytest.mark.parametrize(("topic", "payload", "reason"), [
+    (b"kits/KIT-1/telemetry", b"not json", "not_json"),
+    (b"kits/KIT-1/telemetry", json.dumps(reading(soc=101)).encode(), "invalid_field"),
+    (b"kits/OTHER/telemetry", json.dumps(reading()).encode(), "kit_id_mismatch"),
+    (b"kits/a\\b/telemetry", json.dumps(reading(kit_id="a\\b")).encode(), "unencodable"),
+    (b"kits/KIT-1/cmd", b"{}", "bad_topic"),
+    (b"elsewhere/KIT-1/telemetry", b"{}", "bad_topic"),
+    (b"kits/\xff/telemetry", b"{}", "bad_topic"),
+])
+def test_decoding_refuses_with_the_reason_as_a_dead_letter(topic: bytes, payload: bytes,
+                                                           reason: str) -> None:
+    got = decoder().decode(message(topic, payload), 1, 0.0)
+    assert got.line is None and got.dead is not None
+    assert got.dead.reason == reason and got.dead.payload == payload
+
+
+def test_decoding_refuses_a_conflicting_reading_and_rewrites_a_repeat() -> None:
+    d = decoder()
+    first = json.dumps(reading()).encode()
+    assert d.decode(message(b"kits/KIT-1/telemetry", first), 1, 0.0).line is not None
+    assert d.decode(message(b"kits/KIT-1/telemetry", first), 1, 0.0).line is not None
+    other = json.dumps(reading(soc=1.0)).encode()
+    got = d.decode(message(b"kits/KIT-1/telemetry", other), 1, 0.0)
+    assert got.line is None and got.dead is not None and got.dead.reason == TS_CONFLICT
 
 
 def test_line_kit_id_reads_back_escaped_tags() -> None:

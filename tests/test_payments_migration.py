@@ -6,15 +6,16 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, inspect
 
-from control.ledger.db import MIGRATIONS, migrate, normalise_url
+from cizo.settings import sqlalchemy_url
+from control.ledger.db import MIGRATIONS, migrate
 
 
 def test_payments_migration_down_and_up(database_url: str) -> None:
     migrate(database_url)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", normalise_url(database_url).replace("%", "%%"))
-    engine = create_engine(normalise_url(database_url))
+    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(database_url).replace("%", "%%"))
+    engine = create_engine(sqlalchemy_url(database_url))
     try:
         assert "suspense_links" in inspect(engine).get_table_names()
         command.downgrade(cfg, "0002_payments@0001")

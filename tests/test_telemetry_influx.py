@@ -31,7 +31,7 @@ def reading(kit_id: str, **over: Any) -> Telemetry:
         "locked": True, "credit_until": None, "temp_c": 28.0,
     }
     data.update(over)
-    return Telemetry.model_validate(data)
+    return Telemetry(**data)
 
 
 @pytest.fixture

@@ -12,19 +12,12 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from cizo.settings import sqlalchemy_url
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 # SQLite's single writer lock, taken with a write that changes nothing (see Database.writing)
 SQLITE_WRITE_LOCK = text("UPDATE kits SET cmd_seq = cmd_seq WHERE 0")
-
-
-def normalise_url(url: str) -> str:
-    """Use the psycopg 3 driver for plain ``postgresql://`` URLs."""
-    if url.startswith("postgresql://"):
-        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    if url.startswith("postgres://"):
-        return "postgresql+psycopg://" + url.removeprefix("postgres://")
-    return url
 
 
 def make_engine(url: str, *, pool_size: int = 20, max_overflow: int = 10) -> Engine:
@@ -32,7 +25,7 @@ def make_engine(url: str, *, pool_size: int = 20, max_overflow: int = 10) -> Eng
     the database at once (the API's worker threads, the scheduler): a checkout beyond it
     opens an overflow connection that is closed again on return, a new server process for
     each, which under load cost more CPU than the payment it served."""
-    url = normalise_url(url)
+    url = sqlalchemy_url(url)
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
@@ -58,7 +51,7 @@ def migrate(url: str) -> None:
     """Bring the schema to the newest Alembic revision(s)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
+    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
     command.upgrade(cfg, "heads")  # feature branches off 0001 may each add a head
 
 
@@ -66,7 +59,7 @@ class Database:
     """An engine plus a session factory; ``session()`` commits or rolls back."""
 
     def __init__(self, url: str, *, pool_size: int = 20, max_overflow: int = 10) -> None:
-        self.url = normalise_url(url)
+        self.url = sqlalchemy_url(url)
         self.engine = make_engine(url, pool_size=pool_size, max_overflow=max_overflow)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
