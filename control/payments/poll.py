@@ -14,6 +14,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from sqlalchemy import select
 
 from control.ledger.models import Payment
+from control.payments import callbacks
 from control.payments.errors import PaymentProviderUnavailable
 from control.payments.providers import momo, paygate
 from control.runtime import Runtime
@@ -71,12 +72,8 @@ def poll_pending(rt: Runtime, *, limit: int = 200) -> PollResult:
 
 
 def _backoff(rt: Runtime, payment_id: int, attempts: int) -> None:
-    with rt.db.session() as s:
-        p = s.get(Payment, payment_id)
-        if p is not None and p.status in ("initiated", "pending"):
-            p.status = "pending"
-            p.check_attempts = attempts
-            p.next_check_at = momo.next_check(rt, attempts)
+    callbacks.set_open_status(rt, payment_id, status="pending", check_attempts=attempts,
+                              next_check_at=momo.next_check(rt, attempts))
 
 
 def _job(rt: Runtime) -> None:

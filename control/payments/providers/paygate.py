@@ -134,12 +134,7 @@ def create_intent(
 
 
 def _mark_failed(rt: Runtime, payment_id: int, reason: str) -> None:
-    with rt.db.session() as s:
-        row = s.get(Payment, payment_id)
-        if row is not None and row.status in ("initiated", "pending"):
-            row.status = "failed"
-            row.reason = reason
-            row.updated_at = rt.clock.now()
+    callbacks.set_open_status(rt, payment_id, status="failed", reason=reason)
 
 
 def get_payment(s: Session, identifier: str, *, desco_id: str | None) -> Payment | None:
