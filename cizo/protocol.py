@@ -27,7 +27,7 @@ STATUS = "status"
 CMD = "cmd"
 CMD_ACK = "cmd/ack"
 
-Action = Literal["unlock", "lock", "own", "rotate"]  # rotate: issue 5, secret rotation
+Action = Literal["unlock", "lock", "own", "rotate"]  # rotate: a new command secret (nonce)
 AckResult = Literal["applied", "rejected"]
 
 
@@ -140,7 +140,7 @@ class Ack(_Strict):
     reason: str | None = None
     locked: bool
     credit_until: int | None
-    sig: str | None = None  # optional in v1: HMAC of the ack under the kit's secret (issue 5)
+    sig: str | None = None  # optional in v1: HMAC of the ack under the kit's secret
 
 
 def _loads(payload: bytes) -> Any:
@@ -178,7 +178,8 @@ def _loads(payload: bytes) -> Any:
 
 
 def _nesting_depth(text: str) -> int:
-    """Deepest ``[``/``{`` nesting outside strings: checked before parsing (issue 8)."""
+    """Deepest ``[``/``{`` nesting outside strings: checked before parsing, so a deeply
+    nested payload is refused without the recursion (and time) it would cost ``json.loads``."""
     depth = deepest = 0
     in_string = escaped = False
     for ch in text:
@@ -297,7 +298,7 @@ def build_command(
 
 
 def derive_rotated_secret(secret_hex: str, nonce: str) -> str:
-    """Issue 5: the new secret after a ``rotate``: HMAC-SHA256(old secret, "rotate" + nonce).
+    """The new secret after a ``rotate``: HMAC-SHA256(old secret, "rotate" + nonce).
 
     The key is the old secret's 32 raw bytes, the message the ASCII bytes of ``rotate``
     followed by the nonce as sent (hex text); the result, as 64 hex chars, is the new
@@ -308,7 +309,8 @@ def derive_rotated_secret(secret_hex: str, nonce: str) -> str:
 
 
 def sign_ack(fields: dict[str, Any], secret_hex: str) -> dict[str, Any]:
-    """Issue 5: an ack with its optional ``sig`` (same canonical form as commands)."""
+    """An ack with its optional ``sig`` (same canonical form as commands), so control can
+    tell a kit's ack from a forged one."""
     out = {k: v for k, v in fields.items() if k != "sig"}
     out["sig"] = sign(out, secret_hex)
     return out
