@@ -1,8 +1,8 @@
 """Helpers for the security tests: every endpoint of the app with the roles it admits.
 
 Roles come from the endpoint's own dependency tree (``RequireRole.allowed`` in
-control/api/auth.py), not from a list kept here, so endpoints other issues add are
-covered the moment they are mounted. No tests live in this module.
+control/api/auth.py), not from a list kept here, so a new endpoint is covered the
+moment it is mounted. No tests live in this module.
 """
 
 from __future__ import annotations

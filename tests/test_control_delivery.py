@@ -1,4 +1,4 @@
-"""Issue 5, delivery: re-sends with exponential backoff and jitter, re-send on reconnect,
+"""Command delivery: re-sends with exponential backoff and jitter, re-send on reconnect,
 the batched sweep, anomalies persisted, and two control processes on one PostgreSQL
 (no command published twice, no kit commanded twice)."""
 

@@ -1,4 +1,4 @@
-"""Issue 5, end to end over a real Mosquitto: the simulated kit refuses forged, replayed,
+"""Command security end to end over a real Mosquitto: the simulated kit refuses forged, replayed,
 expired and other-kit commands; a secret rotates without travelling; a support unlock is
 seen applied; a swapped-out kit's retained command is cleared."""
 

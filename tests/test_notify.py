@@ -1,4 +1,4 @@
-"""Issue 5, customers hear about it: French receipts and reminders through the notifier
+"""Customers hear about it: French receipts and reminders through the notifier
 (file by default, a generic HTTP SMS gateway tested against a local recording endpoint),
 templates a DESCO can override, at most one reminder a day, none for owned kits."""
 

@@ -1,4 +1,4 @@
-"""Issue 5, support staff over HTTP: lock, set-credit-until, repossess, swap, rotate; each
+"""Support staff over HTTP: lock, set-credit-until, repossess, swap, rotate; each
 audited (who, when, why, before, after); operators refused; 7-day rule; lifecycle visible."""
 
 from __future__ import annotations

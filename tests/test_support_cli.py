@@ -1,4 +1,4 @@
-"""Issue 5: ``cizo support ...`` against the real API over HTTP (same roles and audit)."""
+"""``cizo support ...`` against the real API over HTTP (same roles and audit)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 5, OpenPAYGO tokens: the plan (ADD_TIME / SET_TIME / DISABLE_PAYG), a token per
+"""OpenPAYGO tokens: the plan (ADD_TIME / SET_TIME / DISABLE_PAYG), a token per
 payment for keypad-only kits with the count persisted and never reused, every token checked
 with the reference decoder, the simulator's keypad applying them, and a kit that gets both a
 token and the MQTT command converging once."""
