@@ -10,16 +10,7 @@ from sqlalchemy import func, select
 from control.ledger.models import ApiKey, AuditEntry, Kit, LedgerEntry
 from control.ledger.secrets import verify_mqtt_password
 from control.runtime import Runtime
-from tests.test_api_helpers import (  # noqa: F401 - fixtures
-    DAY,
-    Keys,
-    TestClient,
-    client_fixture,
-    keys_fixture,
-    paygate_sim_fixture,
-    provision,
-    rt_fixture,
-)
+from tests.api_support import DAY, Keys, TestClient, provision
 
 
 def test_health_ready_dashboard_and_openapi(client: TestClient) -> None:

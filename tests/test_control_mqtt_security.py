@@ -28,8 +28,8 @@ from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
 from control.security.api_keys import create_api_key
 from firmware_sim import KitIdentity, SimKit
+from tests.api_support import TestClient
 from tests.support import wait_for
-from tests.test_api_helpers import TestClient
 from tests.test_firmware_mqtt import Watcher
 
 pytestmark = pytest.mark.integration

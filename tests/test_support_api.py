@@ -7,16 +7,7 @@ import json
 
 from control.ledger.models import Account, Kit
 from control.runtime import Runtime
-from tests.test_api_helpers import (  # noqa: F401 - fixtures
-    DAY,
-    Keys,
-    TestClient,
-    client_fixture,
-    keys_fixture,
-    paygate_sim_fixture,
-    provision,
-    rt_fixture,
-)
+from tests.api_support import DAY, Keys, TestClient, provision
 
 
 def _audit(client: TestClient, keys: Keys, kit_id: str) -> list[dict[str, object]]:
