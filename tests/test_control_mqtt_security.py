@@ -29,8 +29,7 @@ from control.runtime import Runtime
 from control.security.api_keys import create_api_key
 from firmware_sim import KitIdentity, SimKit
 from tests.api_support import TestClient
-from tests.support import wait_for
-from tests.test_firmware_mqtt import Watcher
+from tests.support import Watcher, wait_for
 
 pytestmark = pytest.mark.integration
 
