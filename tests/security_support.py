@@ -8,22 +8,16 @@ moment it is mounted. No tests live in this module.
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from starlette.exceptions import StarletteDeprecationWarning
 from starlette.routing import Mount
 
 from control.api.auth import RequireRole, current_actor
 from control.ledger.secrets import ROLES
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from fastapi.testclient import TestClient as TestClient
 
 ANY_KEY = frozenset(ROLES)  # CurrentKey alone: any valid key
 

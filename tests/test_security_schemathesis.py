@@ -54,7 +54,8 @@ from control.security.api_keys import create_api_key
 from payment_sim.momo import MoMoSimConfig
 from payment_sim.momo import run_in_thread as run_momo
 from payment_sim.paygate import PayGateSimConfig, run_in_thread
-from tests.security_support import TestClient, auth, endpoints
+from tests.api_support import TestClient
+from tests.security_support import auth, endpoints
 
 CASES_PER_OPERATION = 20  # allowed operations; refused ones get 3
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
