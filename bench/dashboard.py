@@ -29,7 +29,7 @@ from control.ledger.db import migrate
 from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
 from control.security.api_keys import create_api_key
-from tests.test_api_helpers import serve_in_thread
+from tests.api_support import serve_in_thread
 
 ADMIN = os.environ.get("CIZO_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 KITS = int(os.environ.get("CIZO_BENCH_KITS", "300000"))

@@ -1,4 +1,4 @@
-"""How long one control sweep takes on a big fleet in PostgreSQL (issue 5).
+"""How long one control sweep takes on a big fleet in PostgreSQL.
 
 Loads 300,000 kits with their accounts (COPY) into a fresh PostgreSQL database, every kit
 commanded unlocked until its credit end; three disjoint 1 % slices (3,000 kits each) run out
@@ -10,7 +10,7 @@ kit updates, commit):
 - at each of the three moments, where it must find its 3,000 kits and queue their lock
   commands (goal: under 200 ms),
 - and, for comparison in the same run, the per-kit path (one ``converge_kit`` round trip
-  set per kit, as the sweep did before issue 5) on 300 more due kits, scaled to 3,000.
+  set per kit: what the batched sweep saves) on 300 more due kits, scaled to 3,000.
 
 Every kit shares one encrypted secret (signing is not what is measured; publishing is off).
 Env: CIZO_BENCH_SWEEP_KITS (300000), CIZO_BENCH_SWEEP_DUE_PCT (1.0),

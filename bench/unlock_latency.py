@@ -1,4 +1,4 @@
-"""From the provider's callback to the kit's ``applied`` ack, with the fleet connected (issue 5).
+"""From the provider's callback to the kit's ``applied`` ack, with the fleet connected.
 
 Starts a private Mosquitto, a fresh PostgreSQL database, the PayGate simulator and the real
 control app (one uvicorn process: HTTP API, MQTT link, scheduler, receipts to a file), then

@@ -27,7 +27,7 @@ STATUS = "status"
 CMD = "cmd"
 CMD_ACK = "cmd/ack"
 
-Action = Literal["unlock", "lock", "own", "rotate"]  # rotate: see derive_rotated_secret
+Action = Literal["unlock", "lock", "own", "rotate"]  # rotate: a new command secret (nonce)
 AckResult = Literal["applied", "rejected"]
 
 
@@ -205,7 +205,7 @@ def _loads(payload: bytes) -> Any:
 
 def _nesting_depth(text: str) -> int:
     """Deepest ``[``/``{`` nesting outside strings: checked before parsing, so a deeply
-    nested payload costs a scan, not a recursive parse."""
+    nested payload is refused without the recursion (and time) it would cost ``json.loads``."""
     depth = deepest = 0
     in_string = escaped = False
     for ch in text:
@@ -418,7 +418,8 @@ def derive_rotated_secret(secret_hex: str, nonce: str) -> str:
 
 
 def sign_ack(fields: dict[str, Any], secret_hex: str) -> dict[str, Any]:
-    """An ack with its optional ``sig`` (same canonical form as commands)."""
+    """An ack with its optional ``sig`` (same canonical form as commands), so control can
+    tell a kit's ack from a forged one."""
     out = {k: v for k, v in fields.items() if k != "sig"}
     out["sig"] = sign(out, secret_hex)
     return out

@@ -190,7 +190,7 @@ class ManagedProcess:
 
 @dataclass(frozen=True)
 class Listener:
-    """An extra Mosquitto listener (issue 8): kits' TLS port, optionally with client certs.
+    """An extra Mosquitto listener: kits' TLS port, optionally with client certs.
 
     ``username_as_clientid`` makes the broker replace a client's id with its username, so
     a kit cannot take over another kit's session. With ``require_certificate`` and

@@ -6,7 +6,7 @@ through the API; starts the fleet simulator and a stream of simulated customer
 payments. Ctrl-C (or SIGTERM) stops every process it started, newest first.
 
 The broker has the production door: anonymous clients are refused; a password
-file and ACL rendered from the ledger (control/broker_auth.py) admit the bridge and the
+file and ACL rendered from the ledger (control/security/broker_auth.py) admit the bridge and the
 control service under their own users (passwords generated into the data directory)
 and each kit under its own; the kits ``cizo up`` provisions are synced in (SIGHUP) and
 accepted before the simulated fleet starts.

@@ -4,6 +4,9 @@ Nothing here is mocked. PostgreSQL is the one server we do not start per run: th
 test command (scripts/test) makes sure one is reachable at ``CIZO_TEST_PG_ADMIN_URL``
 (default ``postgresql://postgres@127.0.0.1:5432/postgres``), and each run creates and
 drops its own fresh databases there.
+
+The fixtures built on these (the control Runtime, API keys, provider simulators) live in
+the modules ``pytest_plugins`` names, so every test module can ask for them by name.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from cizo import services
 
 if TYPE_CHECKING:
     from tests.bridge_support import FaultRig
+
+pytest_plugins = ["tests.fixtures.runtime"]
 
 PG_ADMIN_URL = os.environ.get(
     "CIZO_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -89,27 +94,33 @@ def pg_admin() -> str:
     return PG_ADMIN_URL
 
 
-def create_pg_database(admin_url: str) -> str:
+def _create_pg_database(admin_url: str) -> str:
     name = f"cizo_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return name
 
 
-def drop_pg_database(admin_url: str, name: str) -> None:
+def _drop_pg_database(admin_url: str, name: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def pg_database(pg_admin: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (plain ``postgresql://`` URL, as psycopg takes
+    it), dropped after the test whatever it left connected."""
+    name = _create_pg_database(pg_admin)
+    try:
+        yield _pg_url_for(name)
+    finally:
+        _drop_pg_database(pg_admin, name)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty ledger database URL: SQLite file, then a fresh PostgreSQL database."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
-        return
-    admin = request.getfixturevalue("pg_admin")
-    name = create_pg_database(admin)
-    try:
-        yield _pg_url_for(name).replace("postgresql://", "postgresql+psycopg://", 1)
-    finally:
-        drop_pg_database(admin, name)
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    url: str = request.getfixturevalue("pg_database")
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)

@@ -1,29 +1,23 @@
 """Helpers for the security tests: every endpoint of the app with the roles it admits.
 
 Roles come from the endpoint's own dependency tree (``RequireRole.allowed`` in
-control/api/auth.py), not from a list kept here, so endpoints other issues add are
-covered the moment they are mounted. No tests live in this module.
+control/api/auth.py), not from a list kept here, so a new endpoint is covered the
+moment it is mounted. No tests live in this module.
 """
 
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from starlette.exceptions import StarletteDeprecationWarning
 from starlette.routing import Mount
 
 from control.api.auth import RequireRole, current_actor
 from control.ledger.secrets import ROLES
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from fastapi.testclient import TestClient as TestClient
 
 ANY_KEY = frozenset(ROLES)  # CurrentKey alone: any valid key
 

@@ -1,14 +1,20 @@
-"""Helpers shared by integration tests: servers in threads, polling with a deadline."""
+"""Helpers shared by integration tests: servers in threads, polling with a deadline, an
+MQTT client that records what a kit's topics carry."""
 
 from __future__ import annotations
 
+import json
+import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import paho.mqtt.client as mqtt
 import uvicorn
 from fastapi import FastAPI
+from paho.mqtt.enums import CallbackAPIVersion
 
 T = TypeVar("T")
 
@@ -50,3 +56,40 @@ def wait_for(predicate: Callable[[], T], timeout_s: float = 15.0, what: str = "c
         time.sleep(interval_s)
         last = predicate()
     return last
+
+
+class Watcher:
+    """A plain MQTT client recording everything under ``kits/{kit_id}/#``."""
+
+    def __init__(self, port: int, kit_id: str) -> None:
+        self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{uuid.uuid4()}")
+        subscribed = threading.Event()
+        self.client.on_message = lambda c, u, m: self.messages.put(
+            (m.topic, bytes(m.payload), m.retain)
+        )
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.on_connect = lambda c, *a: c.subscribe(f"kits/{kit_id}/#", qos=1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert subscribed.wait(10), "watcher could not subscribe"
+
+    def wait_for(self, predicate: Callable[[str, Any, bool], bool],
+                 timeout_s: float = 10.0) -> tuple[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                topic, payload, retain = self.messages.get(timeout=left)
+            except queue.Empty:
+                break
+            data = json.loads(payload) if payload else None
+            if predicate(topic, data, retain):
+                return topic, data
+        raise AssertionError("expected MQTT message did not arrive")
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

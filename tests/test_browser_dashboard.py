@@ -25,8 +25,8 @@ from control.ledger.db import migrate
 from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
 from control.security.api_keys import create_api_key
+from tests.api_support import ADMIN_KEY, PLAN, RecordingPublisher, serve_in_thread
 from tests.dashboard_support import FleetSpec, simulate, write_readings
-from tests.test_api_helpers import ADMIN_KEY, PLAN, RecordingPublisher, serve_in_thread
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]

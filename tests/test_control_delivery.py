@@ -1,4 +1,4 @@
-"""Issue 5, delivery: re-sends with exponential backoff and jitter, re-send on reconnect,
+"""Command delivery: re-sends with exponential backoff and jitter, re-send on reconnect,
 the batched sweep, anomalies persisted, and two control processes on one PostgreSQL
 (no command published twice, no kit commanded twice)."""
 
@@ -22,7 +22,6 @@ from control.ledger.accounts import SYSTEM, account_for_kit, provision_kit
 from control.ledger.db import Database, migrate
 from control.ledger.models import Account, Command, Kit
 from control.ledger.secrets import SecretBox, generate_secret_key
-from tests.conftest import _pg_url_for, create_pg_database, drop_pg_database
 
 PLAN = credit.Plan(deposit_fcfa=0, daily_rate_fcfa=100, total_price_fcfa=50_000)
 DAY = 86_400
@@ -301,12 +300,10 @@ def test_telemetry_older_than_the_last_ack_neither_undoes_it_nor_counts_as_anoma
 
 
 @pytest.fixture
-def pg_url(pg_admin: str) -> Iterator[str]:
-    name = create_pg_database(pg_admin)
-    url = _pg_url_for(name).replace("postgresql://", "postgresql+psycopg://", 1)
+def pg_url(pg_database: str) -> str:
+    url = pg_database.replace("postgresql://", "postgresql+psycopg://", 1)
     migrate(url)
-    yield url
-    drop_pg_database(pg_admin, name)
+    return url
 
 
 def test_two_control_processes_never_double_send_or_double_issue(pg_url: str) -> None:

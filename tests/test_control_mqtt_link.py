@@ -14,8 +14,7 @@ from cizo import services
 from cizo.settings import Settings
 from control.commands.mqtt_link import MqttLink
 from control.commands.service import ControlService
-from tests.support import wait_for
-from tests.test_firmware_mqtt import Watcher
+from tests.support import Watcher, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Issue 5, end to end over a real Mosquitto: the simulated kit refuses forged, replayed,
+"""Command security end to end over a real Mosquitto: the simulated kit refuses forged, replayed,
 expired and other-kit commands; a secret rotates without travelling; a support unlock is
 seen applied; a swapped-out kit's retained command is cleared."""
 
@@ -28,9 +28,8 @@ from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
 from control.security.api_keys import create_api_key
 from firmware_sim import KitIdentity, SimKit
-from tests.support import wait_for
-from tests.test_api_helpers import TestClient
-from tests.test_firmware_mqtt import Watcher
+from tests.api_support import TestClient
+from tests.support import Watcher, wait_for
 
 pytestmark = pytest.mark.integration
 

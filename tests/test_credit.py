@@ -93,7 +93,7 @@ def test_desired_action_follows_credit_end() -> None:
     assert desired_action(CreditState(2000, 0, None), NOW) == "lock"
 
 
-# --- reversals (issue 4): the mirror of a payment -------------------------------------------
+# --- reversals: the mirror of a payment -----------------------------------------------------
 
 from control.ledger.credit import apply_reversal  # noqa: E402
 

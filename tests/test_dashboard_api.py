@@ -10,16 +10,7 @@ from control.ledger.models import Account, Alert, Kit, KitMetrics, LedgerEntry
 from control.runtime import Runtime
 from control.security.api_keys import create_api_key
 from telemetry import opendata
-from tests.test_api_helpers import (  # noqa: F401 - fixtures
-    DAY,
-    Keys,
-    TestClient,
-    client_fixture,
-    keys_fixture,
-    paygate_sim_fixture,
-    provision,
-    rt_fixture,
-)
+from tests.api_support import DAY, Keys, TestClient, provision
 
 
 def _setup(client: TestClient, rt: Runtime, keys: Keys) -> float:

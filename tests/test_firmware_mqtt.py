@@ -3,64 +3,23 @@
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from cizo import protocol as p
 from cizo import services
 from cizo.clock import SystemClock
 from cizo.settings import Settings
 from firmware_sim import Fleet, KitIdentity, SimKit, load_identities
+from tests.support import Watcher
 
 pytestmark = pytest.mark.integration
 
 SECRET = "ab" * 32
-
-
-class Watcher:
-    """A plain MQTT client recording everything under ``kits/{kit_id}/#``."""
-
-    def __init__(self, port: int, kit_id: str) -> None:
-        self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{uuid.uuid4()}")
-        subscribed = threading.Event()
-        self.client.on_message = lambda c, u, m: self.messages.put(
-            (m.topic, bytes(m.payload), m.retain)
-        )
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_connect = lambda c, *a: c.subscribe(f"kits/{kit_id}/#", qos=1)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert subscribed.wait(10), "watcher could not subscribe"
-
-    def wait_for(self, predicate: Callable[[str, Any, bool], bool],
-                 timeout_s: float = 10.0) -> tuple[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                topic, payload, retain = self.messages.get(timeout=left)
-            except queue.Empty:
-                break
-            data = json.loads(payload) if payload else None
-            if predicate(topic, data, retain):
-                return topic, data
-        raise AssertionError("expected MQTT message did not arrive")
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Issue 5, customers hear about it: French receipts and reminders through the notifier
+"""Customers hear about it: French receipts and reminders through the notifier
 (file by default, a generic HTTP SMS gateway tested against a local recording endpoint),
 templates a DESCO can override, at most one reminder a day, none for owned kits."""
 
@@ -20,16 +20,7 @@ from control.ledger.models import Account
 from control.payments import receipts
 from control.payments.receive import Incoming, receive
 from control.runtime import Runtime
-from tests.test_api_helpers import (  # noqa: F401 - fixtures
-    DAY,
-    Keys,
-    TestClient,
-    client_fixture,
-    keys_fixture,
-    paygate_sim_fixture,
-    provision,
-    rt_fixture,
-)
+from tests.api_support import DAY, Keys, TestClient, provision
 
 
 class Gateway:

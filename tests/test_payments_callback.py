@@ -3,9 +3,6 @@ credit, exactly-once crediting (also under ten concurrent identical callbacks)."
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
 import httpx
 import pytest
 from sqlalchemy import func, select
@@ -14,56 +11,19 @@ from control.api import create_app
 from control.ledger.models import Account, AuditEntry, LedgerEntry, Payment
 from control.runtime import Runtime
 from payment_sim.paygate import PayGateHandle
-from tests.test_api_helpers import (  # noqa: F401 - fixtures
-    DAY,
-    Keys,
-    TestClient,
-    client_fixture,
-    keys_fixture,
-    paygate_sim_fixture,
-    provision,
-    rt_fixture,
-    serve_in_thread,
+from tests.api_support import DAY, Keys, TestClient, provision, serve_in_thread
+from tests.payments_support import (
+    account,
+    callback_body,
+    count,
+    post_at_once,
+    settle,
+    start_intent,
 )
 
 
-def start_intent(client: TestClient, keys: Keys, kit_id: str, amount: int = 700) -> str:
-    resp = client.post("/v1/payments/intents", headers=Keys.auth(keys.finance), json={
-        "kit_id": kit_id, "amount_fcfa": amount, "phone": "+228 90 12 34 56",
-        "network": "TMONEY"})
-    assert resp.status_code == 201, resp.text
-    body = resp.json()
-    assert body["status"] == "pending" and body["tx_reference"]
-    identifier: str = body["identifier"]
-    assert identifier.startswith(f"CIZO-{kit_id}-")
-    return identifier
-
-
-def settle(sim: PayGateHandle, identifier: str, outcome: str = "approve") -> dict[str, Any]:
-    resp = httpx.post(f"{sim.url}/_sim/settle", json={"identifier": identifier,
-                                                      "outcome": outcome})
-    resp.raise_for_status()
-    view: dict[str, Any] = resp.json()
-    return view
-
-
-def callback_body(view: dict[str, Any]) -> dict[str, Any]:
-    return {k: view[k] for k in ("tx_reference", "identifier", "payment_reference", "amount",
-                                 "datetime", "payment_method", "phone_number")}
-
-
 def credited_entries(rt: Runtime) -> int:
-    with rt.db.session() as s:
-        n = s.scalar(select(func.count()).select_from(LedgerEntry)
-                     .where(LedgerEntry.kind == "payment"))
-    return int(n or 0)
-
-
-def account(rt: Runtime, kit_id: str) -> Account:
-    with rt.db.session() as s:
-        acct = s.scalars(select(Account).where(Account.kit_id == kit_id)).one()
-        s.expunge(acct)
-    return acct
+    return count(rt, LedgerEntry, LedgerEntry.kind == "payment")
 
 
 def test_intent_starts_a_paygate_payment(
@@ -218,23 +178,7 @@ def test_ten_concurrent_identical_callbacks_credit_once(
                 "kit_id": "KIT-C", "amount_fcfa": 700, "phone": "90123456", "network": "FLOOZ"})
             identifier = resp.json()["identifier"]
         body = callback_body(settle(paygate_sim, identifier))
-
-        barrier = threading.Barrier(10)
-        results: list[tuple[int, dict[str, Any]]] = []
-        lock = threading.Lock()
-
-        def deliver() -> None:
-            with httpx.Client(base_url=server.url, timeout=60) as c:
-                barrier.wait()
-                r = c.post("/v1/payments/paygate", json=body)
-                with lock:
-                    results.append((r.status_code, r.json()))
-
-        threads = [threading.Thread(target=deliver) for _ in range(10)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        results = post_at_once(server.url, "/v1/payments/paygate", 10, json=body)
     finally:
         server.stop()
     assert [code for code, _ in results] == [200] * 10, results

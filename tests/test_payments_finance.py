@@ -14,33 +14,28 @@ from cizo_cli import main as cli
 from control.ledger.models import AuditEntry
 from control.runtime import Runtime
 from payment_sim.paygate import PayGateHandle
-from tests.payments_fixtures import (  # noqa: F401 - fixtures
+from tests.api_support import Keys, TestClient
+from tests.payments_support import (
     account,
+    agent_payment,
+    callback_body,
     count,
     entries,
     make_kit,
-    momo_sim_fixture,
     payment_by_ref,
-    payments_rt_fixture,
+    post_webhook,
     second_keys,
-    signed,
+    settle,
+    start_intent,
     webhook_secret,
 )
-from tests.test_api_helpers import (  # noqa: F401 - fixtures
-    Keys,
-    TestClient,
-    client_fixture,
-    keys_fixture,
-    paygate_sim_fixture,
-)
-from tests.test_payments_callback import callback_body, settle, start_intent
+
+pytestmark = pytest.mark.payment_providers
 
 
 def webhook(client: TestClient, secret: str, tx: str, amount: int = 700, **extra: object
             ) -> dict[str, object]:
-    raw, headers = signed(secret, {"transaction_id": tx, "amount": amount, "currency": "XOF",
-                                   **extra})
-    r = client.post("/v1/payments/webhook/default", content=raw, headers=headers)
+    r = post_webhook(client, secret, agent_payment(tx, amount, **extra))
     assert r.status_code == 200, r.text
     out: dict[str, object] = r.json()
     return out

@@ -13,27 +13,20 @@ from control.api import create_app
 from control.payments import poll
 from control.runtime import Runtime
 from payment_sim.momo import MoMoHandle
-from tests.payments_fixtures import (  # noqa: F401 - fixtures
+from tests.api_support import Keys, TestClient, serve_in_thread
+from tests.payments_support import (
     MOMO_API_KEY,
     MOMO_SUB_KEY,
     account,
     audits,
     entries,
     make_kit,
-    momo_sim_fixture,
     payment_by_ref,
-    payments_rt_fixture,
     sim_settle,
 )
 from tests.support import wait_for
-from tests.test_api_helpers import (  # noqa: F401 - fixtures
-    Keys,
-    TestClient,
-    client_fixture,
-    keys_fixture,
-    paygate_sim_fixture,
-    serve_in_thread,
-)
+
+pytestmark = pytest.mark.payment_providers
 
 
 def intent(http: httpx.Client | TestClient, keys: Keys, kit_id: str, amount: int = 700) -> str:

@@ -20,7 +20,7 @@ from control.gateways.paygate import (
     parse_status,
 )
 from payment_sim.paygate import PayGateHandle, PayGateSimConfig, run_in_thread
-from tests.test_api_helpers import ServerHandle, serve_in_thread
+from tests.api_support import ServerHandle, serve_in_thread
 
 LOGGED = {"tx_reference": 4671135, "identifier": "TEST2_1757422968_3014", "amount": 10,
           "payment_reference": "13171916025", "payment_method": "T-Money",

@@ -19,28 +19,24 @@ from control.ledger.secrets import generate_secret_key
 from control.payments import poll
 from control.runtime import Runtime
 from payment_sim.paygate import PayGateHandle
-from tests.conftest import _pg_url_for, create_pg_database, drop_pg_database
-from tests.payments_fixtures import (  # noqa: F401 - fixtures
+from tests.api_support import Keys, TestClient, serve_in_thread
+from tests.payments_support import (
+    WEBHOOK_URL,
     account,
+    agent_payment,
+    callback_body,
     count,
     entries,
     make_kit,
-    momo_sim_fixture,
     payment_by_ref,
-    payments_rt_fixture,
+    settle,
     signed,
+    start_intent,
     webhook_secret,
 )
 from tests.support import wait_for
-from tests.test_api_helpers import (  # noqa: F401 - fixtures
-    Keys,
-    TestClient,
-    client_fixture,
-    keys_fixture,
-    paygate_sim_fixture,
-    serve_in_thread,
-)
-from tests.test_payments_callback import callback_body, settle, start_intent
+
+pytestmark = pytest.mark.payment_providers
 
 
 def test_format_drift_is_accepted_and_credits_once(
@@ -139,45 +135,40 @@ def _runtime(url: str) -> Runtime:
     return Runtime.build(settings, clock=ManualClock())
 
 
-def test_database_unavailable_answers_503_and_writes_nothing(pg_admin: str) -> None:
-    name = create_pg_database(pg_admin)
-    url = _pg_url_for(name)
-    try:
-        migrate(url)
-        rt = _runtime(url)
-        make_kit(rt, "KIT-DB")
-        secret = webhook_secret(rt)
-        # the server dies in the middle of the transaction (after the payment row is in)
+def test_database_unavailable_answers_503_and_writes_nothing(pg_database: str) -> None:
+    url = pg_database
+    migrate(url)
+    rt = _runtime(url)
+    make_kit(rt, "KIT-DB")
+    secret = webhook_secret(rt)
+    # the server dies in the middle of the transaction (after the payment row is in)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("""
+            CREATE FUNCTION die() RETURNS trigger AS $$ BEGIN
+            RAISE EXCEPTION 'terminating connection' USING ERRCODE = '57P01';
+            END; $$ LANGUAGE plpgsql;
+            CREATE TRIGGER die BEFORE INSERT ON ledger_entries
+                FOR EACH ROW EXECUTE FUNCTION die();""")
+    with TestClient(create_app(rt)) as client:
+        raw, headers = signed(secret, agent_payment("DB1", reference="KIT-DB"))
+        r = client.post(WEBHOOK_URL, content=raw, headers=headers)
+        assert r.status_code == 503 and r.headers["retry-after"], r.text
+        assert count(rt, Payment, Payment.provider == "agent") == 0
+        assert count(rt, AuditEntry, AuditEntry.action.like("payment.%")) == 0
+        assert account(rt, "KIT-DB").paid_total_fcfa == 2000
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("""
-                CREATE FUNCTION die() RETURNS trigger AS $$ BEGIN
-                RAISE EXCEPTION 'terminating connection' USING ERRCODE = '57P01';
-                END; $$ LANGUAGE plpgsql;
-                CREATE TRIGGER die BEFORE INSERT ON ledger_entries
-                    FOR EACH ROW EXECUTE FUNCTION die();""")
-        with TestClient(create_app(rt)) as client:
-            raw, headers = signed(secret, {"transaction_id": "DB1", "amount": 700,
-                                           "currency": "XOF", "reference": "KIT-DB"})
-            r = client.post("/v1/payments/webhook/default", content=raw, headers=headers)
-            assert r.status_code == 503 and r.headers["retry-after"], r.text
-            assert count(rt, Payment, Payment.provider == "agent") == 0
-            assert count(rt, AuditEntry, AuditEntry.action.like("payment.%")) == 0
-            assert account(rt, "KIT-DB").paid_total_fcfa == 2000
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("DROP TRIGGER die ON ledger_entries")
-            r = client.post("/v1/payments/webhook/default", content=raw, headers=headers)
-            assert r.json()["outcome"] == "credited"  # the provider's retry succeeds
-        rt.db.dispose()
-        # no database at all
-        down = _runtime("postgresql://postgres@127.0.0.1:9/none")
-        with TestClient(create_app(down)) as client:
-            r = client.post("/v1/payments/paygate", json={"identifier": "X-1"})
-            assert r.status_code == 503
-            r = client.put(f"/v1/payments/momo/callback/{'0' * 8}-0000-4000-8000-{'0' * 12}",
-                           json={})
-            assert r.status_code == 503
-            r = client.post("/v1/payments/webhook/default", content=raw, headers=headers)
-            assert r.status_code == 503
-        down.db.dispose()
-    finally:
-        drop_pg_database(pg_admin, name)
+            conn.execute("DROP TRIGGER die ON ledger_entries")
+        r = client.post(WEBHOOK_URL, content=raw, headers=headers)
+        assert r.json()["outcome"] == "credited"  # the provider's retry succeeds
+    rt.db.dispose()
+    # no database at all
+    down = _runtime("postgresql://postgres@127.0.0.1:9/none")
+    with TestClient(create_app(down)) as client:
+        r = client.post("/v1/payments/paygate", json={"identifier": "X-1"})
+        assert r.status_code == 503
+        r = client.put(f"/v1/payments/momo/callback/{'0' * 8}-0000-4000-8000-{'0' * 12}",
+                       json={})
+        assert r.status_code == 503
+        r = client.post(WEBHOOK_URL, content=raw, headers=headers)
+        assert r.status_code == 503
+    down.db.dispose()

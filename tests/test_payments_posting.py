@@ -16,13 +16,9 @@ from control.payments import matching, posting
 from control.payments.posting import Confirmed, Receipt
 from control.payments.receive import Incoming, receive
 from control.runtime import Runtime
-from tests.payments_fixtures import (  # noqa: F401 - fixtures
-    PLAN,
-    make_kit,
-    momo_sim_fixture,
-    payments_rt_fixture,
-)
-from tests.test_api_helpers import paygate_sim_fixture  # noqa: F401 - fixtures
+from tests.payments_support import PLAN, make_kit
+
+pytestmark = pytest.mark.payment_providers
 
 ACTOR = Actor(name="test", role="system")
 

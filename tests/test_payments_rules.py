@@ -1,4 +1,4 @@
-"""Pure rules of issue 4: amounts, currencies, references, matching decisions, webhook
+"""Pure payment rules: amounts, currencies, references, matching decisions, webhook
 signatures, statement parsing and comparison, ledger replay."""
 
 from __future__ import annotations

@@ -5,48 +5,31 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 from typing import Any
 
-import httpx
 import pytest
 
 from control.api import create_app
 from control.ledger import check
 from control.ledger.models import Command, Payment
 from control.runtime import Runtime
-from tests.payments_fixtures import (  # noqa: F401 - fixtures
+from tests.api_support import TestClient, serve_in_thread
+from tests.payments_support import (
+    WEBHOOK_URL,
     account,
+    agent_payment,
     audits,
     count,
     entries,
     make_kit,
-    momo_sim_fixture,
     payment_by_ref,
-    payments_rt_fixture,
+    post_at_once,
+    post_webhook,
     signed,
     webhook_secret,
 )
-from tests.test_api_helpers import (  # noqa: F401 - fixtures
-    TestClient,
-    client_fixture,
-    paygate_sim_fixture,
-    serve_in_thread,
-)
 
-URL = "/v1/payments/webhook/default"
-
-
-def body(tx: str, amount: Any = 700, **extra: Any) -> dict[str, Any]:
-    return {"transaction_id": tx, "amount": amount, "currency": "XOF", **extra}
-
-
-def post(client: TestClient, secret: str, data: dict[str, Any] | bytes,
-         t: int | None = None, url: str = URL) -> httpx.Response:
-    raw, headers = signed(secret, data, t=t)
-    resp: httpx.Response = client.post(url, content=raw, headers=headers)
-    return resp
+pytestmark = pytest.mark.payment_providers
 
 
 def test_matching_by_reference_then_phone_else_suspense(client: TestClient,
@@ -55,17 +38,17 @@ def test_matching_by_reference_then_phone_else_suspense(client: TestClient,
     make_kit(rt, "KIT-W2", phone="+22890000002")
     secret = webhook_secret(rt)
     # reference typed any old way
-    r = post(client, secret, body("T1", reference=" kit w1 ", phone="90000002"))
+    r = post_webhook(client, secret, agent_payment("T1", reference=" kit w1 ", phone="90000002"))
     assert r.status_code == 200 and r.json()["outcome"] == "credited", r.text
     assert account(rt, "KIT-W1").paid_total_fcfa == 2700
     assert payment_by_ref(rt, "agent", "default:T1").matched_by == "reference"
     # no reference: the payer's registered phone, in any format
-    r = post(client, secret, body("T2", amount="300", phone="228 90 00 00 02"))
+    r = post_webhook(client, secret, agent_payment("T2", amount="300", phone="228 90 00 00 02"))
     assert r.json()["outcome"] == "credited"
     assert account(rt, "KIT-W2").paid_total_fcfa == 2300
     assert payment_by_ref(rt, "agent", "default:T2").matched_by == "phone"
     # nothing matches: held in suspense with a 2xx, never dropped
-    r = post(client, secret, body("T3", reference="NOPE-1", phone="+22899999999"))
+    r = post_webhook(client, secret, agent_payment("T3", reference="NOPE-1", phone="+22899999999"))
     assert r.status_code == 200 and r.json()["outcome"] == "suspense"
     p = payment_by_ref(rt, "agent", "default:T3")
     assert p.status == "suspense" and p.amount_fcfa == 700 and p.account_id is None
@@ -80,29 +63,29 @@ def test_ambiguous_reference_x100_and_other_desco_go_to_suspense(client: TestCli
     make_kit(rt, "kit77", phone="+22890000012")
     make_kit(rt, "KIT-N1", phone="+22890000013", desco_id="north")
     secret = webhook_secret(rt)
-    r = post(client, secret, body("A1", reference="Kit 77"))
+    r = post_webhook(client, secret, agent_payment("A1", reference="Kit 77"))
     assert r.json()["outcome"] == "suspense"
     assert "2 accounts" in (payment_by_ref(rt, "agent", "default:A1").reason or "")
     # 48,000 owed; 70,000 (700 x 100) is more than owed: held for a human
-    r = post(client, secret, body("A2", amount=4_800_000, reference="KIT-77-X"))
+    r = post_webhook(client, secret, agent_payment("A2", amount=4_800_000, reference="KIT-77-X"))
     assert r.json()["outcome"] == "suspense"
-    r = post(client, secret, body("A3", amount=70_000, phone="+22890000011"))
+    r = post_webhook(client, secret, agent_payment("A3", amount=70_000, phone="+22890000011"))
     assert r.json()["outcome"] == "suspense"
     assert "x100" in (payment_by_ref(rt, "agent", "default:A3").reason or "")
     # another DESCO's kit is not reachable through this DESCO's webhook
-    r = post(client, secret, body("A4", reference="KIT-N1"))
+    r = post_webhook(client, secret, agent_payment("A4", reference="KIT-N1"))
     assert r.json()["outcome"] == "suspense"
     assert entries(rt) == 0
 
 
 BAD: list[tuple[dict[str, Any] | bytes, int]] = [
     (b"", 400), (b"not json", 400), (b"[1,2]", 422),
-    (body("B1", extra_field=1), 422), ({"amount": 700, "currency": "XOF"}, 422),
-    ({"transaction_id": "B2", "currency": "XOF"}, 422), (body("B3", amount=0), 422),
-    (body("B4", amount=-700), 422), (body("B5", amount=700.5), 422),
-    (body("B6", amount=10**12), 422), (body("B7", amount="7e2"), 422),
-    ({**body("B8"), "currency": "EUR"}, 422), (body("B9", phone="hello"), 422),
-    (body("B10", type="reversal"), 422),
+    (agent_payment("B1", extra_field=1), 422), ({"amount": 700, "currency": "XOF"}, 422),
+    ({"transaction_id": "B2", "currency": "XOF"}, 422), (agent_payment("B3", amount=0), 422),
+    (agent_payment("B4", amount=-700), 422), (agent_payment("B5", amount=700.5), 422),
+    (agent_payment("B6", amount=10**12), 422), (agent_payment("B7", amount="7e2"), 422),
+    ({**agent_payment("B8"), "currency": "EUR"}, 422), (agent_payment("B9", phone="hello"), 422),
+    (agent_payment("B10", type="reversal"), 422),
 ]
 
 
@@ -111,7 +94,7 @@ def test_bad_bodies_get_clear_answers_and_credit_nothing(client: TestClient,
     make_kit(rt, "KIT-B", phone="+22890000021")
     secret = webhook_secret(rt)
     for data, code in BAD:
-        r = post(client, secret, data)
+        r = post_webhook(client, secret, data)
         assert r.status_code == code, (data, r.text)
         assert "detail" in r.json()
     assert count(rt, Payment, Payment.provider == "agent") == 0
@@ -122,28 +105,28 @@ def test_signature_replay_content_type_and_unknown_desco(client: TestClient,
     make_kit(rt, "KIT-S", phone="+22890000031")
     secret = webhook_secret(rt)
     now = int(rt.clock.now())
-    raw, headers = signed(secret, body("S1", reference="KIT-S"), t=now - 301)
-    r = client.post(URL, content=raw, headers=headers)  # replayed old webhook
+    raw, headers = signed(secret, agent_payment("S1", reference="KIT-S"), t=now - 301)
+    r = client.post(WEBHOOK_URL, content=raw, headers=headers)  # replayed old webhook
     assert r.status_code == 401 and "tolerance" in r.json()["detail"]
-    raw, headers = signed("whsec_wrong", body("S1", reference="KIT-S"), t=now)
-    assert client.post(URL, content=raw, headers=headers).status_code == 401
-    raw, headers = signed(secret, body("S1", reference="KIT-S"), t=now)
-    assert client.post(URL, content=raw, headers={}).status_code == 415
+    raw, headers = signed("whsec_wrong", agent_payment("S1", reference="KIT-S"), t=now)
+    assert client.post(WEBHOOK_URL, content=raw, headers=headers).status_code == 401
+    raw, headers = signed(secret, agent_payment("S1", reference="KIT-S"), t=now)
+    assert client.post(WEBHOOK_URL, content=raw, headers={}).status_code == 415
     no_sig = {"content-type": "application/json"}
-    assert client.post(URL, content=raw, headers=no_sig).status_code == 401
-    r = client.post(URL, content=raw, headers={**headers, "content-type": "text/plain"})
+    assert client.post(WEBHOOK_URL, content=raw, headers=no_sig).status_code == 401
+    r = client.post(WEBHOOK_URL, content=raw, headers={**headers, "content-type": "text/plain"})
     assert r.status_code == 415
     # north has no webhook secret; a known secret of another DESCO does not sign for it
     r = client.post("/v1/payments/webhook/north", content=raw, headers=headers)
     assert r.status_code == 401
     assert entries(rt) == 0
-    r = client.post(URL, content=raw, headers=headers)
+    r = client.post(WEBHOOK_URL, content=raw, headers=headers)
     assert r.status_code == 200 and r.json()["credited"] is True
     # the exact same request again (within the tolerance): a duplicate, not a second credit
-    r = client.post(URL, content=raw, headers=headers)
+    r = client.post(WEBHOOK_URL, content=raw, headers=headers)
     assert r.json()["outcome"] == "duplicate" and r.json()["credited"] is False
     # same transaction id, another amount: a conflict, nothing changes
-    r = post(client, secret, body("S1", amount=900, reference="KIT-S"))
+    r = post_webhook(client, secret, agent_payment("S1", amount=900, reference="KIT-S"))
     assert r.status_code == 409
     assert entries(rt) == 1 and account(rt, "KIT-S").paid_total_fcfa == 2700
 
@@ -152,10 +135,11 @@ def test_reversals_are_correcting_entries_and_may_lock_the_kit(client: TestClien
                                                                rt: Runtime) -> None:
     make_kit(rt, "KIT-R", phone="+22890000041")
     secret = webhook_secret(rt)
-    r = post(client, secret, body("R1", reference="KIT-R"))
+    r = post_webhook(client, secret, agent_payment("R1", reference="KIT-R"))
     assert r.json()["outcome"] == "credited"
     assert client.get("/v1/kits/KIT-R").status_code in (401, 403)  # sanity: API is keyed
-    r = post(client, secret, body("R1-REV", type="reversal", reverses="R1", note="chargeback"))
+    r = post_webhook(client, secret, agent_payment("R1-REV", type="reversal", reverses="R1",
+                                                   note="chargeback"))
     assert r.status_code == 200 and r.json()["outcome"] == "reversed", r.text
     acct = account(rt, "KIT-R")
     assert acct.paid_total_fcfa == 2000 and acct.remainder_fcfa == 0
@@ -168,10 +152,11 @@ def test_reversals_are_correcting_entries_and_may_lock_the_kit(client: TestClien
     assert payment_by_ref(rt, "agent", "default:R1").status == "credited"
     assert payment_by_ref(rt, "agent", "default:R1-REV").kind == "reversal"
     # more than is left to reverse: 409, nothing recorded
-    r = post(client, secret, body("R1-REV2", amount=100, type="reversal", reverses="R1"))
+    r = post_webhook(client, secret, agent_payment("R1-REV2", amount=100, type="reversal",
+                                                   reverses="R1"))
     assert r.status_code == 409
     # a reversal for a payment we never had: parked for staff, nothing moves
-    r = post(client, secret, body("R9-REV", type="reversal", reverses="R9"))
+    r = post_webhook(client, secret, agent_payment("R9-REV", type="reversal", reverses="R9"))
     assert r.status_code == 200 and r.json()["outcome"] == "unknown_original"
     assert audits(rt, "payment.reversal_unknown") == 1
     assert account(rt, "KIT-R").paid_total_fcfa == 2000
@@ -184,9 +169,9 @@ def test_secrets_never_reach_the_logs(client: TestClient, rt: Runtime,
     caplog.set_level(logging.DEBUG)
     make_kit(rt, "KIT-L", phone="+22890000051")
     secret = webhook_secret(rt)
-    post(client, secret, body("L1", reference="KIT-L"))
-    post(client, "whsec_forged_secret_value", body("L2", reference="KIT-L"))
-    post(client, secret, body("L3", reference="NOPE", phone="+22890000099"))
+    post_webhook(client, secret, agent_payment("L1", reference="KIT-L"))
+    post_webhook(client, "whsec_forged_secret_value", agent_payment("L2", reference="KIT-L"))
+    post_webhook(client, secret, agent_payment("L3", reference="NOPE", phone="+22890000099"))
     text = caplog.text + json.dumps([r.__dict__ for r in caplog.records], default=str)
     assert caplog.records, "expected some logging"
     for leaked in (secret, "whsec_forged_secret_value", "+22890000051", "+22890000099",
@@ -200,25 +185,9 @@ def test_ten_concurrent_identical_webhooks_credit_once(rt: Runtime) -> None:
     make_kit(rt, "KIT-C10", phone="+22890000061")
     secret = webhook_secret(rt)
     server = serve_in_thread(create_app(rt))
-    raw, headers = signed(secret, body("C1", reference="KIT-C10"))
-    barrier = threading.Barrier(10)
-    results: list[tuple[int, dict[str, Any]]] = []
-    lock = threading.Lock()
-
-    def deliver() -> None:
-        with httpx.Client(base_url=server.url, timeout=60) as c:
-            barrier.wait()
-            r = c.post(URL, content=raw, headers=headers)
-            with lock:
-                results.append((r.status_code, r.json()))
-
+    raw, headers = signed(secret, agent_payment("C1", reference="KIT-C10"))
     try:
-        threads = [threading.Thread(target=deliver) for _ in range(10)]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 60
-        for t in threads:
-            t.join(max(0.1, deadline - time.monotonic()))
+        results = post_at_once(server.url, WEBHOOK_URL, 10, content=raw, headers=headers)
     finally:
         server.stop()
     assert [c for c, _ in results] == [200] * 10, results

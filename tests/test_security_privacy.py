@@ -29,7 +29,8 @@ from control.runtime import Runtime
 from control.security.api_keys import create_api_key
 from payment_sim.paygate import PayGateSimConfig, run_in_thread
 from telemetry import opendata
-from tests.security_support import TestClient, auth
+from tests.api_support import TestClient
+from tests.security_support import auth
 
 PHONE = "+22890555123"
 LOCAL = "90555123"

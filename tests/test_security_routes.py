@@ -22,7 +22,8 @@ from control.ledger.models import ApiKey, Desco
 from control.ledger.secrets import ROLES, generate_secret_key, hash_api_key
 from control.runtime import Runtime
 from control.security.api_keys import create_api_key
-from tests.security_support import ANY_KEY, TestClient, auth, endpoints, fill
+from tests.api_support import TestClient
+from tests.security_support import ANY_KEY, auth, endpoints, fill
 
 PLAN = {"deposit_fcfa": 0, "daily_rate_fcfa": 100, "total_price_fcfa": 10_000}
 

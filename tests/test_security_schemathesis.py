@@ -54,7 +54,8 @@ from control.security.api_keys import create_api_key
 from payment_sim.momo import MoMoSimConfig
 from payment_sim.momo import run_in_thread as run_momo
 from payment_sim.paygate import PayGateSimConfig, run_in_thread
-from tests.security_support import TestClient, auth, endpoints
+from tests.api_support import TestClient
+from tests.security_support import auth, endpoints
 
 CASES_PER_OPERATION = 20  # allowed operations; refused ones get 3
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
@@ -74,10 +75,10 @@ def _seed(client: TestClient, admin: str, keys: dict[str, str]) -> dict[str, str
         body: dict[str, Any] = r.json()
         return body
 
-    for n in range(4):  # issue 5: SEED3 is for the GOOD cases of the support endpoints
+    for n in range(4):  # SEED3 is for the GOOD cases of the support endpoints
         ok(client.post("/v1/kits", json={"kit_id": f"SEED{n}", "phone": f"9012345{n}",
                                          "plan": PLAN}, headers=auth(admin)))
-    for n in range(len(ROLES)):  # issue 5: one kit per role run to repossess, one to swap
+    for n in range(len(ROLES)):  # one kit per role run to repossess, one to swap
         for prefix in ("SEEDR", "SEEDS"):
             ok(client.post("/v1/kits", json={"kit_id": f"{prefix}{n}", "phone": "90123459",
                                              "plan": PLAN}, headers=auth(admin)))
@@ -196,7 +197,7 @@ class Seeded:
 
 # Known-good requests: operation label -> kwargs for op.Case, plus under "call" extra
 # kwargs for case.call (a raw body sent as is, e.g. the exact bytes a signature covers)
-_REPOSSESS_N = itertools.count()  # issue 5: a fresh seeded kit per role run
+_REPOSSESS_N = itertools.count()  # a repossessed kit is gone: a fresh one per role run
 _SWAP_N = itertools.count()
 GOOD: dict[str, Callable[[Seeded], dict[str, Any]]] = {
     "POST /v1/kits": lambda s: {"body": {"kit_id": "GOOD-PROV", "phone": "+228 91 00 00 00",
@@ -208,7 +209,7 @@ GOOD: dict[str, Callable[[Seeded], dict[str, Any]]] = {
                                                      "network": "TMONEY"}},
     "POST /v1/keys": lambda s: {"body": {"name": "fuzz", "role": "operator"}},
     "POST /v1/keys/{key_id}/revoke": lambda s: {"path_parameters": {"key_id": s.ids["key_id"]}},
-    # issue 5: on SEED3, which the fuzzer never swaps or repossesses
+    # on SEED3, which the fuzzer never swaps or repossesses
     "POST /v1/kits/{kit_id}/keypad": lambda s: {"path_parameters": {"kit_id": "SEED3"},
                                                 "body": {"keypad_only": True,
                                                          "reason": "fuzz"}},
@@ -226,7 +227,7 @@ GOOD: dict[str, Callable[[Seeded], dict[str, Any]]] = {
     "POST /v1/kits/{kit_id}/swap": lambda s: {
         "path_parameters": {"kit_id": f"SEEDS{next(_SWAP_N)}"},
         "body": {"new_kit_id": f"SWAP{uuid.uuid4().hex[:8]}", "reason": "fuzz"}},
-    # issue 8: the money endpoints, on the data _seed_money made
+    # the money endpoints, on the data _seed_money made
     "POST /v1/payments/momo/intents": lambda s: {"body": {"kit_id": "SEED2", "amount_fcfa": 300,
                                                           "phone": "90123452"}},
     "POST /v1/payments/momo/callback/{reference_id}": lambda s: _momo_callback(s),
@@ -287,7 +288,7 @@ def app_and_keys(tmp_path_factory: pytest.TempPathFactory,
         httpx.post(f"http://127.0.0.1:{influxd.port}/query",
                    params={"q": f'CREATE DATABASE "{db}"'}).raise_for_status()
     sim = run_in_thread(PayGateSimConfig(auth_token="tok", outcome="never", callback_url=None))
-    # issue 8: MoMo's customers never answer here: intents stay pending, callbacks confirm
+    # MoMo's customers never answer here: intents stay pending, callbacks confirm
     momo_sim = run_momo(MoMoSimConfig(subscription_key=MOMO_SUB_KEY, api_user=MOMO_USER,
                                        api_key=MOMO_KEY, outcome="never"))
     rt = Runtime.build(Settings(

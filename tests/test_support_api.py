@@ -1,4 +1,4 @@
-"""Issue 5, support staff over HTTP: lock, set-credit-until, repossess, swap, rotate; each
+"""Support staff over HTTP: lock, set-credit-until, repossess, swap, rotate; each
 audited (who, when, why, before, after); operators refused; 7-day rule; lifecycle visible."""
 
 from __future__ import annotations
@@ -7,16 +7,7 @@ import json
 
 from control.ledger.models import Account, Kit
 from control.runtime import Runtime
-from tests.test_api_helpers import (  # noqa: F401 - fixtures
-    DAY,
-    Keys,
-    TestClient,
-    client_fixture,
-    keys_fixture,
-    paygate_sim_fixture,
-    provision,
-    rt_fixture,
-)
+from tests.api_support import DAY, Keys, TestClient, provision
 
 
 def _audit(client: TestClient, keys: Keys, kit_id: str) -> list[dict[str, object]]:

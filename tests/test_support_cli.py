@@ -1,4 +1,4 @@
-"""Issue 5: ``cizo support ...`` against the real API over HTTP (same roles and audit)."""
+"""``cizo support ...`` against the real API over HTTP (same roles and audit)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,8 @@ from control.cli.support import parse_until
 from control.ledger.models import Account, AuditEntry
 from control.runtime import Runtime
 from control.security.api_keys import create_api_key
+from tests.api_support import DAY, Keys, TestClient, provision
 from tests.support import ServerThread
-from tests.test_api_helpers import (  # noqa: F401 - fixtures
-    DAY,
-    Keys,
-    TestClient,
-    client_fixture,
-    keys_fixture,
-    paygate_sim_fixture,
-    provision,
-    rt_fixture,
-)
 
 
 @pytest.fixture

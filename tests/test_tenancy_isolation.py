@@ -10,16 +10,8 @@ from typing import Any
 from control.ledger.secrets import ROLES
 from control.runtime import Runtime
 from control.security.api_keys import create_api_key
+from tests.api_support import Keys, TestClient, provision
 from tests.security_support import auth, endpoints, fill
-from tests.test_api_helpers import (  # noqa: F401 - fixtures
-    Keys,
-    TestClient,
-    client_fixture,
-    keys_fixture,
-    paygate_sim_fixture,
-    provision,
-    rt_fixture,
-)
 
 PHONE_DEFAULT = "+22891111111"
 

@@ -1,4 +1,4 @@
-"""Issue 5, OpenPAYGO tokens: the plan (ADD_TIME / SET_TIME / DISABLE_PAYG), a token per
+"""OpenPAYGO tokens: the plan (ADD_TIME / SET_TIME / DISABLE_PAYG), a token per
 payment for keypad-only kits with the count persisted and never reused, every token checked
 with the reference decoder, the simulator's keypad applying them, and a kit that gets both a
 token and the MQTT command converging once."""
@@ -25,16 +25,7 @@ from control.payments.receive import Incoming, receive
 from control.runtime import Runtime
 from firmware_sim.firmware import KitFirmware
 from firmware_sim.keypad import Keypad
-from tests.test_api_helpers import (  # noqa: F401 - fixtures
-    DAY,
-    Keys,
-    TestClient,
-    client_fixture,
-    keys_fixture,
-    paygate_sim_fixture,
-    provision,
-    rt_fixture,
-)
+from tests.api_support import DAY, Keys, TestClient, provision
 
 T0 = 1_767_225_600  # 2026-01-01T00:00Z
 

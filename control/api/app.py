@@ -41,7 +41,7 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
                             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
                             headers={"Retry-After": "30"})
 
-    # issue 8: an id or number beyond what the database column holds (found by fuzzing) is
+    # an id or number beyond what the database column holds (the API fuzzer sends them) is
     # the client's error, not a crash: SQLite raises OverflowError, PostgreSQL DataError
     @app.exception_handler(OverflowError)
     @app.exception_handler(DataError)
@@ -88,7 +88,7 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
 
     @app.get("/dashboard", include_in_schema=False)
     def dashboard_page() -> FileResponse:
-        # issue 7: the fleet and kit pages (charts); "/" keeps the plain kit list
+        # the fleet and kit pages (charts); "/" serves the plain kit list
         return FileResponse(STATIC / "dashboard.html", media_type="text/html")
 
     @app.get("/static/{name}", include_in_schema=False)
@@ -100,16 +100,16 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
 
     app.include_router(kits.router)
     app.include_router(payments.router)
-    app.include_router(finance.router)  # issue 4
+    app.include_router(finance.router)
     app.include_router(dashboard.router)
-    app.include_router(keys.router)  # issue 8
-    app.include_router(support.router)  # issue 5: support actions, tokens, rotation
+    app.include_router(keys.router)
+    app.include_router(support.router)  # support actions, keypad tokens, secret rotation
     _document_problem_422(app)
     return app
 
 
 def _document_problem_422(app: FastAPI) -> None:
-    """Issue 8: say in the spec what a 422 really is: ``{"detail": ...}``, a list from
+    """Say in the spec what a 422 really is: ``{"detail": ...}``, a list from
     request validation or a sentence from the endpoint (schemathesis checks the spec)."""
     build = app.openapi
 

@@ -52,7 +52,7 @@ def _too_many(detail: str, wait_s: float) -> HTTPException:
                          headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
 
 
-# --- rate limits (per process; see control/ratelimit.py) ------------------------------
+# --- rate limits (per process; see control/security/ratelimit.py) ---------------------
 
 
 @dataclass
@@ -159,7 +159,8 @@ class RequireRole:
 
 
 def require_role(*roles: str) -> RequireRole:
-    """Kept for callers of the earlier API: ``Depends(require_role("finance"))``."""
+    """A role set named where the route declares it:
+    ``Depends(require_role("support", "finance"))``."""
     return RequireRole(*roles)
 
 

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["dashboard"])
 
-# National aggregates (issue 8's alias): the "regulator" may read these and nothing per kit.
+# National aggregates: the "regulator" may read these and nothing per kit.
 AggregateKey = AggregateReaderKey
 StaffKey = Annotated[Actor, Depends(RequireRole("operator", "support"))]
 
@@ -231,7 +231,7 @@ def change_alert(
 
 
 @router.get("/v1/opendata/{month}.csv", tags=["opendata"], response_class=PlainTextResponse,
-            # issue 8: document the media type actually sent (schemathesis checks it)
+            # document the media type actually sent (schemathesis checks it)
             responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
             summary="Anonymised aggregates per region for one month (YYYY-MM)")
 def opendata_csv(

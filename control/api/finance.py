@@ -1,5 +1,5 @@
 """/v1/suspense, /v1/reconciliation, /v1/settlement, /v1/ledger/check and DESCO webhook
-secrets: the finance side of issue 4 (maker-checker on every step that moves money)."""
+secrets: the finance side of payments (maker-checker on every step that moves money)."""
 
 from __future__ import annotations
 
@@ -216,7 +216,7 @@ def settlement_report(rt: RuntimeDep, actor: FinanceKey,
         with rt.db.session() as s:
             return settlement.report(s, first_day=first, last_day=last_day or first,
                                      desco_id=desco, provider=provider)
-    except ValueError as exc:  # e.g. 2026-02-31 matches the pattern but is no day (issue 8)
+    except ValueError as exc:  # e.g. 2026-02-31 matches the pattern but is no day
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
 
 

@@ -1,4 +1,4 @@
-"""``cizo keys ...``, ``cizo broker ...``, ``cizo erase-personal-data ...`` (issue 8).
+"""``cizo keys ...``, ``cizo broker ...``, ``cizo erase-personal-data ...``: access and privacy.
 
     cizo keys create --name NAME --role ROLE [--desco ID]   prints the key once
     cizo keys list [--all]

@@ -1,4 +1,4 @@
-"""``cizo support ...``: support actions from a terminal (issue 5).
+"""``cizo support ...``: support actions from a terminal.
 
     cizo support unlock KIT --days 3 --reason TEXT
     cizo support lock KIT --reason TEXT

@@ -129,7 +129,7 @@ def normalise_datetime(raw: object) -> float | None:
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         try:
             value = float(raw)
-        except OverflowError:  # an int too large for a float (issue 8 fuzzing)
+        except OverflowError:  # an int too large for a float (a fuzzer's favourite)
             value = math.inf
         if not math.isfinite(value):
             log.warning("PayGate datetime not understood: %r", raw)

@@ -71,12 +71,12 @@ class Kit(Base):
     commanded_credit_until: Mapped[int | None] = mapped_column(BigInteger)
     # set only while the kit is commanded unlocked: the sweep's index of kits coming due
     lock_due_at: Mapped[int | None] = mapped_column(BigInteger, index=True)
-    # issue 7: the Togolese region the kit is installed in (dashboard filters, open data)
+    # the Togolese region the kit is installed in (dashboard filters, open data)
     region: Mapped[str] = mapped_column(String(32), default="Maritime",
                                         server_default="Maritime", index=True)
-    # issue 8: set when the kit's broker password is revoked (left out of the password file)
+    # set when the kit's broker password is revoked (left out of the password file)
     mqtt_revoked_at: Mapped[float | None] = mapped_column(Float)
-    # issue 5: a pending secret rotation (the derived new secret, encrypted) until the kit
+    # a pending secret rotation (the derived new secret, encrypted) until the kit
     # proves it holds it; keypad (OpenPAYGO) token chain; anomalies found by the control loop
     secret_next_enc: Mapped[str | None] = mapped_column(Text)
     keypad_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
@@ -102,10 +102,10 @@ class Account(Base):
     credit_until: Mapped[int | None] = mapped_column(BigInteger)
     owned: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float)
-    # issue 8: closing starts the personal-data retention clock; erasure blanks the phone
+    # closing starts the personal-data retention clock; erasure blanks the phone
     closed_at: Mapped[float | None] = mapped_column(Float)
     personal_data_erased_at: Mapped[float | None] = mapped_column(Float)
-    last_reminder_at: Mapped[float | None] = mapped_column(Float)  # issue 5: at most one a day
+    last_reminder_at: Mapped[float | None] = mapped_column(Float)  # at most one a day
 
     __table_args__ = (Index("ix_accounts_credit_until", "credit_until"),)
 
@@ -131,7 +131,7 @@ class Payment(Base):
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
     credited_at: Mapped[float | None] = mapped_column(Float)
-    # --- issue 4 (migration 0002_payments) ---
+    # --- every feed: reversals, currency, matching (migration 0002_payments) ---
     kind: Mapped[str] = mapped_column(String(16), default="payment")  # payment|reversal
     currency: Mapped[str | None] = mapped_column(String(3))
     reverses_payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id"))
@@ -181,7 +181,7 @@ class Command(Base):
     sent_at: Mapped[float | None] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float)
-    # issue 5: when to (re)publish next (backoff with jitter); None once final
+    # when to (re)publish next (backoff with jitter); None once final
     next_attempt_at: Mapped[float | None] = mapped_column(Float, index=True)
     nonce: Mapped[str | None] = mapped_column(String(64))  # rotate commands only
 
@@ -223,7 +223,7 @@ class IdempotentRequest(Base):
     __table_args__ = (UniqueConstraint("api_key_id", "key", name="uq_idempotency_key"),)
 
 
-# --- issue 7: alerts, per-kit analytics, pre-aggregated fleet summary --------------------
+# --- Alerts, per-kit analytics, pre-aggregated fleet summary -----------------------------
 
 
 class Alert(Base):
@@ -272,7 +272,7 @@ class FleetSummary(Base):
     figures: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
-# --- issue 4: webhook secrets, suspense links, statement reconciliation ---------------------
+# --- Webhook secrets, suspense links, statement reconciliation ------------------------------
 
 
 class WebhookSecret(Base):
@@ -339,7 +339,7 @@ class ReconProposal(Base):
     payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id"))
 
 
-# --- issue 5: OpenPAYGO keypad tokens ----------------------------------------------------
+# --- OpenPAYGO keypad tokens -------------------------------------------------------------
 
 
 class KitToken(Base):

@@ -11,7 +11,7 @@ import secrets
 
 from cryptography.fernet import Fernet, InvalidToken
 
-# issue 8: "regulator" reads national aggregates only (never a kit, account or phone)
+# "regulator" reads national aggregates only (never a kit, account or phone)
 ROLES = ("admin", "operator", "support", "finance", "regulator")
 NATIONAL_ONLY_ROLES = ("regulator",)  # such keys may not be scoped to one DESCO
 

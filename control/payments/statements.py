@@ -86,7 +86,7 @@ def parse_day(raw: str) -> str:
 
 def parse_statement(text: str) -> tuple[list[StatementLine], list[str]]:
     """Lines read, and one message per line that could not be (with its line number)."""
-    # newline="": the csv module handles \r, \r\n and \n itself (issue 8 fuzzing)
+    # newline="": the csv module handles \r, \r\n and \n itself (a lone \r inside a field too)
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
     try:
         header = next(reader)

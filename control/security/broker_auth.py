@@ -1,10 +1,10 @@
 """Mosquitto credentials kept in sync with the ledger: a password file and an ACL.
 
 Why a password file + ACL and not the Dynamic Security plugin: every kit's password is
-already stored as a Mosquitto ``$7$`` PBKDF2-SHA512 hash (control/security.py), which
+already stored as a Mosquitto ``$7$`` PBKDF2-SHA512 hash (control/ledger/secrets.py), which
 is exactly a password-file line, so the file is rendered from the ledger without ever
 knowing a password. Dynamic Security's API wants the clear password to create a client
-(we no longer have it after provisioning) and its JSON store is not meant to be written
+(it is never kept after provisioning) and its JSON store is not meant to be written
 while the broker runs. A reload is one SIGHUP; Mosquitto re-reads both files without
 dropping connections (a revoked kit is refused at its next connect).
 

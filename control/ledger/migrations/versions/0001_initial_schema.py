@@ -17,6 +17,17 @@ depends_on = None
 
 
 def upgrade() -> None:
+    _audit_log()
+    _descos_and_api_keys()
+    _kits_and_accounts()
+    _commands()
+    _idempotent_requests()
+    _payments_and_ledger_entries()
+    _default_desco()
+
+
+def _audit_log() -> None:
+    """Who did what to which kit, and why: staff actions and every change of money."""
     op.create_table(
         "audit_log",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -35,6 +46,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_audit_log_desco_id"), ["desco_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_audit_log_kit_id"), ["kit_id"], unique=False)
 
+
+def _descos_and_api_keys() -> None:
+    """The operators (DESCOs) and the staff API keys, each scoped to one or to all."""
     op.create_table(
         "descos",
         sa.Column("id", sa.String(length=64), nullable=False),
@@ -58,6 +72,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("key_hash"),
     )
+
+
+def _kits_and_accounts() -> None:
+    """Kits with their broker credentials and commanded state; one customer account each."""
     op.create_table(
         "kits",
         sa.Column("id", sa.String(length=64), nullable=False),
@@ -121,6 +139,9 @@ def upgrade() -> None:
         )
         batch_op.create_index(batch_op.f("ix_accounts_desco_id"), ["desco_id"], unique=False)
 
+
+def _commands() -> None:
+    """Signed commands per kit, numbered by ``seq`` (unique per kit) and tracked to an ack."""
     op.create_table(
         "commands",
         sa.Column("id", sa.String(length=36), nullable=False),
@@ -148,6 +169,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_commands_kit_id"), ["kit_id"], unique=False)
         batch_op.create_index("ix_commands_status", ["status"], unique=False)
 
+
+def _idempotent_requests() -> None:
+    """Answers kept per API key and Idempotency-Key, so a retried request acts once."""
     op.create_table(
         "idempotent_requests",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -164,6 +188,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("api_key_id", "key", name="uq_idempotency_key"),
     )
+
+
+def _payments_and_ledger_entries() -> None:
+    """Payments, unique per provider reference, and at most one ledger entry each."""
     op.create_table(
         "payments",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -225,6 +253,8 @@ def upgrade() -> None:
             batch_op.f("ix_ledger_entries_account_id"), ["account_id"], unique=False
         )
 
+
+def _default_desco() -> None:
     descos = sa.table(
         "descos",
         sa.column("id", sa.String),

@@ -1,4 +1,4 @@
-"""alerts, kit regions, per-kit analytics and the pre-aggregated fleet summary (issue 7)
+"""alerts, kit regions, per-kit analytics and the pre-aggregated fleet summary
 
 Revision ID: 0002_alerts
 Revises: 0001

@@ -1,4 +1,4 @@
-"""command retries with backoff, secret rotation, anomalies, keypad tokens, reminders (issue 5)
+"""command retries with backoff, secret rotation, anomalies, keypad tokens, reminders
 
 Revision ID: 0002_commands
 Revises: 0001

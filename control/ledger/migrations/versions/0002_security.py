@@ -1,4 +1,4 @@
-"""kit broker-credential revocation, account closing and personal-data erasure (issue 8)
+"""kit broker-credential revocation, account closing and personal-data erasure
 
 Revision ID: 0002_security
 Revises: 0001
