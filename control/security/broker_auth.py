@@ -43,7 +43,7 @@ def render_acl() -> str:
     """The broker ACL (identical to deploy/mosquitto/acl; a test keeps them equal)."""
     return f"""\
 # CIZO broker ACL (v1 kit contract, docs/protocol.md), written by `cizo broker sync`
-# (control/broker_auth.py). In production the one-shot mosquitto-init service copies it
+# (control/security/broker_auth.py). In production the one-shot mosquitto-init service copies it
 # to /mosquitto/auth/acl (owner mosquitto, mode 0600).
 #
 # "read" allows subscribing and receiving, "write" allows publishing. Anything not
