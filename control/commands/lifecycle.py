@@ -24,12 +24,20 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import (
+    ARRAY,
+    BigInteger,
     Boolean,
+    ColumnElement,
     Connection,
+    Float,
+    Integer,
     Select,
+    String,
     Table,
+    any_,
     bindparam,
     case,
+    func,
     insert,
     null,
     or_,
@@ -104,21 +112,26 @@ def lock_kits(s: Session, kit_ids: Sequence[str]) -> list[Kit]:
 
 def supersede_pending(s: Session | Connection, kit_ids: Sequence[str], now: float) -> None:
     """Every queued or sent command of these kits becomes ``superseded``."""
-    write_all(s, [_supersede(kit_ids, now)])
+    write_all(s, [_supersede(kit_ids, now, postgres=dialect(s) == "postgresql")])
 
 
-def _supersede(kit_ids: Sequence[str], now: float) -> Write:
-    return Write(_SUPERSEDE, [{"k_id": k, "now": now} for k in kit_ids]
-                 if len(kit_ids) != 1 else {"k_id": kit_ids[0], "now": now})
+def _supersede(kit_ids: Sequence[str], now: float, *, postgres: bool) -> Write:
+    return Write(_SUPERSEDE_PG if postgres else _SUPERSEDE,
+                 {"k_kits": list(kit_ids), "now": now})
 
 
-# Constants are written into the SQL (``sql_text``), not bound: an IN list would be an
-# "expanding" parameter, which executemany refuses, and fewer parameters keep a credit's
-# bundle of writes within what the PostgreSQL driver caches (control.ledger.writes).
-_SUPERSEDE = (update(C).where(C.c.kit_id == bindparam("k_id"),
-                              or_(*(C.c.status == sql_text(status) for status in PENDING)))
-              .values(status=sql_text("superseded"), finished_at=bindparam("now"),
-                      next_attempt_at=null()))
+def _superseding(kits: ColumnElement[bool]) -> Any:
+    """Pending commands of ``kits`` superseded: one statement for one kit or thousands.
+    Constants are written into the SQL (``sql_text``), not bound: fewer parameters keep a
+    credit's bundle of writes within what the PostgreSQL driver caches."""
+    return (update(C).where(kits, or_(*(C.c.status == sql_text(s) for s in PENDING)))
+            .values(status=sql_text("superseded"), finished_at=bindparam("now"),
+                    next_attempt_at=null()))
+
+
+# the kits as a list expanded into IN (...) on SQLite, one array parameter on PostgreSQL
+_SUPERSEDE = _superseding(C.c.kit_id.in_(bindparam("k_kits", expanding=True)))
+_SUPERSEDE_PG = _superseding(C.c.kit_id == any_(bindparam("k_kits", type_=ARRAY(String))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +143,7 @@ class KitSeq:
     cmd_seq: int
     commanded: Desired | None
     lock_due_at: int | None
-    secret_enc: str
+    secret_enc: str | None  # None: read without it (the sweep queues, it does not sign)
 
     @classmethod
     def of(cls, kit: Kit) -> KitSeq:
@@ -160,7 +173,7 @@ def kit_move(kit_id: str, prev_seq: int, seq: int, want: Desired | None,
 
 
 def issue_writes(rows: Sequence[dict[str, Any]], kits: Sequence[dict[str, Any]],
-                 now: float) -> list[Write]:
+                 now: float, *, postgres: bool) -> list[Write]:
     """The one writer of issued commands, as writes for the caller's transaction: move each
     kit's seq and commanded state, supersede the pending commands of every kit that gets a
     new one, insert the new ones.
@@ -170,36 +183,83 @@ def issue_writes(rows: Sequence[dict[str, Any]], kits: Sequence[dict[str, Any]],
     (``WriteCountError``) instead of issuing a seq twice."""
     writes = []
     if kits:
-        writes.append(Write(_MOVE_KIT, kits[0] if len(kits) == 1 else list(kits),
-                            rows=len(kits)))
+        writes.append(_move(kits, postgres))
     if rows:
-        writes.append(_supersede([r["kit_id"] for r in rows], now))
-        params = [{f"c_{k}": v for k, v in r.items()} for r in rows]
-        writes.append(Write(_INSERT_COMMAND, params[0] if len(params) == 1 else params))
-        for r in rows:
+        writes.append(_supersede([r["kit_id"] for r in rows], now, postgres=postgres))
+        writes.append(_insert(rows, postgres))
+        if len(rows) == 1:
+            r = rows[0]
             log.info("command issued", extra={"kit_id": r["kit_id"], "command_id": r["id"],
                                               "action": r["action"], "seq": r["seq"],
                                               "origin": r["origin"]})
+        else:  # a sweep's thousands: one line (each command is in the commands table)
+            log.info("%d commands issued", len(rows), extra={"origin": rows[0]["origin"]})
     return writes
 
 
 def write_issued(conn: Session | Connection, rows: Sequence[dict[str, Any]],
                  kits: Sequence[dict[str, Any]], now: float) -> None:
     """``issue_writes``, written now."""
-    write_all(conn, issue_writes(rows, kits, now))
+    write_all(conn, issue_writes(rows, kits, now, postgres=dialect(conn) == "postgresql"))
 
 
-_KEEP = bindparam("k_keep", type_=Boolean)
-_MOVE_KIT = update(K).where(K.c.id == bindparam("k_id"), K.c.cmd_seq == bindparam("k_prev")
-                            ).values(
-    cmd_seq=bindparam("k_seq"),
-    commanded_action=case((_KEEP, K.c.commanded_action), else_=bindparam("k_action")),
-    commanded_credit_until=case((_KEEP, K.c.commanded_credit_until),
-                                else_=bindparam("k_until")),
-    lock_due_at=case((_KEEP, K.c.lock_due_at), else_=bindparam("k_due")))
-_INSERT_COMMAND = insert(C).values({name: bindparam(f"c_{name}") for name in (
-    "id", "kit_id", "seq", "action", "credit_until", "issued_at", "expires_at", "status",
-    "origin", "attempts", "created_at", "next_attempt_at", "sent_at", "nonce")})
+# A kit move's columns, one rule for both shapes below.
+_MOVE_FIELDS: dict[str, Any] = {"id": String, "prev": BigInteger, "seq": BigInteger,
+                                "keep": Boolean, "action": String, "until": BigInteger,
+                                "due": BigInteger}
+
+
+def _moved(src: Mapping[str, Any]) -> dict[str, Any]:
+    """What moving a kit writes, from its ``_MOVE_FIELDS`` values (``keep``: what is
+    commanded stays, as for a rotate)."""
+    keep = src["keep"]
+    return {"cmd_seq": src["seq"],
+            "commanded_action": case((keep, K.c.commanded_action), else_=src["action"]),
+            "commanded_credit_until": case((keep, K.c.commanded_credit_until),
+                                           else_=src["until"]),
+            "lock_due_at": case((keep, K.c.lock_due_at), else_=src["due"])}
+
+
+# SQLite: one row per execution (executemany for a batch: in-process, no round trips)
+_ROW = {name: bindparam(f"k_{name}", type_=kind) for name, kind in _MOVE_FIELDS.items()}
+_MOVE_KIT = update(K).where(K.c.id == _ROW["id"], K.c.cmd_seq == _ROW["prev"]).values(
+    _moved(_ROW))
+# PostgreSQL: any number of kits in one statement, each column an array unnest()ed, so a
+# sweep's thousands of kits cost one round trip (and a credit's one kit joins its bundle)
+_BATCH = select(*(func.unnest(bindparam(f"k_{name}s", type_=ARRAY(kind))).label(name)
+                  for name, kind in _MOVE_FIELDS.items())).subquery("moves")
+_MOVE_KITS = update(K).where(K.c.id == _BATCH.c.id, K.c.cmd_seq == _BATCH.c.prev).values(
+    _moved(dict(_BATCH.c.items())))
+
+
+def _move(kits: Sequence[dict[str, Any]], postgres: bool) -> Write:
+    if postgres:
+        return Write(_MOVE_KITS, {f"k_{name}s": [k[f"k_{name}"] for k in kits]
+                                  for name in _MOVE_FIELDS}, rows=len(kits))
+    return Write(_MOVE_KIT, kits[0] if len(kits) == 1 else list(kits), rows=len(kits))
+
+
+# A new command's columns, one list for both shapes below.
+_COMMAND_FIELDS: dict[str, Any] = {
+    "id": String, "kit_id": String, "seq": BigInteger, "action": String,
+    "credit_until": BigInteger, "issued_at": BigInteger, "expires_at": BigInteger,
+    "status": String, "origin": String, "attempts": Integer, "created_at": Float,
+    "next_attempt_at": Float, "sent_at": Float, "nonce": String}
+# SQLite: one row per execution
+_INSERT_COMMAND = insert(C).values({name: bindparam(f"c_{name}", type_=kind)
+                                    for name, kind in _COMMAND_FIELDS.items()})
+# PostgreSQL: any number of commands in one statement (arrays unnest()ed, as for the kits)
+_INSERT_COMMANDS = insert(C).from_select(list(_COMMAND_FIELDS), select(*(
+    func.unnest(bindparam(f"c_{name}s", type_=ARRAY(kind))).label(name)
+    for name, kind in _COMMAND_FIELDS.items())))
+
+
+def _insert(rows: Sequence[dict[str, Any]], postgres: bool) -> Write:
+    if postgres:
+        return Write(_INSERT_COMMANDS, {f"c_{name}s": [r[name] for r in rows]
+                                        for name in _COMMAND_FIELDS})
+    params = [{f"c_{name}": r[name] for name in _COMMAND_FIELDS} for r in rows]
+    return Write(_INSERT_COMMAND, params[0] if len(params) == 1 else params)
 
 
 def plan_state_command(kit: KitSeq, want: Desired, *, origin: str, now: float, ttl_s: int
@@ -265,7 +325,7 @@ def sweep_due(s: Session, *, now: float, ttl_s: int, origin: str = "sweep",
     """
     q = (
         select(K.c.id, K.c.cmd_seq, K.c.commanded_action, K.c.commanded_credit_until,
-               K.c.lock_due_at, K.c.secret_enc, A.c.owned, A.c.credit_until, A.c.closed_at)
+               A.c.owned, A.c.credit_until, A.c.closed_at)
         .join(A, A.c.kit_id == K.c.id)
         .where(K.c.lock_due_at <= int(now), K.c.decommissioned_at.is_(None))
         .order_by(K.c.lock_due_at)
@@ -277,7 +337,7 @@ def sweep_due(s: Session, *, now: float, ttl_s: int, origin: str = "sweep",
     moves: list[dict[str, Any]] = []
     for r in s.execute(q).all():
         kit = KitSeq(r.id, r.cmd_seq, commanded(r.commanded_action, r.commanded_credit_until),
-                     r.lock_due_at, r.secret_enc)
+                     None, None)
         want = desired_from(r.owned, r.credit_until, now, r.closed_at is not None)
         if kit.commanded == want:
             # the commanded unlock still holds (credit was extended in place): only the

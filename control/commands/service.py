@@ -128,7 +128,8 @@ class ControlService:
             row, move = lifecycle.plan_state_command(kit, want, origin=origin, now=now,
                                                      ttl_s=ttl)
         out = self.claim_row(row, kit.secret_enc)
-        return Issued(row["id"], out), lifecycle.issue_writes([row], [move], now)
+        return Issued(row["id"], out), lifecycle.issue_writes(
+            [row], [move], now, postgres=self.db.is_postgres)
 
     def issue(self, conn: Session | Connection, kit: KitSeq, want: Desired | None, *,
               origin: str, rotate_nonce: str | None = None) -> Issued:
@@ -176,10 +177,10 @@ class ControlService:
 
     # --- claiming and publishing ------------------------------------------------------
 
-    def claim_row(self, row: dict[str, Any], secret_enc: str) -> Outgoing | None:
+    def claim_row(self, row: dict[str, Any], secret_enc: str | None) -> Outgoing | None:
         """Sign a command not yet written (its row's columns) and mark it sent in place;
         None when no broker link exists (it stays queued for the sweep)."""
-        if self.publisher is None:
+        if self.publisher is None or secret_enc is None:
             return None
         payload = lifecycle.command_payload(row, self.box.decrypt(secret_enc))
         before = (row["status"], row["attempts"], row["sent_at"])
