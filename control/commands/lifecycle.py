@@ -116,22 +116,26 @@ def supersede_pending(s: Session | Connection, kit_ids: Sequence[str], now: floa
 
 
 def _supersede(kit_ids: Sequence[str], now: float, *, postgres: bool) -> Write:
-    return Write(_SUPERSEDE_PG if postgres else _SUPERSEDE,
-                 {"k_kits": list(kit_ids), "now": now})
+    if postgres and len(kit_ids) > 1:
+        return Write(_SUPERSEDE_MANY, {"k_kits": list(kit_ids), "now": now})
+    rows = [{"k_kit": k, "now": now} for k in kit_ids]
+    return Write(_SUPERSEDE, rows[0] if len(rows) == 1 else rows)
 
 
 def _superseding(kits: ColumnElement[bool]) -> Any:
-    """Pending commands of ``kits`` superseded: one statement for one kit or thousands.
-    Constants are written into the SQL (``sql_text``), not bound: fewer parameters keep a
-    credit's bundle of writes within what the PostgreSQL driver caches."""
+    """Pending commands of ``kits`` superseded. Constants are written into the SQL
+    (``sql_text``), not bound: fewer parameters keep a credit's bundle of writes within what
+    the PostgreSQL driver caches."""
     return (update(C).where(kits, or_(*(C.c.status == sql_text(s) for s in PENDING)))
             .values(status=sql_text("superseded"), finished_at=bindparam("now"),
                     next_attempt_at=null()))
 
 
-# the kits as a list expanded into IN (...) on SQLite, one array parameter on PostgreSQL
-_SUPERSEDE = _superseding(C.c.kit_id.in_(bindparam("k_kits", expanding=True)))
-_SUPERSEDE_PG = _superseding(C.c.kit_id == any_(bindparam("k_kits", type_=ARRAY(String))))
+# The statements below come in two shapes built from one rule: a row at a time (one kit;
+# executemany for a batch on SQLite, in-process), and on PostgreSQL a whole batch in one
+# statement over unnest()ed arrays, so a sweep's thousands of kits cost one round trip.
+_SUPERSEDE = _superseding(C.c.kit_id == bindparam("k_kit"))
+_SUPERSEDE_MANY = _superseding(C.c.kit_id == any_(bindparam("k_kits", type_=ARRAY(String))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,12 +224,9 @@ def _moved(src: Mapping[str, Any]) -> dict[str, Any]:
             "lock_due_at": case((keep, K.c.lock_due_at), else_=src["due"])}
 
 
-# SQLite: one row per execution (executemany for a batch: in-process, no round trips)
 _ROW = {name: bindparam(f"k_{name}", type_=kind) for name, kind in _MOVE_FIELDS.items()}
 _MOVE_KIT = update(K).where(K.c.id == _ROW["id"], K.c.cmd_seq == _ROW["prev"]).values(
     _moved(_ROW))
-# PostgreSQL: any number of kits in one statement, each column an array unnest()ed, so a
-# sweep's thousands of kits cost one round trip (and a credit's one kit joins its bundle)
 _BATCH = select(*(func.unnest(bindparam(f"k_{name}s", type_=ARRAY(kind))).label(name)
                   for name, kind in _MOVE_FIELDS.items())).subquery("moves")
 _MOVE_KITS = update(K).where(K.c.id == _BATCH.c.id, K.c.cmd_seq == _BATCH.c.prev).values(
@@ -233,7 +234,7 @@ _MOVE_KITS = update(K).where(K.c.id == _BATCH.c.id, K.c.cmd_seq == _BATCH.c.prev
 
 
 def _move(kits: Sequence[dict[str, Any]], postgres: bool) -> Write:
-    if postgres:
+    if postgres and len(kits) > 1:
         return Write(_MOVE_KITS, {f"k_{name}s": [k[f"k_{name}"] for k in kits]
                                   for name in _MOVE_FIELDS}, rows=len(kits))
     return Write(_MOVE_KIT, kits[0] if len(kits) == 1 else list(kits), rows=len(kits))
@@ -245,17 +246,15 @@ _COMMAND_FIELDS: dict[str, Any] = {
     "credit_until": BigInteger, "issued_at": BigInteger, "expires_at": BigInteger,
     "status": String, "origin": String, "attempts": Integer, "created_at": Float,
     "next_attempt_at": Float, "sent_at": Float, "nonce": String}
-# SQLite: one row per execution
 _INSERT_COMMAND = insert(C).values({name: bindparam(f"c_{name}", type_=kind)
                                     for name, kind in _COMMAND_FIELDS.items()})
-# PostgreSQL: any number of commands in one statement (arrays unnest()ed, as for the kits)
 _INSERT_COMMANDS = insert(C).from_select(list(_COMMAND_FIELDS), select(*(
     func.unnest(bindparam(f"c_{name}s", type_=ARRAY(kind))).label(name)
     for name, kind in _COMMAND_FIELDS.items())))
 
 
 def _insert(rows: Sequence[dict[str, Any]], postgres: bool) -> Write:
-    if postgres:
+    if postgres and len(rows) > 1:
         return Write(_INSERT_COMMANDS, {f"c_{name}s": [r[name] for r in rows]
                                         for name in _COMMAND_FIELDS})
     params = [{f"c_{name}": r[name] for name in _COMMAND_FIELDS} for r in rows]
