@@ -21,7 +21,7 @@ from control.ledger.models import Payment, ReconImport, ReconProposal
 from control.payments import statements
 from control.payments.posting import Receipt
 from control.payments.receive import Incoming, receive
-from control.payments.suspense import SuspenseError, same_person
+from control.payments.suspense import SuspenseError, decide
 from control.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -135,14 +135,8 @@ def decide_proposal(rt: Runtime, *, proposal_id: int, approve: bool, actor: Acto
                          .with_for_update()).one_or_none()
         if prop is None or (actor.desco_id is not None and prop.desco_id != actor.desco_id):
             raise SuspenseError(f"proposal {proposal_id} not found", 404)
-        if prop.status != "proposed":
-            raise SuspenseError(f"proposal {proposal_id} is already {prop.status}")
-        if same_person(prop.proposed_by, prop.proposed_key_id, actor):
-            raise SuspenseError("maker-checker: the importer cannot approve their own "
-                                "proposal", 403)
-        prop.status = "approved" if approve else "rejected"
-        prop.decided_by = actor.name
-        prop.decided_at = now
+        decide(prop, what=f"proposal {proposal_id}", maker="importer", approve=approve,
+               actor=actor, now=now)
         ledger.audit(s, actor=actor, action="reconcile." + prop.status, now=now,
                      desco_id=prop.desco_id, reason=reason,
                      after={"proposal_id": prop.id, "transaction_id": prop.transaction_id,

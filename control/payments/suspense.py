@@ -7,6 +7,7 @@ proposer approves it, which credits the account then, or rejects it. Every step 
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -32,6 +33,30 @@ class SuspenseError(ValueError):
 def same_person(a_name: str, a_key: int | None, b: Actor) -> bool:
     """Maker-checker: the same API key, or the same named holder, is the same person."""
     return (a_key is not None and a_key == b.key_id) or a_name == b.name
+
+
+class Proposed(Protocol):
+    """A row one person proposes and a second one decides (links, statement proposals)."""
+
+    status: str
+    proposed_by: str
+    proposed_key_id: int | None
+    decided_by: str | None
+    decided_at: float | None
+
+
+def decide(row: Proposed, *, what: str, maker: str, approve: bool, actor: Actor,
+           now: float) -> None:
+    """Maker-checker, one rule for every two-person decision: only a proposed ``row`` is
+    decided, and never by the person who proposed it (the ``maker``)."""
+    if row.status != "proposed":
+        raise SuspenseError(f"{what} is already {row.status}")
+    if same_person(row.proposed_by, row.proposed_key_id, actor):
+        raise SuspenseError(f"maker-checker: the {maker} cannot decide their own "
+                            f"{what.split()[0]}", 403)
+    row.status = "approved" if approve else "rejected"
+    row.decided_by = actor.name
+    row.decided_at = now
 
 
 def list_suspense(s: Session, *, desco_id: str | None, limit: int = 100,
@@ -87,13 +112,8 @@ def decide_link(rt: Runtime, *, link_id: int, approve: bool, actor: Actor,
             actor.desco_id is not None and pay.desco_id != actor.desco_id
         ):
             raise SuspenseError(f"link {link_id} not found", 404)
-        if link.status != "proposed":
-            raise SuspenseError(f"link {link_id} is already {link.status}")
-        if same_person(link.proposed_by, link.proposed_key_id, actor):
-            raise SuspenseError("maker-checker: the proposer cannot decide their own link", 403)
-        link.status = "approved" if approve else "rejected"
-        link.decided_by = actor.name
-        link.decided_at = now
+        decide(link, what=f"link {link_id}", maker="proposer", approve=approve, actor=actor,
+               now=now)
         ledger.audit(s, actor=actor, action="suspense." + link.status, now=now,
                      desco_id=pay.desco_id, reason=reason,
                      after={"link_id": link.id, "payment_id": pay.id,
