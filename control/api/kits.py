@@ -9,7 +9,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import Response
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 
 from control.api.auth import AdminKey, ReaderKey, RuntimeDep, UnlockKey
 from control.api.idempotency import IdempotencyKey, run_idempotent
@@ -28,9 +27,9 @@ from control.api.schemas import (
     UnlockOut,
 )
 from control.commands.lifecycle import desired_for
+from control.fleet import provisioning
 from control.ledger import accounts, credit
-from control.ledger.models import Account, AuditEntry, Command, Desco, Kit
-from control.ledger.phone import PhoneError, normalise_phone
+from control.ledger.models import Account, AuditEntry, Command, Kit
 from control.runtime import Runtime
 from control.support import actions
 from telemetry.errors import InfluxError
@@ -69,34 +68,14 @@ def provision(
     rt: RuntimeDep, actor: AdminKey, body: KitCreate, request: Request,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    desco_id = body.desco_id or actor.desco_id or rt.settings.default_desco_id
-    if not actions.in_scope(actor, desco_id):
-        raise HTTPException(status.HTTP_403_FORBIDDEN,
-                            detail="this key may only provision kits for its own DESCO")
-    try:
-        phone = normalise_phone(body.phone)
-        plan = credit.Plan(body.plan.deposit_fcfa, body.plan.daily_rate_fcfa,
-                           body.plan.total_price_fcfa)
-    except (PhoneError, credit.CreditError) as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
-
     def act() -> KitCredentials:
         try:
-            with rt.db.session() as s:
-                if s.get(Kit, body.kit_id) is not None:
-                    raise HTTPException(status.HTTP_409_CONFLICT,
-                                        detail=f"kit {body.kit_id} already exists")
-                if s.get(Desco, desco_id) is None:
-                    raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                                        detail=f"unknown DESCO {desco_id}")
-                created = accounts.provision_kit(
-                    s, kit_id=body.kit_id, desco_id=desco_id, phone_e164=phone, plan=plan,
-                    box=rt.box, now=rt.clock.now(), actor=actor,
-                    deposit_paid=body.deposit_paid,
-                )
-        except IntegrityError as exc:  # a concurrent provisioning of the same serial
-            raise HTTPException(status.HTTP_409_CONFLICT,
-                                detail=f"kit {body.kit_id} already exists") from exc
+            created = provisioning.provision(
+                rt, actor, kit_id=body.kit_id, desco_id=body.desco_id, phone=body.phone,
+                plan=(body.plan.deposit_fcfa, body.plan.daily_rate_fcfa,
+                      body.plan.total_price_fcfa), deposit_paid=body.deposit_paid)
+        except provisioning.ProvisioningRefused as exc:
+            raise HTTPException(exc.status, detail=str(exc)) from exc
         return KitCredentials(**dataclasses.asdict(created))
 
     return run_idempotent(rt, actor=actor, key=idempotency_key, method="POST",
