@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Table, bindparam, func, select, text, update
+from sqlalchemy import Table, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from cizo import protocol
@@ -74,6 +74,16 @@ class Issued:
     outgoing: Outgoing | None
 
 
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A command planned in a transaction: what it is, the writes that record it, and the
+    kit's move (its new seq and commanded state) those writes make."""
+
+    issued: Issued
+    writes: list[Write]
+    move: dict[str, Any]
+
+
 @dataclass
 class SweepResult:
     expired: int = 0
@@ -112,8 +122,7 @@ class ControlService:
     # --- issuing (inside the caller's transaction) -----------------------------------
 
     def plan(self, kit: KitSeq, want: Desired | None, *, origin: str,
-             rotate_nonce: str | None = None, now: float | None = None
-             ) -> tuple[Issued, list[Write]]:
+             rotate_nonce: str | None = None, now: float | None = None) -> Planned:
         """A command for ``kit`` (held locked by the caller), signed and claimed — the state
         ``want``, or a ``rotate`` with ``rotate_nonce`` — and the writes that record it, for
         the caller's transaction (control.ledger.writes sends them with its own; ``now``:
@@ -128,39 +137,29 @@ class ControlService:
             row, move = lifecycle.plan_state_command(kit, want, origin=origin, now=now,
                                                      ttl_s=ttl)
         out = self.claim_row(row, kit.secret_enc)
-        return Issued(row["id"], out), lifecycle.issue_writes(
-            [row], [move], now, postgres=self.db.is_postgres)
+        writes = lifecycle.issue_writes([row], [move], now, postgres=self.db.is_postgres)
+        return Planned(Issued(row["id"], out), writes, move)
 
-    def issue(self, conn: Session | Connection, kit: KitSeq, want: Desired | None, *,
-              origin: str, rotate_nonce: str | None = None) -> Issued:
-        """``plan`` a command and write it now."""
-        issued, writes = self.plan(kit, want, origin=origin, rotate_nonce=rotate_nonce)
-        write_all(conn, writes)
-        return issued
-
-    def converge(self, conn: Session | Connection, kit: KitSeq, want: Desired, *,
-                 decommissioned: bool, origin: str) -> Issued | None:
-        """Issue a command if ``want`` differs from what the kit was last commanded."""
+    def plan_converge(self, kit: KitSeq, want: Desired, *, decommissioned: bool, origin: str,
+                      now: float | None = None) -> Planned | None:
+        """``plan`` a command if ``want`` differs from what the kit was last commanded."""
         if decommissioned or kit.commanded == want:
             return None
-        return self.issue(conn, kit, want, origin=origin)
+        return self.plan(kit, want, origin=origin, now=now)
 
     def converge_kit(self, s: Session, kit_id: str, origin: str, *, kit: Kit | None = None,
                      acct: Account | None = None) -> Issued | None:
-        """``converge`` for a kit whose row the session holds locked (``kit``/``acct``: the
-        objects when the caller has them already)."""
+        """Converge a kit whose row the session holds locked (``kit``/``acct``: the objects
+        when the caller has them already) and write its command now."""
         kit = kit if kit is not None else s.get(Kit, kit_id)
         acct = acct if acct is not None else account_for_kit(s, kit_id)
         if kit is None or acct is None:
             return None
         s.flush()
-        want = lifecycle.desired_for(acct, self.clock.now())
-        issued = self.converge(s, KitSeq.of(kit), want,
-                               decommissioned=kit.decommissioned_at is not None, origin=origin)
-        if issued is not None:
-            lifecycle.sync_kit(kit, lifecycle.kit_move(kit.id, kit.cmd_seq, kit.cmd_seq + 1,
-                                                       want, want.lock_due_at))
-        return issued
+        planned = self.plan_converge(
+            KitSeq.of(kit), lifecycle.desired_for(acct, self.clock.now()),
+            decommissioned=kit.decommissioned_at is not None, origin=origin)
+        return self._write(s, kit, planned) if planned is not None else None
 
     def rotate_secret(self, s: Session, kit: Kit, *, origin: str = "support") -> Issued:
         """A signed ``rotate`` with a fresh nonce; the derived secret waits in
@@ -170,10 +169,15 @@ class ControlService:
         current = self.box.decrypt(kit.secret_enc)
         kit.secret_next_enc = self.box.encrypt(protocol.derive_rotated_secret(current, nonce))
         s.flush()
-        issued = self.issue(s, KitSeq.of(kit), None, origin=origin, rotate_nonce=nonce)
-        lifecycle.sync_kit(kit, lifecycle.kit_move(kit.id, kit.cmd_seq, kit.cmd_seq + 1, None,
-                                                   kit.lock_due_at))
-        return issued
+        return self._write(s, kit, self.plan(KitSeq.of(kit), None, origin=origin,
+                                             rotate_nonce=nonce))
+
+    @staticmethod
+    def _write(s: Session, kit: Kit, planned: Planned) -> Issued:
+        """Write a planned command now, and make the session's ``kit`` show its move."""
+        write_all(s, planned.writes)
+        lifecycle.sync_kit(kit, planned.move)
+        return planned.issued
 
     # --- claiming and publishing ------------------------------------------------------
 
@@ -424,10 +428,8 @@ class ControlService:
                             extra={"kit_id": kit_id, "reported_locked": tele.locked,
                                    "desired": want.action})
                 s.flush()
-                issued = self.issue(s, KitSeq.of(kit), want, origin="correction")
-                lifecycle.sync_kit(kit, lifecycle.kit_move(kit.id, kit.cmd_seq,
-                                                           kit.cmd_seq + 1, want,
-                                                           want.lock_due_at))
+                issued = self._write(s, kit, self.plan(KitSeq.of(kit), want,
+                                                       origin="correction"))
         if issued is not None:
             self.send([issued.outgoing])
 

@@ -294,11 +294,12 @@ def post(rt: Runtime, conn: Connection, *, payment: PaymentRow, acct: AccountRow
                                   desco_id=acct.desco_id, reason=reason,
                                   before=acct.snapshot(), after={**acct.snapshot(after),
                                                                  **detail}))
-    issued: Issued | None = None
-    want = desired_from(after.owned, after.credit_until, now, acct.closed)
-    if not acct.decommissioned and acct.kit.commanded != want:
-        issued, command_writes = rt.service.plan(acct.kit, want, origin="payment", now=now)
-        writes += command_writes
+    planned = rt.service.plan_converge(
+        acct.kit, desired_from(after.owned, after.credit_until, now, acct.closed),
+        decommissioned=acct.decommissioned, origin="payment", now=now)
+    if planned is not None:
+        writes += planned.writes
+    issued = planned.issued if planned is not None else None
     write_all(conn, writes)
     log.info("payment %s", "credited" if kind == "payment" else "reversed",
              extra={"payment_id": payment.id, "kit_id": acct.kit_id, "amount_fcfa": amount,
