@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Connection, String, Table, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from cizo import protocol
 from control.ledger import credit
 from control.ledger.models import Account, AuditEntry, Desco, Kit, LedgerEntry
 from control.ledger.secrets import SecretBox, hash_mqtt_password, new_mqtt_password
+from control.ledger.writes import Write, write_all
 
 log = logging.getLogger(__name__)
 
@@ -78,24 +79,27 @@ def account_snapshot(acct: Account) -> dict[str, Any]:
     }
 
 
-def audit(
-    s: Session,
-    *,
-    actor: Actor,
-    action: str,
-    now: float,
-    kit_id: str | None = None,
-    desco_id: str | None = None,
-    reason: str | None = None,
-    before: dict[str, Any] | None = None,
-    after: dict[str, Any] | None = None,
-) -> AuditEntry:
-    entry = AuditEntry(
-        at=now, actor=actor.name, role=actor.role, action=action, desco_id=desco_id,
-        kit_id=kit_id, reason=reason, before=before, after=after,
-    )
-    s.add(entry)
-    return entry
+_AUDIT = insert(cast(Table, AuditEntry.__table__)).values(
+    at=bindparam("now"), actor=bindparam("au_actor"), role=bindparam("au_role"),
+    action=bindparam("au_action"), desco_id=bindparam("au_desco", type_=String),
+    kit_id=bindparam("au_kit", type_=String), reason=bindparam("au_reason", type_=String),
+    before=bindparam("au_before"), after=bindparam("au_after"))
+
+
+def audit_write(*, actor: Actor, action: str, now: float, kit_id: str | None = None,
+                desco_id: str | None = None, reason: str | None = None,
+                before: dict[str, Any] | None = None, after: dict[str, Any] | None = None
+                ) -> Write:
+    """An audit entry (who, what, why, before, after), to write with its transaction: the
+    one writer of the audit log (a credit sends it in its bundle of writes)."""
+    return Write(_AUDIT, {"now": now, "au_actor": actor.name, "au_role": actor.role,
+                          "au_action": action, "au_desco": desco_id, "au_kit": kit_id,
+                          "au_reason": reason, "au_before": before, "au_after": after})
+
+
+def audit(s: Session | Connection, **entry: Any) -> None:
+    """An audit entry written now, in the caller's transaction (``audit_write``'s fields)."""
+    write_all(s, [audit_write(**entry)])
 
 
 def provision_kit(

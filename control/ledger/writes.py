@@ -85,6 +85,13 @@ def write_all(conn: Connection | Session, writes: Sequence[Write]) -> None:
                                   f"{w.statement}")
 
 
+def inserted_id(result: CursorResult[Any]) -> int:
+    """The primary key of the one row an INSERT just wrote."""
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
 _BUNDLES: dict[tuple[tuple[int, bool], ...], Select[Any]] = {}
 
 

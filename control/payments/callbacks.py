@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import bindparam, select, update
 
+from control.ledger import accounts
 from control.ledger.accounts import Actor
 from control.ledger.models import Account, Payment
-from control.payments import posting
 from control.payments.posting import SETTLED, Receipt
 from control.runtime import Runtime
 
@@ -78,6 +78,6 @@ def set_open_status(rt: Runtime, payment_id: int, *, only_open: bool = True,
                              .returning(Payment.desco_id)).scalar()
         if desco is not None and audit is not None:
             actor, action, detail = audit
-            posting.audit(conn, actor=actor, action=action, now=now, desco_id=desco,
+            accounts.audit(conn, actor=actor, action=action, now=now, desco_id=desco,
                           reason=values.get("reason"), after=detail)
     return desco is not None

@@ -45,18 +45,17 @@ from control.commands import tokens
 from control.commands.desired import commanded, desired_from
 from control.commands.lifecycle import KitSeq
 from control.commands.service import Issued
-from control.ledger import credit, money
+from control.ledger import accounts, credit, money
 from control.ledger.accounts import Actor
 from control.ledger.events import CreditNotice
-from control.ledger.models import Account, AuditEntry, Kit, LedgerEntry, Payment
+from control.ledger.models import Account, Kit, LedgerEntry, Payment
 from control.ledger.writes import Write, sql_text, write_all
 from control.payments import matching
 from control.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-P, A, K, L, AU = (cast(Table, m.__table__)
-                  for m in (Payment, Account, Kit, LedgerEntry, AuditEntry))
+P, A, K, L = (cast(Table, m.__table__) for m in (Payment, Account, Kit, LedgerEntry))
 SETTLED = ("credited", "suspense")  # an intent in either state is never credited again
 
 
@@ -236,28 +235,6 @@ _ENTRY = insert(L).values(
 _TOTALS = update(A).where(A.c.id == bindparam("t_account")).values(
     paid_total_fcfa=bindparam("t_paid_total"), remainder_fcfa=bindparam("t_remainder"),
     credit_until=bindparam("t_until", type_=BigInteger), owned=bindparam("t_owned"))
-_AUDIT = insert(AU).values(
-    at=bindparam("now"), actor=bindparam("au_actor"), role=bindparam("au_role"),
-    action=bindparam("au_action"), desco_id=bindparam("au_desco", type_=String),
-    kit_id=bindparam("au_kit", type_=String), reason=bindparam("au_reason", type_=String),
-    before=bindparam("au_before"), after=bindparam("au_after"))
-
-
-def audit_write(*, actor: Actor, action: str, now: float, kit_id: str | None = None,
-                desco_id: str | None = None, reason: str | None = None,
-                before: dict[str, Any] | None = None, after: dict[str, Any] | None = None
-                ) -> Write:
-    """An audit entry (who, what, why, before, after), to write with its transaction."""
-    return Write(_AUDIT, {"now": now, "au_actor": actor.name, "au_role": actor.role,
-                          "au_action": action, "au_desco": desco_id, "au_kit": kit_id,
-                          "au_reason": reason, "au_before": before, "au_after": after})
-
-
-def audit(conn: Connection, **entry: Any) -> None:
-    """An audit entry written now, in the caller's transaction (``audit_write``'s fields)."""
-    write_all(conn, [audit_write(**entry)])
-
-
 def post(rt: Runtime, conn: Connection, *, payment: PaymentRow, acct: AccountRow,
          amount: int, kind: str = "payment", matched_by: str | None = None,
          confirmed: Confirmed = Confirmed(), staff: tuple[Actor, str, dict[str, Any]] | None
@@ -290,7 +267,7 @@ def post(rt: Runtime, conn: Connection, *, payment: PaymentRow, acct: AccountRow
     ]
     if staff is not None:
         actor, action, detail = staff
-        writes.append(audit_write(actor=actor, action=action, now=now, kit_id=acct.kit_id,
+        writes.append(accounts.audit_write(actor=actor, action=action, now=now, kit_id=acct.kit_id,
                                   desco_id=acct.desco_id, reason=reason,
                                   before=acct.snapshot(), after={**acct.snapshot(after),
                                                                  **detail}))
@@ -334,7 +311,7 @@ def park(rt: Runtime, conn: Connection, *, payment: PaymentRow, reason: str,
                         "s_paid": confirmed.paid_at, "s_txr": confirmed.tx_reference,
                         "s_pref": confirmed.payment_reference, "s_net": confirmed.network},
               rows=1),
-        audit_write(actor=actor, action="payment.suspense", now=now, kit_id=kit_id,
+        accounts.audit_write(actor=actor, action="payment.suspense", now=now, kit_id=kit_id,
                     desco_id=desco, reason=reason,
                     after={**(detail or {}), "provider": payment.provider,
                            "provider_ref": payment.provider_ref, "amount_fcfa": amount}),

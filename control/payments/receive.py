@@ -15,12 +15,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, CursorResult, insert, literal_column, select
+from sqlalchemy import ColumnElement, Connection, insert, literal_column, select
 from sqlalchemy.exc import IntegrityError
 
 from control.ledger import money
 from control.ledger.accounts import Actor
 from control.ledger.models import Account, Payment
+from control.ledger.writes import inserted_id
 from control.payments import matching, posting
 from control.payments.posting import Confirmed, PaymentRow, Posted, Receipt
 from control.runtime import Runtime
@@ -76,7 +77,7 @@ def receive(rt: Runtime, inc: Incoming, *, actor: Actor) -> Receipt:
         with rt.db.writing() as conn:
             desco = inc.desco_id or rt.settings.default_desco_id
             # the unique (provider, provider_ref) fails here for a duplicate
-            pid = _inserted(conn.execute(insert(Payment).values(
+            pid = inserted_id(conn.execute(insert(Payment).values(
                 desco_id=desco, provider=inc.provider, provider_ref=inc.provider_ref,
                 kind="payment", amount_fcfa=inc.amount_fcfa, currency=inc.currency,
                 phone=inc.phone_e164, reference=inc.reference, network=inc.network,
@@ -99,13 +100,6 @@ def receive(rt: Runtime, inc: Incoming, *, actor: Actor) -> Receipt:
         return existing(rt, inc.provider, inc.provider_ref, inc.amount_fcfa, exc)
     posting.deliver(rt, posted)
     return receipt
-
-
-def _inserted(result: CursorResult[Any]) -> int:
-    """The primary key of the row an INSERT just wrote."""
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
 
 
 def existing(rt: Runtime, provider: str, provider_ref: str, amount_fcfa: int,

@@ -14,12 +14,13 @@ import logging
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from control.ledger import money
+from control.ledger import accounts, money
 from control.ledger.accounts import Actor
 from control.ledger.models import Payment
+from control.ledger.writes import inserted_id
 from control.payments import posting
 from control.payments.posting import PaymentRow, Posted, Receipt
-from control.payments.receive import _inserted, existing
+from control.payments.receive import existing
 from control.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def reverse(rt: Runtime, *, provider: str, provider_ref: str, original_ref: str,
                 else None
             original = found[0] if found is not None else None
             desco = (original.desco_id if original else desco_id) or rt.settings.default_desco_id
-            pid = _inserted(conn.execute(insert(Payment).values(
+            pid = inserted_id(conn.execute(insert(Payment).values(
                 desco_id=desco, provider=provider, provider_ref=provider_ref,
                 kind="reversal", reverses_payment_id=original.id if original else None,
                 amount_fcfa=amount_fcfa, currency=money.CURRENCY, reference=original_ref,
@@ -72,7 +73,7 @@ def _apply(rt: Runtime, conn: Connection, row: PaymentRow, original: PaymentRow 
         why = "reversal of a payment we do not know"
         conn.execute(update(Payment).where(Payment.id == row.id)
                      .values(status="suspense", reason=why))
-        posting.audit(conn, actor=actor, action="payment.reversal_unknown", now=now,
+        accounts.audit(conn, actor=actor, action="payment.reversal_unknown", now=now,
                       desco_id=row.desco_id, reason=why, after=detail)
         log.warning("reversal for an unknown payment parked", extra={"payment_id": row.id})
         return Receipt("unknown_original", row.id, amount_fcfa=amount, detail=why), None
@@ -82,7 +83,7 @@ def _apply(rt: Runtime, conn: Connection, row: PaymentRow, original: PaymentRow 
         conn.execute(update(Payment).where(Payment.id == original.id)
                      .values(status="reversed", updated_at=now))
         conn.execute(update(Payment).where(Payment.id == row.id).values(status="void"))
-        posting.audit(conn, actor=actor, action="payment.reversal_void", now=now,
+        accounts.audit(conn, actor=actor, action="payment.reversal_void", now=now,
                       desco_id=row.desco_id, reason="original was in suspense", after=detail)
         return Receipt("void", row.id, amount_fcfa=amount,
                        detail="original was in suspense: nothing had been credited"), None
