@@ -58,7 +58,7 @@ from control.commands.desired import (
 )
 from control.ledger.db import SQLITE_WRITE_LOCK
 from control.ledger.models import Account, Command, Kit
-from control.ledger.writes import Write, sql_text, write_all
+from control.ledger.writes import Write, dialect, sql_text, write_all
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,6 @@ def skip_locked(q: Select[Any], s: Session) -> Select[Any]:
     if bind.dialect.name == "postgresql":
         return q.with_for_update(skip_locked=True)
     return q
-
-
-def dialect(conn: Session | Connection) -> str:
-    """``sqlite`` or ``postgresql``: for the few statements written per database."""
-    bind = conn.get_bind() if isinstance(conn, Session) else conn
-    return bind.dialect.name
 
 
 def lock_kits(s: Session, kit_ids: Sequence[str]) -> list[Kit]:

@@ -67,13 +67,18 @@ def sql_text(value: str) -> ColumnElement[str]:
     return literal_column(f"'{value}'", String)
 
 
+def dialect(conn: Connection | Session) -> str:
+    """``sqlite`` or ``postgresql``: for the few statements written per database."""
+    bind = conn.get_bind() if isinstance(conn, Session) else conn
+    return bind.dialect.name
+
+
 def write_all(conn: Connection | Session, writes: Sequence[Write]) -> None:
     """Run ``writes`` in the caller's transaction (see the module doc for how)."""
     writes = [w for w in writes if not (w.many and not w.params)]
     if not writes:
         return
-    bind = conn.get_bind() if isinstance(conn, Session) else conn
-    if (bind.dialect.name == "postgresql" and len(writes) > 1
+    if (dialect(conn) == "postgresql" and len(writes) > 1
             and not any(w.many for w in writes)):
         _bundled(conn, writes)
         return
