@@ -260,14 +260,21 @@ def parse_telemetry(topic_kit_id: str, payload: bytes, now: float) -> Telemetry:
 
 def _strict_telemetry(topic_kit_id: str, payload: bytes, now: float) -> Telemetry:
     """The contract checked rule by rule through the ``Telemetry`` type's constraints."""
-    data = _loads(payload)
+    return validate_reading(_loads(payload), topic_kit_id, now)
+
+
+def validate_reading(data: Any, kit_id: str, now: float) -> Telemetry:
+    """One decoded reading (a dict of v1 fields) checked against the contract for ``kit_id``:
+    the rules every reading obeys, however it arrived (MQTT v1, OpenPAYGO Metrics)."""
+    if not isinstance(data, dict):
+        raise ContractError("not_object", type(data).__name__)
     try:
         tele = _TELEMETRY.validate_python({k: v for k, v in data.items()
                                            if k in _TELEMETRY_FIELDS})  # extra keys ignored
     except ValidationError as exc:
         raise _contract_error(exc) from exc
-    if tele.kit_id != topic_kit_id:
-        raise ContractError("kit_id_mismatch", f"payload {tele.kit_id!r} on topic {topic_kit_id!r}")
+    if tele.kit_id != kit_id:
+        raise ContractError("kit_id_mismatch", f"payload {tele.kit_id!r} on topic {kit_id!r}")
     if tele.ts > now + MAX_FUTURE_SKEW_S:
         raise ContractError("ts_in_future", f"ts={tele.ts} now={int(now)}")
     if tele.ts < EARLIEST_TS:

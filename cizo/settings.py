@@ -195,6 +195,10 @@ class Settings(BaseSettings):
     require_ack_sig: bool = False
     # A kit not seen for this long also gets an OpenPAYGO token for each payment.
     keypad_offline_after_s: float = Field(default=3 * 86_400.0, gt=0)
+    # OpenPAYGO Metrics (POST /dd): the largest request body taken (a week offline at
+    # 15-minute readings in the CIZO format is ~40 KB of JSON), its deepest nesting
+    metrics_max_body_bytes: int = Field(default=65_536, ge=1024)
+    metrics_max_depth: int = Field(default=6, ge=3)
     # "file" (JSON lines, the default), "log", or "http" (generic SMS gateway below).
     notify_backend: str = Field(default="file", pattern="^(file|log|http)$")
     notify_file: Path | None = None  # None: <data_dir>/notifications.jsonl

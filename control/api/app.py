@@ -12,7 +12,16 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.types import Lifespan
 
-from control.api import dashboard, finance, keys, kits, payments, support
+from control.api import (
+    dashboard,
+    finance,
+    keys,
+    kits,
+    openpaygo_metrics,
+    payments,
+    prometheus,
+    support,
+)
 from control.api.auth import RuntimeDep
 from control.api.schemas import Health, Problem
 from control.runtime import Runtime
@@ -32,6 +41,11 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
         lifespan=lifespan,
     )
     app.state.rt = rt
+    app.state.counters = prometheus.Counters()
+    app.state.counters.describe(openpaygo_metrics.REQUESTS,
+                                "OpenPAYGO Metrics requests (POST /dd), by outcome code.")
+    app.state.counters.describe(openpaygo_metrics.READINGS,
+                                "Readings stored from OpenPAYGO Metrics devices.")
 
     @app.exception_handler(OperationalError)
     async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
@@ -104,6 +118,8 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
     app.include_router(dashboard.router)
     app.include_router(keys.router)
     app.include_router(support.router)  # support actions, keypad tokens, secret rotation
+    app.include_router(openpaygo_metrics.router)  # POST /dd: OpenPAYGO Metrics devices
+    app.include_router(prometheus.router)  # GET /metrics
     _document_problem_422(app)
     return app
 

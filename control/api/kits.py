@@ -73,7 +73,8 @@ def provision(
             created = provisioning.provision(
                 rt, actor, kit_id=body.kit_id, desco_id=body.desco_id, phone=body.phone,
                 plan=(body.plan.deposit_fcfa, body.plan.daily_rate_fcfa,
-                      body.plan.total_price_fcfa), deposit_paid=body.deposit_paid)
+                      body.plan.total_price_fcfa), deposit_paid=body.deposit_paid,
+                kind=body.kind)
         except provisioning.ProvisioningRefused as exc:
             raise HTTPException(exc.status, detail=str(exc)) from exc
         return KitCredentials(**dataclasses.asdict(created))
@@ -107,7 +108,7 @@ def list_kits(
                 locked=kit.reported_locked,
                 credit_until=acct.credit_until if acct else None, online=kit.online,
                 last_seen=kit.last_seen, owned=bool(acct and acct.owned),
-                commanded_action=kit.commanded_action,
+                commanded_action=kit.commanded_action, kind=kit.kind,
             )
             for kit, acct in rows
         ]

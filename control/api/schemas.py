@@ -17,9 +17,10 @@ class _In(BaseModel):
 
 
 class Problem(BaseModel):
-    """Every error answer: ``{"detail": ...}``."""
+    """Every error answer: ``{"detail": ...}`` (the Metrics door adds a stable ``code``)."""
 
     detail: Any
+    code: str | None = None
 
 
 class Health(BaseModel):
@@ -44,6 +45,9 @@ class KitCreate(_In):
     phone: str = Field(min_length=8, max_length=32, description="customer phone, any Togo form")
     plan: PlanIn
     deposit_paid: bool = Field(default=True, description="deposit taken in cash at the sale")
+    kind: Literal["mqtt", "openpaygo_metrics"] = Field(
+        default="mqtt", description="mqtt: a CIZO kit; openpaygo_metrics: a device posting "
+        "OpenPAYGO Metrics to /dd, served by OpenPAYGO tokens")
 
 
 class KitCredentials(BaseModel):
@@ -55,6 +59,10 @@ class KitCredentials(BaseModel):
     mqtt_username: str
     mqtt_password: str
     command_secret: str
+    kind: str
+    openpaygo_key: str | None = Field(
+        description="OpenPAYGO Metrics devices: the 32-hex key that signs their requests "
+        "and decodes their tokens")
 
 
 class CommandOut(BaseModel):
@@ -84,6 +92,7 @@ class KitSummary(BaseModel):
     last_seen: float | None
     owned: bool
     commanded_action: str | None
+    kind: str = Field(description="mqtt | openpaygo_metrics")
 
 
 class KitPage(BaseModel):

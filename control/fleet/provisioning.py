@@ -9,11 +9,14 @@ once, is refused.
 
 from __future__ import annotations
 
+import dataclasses
+
 from sqlalchemy.exc import IntegrityError
 
+from control.commands.tokens import openpaygo_key
 from control.ledger import accounts, credit
 from control.ledger.accounts import Actor, ProvisionedKit
-from control.ledger.models import Desco, Kit
+from control.ledger.models import KIT_METRICS, KIT_MQTT, Desco, Kit
 from control.ledger.phone import PhoneError, normalise_phone
 from control.runtime import Runtime
 
@@ -27,8 +30,12 @@ class ProvisioningRefused(ValueError):
 
 
 def provision(rt: Runtime, actor: Actor, *, kit_id: str, desco_id: str | None, phone: str,
-              plan: credit.Plan | tuple[int, int, int], deposit_paid: bool) -> ProvisionedKit:
-    """Provision ``kit_id`` (its DESCO: ``desco_id``, else the actor's, else the default)."""
+              plan: credit.Plan | tuple[int, int, int], deposit_paid: bool,
+              kind: str = KIT_MQTT) -> ProvisionedKit:
+    """Provision ``kit_id`` (its DESCO: ``desco_id``, else the actor's, else the default).
+
+    An OpenPAYGO Metrics device (``kind``) is given its OpenPAYGO key too: the key its
+    maker flashes, which signs its requests and decodes its tokens."""
     desco = desco_id or actor.desco_id or rt.settings.default_desco_id
     if actor.desco_id is not None and actor.desco_id != desco:
         raise ProvisioningRefused("this key may only provision kits for its own DESCO", 403)
@@ -43,8 +50,12 @@ def provision(rt: Runtime, actor: Actor, *, kit_id: str, desco_id: str | None, p
                 raise ProvisioningRefused(f"kit {kit_id} already exists", 409)
             if s.get(Desco, desco) is None:
                 raise ProvisioningRefused(f"unknown DESCO {desco}", 422)
-            return accounts.provision_kit(
+            made = accounts.provision_kit(
                 s, kit_id=kit_id, desco_id=desco, phone_e164=phone_e164, plan=the_plan,
-                box=rt.box, now=rt.clock.now(), actor=actor, deposit_paid=deposit_paid)
+                box=rt.box, now=rt.clock.now(), actor=actor, deposit_paid=deposit_paid,
+                kind=kind)
     except IntegrityError as exc:  # a concurrent provisioning of the same serial
         raise ProvisioningRefused(f"kit {kit_id} already exists", 409) from exc
+    if kind == KIT_METRICS:
+        return dataclasses.replace(made, openpaygo_key=openpaygo_key(made.command_secret))
+    return made

@@ -16,7 +16,16 @@ from sqlalchemy.orm import Session
 
 from cizo import protocol
 from control.ledger import credit
-from control.ledger.models import Account, AuditEntry, Desco, Kit, LedgerEntry
+from control.ledger.models import (
+    KIT_KINDS,
+    KIT_METRICS,
+    KIT_MQTT,
+    Account,
+    AuditEntry,
+    Desco,
+    Kit,
+    LedgerEntry,
+)
 from control.ledger.secrets import SecretBox, hash_mqtt_password, new_mqtt_password
 from control.ledger.writes import Write, write_all
 
@@ -50,6 +59,8 @@ class ProvisionedKit:
     mqtt_username: str
     mqtt_password: str
     command_secret: str
+    kind: str = KIT_MQTT
+    openpaygo_key: str | None = None  # a Metrics device's SipHash/token key (32 hex)
 
 
 def plan_of(acct: Account) -> credit.Plan:
@@ -113,12 +124,17 @@ def provision_kit(
     now: float,
     actor: Actor,
     deposit_paid: bool = True,
+    kind: str = KIT_MQTT,
 ) -> ProvisionedKit:
     """Create a kit, its account and its credentials; secrets are stored hashed/encrypted.
 
     The deposit is usually paid in cash at the sale: ``deposit_paid`` records it as a
-    ledger entry, so later mobile-money payments buy days straight away.
+    ledger entry, so later mobile-money payments buy days straight away. An OpenPAYGO
+    Metrics device (``kind``) has no MQTT link: it is served by OpenPAYGO tokens, which
+    it fetches with its next request (``keypad_only`` puts it on the token path).
     """
+    if kind not in KIT_KINDS:
+        raise LedgerError(f"unknown kit kind {kind!r}")
     if s.get(Kit, kit_id) is not None:
         raise LedgerError(f"kit {kit_id} already exists")
     if s.get(Desco, desco_id) is None:
@@ -128,7 +144,7 @@ def provision_kit(
     kit = Kit(
         id=kit_id, desco_id=desco_id, mqtt_username=kit_id,
         mqtt_password_hash=hash_mqtt_password(password), secret_enc=box.encrypt(secret),
-        cmd_seq=0, created_at=now, online=False,
+        cmd_seq=0, created_at=now, online=False, kind=kind, keypad_only=kind == KIT_METRICS,
     )
     acct = Account(
         desco_id=desco_id, account_number=kit_id, kit_id=kit_id, customer_phone=phone_e164,
@@ -150,10 +166,10 @@ def provision_kit(
             created_at=now,
         ))
     audit(s, actor=actor, action="kit.provision", now=now, kit_id=kit_id, desco_id=desco_id,
-          after=account_snapshot(acct))
-    log.info("kit provisioned", extra={"kit_id": kit_id, "desco_id": desco_id})
+          after=account_snapshot(acct) | {"kind": kind})
+    log.info("kit provisioned", extra={"kit_id": kit_id, "desco_id": desco_id, "kind": kind})
     return ProvisionedKit(kit_id, acct.account_number, desco_id, kit.mqtt_username, password,
-                          secret)
+                          secret, kind)
 
 
 def account_for_kit(s: Session, kit_id: str, *, for_update: bool = False) -> Account | None:

@@ -49,6 +49,11 @@ class ApiKey(Base):
     revoked_at: Mapped[float | None] = mapped_column(Float)
 
 
+KIT_MQTT = "mqtt"
+KIT_METRICS = "openpaygo_metrics"
+KIT_KINDS = (KIT_MQTT, KIT_METRICS)
+
+
 class Kit(Base):
     __tablename__ = "kits"
 
@@ -84,6 +89,12 @@ class Kit(Base):
     opaygo_until: Mapped[int | None] = mapped_column(BigInteger)  # token chain position
     anomaly_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_anomaly_at: Mapped[float | None] = mapped_column(Float)
+    # how the kit talks to us: "mqtt" (the kit contract) or "openpaygo_metrics" (POST /dd,
+    # served by OpenPAYGO tokens); a Metrics device's last request count and timestamp,
+    # which the next request must exceed (replays are refused)
+    kind: Mapped[str] = mapped_column(String(24), default=KIT_MQTT, server_default=KIT_MQTT)
+    metrics_request_count: Mapped[int | None] = mapped_column(BigInteger)
+    metrics_request_ts: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Account(Base):
@@ -359,5 +370,6 @@ class KitToken(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[float] = mapped_column(Float)
+    delivered_at: Mapped[float | None] = mapped_column(Float)  # sent in a Metrics answer
 
     __table_args__ = (UniqueConstraint("kit_id", "count", name="uq_kit_tokens_kit_count"),)
