@@ -2,7 +2,10 @@
 
 A Metrics device (a kit of kind ``openpaygo_metrics``) posts its data to ``/dd`` and gets
 back its active-until time and the OpenPAYGO tokens issued since it last heard from us
-(docs/protocol.md, "OpenPAYGO Metrics"). Checking and answering go through the
+(docs/protocol.md, "OpenPAYGO Metrics"): a payment reaches it on its next request. Its
+tokens come from the one token path (``control.commands.tokens``): the payment's receipt
+issues them (the device is ``keypad_only``), and each request issues whatever the chain
+still lacks (an activation after a deposit, say). Checking and answering go through the
 ``openpaygo`` library's ``MetricsResponseHandler``: its signature check (SipHash-2-4 under
 the kit's OpenPAYGO key, every auth mode of the spec), its replay rule (the request count
 or timestamp must exceed the last one taken), its decoding of condensed payloads and its
@@ -29,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from cizo import openpaygo_metrics as contract
 from cizo.protocol import MAX_FUTURE_SKEW_S, ContractError
-from control.commands.tokens import openpaygo_key
+from control.commands.tokens import issue_token, openpaygo_key
 from control.ledger.accounts import account_for_kit
 from control.ledger.db import SQLITE_WRITE_LOCK
 from control.ledger.models import KIT_METRICS, Kit, KitToken
@@ -106,6 +109,11 @@ def handle(rt: Runtime, request: Mapping[str, Any]) -> Answer:
                             extra={"kit_id": kit.id})
                 raise MetricsRefused(503, "storage_unavailable",
                                      "readings could not be stored; send them again") from exc
+        if acct is not None:
+            # the device's token chain brought to the ledger's end (a payment's receipt
+            # has usually done it; None when nothing is due): the one token path
+            issue_token(s, kit=kit, box=rt.box, credit_until=credit_until, owned=owned,
+                        now=now, created_by="openpaygo_metrics")
         tokens = _deliver_tokens(s, handler, kit.id, now)
         _add_time(handler, simple, credit_until, now)
         if rc is not None:
