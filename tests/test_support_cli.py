@@ -11,7 +11,7 @@ from cizo import services
 from cizo_cli import main as cli
 from control.api import create_app
 from control.cli.support import parse_until
-from control.ledger.models import Account, AuditEntry
+from control.ledger.models import Account, AuditEntry, Kit
 from control.runtime import Runtime
 from control.security.api_keys import create_api_key
 from tests.api_support import DAY, Keys, TestClient, provision
@@ -72,3 +72,24 @@ def test_parse_until_accepts_unix_and_iso() -> None:
     assert parse_until("2026-01-01T01:00+01:00") == 1767225600
     with pytest.raises(ValueError):
         parse_until("tomorrow")
+
+
+def test_kits_cli_provisions_an_openpaygo_metrics_device(
+    rt: Runtime, keys: Keys, server: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    base = ("kits", "--url", server, "--api-key", keys.admin, "provision")
+    plan = ("--phone", "90 12 34 56", "--deposit", "2000", "--daily-rate", "100",
+            "--total-price", "50000")
+    code, out, _ = run(capsys, *base, "OPM-CLI-1", *plan, "--kind", "openpaygo_metrics")
+    creds = json.loads(out)
+    assert code == 0 and creds["kind"] == "openpaygo_metrics"
+    assert len(creds["openpaygo_key"]) == 32 and creds["command_secret"]
+    code, out, _ = run(capsys, *base, "CLI-MQTT-1", *plan)
+    assert code == 0 and json.loads(out)["openpaygo_key"] is None
+    code, _, err = run(capsys, "kits", "--url", server, "--api-key", keys.support,
+                       "provision", "OPM-CLI-2", *plan)
+    assert code == 1 and "HTTP 403" in err
+    with rt.db.session() as s:
+        kinds = dict(s.query(Kit.id, Kit.kind).filter(Kit.id.in_(["OPM-CLI-1", "CLI-MQTT-1"])))
+        assert kinds == {"OPM-CLI-1": "openpaygo_metrics", "CLI-MQTT-1": "mqtt"}
+        assert s.get(Kit, "OPM-CLI-1").keypad_only  # type: ignore[union-attr]
