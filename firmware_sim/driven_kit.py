@@ -6,7 +6,8 @@ It takes readings on its own schedule of simulated time, publishes them or buffe
 during its planned outages (the broker publishes its last will) and reconnects with jittered
 exponential backoff so a region's reconnect storm is spread out. A keypad kit's customer
 types the codes they receive a little later, in order; a kit of keypad type ``only`` has
-no modem at all.
+no modem at all. An OpenPAYGO Metrics device has no MQTT session: it posts its readings
+over HTTP on its own schedule (``firmware_sim.metrics_link``).
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+import httpx
+
 from cizo import protocol
 from cizo.clock import Clock
 from firmware_sim.clocks import DriftingClock, clock_speed, sleep_or_stop
 from firmware_sim.firmware import KitFirmware
-from firmware_sim.keypad import Keypad
+from firmware_sim.keypad import Keypad, KeypadResult
 from firmware_sim.kit import OFFLINE, KitIdentity
+from firmware_sim.metrics_link import MetricsLink
 from firmware_sim.mqtt_async import MqttConnection, MqttError, WireCounters
 from firmware_sim.physics import KitProfile
 from firmware_sim.scenario import FleetPlan, KitPlan
@@ -46,6 +50,7 @@ class Fleet(Protocol):
     reconnect_cap_s: float
     sim_end: float | None
     settling: bool
+    metrics_http: httpx.AsyncClient | None  # the control API, for Metrics devices
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +114,11 @@ class DrivenKit:
         # keypad: the chain anchor is set from the kit's provisioning time at setup
         self.keypad = Keypad(self.firmware, anchor=int(sc.start_ts)) \
             if plan.keypad is not None else None
-        self.has_modem = plan.keypad != "only"
+        self.metrics = MetricsLink(
+            self.firmware, every_s=sc.metrics.every_s, encoding=plan.metrics_encoding,
+            first_post=sc.start_ts + plan.first_report_s + sc.metrics.every_s,
+            anchor=int(sc.start_ts)) if plan.kind == "openpaygo_metrics" else None
+        self.has_modem = plan.keypad != "only" and self.metrics is None  # MQTT, that is
         self.keypad_rng = random.Random(f"{fleet.plan.seed}:{self.kit_id}:keypad")
         self.codes_due: deque[tuple[float, str]] = deque()  # (sim time to type it, code)
         self.codes_seen: set[str] = set()
@@ -146,6 +155,9 @@ class DrivenKit:
             if fleet.sim_end is not None and now >= fleet.sim_end:
                 break
             next_report = self._report_if_due(now, next_report)
+            if self.metrics is not None and self.metrics.due(now) \
+                    and self.in_outage(now) is None:
+                await self.post_metrics(now)
             if self.codes_due:
                 self.type_due_codes(now)
             if self.firmware.tick() and self.has_modem:
@@ -163,7 +175,9 @@ class DrivenKit:
         """Take the reading that is due, if one is; the time of the next one."""
         if now < next_report:
             return next_report
-        if self.has_modem:
+        if self.metrics is not None:
+            self.metrics.take(self.firmware.telemetry())
+        elif self.has_modem:
             self.reading()
         behind = (now - next_report) // self.interval
         return next_report + (behind + 1) * self.interval  # a sleeping kit skips, not floods
@@ -175,6 +189,8 @@ class DrivenKit:
         wait = (next_report - clock.now()) / speed
         if self.codes_due:
             wait = min(wait, (self.codes_due[0][0] - clock.now()) / speed)
+        if self.metrics is not None:
+            wait = min(wait, (self.metrics.next_post - clock.now()) / speed)
         if outage_end is not None:
             wait = min(wait, (outage_end - clock.now()) / speed)
         return max(0.0, min(TICK_REAL_S, wait))
@@ -284,6 +300,27 @@ class DrivenKit:
             # a stale command replayed into the kit (e.g. by a man in the middle)
             self._handle_command(self.firmware.received[0])
 
+    # --- OpenPAYGO Metrics ------------------------------------------------------------
+
+    async def post_metrics(self, now: float) -> None:
+        """Post the unsent readings now (on schedule, or at the end of a run)."""
+        assert self.metrics is not None
+        http = self.fleet.metrics_http
+        if http is None:
+            self.metrics.next_post = now + self.metrics.every_s  # nowhere to post to
+            return
+        posted = await self.metrics.post(http, now)
+        self.counters.telemetry_sent += posted.steps
+        for result in posted.tokens:
+            self._count_token(result)
+
+    def _count_token(self, result: KeypadResult) -> None:
+        self.counters.tokens_entered += 1
+        if result.accepted:
+            self.counters.tokens_accepted += 1
+        else:
+            self.counters.tokens_rejected += 1
+
     # --- keypad ----------------------------------------------------------------------
 
     def receive_code(self, code: str) -> None:
@@ -307,11 +344,7 @@ class DrivenKit:
         assert self.keypad is not None
         self.codes_seen.add(code)
         result = self.keypad.enter(code)
-        self.counters.tokens_entered += 1
-        if result.accepted:
-            self.counters.tokens_accepted += 1
-        else:
-            self.counters.tokens_rejected += 1
+        self._count_token(result)
         log.info("kit %s: keypad code %s -> %s", self.kit_id,
                  "accepted" if result.accepted else "refused", result.token_type,
                  extra={"kit_id": self.kit_id})

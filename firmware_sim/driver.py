@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from cizo.clock import Clock
 from firmware_sim.clocks import AcceleratedClock, sleep_or_stop
 from firmware_sim.customers import KeypadCustomers, PayingCustomers, PaymentOptions
@@ -60,6 +62,8 @@ class FleetDriver:
         self.payers = PayingCustomers(payments, self.kits, clock) \
             if payments is not None else None
         self.settling = False
+        self.metrics_kits = [k for k in self.kits if k.metrics is not None]
+        self.metrics_http: httpx.AsyncClient | None = None  # opened by start()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.pay_task: asyncio.Task[None] | None = None
@@ -106,6 +110,13 @@ class FleetDriver:
     async def start(self) -> None:
         if self.keypad_kits:
             await self.setup_keypads()
+        if self.metrics_kits and self.metrics_http is None:
+            if self.payments is None:
+                log.warning("%d OpenPAYGO Metrics devices but no control API: they will "
+                            "not report", len(self.metrics_kits))
+            else:
+                self.metrics_http = httpx.AsyncClient(base_url=self.payments.api_url,
+                                                      timeout=30)
         self._tasks = [asyncio.create_task(k.run(self._stop)) for k in self.kits]
         if self.payers is not None:
             if self.keypad_kits:
@@ -137,6 +148,9 @@ class FleetDriver:
                 log.error("kit task failed: %r", r)
         for i in range(0, len(self.kits), 500):
             await asyncio.gather(*(k.stop() for k in self.kits[i:i + 500]))
+        if self.metrics_http is not None:
+            await self.metrics_http.aclose()
+            self.metrics_http = None
 
     @property
     def online(self) -> int:

@@ -41,6 +41,9 @@ class FleetSummary:
     tokens_accepted: int = 0
     tokens_rejected: int = 0
     keypad_kits: int = 0
+    metrics_kits: int = 0  # OpenPAYGO Metrics devices (HTTP, not MQTT)
+    metrics_requests: int = 0  # their posts answered
+    metrics_refused: int = 0  # their posts refused or unanswered
     budget: MonthlyBudget | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -70,6 +73,7 @@ def summarise(kits: list[DrivenKit], scenario: Scenario, now: float, *,
     """The fleet's figures at simulated time ``now``."""
     wires = [k.wire for k in kits]
     totals = {name: sum(getattr(k.counters, name) for k in kits) for name in _SUMMED}
+    links = [k.metrics for k in kits if k.metrics is not None]
     return FleetSummary(
         kits=len(kits), online=sum(k.conn.connected for k in kits),
         sim_start=scenario.start_ts, sim_now=now,
@@ -77,6 +81,9 @@ def summarise(kits: list[DrivenKit], scenario: Scenario, now: float, *,
         messages_acked=sum(k.conn.acked for k in kits),
         buffered_now=sum(len(k.buffer) for k in kits),
         keypad_kits=sum(k.keypad is not None for k in kits),
+        metrics_kits=len(links),
+        metrics_requests=sum(m.counters.requests for m in links),
+        metrics_refused=sum(m.counters.refused for m in links),
         payments_made=payments_made, payments_failed=payments_failed,
         bytes_out=sum(w.bytes_out for w in wires), bytes_in=sum(w.bytes_in for w in wires),
         budget=_budget(kits, scenario, now),
@@ -126,6 +133,10 @@ def summary_text(s: FleetSummary) -> str:
         f"{s.connect_failures} failed connection attempts",
         f"misbehaviour       {s.misbehaviours} bad messages sent on purpose",
     ]
+    if s.metrics_kits:
+        lines.append(f"openpaygo metrics  {s.metrics_requests} requests answered, "
+                     f"{s.metrics_refused} refused or unanswered, from {s.metrics_kits} "
+                     "devices")
     if s.budget is not None:
         b = s.budget
         lines.append(f"data per kit/month {b.total_kb:.0f} KB on the wire "

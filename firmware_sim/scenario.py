@@ -34,6 +34,9 @@ MISBEHAVIOURS: tuple[Misbehaviour, ...] = ("malformed", "wrong_kit_id", "replay"
 # A keypad kit either has no 2G modem (tokens are its only way in) or keeps its MQTT link too
 # and gets both the token and the command (docs/commands.md: they converge once).
 KeypadKind = Literal["only", "with_mqtt"]
+# How a kit talks to us: the MQTT kit contract, or OpenPAYGO Metrics over HTTP.
+KitKind = Literal["mqtt", "openpaygo_metrics"]
+MetricsEncoding = Literal["json", "cbor"]
 
 
 class _Strict(BaseModel):
@@ -84,6 +87,16 @@ class KeypadSpec(_Strict):
         return v
 
 
+class MetricsSpec(_Strict):
+    """OpenPAYGO Metrics devices: no MQTT; each posts its readings to the control
+    service's ``/dd`` every ``every_s`` simulated seconds and takes its tokens and its
+    active-until time from the answer (docs/simulation.md)."""
+
+    share: float = Field(default=0.0, ge=0, le=1)  # share of the fleet
+    every_s: float = Field(default=3_600.0, gt=0)  # sim seconds between requests
+    cbor: float = Field(default=0.5, ge=0, le=1)  # of those, share posting CBOR (else JSON)
+
+
 class Scenario(_Strict):
     """What a scenario file holds (see docs/simulation.md for each key)."""
 
@@ -107,6 +120,7 @@ class Scenario(_Strict):
     network: NetworkSpec = NetworkSpec()
     misbehaviour: dict[str, float] = Field(default_factory=dict)  # share of kits per kind
     keypad: KeypadSpec = KeypadSpec()
+    metrics: MetricsSpec = MetricsSpec()
 
     @field_validator("start", mode="before")
     @classmethod
@@ -187,6 +201,8 @@ class KitPlan:
     misbehaviour: frozenset[Misbehaviour]
     phone: str
     keypad: KeypadKind | None = None  # a keypad kit (scenario ``[keypad]``), or MQTT only
+    kind: KitKind = "mqtt"  # an OpenPAYGO Metrics device (scenario ``[metrics]``)
+    metrics_encoding: MetricsEncoding = "json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +269,7 @@ def build_plan(scenario: Scenario, seed: int) -> FleetPlan:
     # keypad kits come from their own stream: a share of 0 leaves every other draw as it was,
     # and a larger share keeps the kits a smaller one picked (two draws per kit, always)
     keypad_rng = random.Random(f"{seed}:keypad")
+    metrics_rng = random.Random(f"{seed}:metrics")  # likewise, for Metrics devices
     start, end = scenario.start_ts, scenario.end_ts
     width = max(6, len(str(scenario.kits)))
     kits: list[KitPlan] = []
@@ -275,7 +292,9 @@ def build_plan(scenario: Scenario, seed: int) -> FleetPlan:
         has_keypad = keypad_rng.random() < scenario.keypad.share
         keeps_mqtt = keypad_rng.random() < scenario.keypad.with_mqtt
         keypad: KeypadKind | None = None
-        if has_keypad:
+        is_metrics = metrics_rng.random() < scenario.metrics.share
+        posts_cbor = metrics_rng.random() < scenario.metrics.cbor
+        if has_keypad and not is_metrics:
             keypad = "with_mqtt" if keeps_mqtt else "only"
         kit = KitPlan(
             kit_id=kit_id, size=size, household=household, region=region,
@@ -284,7 +303,8 @@ def build_plan(scenario: Scenario, seed: int) -> FleetPlan:
             first_report_s=rng.uniform(0, scenario.telemetry_interval_s),
             behaviour=behaviour, payments=payments, outages=tuple(outages),
             misbehaviour=misbehaviour, phone=f"+2289{rng.randrange(10**7):07d}",
-            keypad=keypad,
+            keypad=keypad, kind="openpaygo_metrics" if is_metrics else "mqtt",
+            metrics_encoding="cbor" if posts_cbor else "json",
         )
         kits.append(kit)
         events.extend((p.at, kit_id, f"pay {p.amount_fcfa}") for p in payments)

@@ -30,8 +30,8 @@ from tests.support import ServerThread, wait_for
 
 
 def fleet_control(mosquitto: services.ManagedProcess, tmp_path: Path, clock: AcceleratedClock,
-                  *, admin_key: str, paygate_token: str, approve_after_s: float
-                  ) -> tuple[PayGateHandle, Settings]:
+                  *, admin_key: str, paygate_token: str, approve_after_s: float,
+                  **settings_extra: Any) -> tuple[PayGateHandle, Settings]:
     """A PayGate simulator on the scenario's clock and the control service's settings for a
     fleet test: SQLite ledger and receipts (``sms.jsonl``) in ``tmp_path``, a 0.2 s sweep,
     a 6 h resend delay (the scenario's clock runs fast). The caller serves
@@ -46,7 +46,7 @@ def fleet_control(mosquitto: services.ManagedProcess, tmp_path: Path, clock: Acc
         admin_api_key=admin_key, secret_key=generate_secret_key(),
         paygate_auth_token=paygate_token, paygate_url=paygate.url,
         notify_file=tmp_path / "sms.jsonl", sweep_interval_s=0.2,
-        command_resend_after_s=6 * 3600)
+        command_resend_after_s=6 * 3600, **settings_extra)
     return paygate, settings
 
 
@@ -56,7 +56,7 @@ def provision_fleet(api: httpx.Client, plan: FleetPlan, plan_spec: PlanSpec
     identities = []
     for kp in plan.kits:
         r = api.post("/v1/kits", json={"kit_id": kp.kit_id, "phone": kp.phone,
-                                       "plan": plan_spec.model_dump()})
+                                       "plan": plan_spec.model_dump(), "kind": kp.kind})
         assert r.status_code == 201, r.text
         c = r.json()
         identities.append(KitIdentity(c["kit_id"], c["mqtt_username"], c["mqtt_password"],
@@ -158,8 +158,8 @@ class ControlledFleet:
 
 @contextlib.contextmanager
 def controlled_fleet(mosquitto: services.ManagedProcess, tmp_path: Path, plan: FleetPlan, *,
-                     admin_key: str, paygate_token: str, approve_after_s: float
-                     ) -> Iterator[ControlledFleet]:
+                     admin_key: str, paygate_token: str, approve_after_s: float,
+                     **settings_extra: Any) -> Iterator[ControlledFleet]:
     """The plan's fleet provisioned on a control service in a thread (``fleet_control``),
     its accelerated clock paused: provisioning takes real time, the scenario starts when
     the caller runs it."""
@@ -168,7 +168,7 @@ def controlled_fleet(mosquitto: services.ManagedProcess, tmp_path: Path, plan: F
     clock.pause()
     paygate, settings = fleet_control(mosquitto, tmp_path, clock, admin_key=admin_key,
                                       paygate_token=paygate_token,
-                                      approve_after_s=approve_after_s)
+                                      approve_after_s=approve_after_s, **settings_extra)
     try:
         with ServerThread(build_app(settings, clock), settings.api_port) as server, \
                 httpx.Client(base_url=server.url, timeout=30,
