@@ -67,7 +67,7 @@ def build_request(serial: str, key: str, *, steps: Sequence[Mapping[str, Any]],
 
 def encode(request: Mapping[str, Any], encoding: Encoding) -> bytes:
     if encoding == "cbor":
-        return cbor2.dumps(dict(request))
+        return cbor2.dumps(dict(request), canonical=True)  # shortest floats (docs/protocol.md)
     return json.dumps(request, separators=(",", ":")).encode()
 
 

@@ -126,6 +126,6 @@ async def device_data(rt: RuntimeDep, request: Request) -> Response:
     count.inc(REQUESTS, "outcome", "ok")
     count.inc(READINGS, "kind", "openpaygo_metrics", by=answer.readings)
     if encoding == "cbor":
-        return Response(cbor2.dumps(answer.body), status_code=201,
+        return Response(cbor2.dumps(answer.body, canonical=True), status_code=201,
                         media_type="application/cbor")
     return JSONResponse(answer.body, status_code=201)
