@@ -35,6 +35,9 @@ PUBLIC: dict[str, str] = {
         "MTN MoMo's callback: confirmed by a GET to MoMo before any credit",
     "POST /v1/payments/webhook/{desco_id}":
         "a DESCO's agents: HMAC-signed with the DESCO's webhook secret (X-Cizo-Signature)",
+    "POST /dd": "OpenPAYGO Metrics devices: each request SipHash-signed with the device's key",
+    "POST /device_data": "OpenPAYGO Metrics devices (the spec's long name of /dd)",
+    "GET /metrics": "Prometheus counters: counts only, no kit id or amount",
     "GET /openapi.json": "the API description",
     "GET /docs": "the API description",
     "GET /docs/oauth2-redirect": "the API description",

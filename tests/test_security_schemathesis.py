@@ -51,6 +51,7 @@ from control.ledger.secrets import ROLES, generate_secret_key
 from control.payments.providers import webhook_secrets, webhook_signature
 from control.runtime import Runtime
 from control.security.api_keys import create_api_key
+from firmware_sim.metrics_device import build_request
 from payment_sim.momo import MoMoSimConfig
 from payment_sim.momo import run_in_thread as run_momo
 from payment_sim.paygate import PayGateSimConfig, run_in_thread
@@ -89,7 +90,11 @@ def _seed(client: TestClient, admin: str, keys: dict[str, str]) -> dict[str, str
         headers=auth(keys["finance"])))
     key = ok(client.post("/v1/keys", json={"name": "to revoke", "role": "operator"},
                          headers=auth(admin)))
+    device = ok(client.post("/v1/kits", json={"kit_id": "SEEDM", "phone": "90123458",
+                                              "plan": PLAN, "kind": "openpaygo_metrics"},
+                            headers=auth(admin)))
     return {"kit_id": "SEED0", "command_id": cmd["command_id"],
+            "metrics_key": device["openpaygo_key"],
             "identifier": intent["identifier"], "key_id": str(key["id"]),
             "desco_id": "default", "account": "SEED1", "month": "2026-01"}
 
@@ -252,6 +257,7 @@ GOOD: dict[str, Callable[[Seeded], dict[str, Any]]] = {
         "path_parameters": {"link_id": s.link()}, "body": {"reason": "fuzz"}},
     "POST /v1/alerts/{alert_id}/{action}": lambda s: {
         "path_parameters": {"alert_id": s.alert(), "action": "acknowledge"}},
+    "POST /dd": lambda s: _metrics_request(s),
 }
 
 
@@ -268,6 +274,22 @@ def _agent_payment(s: Seeded) -> dict[str, Any]:
             "currency": "XOF", "reference": "SEED1"}
     return {"path_parameters": {"desco_id": "default"}, "body": body,
             "media_type": "application/json", "call": _signed(s.webhook_secret(), body)}
+
+
+_METRICS_RC = itertools.count(1)  # the device's request count: each request a new one
+
+
+def _metrics_request(s: Seeded) -> dict[str, Any]:
+    """A Metrics device's signed request (the library's MetricsRequestHandler)."""
+    now = int(time.time())
+    step = {"battery_voltage": 12.5, "battery_soc": 60, "panel_power": 20, "load_power": 5,
+            "panel_energy_total": 100, "load_energy_total": 50, "temperature": 30,
+            "timestamp": now - 60}
+    req = build_request("SEEDM", s.ids["metrics_key"], steps=[step], timestamp=None,
+                        request_count=next(_METRICS_RC))
+    raw = json.dumps(req).encode()
+    return {"body": req, "media_type": "application/json",
+            "call": {"data": raw, "headers": {"content-type": "application/json"}}}
 
 
 def _statement_upload(s: Seeded) -> dict[str, Any]:
