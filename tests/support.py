@@ -93,3 +93,19 @@ class Watcher:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def migrated(database_url: str) -> tuple[Any, Any]:
+    """A ledger migrated to heads, with the Alembic config and an engine (dispose it) for a
+    test that moves one migration down and up again."""
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from cizo.settings import sqlalchemy_url
+    from control.ledger.db import MIGRATIONS, migrate
+
+    migrate(database_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(database_url).replace("%", "%%"))
+    return cfg, create_engine(sqlalchemy_url(database_url))

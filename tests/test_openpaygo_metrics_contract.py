@@ -7,13 +7,11 @@ from typing import Any
 
 import pytest
 from alembic import command
-from alembic.config import Config
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import inspect
 
 from cizo import openpaygo_metrics as contract
 from cizo.protocol import ContractError
-from cizo.settings import sqlalchemy_url
-from control.ledger.db import MIGRATIONS, migrate
+from tests.support import migrated
 
 NOW = 1_790_000_000
 STEP = {"battery_voltage": 12.5, "battery_soc": 64, "panel_power": 30, "load_power": 8.5,
@@ -85,11 +83,7 @@ def test_data_formats_are_found_by_id_or_its_decimal_string() -> None:
 
 
 def test_kit_kind_migration_down_and_up(database_url: str) -> None:
-    migrate(database_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(database_url).replace("%", "%%"))
-    engine = create_engine(sqlalchemy_url(database_url))
+    cfg, engine = migrated(database_url)
     added = {"kind", "metrics_request_count", "metrics_request_ts"}
     try:
         command.downgrade(cfg, "0003_kit_kind@0002_commands")

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 from alembic import command
-from alembic.config import Config
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import inspect
 
-from cizo.settings import sqlalchemy_url
-from control.ledger.db import MIGRATIONS, migrate
+from tests.support import migrated
 
 
 def test_payments_migration_down_and_up(database_url: str) -> None:
-    migrate(database_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(database_url).replace("%", "%%"))
-    engine = create_engine(sqlalchemy_url(database_url))
+    cfg, engine = migrated(database_url)
     try:
         assert "suspense_links" in inspect(engine).get_table_names()
         command.downgrade(cfg, "0002_payments@0001")
