@@ -270,3 +270,17 @@ def test_the_replay_guard_survives_a_restart(rt: Runtime, client: TestClient,
     finally:
         server.stop()
         again.close()
+
+
+def test_a_swapped_device_stays_a_metrics_device_with_a_new_key(
+        rt: Runtime, client: TestClient, keys: Keys, device: Device) -> None:
+    r = client.post(f"/v1/kits/{SERIAL}/swap", json={"new_kit_id": "OPM-000002",
+                                                     "reason": "faulty"},
+                    headers=Keys.auth(keys.support))
+    assert r.status_code == 200, r.text
+    creds = r.json()["credentials"]
+    assert creds["kind"] == "openpaygo_metrics" and len(creds["openpaygo_key"]) == 32
+    now = int(rt.clock.now())
+    answer_of(post(client, Device("OPM-000002", creds["openpaygo_key"]).request(now)))
+    resp = post(client, device.request(now))  # the old one is decommissioned
+    assert (resp.status_code, resp.json()["code"]) == (404, "unknown_serial")

@@ -59,8 +59,9 @@ class KitCredentials(BaseModel):
     mqtt_username: str
     mqtt_password: str
     command_secret: str
-    kind: str
+    kind: str = "mqtt"
     openpaygo_key: str | None = Field(
+        default=None,
         description="OpenPAYGO Metrics devices: the 32-hex key that signs their requests "
         "and decodes their tokens")
 

@@ -46,7 +46,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from control.ledger.models import Kit, KitToken
+from control.ledger.models import KIT_METRICS, Kit, KitToken
 from control.ledger.secrets import SecretBox
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,12 @@ class TokenPlan:
 def openpaygo_key(secret_hex: str) -> str:
     """The kit's 16-byte OpenPAYGO key (32 hex chars) derived from its command secret."""
     return hmac.new(bytes.fromhex(secret_hex), b"openpaygo", hashlib.sha256).hexdigest()[:32]
+
+
+def device_key(kind: str, secret_hex: str) -> str | None:
+    """The OpenPAYGO key an OpenPAYGO Metrics device is given with its credentials (it signs
+    its requests with it); None for an MQTT kit, whose key never leaves the server."""
+    return openpaygo_key(secret_hex) if kind == KIT_METRICS else None
 
 
 def day_start(t: float) -> int:

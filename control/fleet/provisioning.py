@@ -13,10 +13,10 @@ import dataclasses
 
 from sqlalchemy.exc import IntegrityError
 
-from control.commands.tokens import openpaygo_key
+from control.commands.tokens import device_key
 from control.ledger import accounts, credit
 from control.ledger.accounts import Actor, ProvisionedKit
-from control.ledger.models import KIT_METRICS, KIT_MQTT, Desco, Kit
+from control.ledger.models import KIT_MQTT, Desco, Kit
 from control.ledger.phone import PhoneError, normalise_phone
 from control.runtime import Runtime
 
@@ -56,6 +56,4 @@ def provision(rt: Runtime, actor: Actor, *, kit_id: str, desco_id: str | None, p
                 kind=kind)
     except IntegrityError as exc:  # a concurrent provisioning of the same serial
         raise ProvisioningRefused(f"kit {kit_id} already exists", 409) from exc
-    if kind == KIT_METRICS:
-        return dataclasses.replace(made, openpaygo_key=openpaygo_key(made.command_secret))
-    return made
+    return dataclasses.replace(made, openpaygo_key=device_key(kind, made.command_secret))

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cizo import protocol
-from control.commands import lifecycle
+from control.commands import lifecycle, tokens
 from control.ledger import accounts as ledger
 from control.ledger.accounts import Actor, LedgerError
 from control.ledger.models import Account, Command, Kit, LedgerEntry
@@ -116,7 +116,7 @@ def swap(s: Session, *, old: Kit, acct: Account, new_kit_id: str, box: SecretBox
     new = Kit(id=new_kit_id, desco_id=old.desco_id, mqtt_username=new_kit_id,
               mqtt_password_hash=hash_mqtt_password(password), secret_enc=box.encrypt(secret),
               cmd_seq=0, created_at=now, online=False, region=old.region,
-              keypad_only=old.keypad_only)
+              keypad_only=old.keypad_only, kind=old.kind)
     s.add(new)
     s.flush()
     decommission(s, kit=old, now=now)
@@ -128,7 +128,8 @@ def swap(s: Session, *, old: Kit, acct: Account, new_kit_id: str, box: SecretBox
                      desco_id=acct.desco_id, reason=reason,
                      before={**before, "kit_id": old.id}, after={**after, "kit_id": new_kit_id})
     creds = ledger.ProvisionedKit(new_kit_id, acct.account_number, acct.desco_id, new_kit_id,
-                                  password, secret)
+                                  password, secret, old.kind,
+                                  tokens.device_key(old.kind, secret))
     return Swap(old.id, creds, Change(before, after))
 
 
