@@ -30,7 +30,7 @@ from firmware_sim.metrics_device import (
 )
 from telemetry.influx import InfluxClient
 from tests.api_support import Keys, TestClient, provision, serve_in_thread
-from tests.payments_support import agent_payment, post_webhook, webhook_secret
+from tests.payments_support import agent_payment, post_at_once, post_webhook, webhook_secret
 
 pytestmark = pytest.mark.integration
 
@@ -284,3 +284,33 @@ def test_a_swapped_device_stays_a_metrics_device_with_a_new_key(
     answer_of(post(client, Device("OPM-000002", creds["openpaygo_key"]).request(now)))
     resp = post(client, device.request(now))  # the old one is decommissioned
     assert (resp.status_code, resp.json()["code"]) == (404, "unknown_serial")
+
+
+def test_influxdb_away_is_a_503_that_keeps_nothing(
+        rt: Runtime, client: TestClient, device: Device) -> None:
+    now = int(rt.clock.now())
+    request = device.request(now)
+    influx_url = rt.settings.influx_url
+    rt.settings.influx_url = "http://127.0.0.1:9"  # nothing listens there
+    try:
+        resp = post(client, request)
+    finally:
+        rt.settings.influx_url = influx_url
+    assert (resp.status_code, resp.json()["code"]) == (503, "storage_unavailable")
+    with rt.db.session() as s:
+        kit = s.get(Kit, SERIAL)
+        assert kit is not None and kit.metrics_request_count is None
+    answer_of(post(client, request))  # the same request, once InfluxDB is back
+    assert len(stored(rt, SERIAL)) == 4
+
+
+def test_two_copies_racing_one_is_taken(rt: Runtime, device: Device) -> None:
+    request = device.request(int(rt.clock.now()))
+    server = serve_in_thread(create_app(rt))
+    try:
+        answers = post_at_once(server.url, "/dd", 4, content=json.dumps(request),
+                               headers={"content-type": "application/json"})
+    finally:
+        server.stop()
+    assert sorted(status for status, _ in answers) == [201, 409, 409, 409]
+    assert len(stored(rt, SERIAL)) == 4
