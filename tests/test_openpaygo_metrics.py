@@ -18,7 +18,8 @@ from openpaygo.metrics_shared import OpenPAYGOMetricsShared
 from sqlalchemy import select
 
 from control.api import create_app
-from control.ledger.models import Account, Kit, KitToken
+from control.fleet import jobs
+from control.ledger.models import Account, Kit, KitMetrics, KitToken
 from control.payments import receipts
 from control.runtime import Runtime
 from firmware_sim.metrics_device import (
@@ -28,6 +29,7 @@ from firmware_sim.metrics_device import (
     encode,
     step_of,
 )
+from telemetry import rollups
 from telemetry.influx import InfluxClient
 from tests.api_support import Keys, TestClient, provision, serve_in_thread
 from tests.payments_support import agent_payment, post_at_once, post_webhook, webhook_secret
@@ -314,3 +316,19 @@ def test_two_copies_racing_one_is_taken(rt: Runtime, device: Device) -> None:
         server.stop()
     assert sorted(status for status, _ in answers) == [201, 409, 409, 409]
     assert len(stored(rt, SERIAL)) == 4
+
+
+def test_a_device_is_on_the_kit_page_and_in_the_analytics(
+        rt: Runtime, client: TestClient, keys: Keys, device: Device) -> None:
+    now = int(rt.clock.now())
+    answer_of(post(client, device.request(now, n=8)))
+    detail = client.get(f"/v1/kits/{SERIAL}", headers=Keys.auth(keys.operator)).json()
+    assert detail["last_telemetry"]["soc"] == 77 and detail["last_seen"] is not None
+    later = now + 2 * 3600  # the readings' hours are complete
+    assert rollups.ensure_tiers(rt.settings)
+    rollups.run_rollups(rt.settings, later)
+    findings = jobs.run_analytics(rt.settings, rt.db, later)
+    with rt.db.session() as s:
+        found = s.get(KitMetrics, SERIAL)
+        assert found is not None and found.energy_wh_30d is not None
+    assert [f for f in findings if f.kit_id == SERIAL and f.kind == "silent"] == []
