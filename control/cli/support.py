@@ -7,9 +7,6 @@
     cizo support repossess KIT --reason TEXT
     cizo support token KIT --reason TEXT [--no-sms]
     cizo support show KIT                                      commands, tokens, audit
-    cizo kits provision SERIAL --phone P --deposit N --daily-rate N --total-price N
-        [--kind mqtt|openpaygo_metrics] [--desco ID] [--deposit-unpaid]   admin key;
-        prints the credentials once (an OpenPAYGO Metrics device: its openpaygo_key too)
 
 It talks to the HTTP API with the staff member's own API key (``--api-key`` or
 ``CIZO_SUPPORT_API_KEY``; URL from ``--url``, ``CIZO_SUPPORT_API_URL`` or the API
@@ -62,25 +59,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     tk.set_defaults(func=token)
     cmd("show", "commands, tokens and audit of a kit", reason=False).set_defaults(func=show)
 
-    k = sub.add_parser("kits", help="kits through the HTTP API (provisioning: admin key)")
-    k.add_argument("--url", default=None, help="API base URL (default: settings)")
-    k.add_argument("--api-key", default=None, help="your API key (default: "
-                   "CIZO_SUPPORT_API_KEY)")
-    ks = k.add_subparsers(dest="kits_command", required=True)
-    pv = ks.add_parser("provision", help="a new kit (or OpenPAYGO Metrics device) and its "
-                       "account; credentials printed once")
-    pv.add_argument("kit_id", help="the serial")
-    pv.add_argument("--phone", required=True, help="the customer's phone")
-    pv.add_argument("--deposit", type=int, required=True, help="deposit, FCFA")
-    pv.add_argument("--daily-rate", type=int, required=True, help="FCFA a day")
-    pv.add_argument("--total-price", type=int, required=True, help="FCFA to own the kit")
-    pv.add_argument("--kind", choices=("mqtt", "openpaygo_metrics"), default="mqtt",
-                    help="mqtt: a CIZO kit; openpaygo_metrics: a device posting to /dd")
-    pv.add_argument("--desco", default=None, help="its DESCO (default: your key's)")
-    pv.add_argument("--deposit-unpaid", action="store_true",
-                    help="the deposit was not taken in cash at the sale")
-    pv.set_defaults(func=provision)
-
 
 def parse_until(text: str) -> int:
     """``1767225600`` or an ISO time such as ``2026-02-01T00:00Z`` (UTC if no zone)."""
@@ -102,7 +80,8 @@ def _client(args: argparse.Namespace) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 
-def _post(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
+def post(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
+    """POST ``body`` with an ``Idempotency-Key``; print the answer; the exit code."""
     with _client(args) as c:
         r = c.post(path, json=body, headers={"Idempotency-Key": str(uuid.uuid4())})
     return _print(r)
@@ -122,12 +101,12 @@ def _print(r: httpx.Response) -> int:
 
 
 def unlock(args: argparse.Namespace) -> int:
-    return _post(args, f"/v1/kits/{args.kit_id}/unlock",
+    return post(args, f"/v1/kits/{args.kit_id}/unlock",
                  {"days": args.days, "reason": args.reason})
 
 
 def lock(args: argparse.Namespace) -> int:
-    return _post(args, f"/v1/kits/{args.kit_id}/lock", {"reason": args.reason})
+    return post(args, f"/v1/kits/{args.kit_id}/lock", {"reason": args.reason})
 
 
 def set_credit_until(args: argparse.Namespace) -> int:
@@ -136,17 +115,17 @@ def set_credit_until(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"cizo support: --until: {exc}", file=sys.stderr)
         return 2
-    return _post(args, f"/v1/kits/{args.kit_id}/set-credit-until",
+    return post(args, f"/v1/kits/{args.kit_id}/set-credit-until",
                  {"credit_until": until, "reason": args.reason})
 
 
 def swap(args: argparse.Namespace) -> int:
-    return _post(args, f"/v1/kits/{args.kit_id}/swap",
+    return post(args, f"/v1/kits/{args.kit_id}/swap",
                  {"new_kit_id": args.new_kit, "reason": args.reason})
 
 
 def repossess(args: argparse.Namespace) -> int:
-    return _post(args, f"/v1/kits/{args.kit_id}/repossess", {"reason": args.reason})
+    return post(args, f"/v1/kits/{args.kit_id}/repossess", {"reason": args.reason})
 
 
 def token(args: argparse.Namespace) -> int:
@@ -171,10 +150,3 @@ def show(args: argparse.Namespace) -> int:
     print(json.dumps(out, indent=2, ensure_ascii=False))
     return 0
 
-
-def provision(args: argparse.Namespace) -> int:
-    return _post(args, "/v1/kits", {
-        "kit_id": args.kit_id, "desco_id": args.desco, "phone": args.phone,
-        "kind": args.kind, "deposit_paid": not args.deposit_unpaid,
-        "plan": {"deposit_fcfa": args.deposit, "daily_rate_fcfa": args.daily_rate,
-                 "total_price_fcfa": args.total_price}})
