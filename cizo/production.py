@@ -144,8 +144,18 @@ def _influx_problems(s: Settings) -> list[str]:
         return ["CIZO_INFLUX_TOKEN is not set (nor CIZO_INFLUX_USERNAME with "
                 "CIZO_INFLUX_PASSWORD): telemetry would be written without credentials; "
                 f"{fix}"]
-    return [problem for field in ("influx_token", "influx_username", "influx_password")
-            for problem in _credential(s, field, fix, required=False)]
+    found = [problem for field in ("influx_token", "influx_username", "influx_password")
+             for problem in _credential(s, field, fix, required=False)]
+    if s.influx_write_api == "v2":
+        # /api/v2/write takes only a token and an org (user/password are v1 logins)
+        if s.influx_token is None:
+            found.append("CIZO_INFLUX_TOKEN is not set but CIZO_INFLUX_WRITE_API is v2, "
+                         "which authenticates with a token only; set a token that may "
+                         "write the raw bucket, or use the v1 API")
+        if not s.influx_org:
+            found.append("CIZO_INFLUX_ORG is not set but CIZO_INFLUX_WRITE_API is v2; set "
+                         "the InfluxDB organisation of the raw bucket")
+    return found
 
 
 def _database_problems(s: Settings) -> list[str]:
@@ -183,7 +193,11 @@ def _provider_problems(s: Settings) -> list[str]:
     found += _https(s, "paygate_url", "set PayGate Global's https:// API URL")
     found += _credential(s, "paygate_auth_token", "set the token PayGate gave you")
     found += _momo_problems(s)
-    if s.notify_backend == "http":
+    if s.notify_backend != "http":
+        found.append(f"CIZO_NOTIFY_BACKEND is {s.notify_backend!r}: customers would get no "
+                     "receipts, reminders or keypad tokens; set CIZO_NOTIFY_BACKEND=http "
+                     "with your SMS gateway (CIZO_SMS_GATEWAY_URL, CIZO_SMS_GATEWAY_TOKEN)")
+    else:
         found += _https(s, "sms_gateway_url", "set your SMS gateway's https:// URL")
         found += _credential(s, "sms_gateway_token", "set the token your SMS gateway gave you",
                              required=False)

@@ -250,7 +250,8 @@ def mosquitto_config(
         "autosave_interval 1",
         f"max_inflight_messages {max_inflight}",
         f"max_queued_messages {max_queued}",
-        "max_queued_bytes 0",
+        # per client, so a backlog of large messages is bounded by bytes too (256 MiB)
+        "max_queued_bytes 268435456",
         "max_packet_size 65536",
         "log_dest stdout",
         "log_type error",

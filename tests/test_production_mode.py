@@ -58,6 +58,9 @@ def production_values() -> dict[str, str]:
         "momo_subscription_key": secrets.token_hex(16),
         "momo_api_user": "e16510aa-7282-4a39-8b8b-da054889a33a",
         "momo_api_key": secrets.token_hex(16),
+        "notify_backend": "http",
+        "sms_gateway_url": "https://sms.example.org/send",
+        "sms_gateway_token": secrets.token_hex(16),
     }
 
 
@@ -84,9 +87,7 @@ def default(field: str) -> Any:
 
 
 def test_a_complete_production_configuration_is_accepted() -> None:
-    settings = production(bridge_kit_registry=True, notify_backend="http",
-                          sms_gateway_url="https://sms.example.org/send",
-                          sms_gateway_token=secrets.token_hex(16))
+    settings = production(bridge_kit_registry=True)
     assert production_problems(settings, uses=CONTROL_PARTS) == []
     assert production_problems(settings, uses=bridge_parts(settings)) == []
     require_production_ready(settings, uses=CONTROL_PARTS)
@@ -215,6 +216,22 @@ def test_plain_http_to_or_from_providers_is_refused(overrides: dict[str, Any],
 
 
 # --- each process checks what it uses; one message lists everything ----------------------
+
+
+@pytest.mark.parametrize("backend", ["file", "log"])
+def test_notifications_that_reach_no_customer_are_refused(backend: str) -> None:
+    problem = the_problem(control_problems(notify_backend=backend), "CIZO_NOTIFY_BACKEND")
+    assert "no receipts" in problem and "CIZO_SMS_GATEWAY_URL" in problem
+
+
+def test_the_v2_write_api_needs_a_token_and_an_org() -> None:
+    settings = production(influx_write_api="v2", influx_token=None, influx_username="cizo",
+                          influx_password=secrets.token_hex(16))
+    problems = production_problems(settings, uses=bridge_parts(settings))
+    assert "token only" in the_problem(problems, "CIZO_INFLUX_TOKEN")
+    the_problem(problems, "CIZO_INFLUX_ORG")
+    settings = production(influx_write_api="v2", influx_org="cizo")
+    assert production_problems(settings, uses=bridge_parts(settings)) == []
 
 
 def test_the_bridge_checks_only_the_broker_influxdb_and_its_kit_registry() -> None:
