@@ -30,7 +30,8 @@ DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 ENV_EXAMPLE = ROOT / ".env.example"
 
 ONE_SHOT = {"mosquitto-init", "influxdb-init"}
-LONG_RUNNING = {"mosquitto", "influxdb", "postgres", "grafana", "bridge", "control"}
+LONG_RUNNING = {"mosquitto", "influxdb", "postgres", "grafana", "bridge", "control",
+                "backup-ledger", "backup-influxdb"}
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|KEY")
 REQUIRED_REF = re.compile(r"^\$\{[A-Z][A-Z0-9_]*:\?[^}]+\}$")
 ANY_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
@@ -224,6 +225,77 @@ def test_compose_gives_bridge_and_control_a_production_ready_environment(
         assert production_problems(settings, uses=uses) == [], name
 
 
+def test_every_service_has_memory_and_cpu_limits() -> None:
+    """docs/deploy.md gives the reasoning for each figure; a service without limits can
+    starve the broker or the ledger of memory on a shared host."""
+    for name, svc in services_of(load_compose()).items():
+        limits = svc.get("deploy", {}).get("resources", {}).get("limits", {})
+        assert limits.get("memory") and limits.get("cpus"), name
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The ENV the runtime image sets (key=value pairs of its ENV instructions)."""
+    text = (ROOT / "Dockerfile").read_text().split("AS runtime", 1)[1].split(" AS backup")[0]
+    found: dict[str, str] = {}
+    for block in re.findall(r"^ENV (.*?)(?<!\\)$", text, re.MULTILINE | re.DOTALL):
+        for pair in re.findall(r"([A-Z_]+)=(\S+)", block):
+            found[pair[0]] = pair[1]
+    return found
+
+
+def test_bridge_spool_and_dead_letters_live_on_a_named_volume() -> None:
+    compose = load_compose()
+    data_dir = dockerfile_env()["CIZO_DATA_DIR"]
+    for name in ("bridge", "control"):
+        mounts = dict(v.split(":", 1) for v in services_of(compose)[name]["volumes"])
+        volume = next(src for src, dst in mounts.items() if dst == data_dir)
+        assert volume in compose["volumes"], name
+        env = env_of(services_of(compose)[name])
+        assert "CIZO_BRIDGE_SPOOL_DIR" not in env and "CIZO_DATA_DIR" not in env
+
+
+def test_the_tls_key_instructions_let_mosquitto_read_it() -> None:
+    """eclipse-mosquitto drops to uid 1883 before it loads certificates, and the
+    directory is mounted read-only: the key must belong to (or be readable by) 1883."""
+    text = ENV_EXAMPLE.read_text()
+    assert "chown 1883:1883 server.key" in text and "chmod 0400 server.key" in text
+    assert "readable by the container's root" not in text
+    assert "/mosquitto/certs:ro" in COMPOSE.read_text()
+
+
+def run_backup(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", str(DEPLOY / "backup" / "every.sh"), *args], capture_output=True, text=True,
+        check=False, timeout=30,
+        env={"PATH": os.environ["PATH"], "BACKUP_DIR": str(tmp_path / "backups"),
+             "BACKUP_INTERVAL_S": "3600", "BACKUP_KEEP_DAYS": "2", "BACKUP_ONCE": "1", **env})
+
+
+def test_the_backup_loop_keeps_complete_backups_and_prunes_old_ones(tmp_path: Path) -> None:
+    """deploy/backup/every.sh as both backup services run it (real sh, real files)."""
+    backups = tmp_path / "backups"
+    assert run_backup(tmp_path, "--check").returncode != 0  # no backup yet: unhealthy
+    source = tmp_path / "ledger.db"
+    source.write_text("ledger")
+    first = run_backup(tmp_path, "ledger", "cp", str(source))
+    assert first.returncode == 0, first.stderr
+    (made,) = backups.glob("ledger-*")
+    assert made.read_text() == "ledger" and not made.name.endswith(".partial")
+    assert run_backup(tmp_path, "--check").returncode == 0
+    old = backups / "ledger-20000101T000000Z"
+    old.write_text("old")
+    os.utime(old, (0, 0))
+    failed = run_backup(tmp_path, "ledger", "false")
+    assert failed.returncode == 0 and "FAILED" in failed.stderr
+    assert old.exists()  # a failed run deletes nothing
+    assert not list(backups.glob("*.partial"))
+    assert run_backup(tmp_path, "ledger", "cp", str(source)).returncode == 0
+    assert not old.exists() and list(backups.glob("ledger-*"))
+    svcs = services_of(load_compose())
+    assert svcs["backup-ledger"]["command"] == ["cizo", "backup"]
+    assert svcs["backup-influxdb"]["command"] == ["influx", "backup"]
+
+
 # --- Mosquitto ------------------------------------------------------------------------
 
 
@@ -279,22 +351,87 @@ def test_acl_grants_exactly_the_contract() -> None:
 # --- InfluxDB and Grafana --------------------------------------------------------------
 
 
-def test_influxdb_init_creates_the_default_dbrp() -> None:
-    script = (DEPLOY / "influxdb" / "create-dbrp.sh").read_text()
+def init_script() -> str:
+    return (DEPLOY / "influxdb" / "create-dbrp.sh").read_text()
+
+
+def test_influxdb_init_lists_before_it_creates_and_never_matches_error_text() -> None:
+    """It runs on every `docker compose up`: what exists is found by listing, so the
+    hundredth start succeeds like the first (no "already exists" string matching)."""
+    script = init_script()
     assert "influx v1 dbrp create" in script and "--default" in script
+    assert "influx v1 dbrp list" in script and "influx bucket list" in script
+    assert "influx v1 auth list" in script
+    assert "already exist" not in script.lower() and "2>&1" not in script
+    assert "set -euo pipefail" in script
+    assert subprocess.run(["bash", "-n", str(DEPLOY / "influxdb" / "create-dbrp.sh")],
+                          check=False).returncode == 0
     init = services_of(load_compose())["influxdb-init"]
     assert env_of(init)["INFLUX_V1_RP"] == "autogen"
 
 
-def test_grafana_datasource_uses_influxql_with_a_token_header() -> None:
-    data = yaml.safe_load(DATASOURCE.read_text())
-    (ds,) = data["datasources"]
-    assert ds["type"] == "influxdb"
-    assert ds["jsonData"].get("version", "InfluxQL") == "InfluxQL"
-    assert ds["jsonData"]["httpHeaderName1"] == "Authorization"
-    assert ds["secureJsonData"]["httpHeaderValue1"] == "Token ${INFLUXDB_TOKEN}"
+def test_each_service_has_its_own_influxdb_login_and_only_init_and_backup_the_token() -> None:
+    svcs = services_of(load_compose())
+    script = init_script()
+    logins = {"bridge": "cizo-bridge", "control": "cizo-control"}
+    for name, user in logins.items():
+        env = env_of(svcs[name])
+        assert env["CIZO_INFLUX_USERNAME"] == user
+        var = re.fullmatch(r"\$\{([A-Z_]+):\?.*\}", env["CIZO_INFLUX_PASSWORD"])
+        assert var, name
+        assert env_of(svcs["influxdb-init"])[var.group(1)] == env["CIZO_INFLUX_PASSWORD"]
+        assert f"ensure_v1_auth {user} \"${var.group(1)}\"" in script
+        assert "CIZO_INFLUX_TOKEN" not in env, name
+    assert "ensure_v1_auth cizo-grafana" in script
+    # bridge: write raw only; grafana: read only
+    bridge_rule = script.split("ensure_v1_auth cizo-bridge")[1].split("ensure_v1_auth")[0]
+    assert "--write-bucket \"$raw\"" in bridge_rule and "--read-bucket" not in bridge_rule
+    grafana_rule = script.split("ensure_v1_auth cizo-grafana")[1]
+    assert "--write-bucket" not in grafana_rule
+    holders = {name for name, svc in svcs.items()
+               if "INFLUXDB_ADMIN_TOKEN" in json.dumps(svc)}
+    assert holders == {"influxdb", "influxdb-init", "backup-influxdb"}
+
+
+def test_bucket_retention_follows_the_retention_settings(tmp_path: Path) -> None:
+    rendered = json.loads(compose_config(
+        write_env_file(tmp_path / "full.env", production_env(tmp_path)
+                       | {"CIZO_RAW_RETENTION_DAYS": "45"}), "--format", "json").stdout)
+    svcs = rendered["services"]
+    init, control = env_of(svcs["influxdb-init"]), env_of(svcs["control"])
+    for setting in ("CIZO_RAW_RETENTION_DAYS", "CIZO_AGGREGATE_RETENTION_DAYS"):
+        assert init[setting] == control[setting], setting
+    assert init["CIZO_RAW_RETENTION_DAYS"] == "45"
+    script = init_script()
+    assert '"${CIZO_RAW_RETENTION_DAYS}d"' in script
+    assert '"${CIZO_AGGREGATE_RETENTION_DAYS}d"' in script
+    from cizo.settings import Settings
+
+    assert env_of(services_of(load_compose())["influxdb-init"])["CIZO_AGGREGATE_RETENTION_DAYS"] \
+        == f"${{CIZO_AGGREGATE_RETENTION_DAYS:-{Settings().aggregate_retention_days}}}"
+
+
+def datasources() -> dict[str, dict[str, Any]]:
+    return {ds["uid"]: ds for ds in yaml.safe_load(DATASOURCE.read_text())["datasources"]}
+
+
+def test_grafana_reads_each_tier_with_its_own_read_only_login() -> None:
+    """One InfluxQL data source per tier, database names from the environment (they are
+    settings), Grafana's own login (read-only, made by influxdb-init): never the operator
+    token."""
+    sources = datasources()
+    assert set(sources) == {"cizo-influxdb", "cizo-influxdb-hourly", "cizo-influxdb-daily"}
     grafana_env = env_of(services_of(load_compose())["grafana"])
-    assert REQUIRED_REF.match(grafana_env["INFLUXDB_TOKEN"])
+    for uid, ds in sources.items():
+        assert ds["type"] == "influxdb" and ds["jsonData"]["version"] == "InfluxQL", uid
+        assert ds["user"] == "cizo-grafana", uid
+        assert ds["secureJsonData"] == {"password": "${INFLUXDB_GRAFANA_PASSWORD}"}, uid
+        var = re.fullmatch(r"\$\{([A-Z0-9_]+)\}", ds["jsonData"]["dbName"])
+        assert var and var.group(1) in grafana_env, uid
+    assert REQUIRED_REF.match(grafana_env["INFLUXDB_GRAFANA_PASSWORD"])
+    db = grafana_env["INFLUXDB_V1_DB"]
+    assert grafana_env["INFLUXDB_V1_HOURLY_DB"] == db + "_hourly"
+    assert grafana_env["INFLUXDB_V1_DAILY_DB"] == db + "_daily"
 
 
 def dashboards() -> list[Path]:
@@ -303,10 +440,13 @@ def dashboards() -> list[Path]:
     return found
 
 
+TIER_SOURCE = {"kit_telemetry": "cizo-influxdb", "kit_hourly": "cizo-influxdb-hourly",
+               "kit_daily": "cizo-influxdb-daily"}
+
+
 @pytest.mark.parametrize("path", dashboards(), ids=lambda p: p.name)
 def test_dashboards_load_and_every_panel_has_an_influxql_query(path: Path) -> None:
     dash = json.loads(path.read_text())
-    ds_uid = yaml.safe_load(DATASOURCE.read_text())["datasources"][0]["uid"]
     assert dash["uid"] and dash["title"]
     panels = dash["panels"]
     assert len(panels) >= 3
@@ -317,10 +457,16 @@ def test_dashboards_load_and_every_panel_has_an_influxql_query(path: Path) -> No
             query = target.get("query", "")
             assert target.get("rawQuery") is True, panel["title"]
             assert re.match(r"\s*(SELECT|SHOW)\b", query, re.IGNORECASE), panel["title"]
-            # raw readings, or the rollup tiers (telemetry/rollups.py)
-            assert re.search(r'"(kit_telemetry|kit_hourly|kit_daily)"', query), panel["title"]
-            assert target["datasource"]["uid"] == ds_uid
+            # raw readings, or the rollup tiers (telemetry/rollups.py), each read through
+            # its tier's data source: a database name (a setting) is never written here
+            measurements = set(re.findall(r'"(kit_telemetry|kit_hourly|kit_daily)"', query))
+            assert len(measurements) == 1, panel["title"]
+            assert ".." not in query and "cizo" not in query, panel["title"]
+            assert target["datasource"]["uid"] == TIER_SOURCE[measurements.pop()]
             fields_used |= set(re.findall(r'"([a-z_]+)"', query))
+        target_uids = {t["datasource"]["uid"] for t in panel["targets"]}
+        expected = target_uids.pop() if len(target_uids) == 1 else "-- Mixed --"
+        assert panel["datasource"]["uid"] == expected, panel["title"]
     assert fields_used & TELEMETRY_FIELDS
 
 
