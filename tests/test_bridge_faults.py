@@ -126,3 +126,46 @@ def test_two_bridge_processes_share_the_load_and_each_message_lands_once(
     received = [b.metrics()["cizo_bridge_messages_in_total"] for b in bridges]
     assert sum(written) == sent and sum(received) == sent  # every message once
     assert min(written) > 0.2 * sent  # both took a share
+
+
+# --- the container recreated mid-outage: a new bridge on the same data volume ------------
+
+
+def test_bridge_replaced_mid_outage_replays_the_old_spool_from_the_same_data_dir(
+    fault_rig: FaultRig,
+) -> None:
+    """What `docker compose up` does to a changed bridge while InfluxDB is down: stop the
+    process (SIGTERM) after it acknowledged readings into its spool, start a new one on the
+    same data directory (volume bridge-data in docker-compose.yml) and client id. The new
+    bridge replays the old spool: every reading the broker was told is safe is counted."""
+    settings = fault_rig.settings("recreate")
+    kits = [unique("RECREATE") for _ in range(10)]
+    first = fault_rig.bridge_process(settings)
+    load = fault_rig.load(kits, rate_per_s=100)
+    wait_for(lambda: first.metrics().get("cizo_bridge_written_total", 0) >= 100,
+             what="steady writes")
+
+    fault_rig.stop_influxd()
+    wait_for(lambda: first.metrics().get("cizo_bridge_spool_records", 0) >= 3,
+             what="readings acknowledged into the spool")
+    first.stop()
+    # the old container is gone; its spool is all that holds those readings
+    spool = settings.data_dir / "spool" / first.client_id
+    assert spool.is_dir() and any(spool.iterdir())
+
+    second = fault_rig.bridge_process(settings, first.client_id)
+    spooled_before = second.metrics().get("cizo_bridge_spool_records", 0)
+    assert spooled_before >= 3  # found the old spool at start
+    sent_at_restart = load.sent
+    wait_for(lambda: load.sent >= sent_at_restart + 100, what="load continues in the outage")
+    fault_rig.influxd.start()
+    sent = load.stop()
+    fault_rig.wait_for_points(settings, kits, sent, timeout_s=30)
+    wait_for(lambda: second.metrics().get("cizo_bridge_spool_records", 0) == 0,
+             what="spool emptied")
+    with InfluxClient.from_settings(settings) as influx:
+        rows = influx.query("SELECT count(seq) FROM kit_telemetry GROUP BY kit_id")
+        assert sum(int(r["count"]) for r in rows) == sent  # none lost, none twice
+    m = second.metrics()
+    assert m.get("cizo_bridge_replayed_total", 0) > 0
+    assert m.get("cizo_bridge_rejected_total", 0) == 0
