@@ -24,6 +24,7 @@ from cizo.settings import load_settings
 from control.cli import admin as admin_cli
 from control.cli import finance as finance_cli
 from control.cli import fleet as fleet_cli
+from control.cli import secret_key as secret_key_cli
 from control.cli import support as support_cli
 from payment_sim import commands_cli as payment_sim_cli
 
@@ -102,6 +103,7 @@ PLUGIN_MODULES = (
     support_cli,  # cizo support ...
     finance_cli,  # cizo reconcile / settlement ...
     admin_cli,  # cizo keys / broker credentials / erase ...
+    secret_key_cli,  # cizo secret-key rotate
     payment_sim_cli,  # momo-sim ...
 )
 

@@ -201,6 +201,7 @@ def test_bridge_and_control_run_in_production_with_only_what_compose_gives_them(
     assert created.status_code == 201, created.text
     creds = created.json()
     add_broker_account(servers.passwd, creds["mqtt_username"], creds["mqtt_password"])
+    assert servers.broker.proc is not None
     os.kill(servers.broker.proc.pid, signal.SIGHUP)  # Mosquitto reloads its password file
 
     # paho retries a refused login by itself: it gets in once the broker has reloaded
@@ -230,7 +231,7 @@ def test_bridge_and_control_run_in_production_with_only_what_compose_gives_them(
             return got if got["online"] and got["last_telemetry"] else None
 
         seen = wait_for(detail, timeout_s=20, interval_s=0.2, what="control sees the kit")
-        assert seen["last_telemetry"]["soc"] == 81.0
+        assert seen is not None and seen["last_telemetry"]["soc"] == 81.0
     finally:
         kit.loop_stop()
         kit.disconnect()
