@@ -139,7 +139,9 @@ class Settings(BaseSettings):
     influx_daily_db: str | None = None  # daily aggregates tier; default <influx_db>_daily
     raw_retention_days: int = Field(default=30, ge=1)
     aggregate_retention_days: int = Field(default=3650, ge=1)
-    rollup_interval_s: float = 300.0
+    # 0: the control service does not run the rollup job; a separate `cizo rollup --every`
+    # process does, with its own InfluxDB login (docker-compose.yml, service rollup)
+    rollup_interval_s: float = Field(default=300.0, ge=0)
     rollup_chunk_hours: int = Field(default=6, ge=1)
     fleet_summary_interval_s: float = 60.0  # the fleet page's figures are at most this old
     analytics_interval_s: float = 3600.0

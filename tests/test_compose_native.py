@@ -31,13 +31,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from cizo import protocol, services
 from telemetry import InfluxClient
+from telemetry.errors import InfluxQueryError
 from tests.compose_support import ROOT, dockerfile_env, env_of, rendered_services
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
 ACL = ROOT / "deploy" / "mosquitto" / "acl"
-OUR_SERVICES = ("bridge", "control")
+OUR_SERVICES = ("bridge", "control")  # with an MQTT account
+CONTAINER_DATA_DIR = "/var/lib/cizo"
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def native_env(service: dict[str, Any], servers: Servers, data_dir: Path,
     if "CIZO_DATABASE_URL" in env:
         assert urlsplit(env["CIZO_DATABASE_URL"]).hostname == "postgres"
         env["CIZO_DATABASE_URL"] = servers.ledger_url  # the test's own user and database
-    assert env["CIZO_DATA_DIR"] == "/var/lib/cizo"  # a volume in compose: a directory here
+    assert env["CIZO_DATA_DIR"] == CONTAINER_DATA_DIR  # a volume in compose: a directory here
     env["CIZO_DATA_DIR"] = str(data_dir)
     if env.get("CIZO_API_PORT") == "8000":  # published by compose: a free port here
         env["CIZO_API_HOST"], env["CIZO_API_PORT"] = "127.0.0.1", str(api_port)
@@ -113,9 +115,12 @@ class NativeService:
 
     def __init__(self, name: str, service: dict[str, Any], env: dict[str, str],
                  log_dir: Path) -> None:
-        command = service["command"]
+        # container paths in arguments live in the data volume, a directory here
+        command = [arg.replace(CONTAINER_DATA_DIR, env["CIZO_DATA_DIR"])
+                   for arg in service["command"]]
         assert command[0] == "cizo" and service.get("entrypoint") in ([], None), name
         self.name = name
+        self.data_dir = Path(env["CIZO_DATA_DIR"])
         self.log = log_dir / f"{name}.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
@@ -171,7 +176,7 @@ def kit_client(port: int, username: str, password: str) -> mqtt.Client:
     return client
 
 
-def test_bridge_and_control_run_in_production_with_only_what_compose_gives_them(
+def test_bridge_control_and_rollup_run_in_production_with_only_what_compose_gives_them(
     servers: Servers, run_service: Any, compose_services: dict[str, dict[str, Any]],
 ) -> None:
     control_env = env_of(compose_services["control"])
@@ -207,8 +212,8 @@ def test_bridge_and_control_run_in_production_with_only_what_compose_gives_them(
     # paho retries a refused login by itself: it gets in once the broker has reloaded
     kit = kit_client(servers.mqtt_port, creds["mqtt_username"], creds["mqtt_password"])
     try:
-        now = int(time.time())
-        reading = {"v": 1, "kit_id": kit_id, "ts": now, "seq": 1, "boot": 1,
+        an_hour_done = (int(time.time()) // 3600 - 1) * 3600 + 60  # the rollup sums it
+        reading = {"v": 1, "kit_id": kit_id, "ts": an_hour_done, "seq": 1, "boot": 1,
                    "battery_v": 12.6, "soc": 81.0, "pv_w": 35.0, "load_w": 6.0,
                    "pv_wh_total": 1200.0, "load_wh_total": 640.0, "locked": False,
                    "credit_until": None, "temp_c": 31.0}
@@ -232,6 +237,23 @@ def test_bridge_and_control_run_in_production_with_only_what_compose_gives_them(
 
         seen = wait_for(detail, timeout_s=20, interval_s=0.2, what="control sees the kit")
         assert seen is not None and seen["last_telemetry"]["soc"] == 81.0
+
+        # the rollup service (started now: it runs at once) sums the hour into its tier
+        rollup = run_service("rollup")
+        hourly = InfluxClient(f"http://127.0.0.1:{servers.influx_port}",
+                              f"{bridge_env['CIZO_INFLUX_DB']}_hourly")
+        with hourly:
+            def rolled_up() -> list[dict[str, Any]]:
+                rollup.alive()
+                try:
+                    return hourly.query(f"SELECT * FROM kit_hourly WHERE kit_id = '{kit_id}'")
+                except InfluxQueryError:  # the tier's database is not created yet
+                    return []
+
+            (row,) = wait_for(rolled_up, timeout_s=30, interval_s=0.2, what="hourly point")
+        assert row["n"] == 1
+        heartbeat = rollup.data_dir / "rollup.ok"
+        wait_for(heartbeat.exists, what="the rollup service's heartbeat")
     finally:
         kit.loop_stop()
         kit.disconnect()

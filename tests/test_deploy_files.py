@@ -43,7 +43,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 
 ONE_SHOT = {"mosquitto-init", "influxdb-init"}
 LONG_RUNNING = {"mosquitto", "influxdb", "postgres", "grafana", "bridge", "control",
-                "backup-ledger", "backup-influxdb"}
+                "rollup", "backup-ledger", "backup-influxdb"}
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|KEY")
 REQUIRED_REF = re.compile(r"^\$\{[A-Z][A-Z0-9_]*:\?[^}]+\}$")
 TELEMETRY_FIELDS = {"battery_v", "soc", "pv_w", "load_w", "pv_wh_total", "load_wh_total",
@@ -308,7 +308,7 @@ def test_influxdb_init_lists_before_it_creates_and_never_matches_error_text() ->
 def test_each_service_has_its_own_influxdb_login_and_only_init_and_backup_the_token() -> None:
     svcs = services_of(load_compose())
     script = init_script()
-    logins = {"bridge": "cizo-bridge", "control": "cizo-control"}
+    logins = {"bridge": "cizo-bridge", "rollup": "cizo-rollup", "control": "cizo-control"}
     for name, user in logins.items():
         env = env_of(svcs[name])
         assert env["CIZO_INFLUX_USERNAME"] == user
@@ -321,8 +321,15 @@ def test_each_service_has_its_own_influxdb_login_and_only_init_and_backup_the_to
     # bridge: write raw only; grafana: read only
     bridge_rule = script.split("ensure_v1_auth cizo-bridge")[1].split("ensure_v1_auth")[0]
     assert "--write-bucket \"$raw\"" in bridge_rule and "--read-bucket" not in bridge_rule
-    grafana_rule = script.split("ensure_v1_auth cizo-grafana")[1]
-    assert "--write-bucket" not in grafana_rule
+    for reader in ("cizo-control", "cizo-grafana"):
+        rule = script.split(f"ensure_v1_auth {reader}")[1].split("ensure_v1_auth")[0]
+        assert "--write-bucket" not in rule and rule.count("--read-bucket") == 3, reader
+    rollup_rule = script.split("ensure_v1_auth cizo-rollup")[1].split("ensure_v1_auth")[0]
+    assert '--write-bucket "$raw"' not in rollup_rule and rollup_rule.count("--write") == 2
+    # the rollup job runs in its own service, not in control (which may not write)
+    assert env_of(svcs["control"])["CIZO_ROLLUP_INTERVAL_S"] == "0"
+    assert svcs["rollup"]["command"][:2] == ["cizo", "rollup"]
+    assert "--only-rollups" in svcs["rollup"]["command"]
     holders = {name for name, svc in svcs.items()
                if "INFLUXDB_ADMIN_TOKEN" in json.dumps(svc)}
     assert holders == {"influxdb", "influxdb-init", "backup-influxdb"}

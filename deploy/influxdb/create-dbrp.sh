@@ -21,8 +21,9 @@
 #    the backup job):
 #
 #      cizo-bridge   write raw
-#      cizo-control  read raw, read + write hourly/daily (it hosts the rollup job, and
-#                    reads every tier for dashboards and analytics)
+#      cizo-rollup   read raw, read + write hourly/daily (the rollup job reads its
+#                    watermarks and the hours it sums into days from the tiers)
+#      cizo-control  read raw, hourly, daily (dashboards, analytics)
 #      cizo-grafana  read raw, hourly, daily
 #
 #    The password is (re)set from the environment on every run: rotating one is editing
@@ -41,6 +42,7 @@ set -euo pipefail
 : "${CIZO_RAW_RETENTION_DAYS:?CIZO_RAW_RETENTION_DAYS must be set}"
 : "${CIZO_AGGREGATE_RETENTION_DAYS:?CIZO_AGGREGATE_RETENTION_DAYS must be set}"
 : "${INFLUXDB_BRIDGE_PASSWORD:?INFLUXDB_BRIDGE_PASSWORD must be set}"
+: "${INFLUXDB_ROLLUP_PASSWORD:?INFLUXDB_ROLLUP_PASSWORD must be set}"
 : "${INFLUXDB_CONTROL_PASSWORD:?INFLUXDB_CONTROL_PASSWORD must be set}"
 : "${INFLUXDB_GRAFANA_PASSWORD:?INFLUXDB_GRAFANA_PASSWORD must be set}"
 RP="${INFLUX_V1_RP:-autogen}"
@@ -112,9 +114,11 @@ daily="${tier_id[daily]}"
 
 ensure_v1_auth cizo-bridge "$INFLUXDB_BRIDGE_PASSWORD" "telemetry bridge: write raw" \
     --write-bucket "$raw"
-ensure_v1_auth cizo-control "$INFLUXDB_CONTROL_PASSWORD" \
-    "control and rollup job: read raw, read and write the tiers" \
+ensure_v1_auth cizo-rollup "$INFLUXDB_ROLLUP_PASSWORD" \
+    "rollup job: read raw, read and write the tiers" \
     --read-bucket "$raw" --read-bucket "$hourly" --read-bucket "$daily" \
     --write-bucket "$hourly" --write-bucket "$daily"
+ensure_v1_auth cizo-control "$INFLUXDB_CONTROL_PASSWORD" "control: read only" \
+    --read-bucket "$raw" --read-bucket "$hourly" --read-bucket "$daily"
 ensure_v1_auth cizo-grafana "$INFLUXDB_GRAFANA_PASSWORD" "Grafana: read only" \
     --read-bucket "$raw" --read-bucket "$hourly" --read-bucket "$daily"
