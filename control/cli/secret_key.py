@@ -52,7 +52,8 @@ def _rotate(args: argparse.Namespace) -> int:
         raise SystemExit(f"cizo secret-key rotate: {exc}") from None
     finally:
         db.dispose()
-    print(f"re-encrypted {done.kits} kit secret(s) and {done.webhook_secrets} webhook "
-          f"secret(s); {done.already_new} already used the new key. Now set "
-          f"CIZO_SECRET_KEY to the new key and start the control service.")
+    detail = ", ".join(f"{n} in {where}" for where, n in sorted(done.rewritten.items()))
+    print(f"re-encrypted {done.total} secret(s) ({detail or 'none'}); {done.already_new} "
+          "already used the new key. Now set CIZO_SECRET_KEY to the new key and start the "
+          "control service.")
     return 0
