@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,25 @@ def test_the_tls_key_instructions_let_mosquitto_read_it() -> None:
     assert "chown 1883:1883 server.key" in text and "chmod 0400 server.key" in text
     assert "readable by the container's root" not in text
     assert "/mosquitto/certs:ro" in COMPOSE.read_text()
+
+
+def test_the_rollup_healthcheck_follows_its_heartbeat(tmp_path: Path) -> None:
+    """The rollup service is healthy while its heartbeat file is recent
+    (deploy/docker/healthcheck.py ``fresh``, as docker-compose.yml calls it)."""
+    check = services_of(load_compose())["rollup"]["healthcheck"]["test"]
+    assert check[:3] == ["CMD", "cizo-healthcheck", "fresh"]
+    assert check[3] in services_of(load_compose())["rollup"]["command"]
+    beat = tmp_path / "rollup.ok"
+
+    def healthy() -> int:
+        return subprocess.run([sys.executable, str(DEPLOY / "docker" / "healthcheck.py"),
+                               "fresh", str(beat), check[4]], check=False).returncode
+
+    assert healthy() == 1  # no run yet
+    beat.touch()
+    assert healthy() == 0
+    os.utime(beat, (0, 0))
+    assert healthy() == 1  # the last success is too old
 
 
 def run_backup(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
