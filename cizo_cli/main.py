@@ -34,6 +34,7 @@ PORT_FLAGS = {
     "api": ("CIZO_API_PORT", 8000),
     "influx": ("CIZO_INFLUX_PORT", 18086),
     "paygate": ("CIZO_PAYGATE_PORT", 18090),
+    "momo": ("CIZO_MOMO_PORT", 18091),
 }
 
 
@@ -131,8 +132,8 @@ def _run(args: argparse.Namespace) -> int:
         require_development(load_settings())
         return run_stack(StackOptions(
             mqtt_port=args.mqtt_port, api_port=args.api_port, influx_port=args.influx_port,
-            paygate_port=args.paygate_port, kits=args.kits, data_dir=args.data_dir,
-            fresh=args.fresh, pay_every_s=args.pay_every,
+            paygate_port=args.paygate_port, momo_port=args.momo_port, kits=args.kits,
+            data_dir=args.data_dir, fresh=args.fresh, pay_every_s=args.pay_every,
         ))
     if args.command == "paygate-sim":
         from payment_sim.paygate import PayGateSimConfig, serve
