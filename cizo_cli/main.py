@@ -7,6 +7,7 @@
     cizo paygate-sim  a local simulator of PayGate Global's merchant API
     cizo migrate      bring the ledger schema up to date
     cizo keygen       print a fresh CIZO_SECRET_KEY
+    cizo kits         import kits from CSV, export kits (payments, commands) as CSV
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from cizo.settings import load_settings
 from control.cli import admin as admin_cli
 from control.cli import finance as finance_cli
 from control.cli import fleet as fleet_cli
+from control.cli import kits as kits_cli
 from control.cli import support as support_cli
 from payment_sim import commands_cli as payment_sim_cli
 
@@ -101,6 +103,7 @@ PLUGIN_MODULES = (
     broker_bridge_cli,  # cizo deadletter ...
     fleet_cli,  # cizo rollup / analytics / export ...
     support_cli,  # cizo support ...
+    kits_cli,  # cizo kits import / export, cizo payments export, cizo commands export
     finance_cli,  # cizo reconcile / settlement ...
     admin_cli,  # cizo keys / broker credentials / erase ...
     payment_sim_cli,  # momo-sim ...

@@ -29,6 +29,9 @@ class Base(DeclarativeBase):
     pass
 
 
+DEFAULT_REGION = "Maritime"  # a kit provisioned without a region
+
+
 class Desco(Base):
     __tablename__ = "descos"
 
@@ -72,8 +75,8 @@ class Kit(Base):
     # set only while the kit is commanded unlocked: the sweep's index of kits coming due
     lock_due_at: Mapped[int | None] = mapped_column(BigInteger, index=True)
     # the Togolese region the kit is installed in (dashboard filters, open data)
-    region: Mapped[str] = mapped_column(String(32), default="Maritime",
-                                        server_default="Maritime", index=True)
+    region: Mapped[str] = mapped_column(String(32), default=DEFAULT_REGION,
+                                        server_default=DEFAULT_REGION, index=True)
     # set when the kit's broker password is revoked (left out of the password file)
     mqtt_revoked_at: Mapped[float | None] = mapped_column(Float)
     # a pending secret rotation (the derived new secret, encrypted) until the kit
@@ -84,6 +87,14 @@ class Kit(Base):
     opaygo_until: Mapped[int | None] = mapped_column(BigInteger)  # token chain position
     anomaly_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_anomaly_at: Mapped[float | None] = mapped_column(Float)
+
+
+# the kit list's orders and filters (migration 0003_kit_list, control/fleet/kit_list.py)
+Index("ix_kits_desco_id_id", Kit.desco_id, Kit.id)
+Index("ix_kits_online_id", Kit.online, Kit.id)
+Index("ix_kits_region_id", Kit.region, Kit.id)
+# and on PostgreSQL only: ix_kits_last_seen_key (coalesce(last_seen, 0.0), id) and
+# ix_accounts_credit_key (coalesce(credit_until, 0), kit_id), the list's two sort keys
 
 
 class Account(Base):
@@ -108,6 +119,9 @@ class Account(Base):
     last_reminder_at: Mapped[float | None] = mapped_column(Float)  # at most one a day
 
     __table_args__ = (Index("ix_accounts_credit_until", "credit_until"),)
+
+
+Index("ix_accounts_owned_kit", Account.owned, Account.kit_id)
 
 
 class Payment(Base):
@@ -244,6 +258,9 @@ class Alert(Base):
     acknowledged_by: Mapped[str | None] = mapped_column(String(200))
     closed_at: Mapped[float | None] = mapped_column(Float)
     closed_by: Mapped[str | None] = mapped_column(String(200))
+
+
+Index("ix_alerts_state_kit", Alert.state, Alert.kit_id)
 
 
 class KitMetrics(Base):
