@@ -75,11 +75,14 @@ def test_filters_search_sorting_and_pages(client: TestClient, rt: Runtime, keys:
     assert _ids(client, ops, overdue_days=2) == ["K-05", "K-08", "K-09", "K-10", "K-11"]
     assert _ids(client, ops, open_alerts=True) == ["K-04"]
     assert _ids(client, ops, region="Kara", online=True, state="locked") == ["K-00", "K-06"]
-    # orders: seen most recently first (never seen last), credit ending first (none first)
-    assert _ids(client, ops, sort="last_seen", desc=True) == [
-        k for k in every if k != "K-05"] + ["K-05"]
-    assert _ids(client, ops, sort="credit_until") == ["K-06", *[
-        f"K-{i:02d}" for i in range(11, -1, -1) if i != 6]]
+    # by credit end: no credit at all first, then the end furthest in the past
+    by_credit = ["K-06", *[f"K-{i:02d}" for i in range(11, -1, -1) if i != 6]]
+    assert _ids(client, ops, sort="credit_until") == by_credit
+    assert _ids(client, ops, sort="credit_until", desc=True) == by_credit[::-1]
+    assert _ids(client, ops, sort="credit_until", region="Kara") == [
+        k for k in by_credit if int(k[2:]) % 2 == 0]
+    assert client.get("/v1/kits", params={"sort": "last_seen"},  # not an order it offers
+                      headers=Keys.auth(ops)).status_code == 422
 
     # search: kit id, account number, phone in any Togo form
     assert _ids(client, ops, q="K-03") == ["K-03"]
@@ -97,7 +100,8 @@ def test_filters_search_sorting_and_pages(client: TestClient, rt: Runtime, keys:
 def test_list_refusals_have_codes(client: TestClient, rt: Runtime, keys: Keys) -> None:
     _fleet(client, rt, keys)
     auth = Keys.auth(keys.operator)
-    page = client.get("/v1/kits", params={"limit": 2, "sort": "last_seen"}, headers=auth).json()
+    page = client.get("/v1/kits", params={"limit": 2, "sort": "credit_until"},
+                      headers=auth).json()
     other = client.get("/v1/kits", params={"cursor": page["next_cursor"]}, headers=auth)
     assert other.status_code == 422 and other.json()["code"] == "cursor_invalid"
     junk = client.get("/v1/kits", params={"cursor": "not-a-cursor"}, headers=auth)

@@ -91,10 +91,7 @@ class Kit(Base):
 
 # the kit list's orders and filters (migration 0003_kit_list, control/fleet/kit_list.py)
 Index("ix_kits_desco_id_id", Kit.desco_id, Kit.id)
-Index("ix_kits_online_id", Kit.online, Kit.id)
-Index("ix_kits_region_id", Kit.region, Kit.id)
-# and on PostgreSQL only: ix_kits_last_seen_key (coalesce(last_seen, 0.0), id) and
-# ix_accounts_credit_key (coalesce(credit_until, 0), kit_id), the list's two sort keys
+# none on online or last_seen: every kit message updates them (see the migration)
 
 
 class Account(Base):
@@ -122,6 +119,7 @@ class Account(Base):
 
 
 Index("ix_accounts_owned_kit", Account.owned, Account.kit_id)
+# and on PostgreSQL only: ix_accounts_credit_key (coalesce(credit_until, 0), kit_id)
 
 
 class Payment(Base):
@@ -258,9 +256,6 @@ class Alert(Base):
     acknowledged_by: Mapped[str | None] = mapped_column(String(200))
     closed_at: Mapped[float | None] = mapped_column(Float)
     closed_by: Mapped[str | None] = mapped_column(String(200))
-
-
-Index("ix_alerts_state_kit", Alert.state, Alert.kit_id)
 
 
 class KitMetrics(Base):
