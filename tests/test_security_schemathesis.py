@@ -204,6 +204,9 @@ GOOD: dict[str, Callable[[Seeded], dict[str, Any]]] = {
                                          "plan": PLAN}},
     "POST /v1/kits/{kit_id}/unlock": lambda s: {"path_parameters": {"kit_id": "SEED2"},
                                                 "body": {"days": 1, "reason": "fuzz"}},
+    "POST /v1/kits/import": lambda s: {
+        "body": "kit_id,phone,deposit_fcfa,daily_rate_fcfa,total_price_fcfa\n"
+                "GOOD-IMP,91000001,0,100,1000\n", "media_type": "text/csv"},
     "POST /v1/payments/intents": lambda s: {"body": {"kit_id": "SEED2", "amount_fcfa": 300,
                                                      "phone": "90123452",
                                                      "network": "TMONEY"}},
