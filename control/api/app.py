@@ -15,7 +15,7 @@ from starlette.types import Lifespan
 from control.api import dashboard, exports, finance, keys, kits, payments, support
 from control.api.auth import RuntimeDep
 from control.api.schemas import Health, Problem
-from control.fleet.refusals import Refused
+from control.fleet.messages import Refused
 from control.runtime import Runtime
 from control.support import actions
 
@@ -66,7 +66,7 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
     for kind in errors:
         app.add_exception_handler(kind, _refused)
 
-    # the kit list, import and exports refuse with a stable code (control.fleet.refusals)
+    # the kit list, import and exports refuse with a stable code (control.fleet.messages)
     @app.exception_handler(Refused)
     async def _refused_with_code(request: Request, exc: Refused) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)

@@ -32,7 +32,7 @@ from control.api.schemas import (
 )
 from control.commands.lifecycle import desired_for
 from control.fleet import kit_import, kit_list, provisioning
-from control.fleet.refusals import Refused
+from control.fleet.messages import Refused
 from control.ledger import accounts, credit
 from control.ledger.models import AuditEntry, Command, Kit
 from control.runtime import Runtime

@@ -8,6 +8,7 @@ import argparse
 import httpx
 
 from cizo.settings import load_settings
+from control.fleet.messages import text
 
 
 def api_client(args: argparse.Namespace, command: str, *,
@@ -16,7 +17,7 @@ def api_client(args: argparse.Namespace, command: str, *,
     key = args.api_key or (st.support_api_key.get_secret_value() if st.support_api_key
                            else None)
     if not key:
-        raise SystemExit(f"cizo {command}: give --api-key or set CIZO_SUPPORT_API_KEY")
+        raise SystemExit(text("no_api_key", command=command))
     url = args.url or st.support_api_url or st.api_base_url
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
                         timeout=timeout_s)

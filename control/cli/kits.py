@@ -23,9 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 from tqdm import tqdm
 
 from control.cli.http import add_api_options, api_client
+from control.fleet.messages import text
 
 CREDENTIAL_COLUMNS = ("kit_id", "account_number", "desco_id", "mqtt_username",
                       "mqtt_password", "command_secret")
@@ -98,15 +100,20 @@ def _count_rows(path: Path) -> int:
         return max(0, sum(1 for _ in csv.reader(fh)) - 1)
 
 
+def _http_error(command: str, r: httpx.Response) -> str:
+    body = r.json() if "json" in r.headers.get("content-type", "") else {}
+    return text("http_error", command=command, status=r.status_code,
+                code=body.get("code", "-"), detail=body.get("detail", r.text))
+
+
 def import_kits(args: argparse.Namespace) -> int:
     creds_path = args.credentials_out or args.file.with_suffix(".credentials.csv")
     errors_path = args.errors_out or args.file.with_suffix(".errors.csv")
     if not args.file.is_file():
-        print(f"cizo kits import: no file {args.file}", file=sys.stderr)
+        print(text("no_file", path=args.file), file=sys.stderr)
         return 2
     if creds_path.exists():
-        print(f"cizo kits import: {creds_path} exists; credentials are written once to a "
-              "new file (give --credentials-out)", file=sys.stderr)
+        print(text("credentials_exist", path=creds_path), file=sys.stderr)
         return 2
     totals = {"rows": 0, "created": 0, "unchanged": 0, "rejected": 0}
     errors: list[dict[str, Any]] = []
@@ -116,14 +123,11 @@ def import_kits(args: argparse.Namespace) -> int:
                  file=sys.stderr) as bar:
         creds = csv.DictWriter(creds_fh, CREDENTIAL_COLUMNS, extrasaction="ignore")
         creds.writeheader()
-        for before, text, n in _parts(args.file, args.rows_per_request):
+        for before, part, n in _parts(args.file, args.rows_per_request):
             r = c.post("/v1/kits/import", params={"line_offset": before},
-                       content=text.encode(), headers={"Content-Type": "text/csv"})
+                       content=part.encode(), headers={"Content-Type": "text/csv"})
             if r.status_code // 100 != 2:
-                body = r.json() if "json" in r.headers.get("content-type", "") else {}
-                print(f"\ncizo kits import: HTTP {r.status_code} "
-                      f"[{body.get('code', '-')}]: {body.get('detail', r.text)}",
-                      file=sys.stderr)
+                print("\n" + _http_error("kits import", r), file=sys.stderr)
                 return 1
             out = r.json()
             creds.writerows(out["credentials"])
@@ -137,11 +141,10 @@ def import_kits(args: argparse.Namespace) -> int:
             w = csv.DictWriter(fh, ERROR_COLUMNS)
             w.writeheader()
             w.writerows(errors)
-    print(f"{totals['rows']} rows: {totals['created']} created, {totals['unchanged']} "
-          f"already there, {totals['rejected']} refused")
-    print(f"credentials of the new kits: {creds_path}")
+    print(text("import_totals", **totals))
+    print(text("credentials_file", path=creds_path))
     if errors:
-        print(f"refused rows: {errors_path}")
+        print(text("errors_file", path=errors_path))
     return 1 if errors else 0
 
 
@@ -151,9 +154,7 @@ def export(args: argparse.Namespace) -> int:
             c.stream("GET", f"/v1/exports/{args.kind}.csv", params=params) as r:
         if r.status_code // 100 != 2:
             r.read()
-            body = r.json() if "json" in r.headers.get("content-type", "") else {}
-            print(f"cizo {args.kind} export: HTTP {r.status_code} "
-                  f"[{body.get('code', '-')}]: {body.get('detail', r.text)}", file=sys.stderr)
+            print(_http_error(f"{args.kind} export", r), file=sys.stderr)
             return 1
         sink = args.out.open("wb") if args.out else sys.stdout.buffer
         try:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from sqlalchemy import Select, select
 from sqlalchemy.orm import InstrumentedAttribute
 
-from control.fleet.refusals import Refused
+from control.fleet.messages import Refused
 from control.ledger.accounts import Actor
 from control.ledger.db import Database
 from control.ledger.models import Account, Command, Kit, Payment

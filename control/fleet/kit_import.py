@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from control.fleet import provisioning
-from control.fleet.refusals import Refused
+from control.fleet.messages import Refused
 from control.ledger.accounts import Actor, NewKit, ProvisionedKit
 from control.ledger.models import Account, Kit
 from control.runtime import Runtime

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, String, and_, exists, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
-from control.fleet.refusals import Refused
+from control.fleet.messages import Refused
 from control.ledger.accounts import Actor
 from control.ledger.models import Account, Alert, Kit
 from control.ledger.phone import PhoneError, normalise_phone

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cizo import protocol
 from control.fleet.jobs import REGIONS
-from control.fleet.refusals import Refused
+from control.fleet.messages import Refused
 from control.ledger import accounts, credit
 from control.ledger.accounts import Actor, NewKit, ProvisionedKit
 from control.ledger.models import DEFAULT_REGION, Desco, Kit

@@ -1,9 +1,9 @@
-"""What the kit list, the kit import and the exports refuse: a stable code and its message.
+"""The wording of the kit list, the kit import and the exports, in one place.
 
 Every refusal of these features is named here once, by a machine-readable ``code`` the API
 answers beside the message (``{"detail": message, "code": code}``) and an import reports
-per row. The English wording lives in ``MESSAGES`` only, so a translation catalog can take
-it over by code.
+per row (``MESSAGES``); the lines ``cizo kits ...`` prints are here too (``TEXTS``). The
+English wording lives only here, so a translation catalog can take it over by key.
 """
 
 from __future__ import annotations
@@ -28,6 +28,23 @@ MESSAGES: dict[str, str] = {
     "search_too_long": "search text is at most {limit} characters",
     "columns_unknown": "unknown columns {columns} (allowed: {allowed})",
 }
+
+TEXTS: dict[str, str] = {
+    "no_file": "cizo kits import: no file {path}",
+    "credentials_exist": "cizo kits import: {path} exists; credentials are written once to "
+                         "a new file (give --credentials-out)",
+    "http_error": "cizo {command}: HTTP {status} [{code}]: {detail}",
+    "import_totals": "{rows} rows: {created} created, {unchanged} already there, "
+                     "{rejected} refused",
+    "credentials_file": "credentials of the new kits: {path}",
+    "errors_file": "refused rows: {path}",
+    "no_api_key": "cizo {command}: give --api-key or set CIZO_SUPPORT_API_KEY",
+}
+
+
+def text(key: str, **params: Any) -> str:
+    """A line for the terminal, in the one place of the wording."""
+    return TEXTS[key].format(**params)
 
 
 class Refused(ValueError):
