@@ -69,6 +69,16 @@ def test_import_checks_every_row_and_a_rerun_creates_nothing(
                           .where(AuditEntry.action == "kit.provision"))
         assert deposits == 5 and audits == 5
 
+    # the refused rows, to download as CSV; only the importer's DESCO (or national) sees them
+    report = client.get(f"/v1/kits/imports/{out['import_id']}/errors.csv",
+                        headers=Keys.auth(keys.admin))
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/csv")
+    lines = list(csv.DictReader(io.StringIO(report.text)))
+    assert {r["kit_id"]: r["code"] for r in lines} == CODES and lines[0]["row"] == "7"
+    hidden = client.get(f"/v1/kits/imports/{out['import_id']}/errors.csv",
+                        headers=Keys.auth(keys.north_admin))
+    assert hidden.status_code == 404 and hidden.json()["code"] == "import_unknown"
+
     again = _import(client, keys.admin, FILE)
     assert (again["created"], again["unchanged"], again["rejected"]) == (0, 5, 7)
     assert again["credentials"] == []
@@ -105,6 +115,9 @@ def test_import_and_single_provisioning_refuse_alike(client: TestClient, keys: K
     forbidden = client.post("/v1/kits/import", content=FILE.encode(),
                             headers={**Keys.auth(keys.operator), "Content-Type": "text/csv"})
     assert forbidden.status_code == 403
+    huge = client.post("/v1/kits/import", content=FILE.encode() * 20_000,
+                       headers={**Keys.auth(keys.admin), "Content-Type": "text/csv"})
+    assert huge.status_code == 413 and huge.json()["code"] == "file_too_large"
 
 
 @pytest.fixture

@@ -89,7 +89,12 @@ def _seed(client: TestClient, admin: str, keys: dict[str, str]) -> dict[str, str
         headers=auth(keys["finance"])))
     key = ok(client.post("/v1/keys", json={"name": "to revoke", "role": "operator"},
                          headers=auth(admin)))
+    imported = ok(client.post(
+        "/v1/kits/import", content=b"kit_id,phone,deposit_fcfa,daily_rate_fcfa,"
+        b"total_price_fcfa\nSEEDI,90123450,0,100,1000\nSEED.DOT,90123450,0,100,1000\n",
+        headers={**auth(admin), "Content-Type": "text/csv"}))
     return {"kit_id": "SEED0", "command_id": cmd["command_id"],
+            "import_id": str(imported["import_id"]),
             "identifier": intent["identifier"], "key_id": str(key["id"]),
             "desco_id": "default", "account": "SEED1", "month": "2026-01"}
 

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from sqlalchemy import select
@@ -99,6 +99,9 @@ async def import_kits(
     line_offset: Annotated[int, Query(ge=0, le=10_000_000,
                                       description="lines of the file sent before")] = 0,
 ) -> KitImportOut:
+    # refused before it is read: a body larger than the rows a request may carry
+    if int(request.headers.get("content-length") or 0) > kit_import.MAX_BYTES:
+        raise Refused("file_too_large", 413, limit=kit_import.MAX_ROWS)
     try:
         text = (await request.body()).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -109,10 +112,24 @@ async def import_kits(
     except csv.Error as exc:
         raise Refused("file_not_csv", 422, reason=str(exc)) from exc
     return KitImportOut(
-        rows=report.rows, created=len(report.created), unchanged=len(report.unchanged),
-        rejected=len(report.errors),
+        import_id=report.import_id, rows=report.rows, created=len(report.created),
+        unchanged=len(report.unchanged), rejected=len(report.errors),
         credentials=[KitCredentials(**dataclasses.asdict(c)) for c in report.created],
         errors=[ImportRowError(**dataclasses.asdict(e)) for e in report.errors])
+
+
+@router.get(
+    "/kits/imports/{import_id}/errors.csv", response_class=Response,
+    responses={**_errors, 200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+                                "description": "row, kit_id, code, message"}},
+    summary="The refused rows of a kit import, as CSV (admin)",
+)
+def import_errors(
+    rt: RuntimeDep, actor: AdminKey, import_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+) -> Response:
+    return Response(kit_import.error_report(rt, actor, import_id), media_type="text/csv",
+                    headers={"Content-Disposition":
+                             f'attachment; filename="kit-import-{import_id}-errors.csv"'})
 
 
 # --- reading ----------------------------------------------------------------------------

@@ -107,6 +107,7 @@ class ImportRowError(BaseModel):
 class KitImportOut(BaseModel):
     """The import's report; ``credentials`` of the kits created are shown only here."""
 
+    import_id: int = Field(description="GET /v1/kits/imports/{import_id}/errors.csv")
     rows: int
     created: int
     unchanged: int

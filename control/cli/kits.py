@@ -27,11 +27,11 @@ import httpx
 from tqdm import tqdm
 
 from control.cli.http import add_api_options, api_client
+from control.fleet.kit_import import ERROR_COLUMNS
 from control.fleet.messages import text
 
 CREDENTIAL_COLUMNS = ("kit_id", "account_number", "desco_id", "mqtt_username",
                       "mqtt_password", "command_secret")
-ERROR_COLUMNS = ("row", "kit_id", "code", "message")
 IMPORT_TIMEOUT_S = 600.0
 
 
@@ -138,7 +138,7 @@ def import_kits(args: argparse.Namespace) -> int:
             bar.update(n)
     if errors:
         with errors_path.open("w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, ERROR_COLUMNS)
+            w = csv.DictWriter(fh, ERROR_COLUMNS)  # as GET /v1/kits/imports/{id}/errors.csv
             w.writeheader()
             w.writerows(errors)
     print(text("import_totals", **totals))

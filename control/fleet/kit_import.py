@@ -13,19 +13,21 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from sqlalchemy import select
 
 from control.fleet import provisioning
 from control.fleet.messages import Refused
 from control.ledger.accounts import Actor, NewKit, ProvisionedKit
-from control.ledger.models import Account, Kit
+from control.ledger.models import Account, Kit, KitImport
 from control.runtime import Runtime
 
+ERROR_COLUMNS = ("row", "kit_id", "code", "message")
 NEEDED = ("kit_id", "phone", "deposit_fcfa", "daily_rate_fcfa", "total_price_fcfa")
 OPTIONAL = ("desco_id", "region", "deposit_paid")
 MAX_ROWS = 20_000  # per request: a bigger file is sent in parts (cizo kits import does)
+MAX_BYTES = MAX_ROWS * 256  # a row is well under 256 bytes
 BATCH = 2_000  # kits per transaction
 _TRUE, _FALSE = {"true", "1", "yes", "oui", ""}, {"false", "0", "no", "non"}
 
@@ -40,6 +42,7 @@ class RowError:
 
 @dataclass(slots=True)
 class ImportReport:
+    import_id: int = 0  # the stored report (kit_imports), its refused rows downloadable
     rows: int = 0
     created: list[ProvisionedKit] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
@@ -105,7 +108,35 @@ def import_csv(rt: Runtime, actor: Actor, text: str, *, line_offset: int = 0) ->
     for start in range(0, len(checked), BATCH):
         _batch(rt, actor, checked[start:start + BATCH], report)
     report.errors.sort(key=lambda e: e.row)
+    report.import_id = _record(rt, actor, report)
     return report
+
+
+def _record(rt: Runtime, actor: Actor, report: ImportReport) -> int:
+    """Keep the import's counts and refused rows (never the credentials)."""
+    with rt.db.session() as s:
+        row = KitImport(desco_id=actor.desco_id, imported_by=actor.name,
+                        imported_key_id=actor.key_id, imported_at=rt.clock.now(),
+                        rows=report.rows, created=len(report.created),
+                        unchanged=len(report.unchanged), rejected=len(report.errors),
+                        errors=[asdict(e) for e in report.errors])
+        s.add(row)
+        s.flush()
+        return row.id
+
+
+def error_report(rt: Runtime, actor: Actor, import_id: int) -> str:
+    """The refused rows of an import the actor may see, as CSV (header first)."""
+    with rt.db.session() as s:
+        found = s.get(KitImport, import_id)
+        if found is None or (actor.desco_id is not None and found.desco_id != actor.desco_id):
+            raise Refused("import_unknown", 404, import_id=import_id)
+        errors = list(found.errors)
+    buf = io.StringIO()
+    out = csv.DictWriter(buf, ERROR_COLUMNS)
+    out.writeheader()
+    out.writerows(errors)
+    return buf.getvalue()
 
 
 def _as_stored(new: NewKit) -> tuple[object, ...]:

@@ -23,6 +23,7 @@ MESSAGES: dict[str, str] = {
     "flag_invalid": "{column} must be true or false, not {value!r}",
     "column_missing": "the file has no column {column} (needed: {needed})",
     "file_not_csv": "the file is not UTF-8 CSV: {reason}",
+    "import_unknown": "no kit import {import_id}",
     "file_too_large": "at most {limit} rows per request; send the file in parts",
     "cursor_invalid": "the cursor is not one this list gave out; start again without it",
     "search_too_long": "search text is at most {limit} characters",

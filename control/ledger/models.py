@@ -351,6 +351,23 @@ class ReconProposal(Base):
     payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id"))
 
 
+class KitImport(Base):
+    """One CSV of kits imported (a request): who, the counts and every refused row."""
+
+    __tablename__ = "kit_imports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    desco_id: Mapped[str | None] = mapped_column(String(64), index=True)  # None: national
+    imported_by: Mapped[str] = mapped_column(String(200))
+    imported_key_id: Mapped[int | None] = mapped_column(Integer)
+    imported_at: Mapped[float] = mapped_column(Float)
+    rows: Mapped[int] = mapped_column(Integer)
+    created: Mapped[int] = mapped_column(Integer)
+    unchanged: Mapped[int] = mapped_column(Integer)
+    rejected: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # row, kit_id, code, message
+
+
 # --- OpenPAYGO keypad tokens -------------------------------------------------------------
 
 

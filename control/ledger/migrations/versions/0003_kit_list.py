@@ -1,4 +1,4 @@
-"""indexes of the kit list: each filter and order at national size
+"""the kit list's indexes (each filter and order at national size) and the kit imports
 
 Revision ID: 0003_kit_list
 Revises: 0001
@@ -10,6 +10,9 @@ same expression control/fleet/kit_list.py sorts by (nulls as 0). Regions and ope
 already have theirs (0002_alerts). bench/dashboard.py shows the plan PostgreSQL picks for
 each filter (EXPLAIN) and times them at 300,000 kits; an index it never picked is not
 here.
+
+kit_imports: one row per CSV of kits imported, with its refused rows (the report a DESCO
+downloads as CSV).
 
 No index on kits.online or kits.last_seen, on purpose: every status and telemetry message
 updates them, and an indexed column makes each of those updates write every index of the
@@ -31,6 +34,21 @@ _ZERO_I = sa.text("coalesce(credit_until, 0)")
 
 
 def upgrade() -> None:
+    op.create_table(
+        "kit_imports",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("desco_id", sa.String(length=64), nullable=True),
+        sa.Column("imported_by", sa.String(length=200), nullable=False),
+        sa.Column("imported_key_id", sa.Integer(), nullable=True),
+        sa.Column("imported_at", sa.Float(), nullable=False),
+        sa.Column("rows", sa.Integer(), nullable=False),
+        sa.Column("created", sa.Integer(), nullable=False),
+        sa.Column("unchanged", sa.Integer(), nullable=False),
+        sa.Column("rejected", sa.Integer(), nullable=False),
+        sa.Column("errors", sa.JSON(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_kit_imports_desco_id", "kit_imports", ["desco_id"])
     op.create_index("ix_kits_desco_id_id", "kits", ["desco_id", "id"])
     if op.get_bind().dialect.name == "postgresql":
         # an expression index on PostgreSQL only: SQLite's batch migrations re-create a
@@ -40,6 +58,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_kit_imports_desco_id", "kit_imports")
+    op.drop_table("kit_imports")
     op.drop_index("ix_accounts_owned_kit", "accounts")
     if op.get_bind().dialect.name == "postgresql":
         op.drop_index("ix_accounts_credit_key", "accounts")
