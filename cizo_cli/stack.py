@@ -46,6 +46,7 @@ class StackOptions:
     api_port: int
     influx_port: int
     paygate_port: int
+    momo_port: int
     kits: int
     data_dir: Path
     fresh: bool = False
@@ -141,7 +142,7 @@ class Stack:
             "CIZO_ADMIN_API_KEY": admin_key,
             "CIZO_SECRET_KEY": secret_key,
             "CIZO_PAYGATE_URL": f"http://127.0.0.1:{o.paygate_port}",
-            "CIZO_MOMO_URL": f"http://127.0.0.1:{o.paygate_port + 1}",  # MoMo simulator
+            "CIZO_MOMO_URL": f"http://127.0.0.1:{o.momo_port}",  # MoMo simulator
             # where `cizo broker sync` writes (and whom it reloads) for this stack
             "CIZO_BROKER_PASSWORD_FILE": str(self.password_file),
             "CIZO_BROKER_ACL_FILE": str(self.acl_file),
@@ -201,17 +202,15 @@ class Stack:
 
     def check_ports(self) -> None:
         o = self.opts
-        taken = [
-            f"{name} port {port}"
-            for name, port in (("mqtt", o.mqtt_port), ("api", o.api_port),
-                               ("influx", o.influx_port), ("paygate", o.paygate_port))
-            if not services.port_is_free(port)
-        ]
+        ports = {"mqtt": o.mqtt_port, "api": o.api_port, "influx": o.influx_port,
+                 "paygate": o.paygate_port, "momo": o.momo_port}
+        taken = [f"{name} port {port}" for name, port in ports.items()
+                 if not services.port_is_free(port)]
         if taken:
             raise StackError(
                 "already in use on 127.0.0.1: " + ", ".join(taken)
-                + " (choose others with --mqtt-port/--api-port/--influx-port/--paygate-port"
-                " or CIZO_MQTT_PORT/CIZO_API_PORT/CIZO_INFLUX_PORT/CIZO_PAYGATE_PORT)"
+                + " (choose others with " + "/".join(f"--{n}-port" for n in ports)
+                + " or " + "/".join(f"CIZO_{n.upper()}_PORT" for n in ports) + ")"
             )
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -252,13 +251,13 @@ class Stack:
         api = f"http://127.0.0.1:{o.api_port}"
         self.spawn("paygate-sim", ["paygate-sim", "--port", str(o.paygate_port),
                                    "--callback-url", f"{api}/v1/payments/paygate"], env)
-        self.spawn("momo-sim", ["momo-sim", "--port", str(o.paygate_port + 1)], env)
+        self.spawn("momo-sim", ["momo-sim", "--port", str(o.momo_port)], env)
         for name, user in (("bridge", BRIDGE_USER), ("control", CONTROL_USER)):
             self.spawn(name, [name], {**env, "CIZO_MQTT_USERNAME": user,
                                       "CIZO_MQTT_PASSWORD": passwords[user]})
         self.wait_http(f"{api}/readyz", "control", timeout_s=60)
         self.wait_http(f"http://127.0.0.1:{o.paygate_port}/_sim/transactions", "paygate-sim")
-        self.wait_http(f"http://127.0.0.1:{o.paygate_port + 1}/_sim/transactions", "momo-sim")
+        self.wait_http(f"http://127.0.0.1:{o.momo_port}/_sim/transactions", "momo-sim")
         fleet = self.provision(api, env["CIZO_ADMIN_API_KEY"])
         if fleet is not None:
             self.sync_broker()  # the kits just provisioned, before the fleet connects

@@ -167,7 +167,7 @@ def test_the_local_stack_writes_recognisable_development_keys(tmp_path: Path) ->
     from cizo_cli.stack import Stack, StackOptions
 
     stack = Stack(StackOptions(mqtt_port=1, api_port=2, influx_port=3, paygate_port=4,
-                               kits=0, data_dir=tmp_path))
+                               momo_port=5, kits=0, data_dir=tmp_path))
     env = stack.env()
     problems = control_problems(admin_api_key=env["CIZO_ADMIN_API_KEY"],
                                 secret_key=env["CIZO_SECRET_KEY"],
