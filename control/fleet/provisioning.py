@@ -4,7 +4,8 @@ An admin provisions a kit for their own DESCO (a national admin for any): the ph
 plan are checked first, then the kit, its account and (when the deposit was paid in cash at
 the sale) the deposit's ledger entry are written in one transaction
 (control.ledger.accounts.provision_kit). A serial provisioned twice, even by two requests at
-once, is refused.
+once, is refused. Once committed, the kit's broker login is created at once (its door on
+the broker, control.security.broker_auth): the kit can connect as soon as it is returned.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from control.ledger.accounts import Actor, ProvisionedKit
 from control.ledger.models import Desco, Kit
 from control.ledger.phone import PhoneError, normalise_phone
 from control.runtime import Runtime
+from control.security import broker_auth
 
 
 class ProvisioningRefused(ValueError):
@@ -43,8 +45,10 @@ def provision(rt: Runtime, actor: Actor, *, kit_id: str, desco_id: str | None, p
                 raise ProvisioningRefused(f"kit {kit_id} already exists", 409)
             if s.get(Desco, desco) is None:
                 raise ProvisioningRefused(f"unknown DESCO {desco}", 422)
-            return accounts.provision_kit(
+            made = accounts.provision_kit(
                 s, kit_id=kit_id, desco_id=desco, phone_e164=phone_e164, plan=the_plan,
                 box=rt.box, now=rt.clock.now(), actor=actor, deposit_paid=deposit_paid)
     except IntegrityError as exc:  # a concurrent provisioning of the same serial
         raise ProvisioningRefused(f"kit {kit_id} already exists", 409) from exc
+    broker_auth.converge_now(rt, [kit_id])  # its broker door, before its credentials return
+    return made

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from cizo import protocol
 from control.ledger import credit
 from control.ledger.models import Account, AuditEntry, Desco, Kit, LedgerEntry
-from control.ledger.secrets import SecretBox, hash_mqtt_password, new_mqtt_password
+from control.ledger.secrets import SecretBox, new_kit_login
 from control.ledger.writes import Write, write_all
 
 log = logging.getLogger(__name__)
@@ -123,11 +123,11 @@ def provision_kit(
         raise LedgerError(f"kit {kit_id} already exists")
     if s.get(Desco, desco_id) is None:
         raise LedgerError(f"unknown DESCO {desco_id}")
-    password = new_mqtt_password()
+    login = new_kit_login(box)
     secret = protocol.new_command_secret()
     kit = Kit(
-        id=kit_id, desco_id=desco_id, mqtt_username=kit_id,
-        mqtt_password_hash=hash_mqtt_password(password), secret_enc=box.encrypt(secret),
+        id=kit_id, desco_id=desco_id, mqtt_username=kit_id, mqtt_password_hash=login.hashed,
+        mqtt_password_enc=login.encrypted, secret_enc=box.encrypt(secret),
         cmd_seq=0, created_at=now, online=False,
     )
     acct = Account(
@@ -152,7 +152,7 @@ def provision_kit(
     audit(s, actor=actor, action="kit.provision", now=now, kit_id=kit_id, desco_id=desco_id,
           after=account_snapshot(acct))
     log.info("kit provisioned", extra={"kit_id": kit_id, "desco_id": desco_id})
-    return ProvisionedKit(kit_id, acct.account_number, desco_id, kit.mqtt_username, password,
+    return ProvisionedKit(kit_id, acct.account_number, desco_id, kit.mqtt_username, login.password,
                           secret)
 
 
