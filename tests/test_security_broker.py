@@ -9,7 +9,10 @@ old dynamic-security file comes back to the ledger.
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -213,11 +216,15 @@ def kit(broker: Broker, clients: list[Client], kit_id: str, *, client_id: str | 
     return c
 
 
-def service(broker: Broker, clients: list[Client], user: str, pw: str) -> Client:
+def service_login(port: int, clients: list[Client], user: str, pw: str) -> Client:
     c = Client(f"{user}-{uuid.uuid4().hex[:6]}", username=user, password=pw)
     clients.append(c)
-    assert c.connect(broker.service_port), f"{user} refused: {c.connack}"
+    assert c.connect(port), f"{user} refused: {c.connack}"
     return c
+
+
+def service(broker: Broker, clients: list[Client], user: str, pw: str) -> Client:
+    return service_login(broker.service_port, clients, user, pw)
 
 
 def test_anonymous_and_wrong_passwords_are_refused(broker: Broker, clients: list[Client]) -> None:
@@ -470,3 +477,101 @@ def test_a_broker_restarted_with_an_old_dynsec_file_comes_back_to_the_ledger(
     finally:
         proc.stop()
         db.dispose()
+
+
+def test_the_production_broker_config_and_init_admit_kits_on_debian_mosquitto(
+    tmp_path: Path, clients: list[Client]
+) -> None:
+    """deploy/mosquitto as docker-compose.yml runs it, paths mapped to this machine: the
+    init (twice: idempotent) makes the admin user; control's reconcile gives kits their
+    doors over the plain listener; on the TLS listener a kit claiming another's client id
+    logs in as itself and the victim keeps its session."""
+    deploy = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto"
+    auth, data, certs = tmp_path / "auth", tmp_path / "data", tmp_path / "certs"
+    data.mkdir()
+    env = {**os.environ, "MQTT_ADMIN_PASSWORD": ADMIN_PW,
+           "DYNSEC_FILE": str(auth / "dynamic-security.json")}
+    first = subprocess.run(["sh", str(deploy / "init-auth.sh")], env=env, check=True,
+                           capture_output=True, text=True)
+    again = subprocess.run(["sh", str(deploy / "init-auth.sh")],
+                           env={**env, "MQTT_ADMIN_PASSWORD": "changed"}, check=True,
+                           capture_output=True, text=True)
+    assert "created" in first.stdout and "kept" in again.stdout
+    ca = pki.make_ca()
+    crt, key = pki.make_server_cert(ca, ["127.0.0.1"]).write(certs, "server")
+    ca.write(certs, "ca")
+    svc_port, tls_port = services.free_port(), services.free_port()
+    conf = (deploy / "mosquitto.conf").read_text()
+    for prod, here in (("listener 1883", f"listener {svc_port} 127.0.0.1"),
+                       ("listener 8883", f"listener {tls_port} 127.0.0.1"),
+                       ("/usr/lib/mosquitto_dynamic_security.so",
+                        str(services.find_dynsec_plugin())),
+                       ("/mosquitto/auth/", f"{auth}/"), ("/mosquitto/data/", f"{data}/"),
+                       ("/mosquitto/certs/server.crt", str(crt)),
+                       ("/mosquitto/certs/server.key", str(key))):
+        assert prod in conf, prod
+        conf = conf.replace(prod, here)
+    (tmp_path / "mosquitto.conf").write_text(f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+                                             + conf)
+    proc = services.ManagedProcess(
+        "mqtt-production", [services.find_binary("mosquitto", "/usr/sbin"), "-c",
+                            str(tmp_path / "mosquitto.conf")],
+        svc_port, tmp_path, tmp_path / "mosquitto.log")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate(url)
+    db = Database(url)
+    secret = generate_secret_key()
+    box = SecretBox(secret)
+    pw = {k: provision(db, box, k) for k in ("P-VICTIM", "P-INTRUDER")}
+    proc.start()
+    try:
+        assert services.wait_for_port(tls_port)
+        doors = broker_auth.BrokerDoors(door_settings(svc_port, url, secret), db, box)
+        assert doors.reconcile().created == 2
+
+        def tls_kit(kit_id: str, client_id: str) -> Client:
+            c = Client(client_id, username=kit_id, password=pw[kit_id])
+            c.tls(certs / "ca.crt")
+            clients.append(c)
+            assert c.connect(tls_port), c.connack
+            return c
+
+        victim = tls_kit("P-VICTIM", "P-VICTIM")
+        victim.subscribe(protocol.cmd_topic("P-VICTIM"))
+        tls_kit("P-INTRUDER", "P-VICTIM")
+        control = service_login(svc_port, clients, broker_auth.CONTROL_USER, CONTROL_PW)
+        control.publish(protocol.cmd_topic("P-VICTIM"), b'{"cmd":"still yours"}')
+        wait_for(lambda: victim.received, 5, "the victim's command")
+        assert not victim.disconnected.is_set()
+    finally:
+        proc.stop()
+        db.dispose()
+
+
+def test_the_broker_cli_syncs_rotates_and_revokes(
+    broker: Broker, clients: list[Client], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cizo_cli import main as cli
+
+    settings = broker.doors.settings
+    assert settings.secret_key is not None and settings.broker_admin_password is not None
+    for var in [v for v in os.environ if v.startswith("CIZO_")]:
+        monkeypatch.delenv(var)
+    for name, value in (("DATABASE_URL", settings.database_url),
+                        ("SECRET_KEY", settings.secret_key.get_secret_value()),
+                        ("MQTT_PORT", str(broker.service_port)),
+                        ("BROKER_ADMIN_PASSWORD", ADMIN_PW)):
+        monkeypatch.setenv(f"CIZO_{name}", value)
+    broker.passwords["KIT-CLI"] = provision(broker.db, broker.doors.box, "KIT-CLI")
+    assert not kit_login(broker, clients, "KIT-CLI").connected.is_set()  # not converged yet
+    assert cli.main(["broker", "sync"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["created"] == 1
+    first = kit(broker, clients, "KIT-CLI")
+    assert cli.main(["broker", "rotate-kit", "KIT-CLI"]) == 0
+    rotated = json.loads(capsys.readouterr().out.splitlines()[-1])
+    wait_for(first.disconnected.is_set, 5, "the old password's session cut")
+    second = kit(broker, clients, "KIT-CLI", password=rotated["mqtt_password"])
+    assert cli.main(["broker", "revoke-kit", "KIT-CLI"]) == 0
+    wait_for(second.disconnected.is_set, 5, "the revoked kit's session cut")
+    assert cli.main(["broker", "revoke-kit", "NO-SUCH-KIT"]) == 1
