@@ -4,8 +4,9 @@ Commands are JSON published to ``$CONTROL/dynamic-security/v1``; the plugin answ
 message on ``.../response`` with one response per command, in order, echoing the
 ``correlationData`` we give every command. One session = one short MQTT connection as the
 broker's admin user: nothing to keep alive between requests, and a reconnect never
-replays a half-sent batch. Commands go in chunks (the broker refuses packets above its
-``max_packet_size``); a chunk's answer is awaited before the next is sent.
+replays a half-sent batch. Commands go in chunks under ``MAX_MESSAGE_BYTES`` (the broker
+drops a client whose packet exceeds its ``max_packet_size``, 64 KiB in our configs); a
+chunk's answer is awaited before the next is sent.
 
 Which commands to send is decided by control.security.broker_auth; this module only
 carries them.
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
-CHUNK = 200  # commands per message: ~30 KB for createClient, under max_packet_size 64 KB
+MAX_MESSAGE_BYTES = 48_000  # one message of commands, under max_packet_size (65536)
 
 Command = dict[str, Any]
 
@@ -71,6 +72,13 @@ class DynsecSession:
         self._responses: dict[str, Command] = {}
         self._batch = secrets.token_hex(4)
         self._seq = 0
+        self._closed: str | None = None
+
+    def on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: Any,
+                      _p: object) -> None:
+        with self._answered:
+            self._closed = str(rc)
+            self._answered.notify_all()
 
     def on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -89,25 +97,35 @@ class DynsecSession:
     def run(self, commands: Sequence[Command]) -> list[Command]:
         """Each command's response (``error`` set when the plugin refused it)."""
         out: list[Command] = []
-        for start in range(0, len(commands), CHUNK):
-            out += self._run_chunk(commands[start:start + CHUNK])
-        return out
-
-    def _run_chunk(self, commands: Sequence[Command]) -> list[Command]:
-        tagged = []
+        chunk: list[Command] = []
+        size = 0
         for command in commands:
             self._seq += 1
-            tagged.append({**command, "correlationData": f"{self._batch}-{self._seq}"})
-        info = self._client.publish(CONTROL_TOPIC, json.dumps({"commands": tagged}), qos=1)
+            tagged = {**command, "correlationData": f"{self._batch}-{self._seq}"}
+            length = len(json.dumps(tagged)) + 2
+            if chunk and size + length > MAX_MESSAGE_BYTES:
+                out += self._run_chunk(chunk)
+                chunk, size = [], 0
+            chunk.append(tagged)
+            size += length
+        if chunk:
+            out += self._run_chunk(chunk)
+        return out
+
+    def _run_chunk(self, tagged: list[Command]) -> list[Command]:
+        self._client.publish(CONTROL_TOPIC, json.dumps({"commands": tagged}), qos=1)
         keys = [c["correlationData"] for c in tagged]
         with self._answered:
-            done = self._answered.wait_for(
-                lambda: all(k in self._responses for k in keys), self._timeout_s)
-            if not done:
+            self._answered.wait_for(
+                lambda: self._closed is not None or all(k in self._responses for k in keys),
+                self._timeout_s)
+            if self._closed is not None:
+                raise BrokerAdminError(f"the broker closed the admin session ({self._closed})")
+            if not all(k in self._responses for k in keys):
                 raise BrokerAdminError(
                     f"the broker did not answer {len(keys)} dynamic-security commands within "
-                    f"{self._timeout_s:.0f} s (mid {info.mid}): is the plugin loaded and "
-                    "the admin user allowed on $CONTROL/dynamic-security/#?")
+                    f"{self._timeout_s:.0f} s: is the plugin loaded and the admin user "
+                    "allowed on $CONTROL/dynamic-security/#?")
             return [self._responses.pop(k) for k in keys]
 
 
@@ -140,6 +158,7 @@ def session(config: BrokerAdminConfig) -> Iterator[DynsecSession]:
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = dynsec.on_message
+    client.on_disconnect = dynsec.on_disconnect
     try:
         client.connect(config.host, config.port, keepalive=30)
     except OSError as exc:

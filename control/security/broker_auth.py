@@ -12,6 +12,11 @@ to it over ``$CONTROL/dynamic-security/v1`` (control.gateways.broker_admin):
 - a rotation sets the new password; the plugin disconnects the old session at once;
 - the bridge and control service accounts, with their roles, from CIZO_BROKER_*_PASSWORD.
 
+Mosquitto 2.0's plugin rewrites its whole file on every change (createRole, createClient,
+deleteClient... each), on the broker's one thread: a change costs time proportional to the
+number of accounts, so commands are sent only for what differs (docs/security.md has the
+figures).
+
 One function plans what a kit needs (``plan_kit``); a provisioning, revocation or
 rotation converges just that kit, and ``reconcile`` (at start and every
 ``broker_reconcile_interval_s``) converges everything, so a broker restarted with an old or
@@ -173,10 +178,11 @@ def plan_kit(kit: LedgerKit, present: dict[str, Any] | None,
         return [make_role, {"command": "createClient", "username": user, **password,
                             **wanted}], None
     commands: list[Command] = []
+    if _roles_of(present) != [role]:
+        commands.append(make_role)  # (refused as existing if only the client lost it)
     if (new_password or present.get("clientid") != user
             or present.get("textname") != KIT_TEXTNAME or _roles_of(present) != [role]):
-        commands += [make_role, {"command": "modifyClient", "username": user, **password,
-                                 **wanted}]
+        commands.append({"command": "modifyClient", "username": user, **password, **wanted})
     if present.get("disabled"):
         commands.append({"command": "enableClient", "username": user})
     return commands, None
