@@ -226,8 +226,6 @@ def mosquitto_config(
     port: int,
     data_dir: Path,
     allow_anonymous: bool = True,
-    password_file: Path | None = None,
-    acl_file: Path | None = None,
     max_inflight: int = 100,
     max_queued: int = 1_000_000,
     listeners: tuple[Listener, ...] = (),
@@ -263,10 +261,6 @@ def mosquitto_config(
         "log_type notice",
         "connection_messages false",
     ]
-    if password_file is not None:
-        lines.append(f"password_file {password_file}")
-    if acl_file is not None:
-        lines.append(f"acl_file {acl_file}")
     if dynsec_file is not None:
         lines += [f"plugin {find_dynsec_plugin()}", f"plugin_opt_config_file {dynsec_file}"]
     for extra in listeners:  # after the global options: listener options follow "listener"

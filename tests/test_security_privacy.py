@@ -1,5 +1,6 @@
 """Personal data: erasure after an account closes keeps amounts and aggregates; no phone
-number in logs or in the open-data export; the admin CLI (keys, broker sync, erasure).
+number in logs or in the open-data export; the admin CLI (keys, the broker commands
+without an admin, erasure).
 """
 
 from __future__ import annotations
