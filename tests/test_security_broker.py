@@ -575,3 +575,24 @@ def test_the_broker_cli_syncs_rotates_and_revokes(
     assert cli.main(["broker", "revoke-kit", "KIT-CLI"]) == 0
     wait_for(second.disconnected.is_set, 5, "the revoked kit's session cut")
     assert cli.main(["broker", "revoke-kit", "NO-SUCH-KIT"]) == 1
+
+
+def test_the_control_service_reconciles_the_broker_when_it_starts(
+    broker: Broker, clients: list[Client], tmp_path: Path
+) -> None:
+    """A kit the broker does not know yet (written to the ledger while control was down)
+    gets its door from the control process's scheduler, at start, not a period later."""
+    from control import scheduler
+
+    broker.passwords["KIT-START"] = provision(broker.db, broker.doors.box, "KIT-START")
+    assert not kit_login(broker, clients, "KIT-START").connected.is_set()
+    rt = Runtime.build(broker.doors.settings.model_copy(
+        update={"data_dir": tmp_path, "broker_reconcile_interval_s": 3600.0}))
+    jobs = scheduler.start(rt)
+    try:
+        assert jobs.get_job("broker-reconcile") is not None
+        wait_for(lambda: kit_login(broker, clients, "KIT-START").connected.is_set(), 15,
+                 "KIT-START admitted by control's reconcile at start")
+    finally:
+        jobs.shutdown(wait=True)
+        rt.close()
