@@ -84,11 +84,10 @@ def one_size(n: int, root: Path) -> dict[str, Any]:
                       mqtt_password_hash=login.hashed, mqtt_password_enc=login.encrypted,
                       secret_enc="-", cmd_seq=0, created_at=0.0, online=False)
                   for i in range(n))
-    dynsec = root / "dynamic-security.json"
-    services.dynsec_init(dynsec, "cizo-admin", ADMIN_PW)
     port = services.free_port()
-    broker = services.mosquitto(root / "mosquitto", port, allow_anonymous=False,
-                                dynsec_file=dynsec, username_as_clientid=True)
+    broker = services.mosquitto_with_doors(root / "mosquitto", port, admin_user="cizo-admin",
+                                           admin_password=ADMIN_PW)
+    dynsec = root / "mosquitto" / "dynamic-security.json"
     broker.start()
     settings = Settings(mqtt_port=port, database_url=url, broker_admin_password=ADMIN_PW,
                         broker_timeout_s=3600)

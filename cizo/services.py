@@ -307,6 +307,17 @@ def mosquitto(workdir: Path, port: int, **config: object) -> ManagedProcess:
     return ManagedProcess("mqtt", argv, port, workdir, workdir / "mosquitto.log")
 
 
+def mosquitto_with_doors(workdir: Path, port: int, *, admin_user: str, admin_password: str,
+                         **config: object) -> ManagedProcess:
+    """A private Mosquitto as production runs it: no anonymous clients, every account in
+    the dynamic-security plugin (its file ``workdir/dynamic-security.json``, made once
+    with the admin user), client id = username on its listener."""
+    dynsec = workdir / "dynamic-security.json"
+    dynsec_init(dynsec, admin_user, admin_password)
+    return mosquitto(workdir, port, allow_anonymous=False, username_as_clientid=True,
+                     dynsec_file=dynsec, **config)
+
+
 def influxd_config(*, port: int, rpc_port: int, data_dir: Path) -> str:
     """influxd 1.x configuration for a private server.
 

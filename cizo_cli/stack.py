@@ -111,7 +111,6 @@ class Stack:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.stopping = threading.Event()
         self.broker_dir = self.dir / "mosquitto"
-        self.dynsec_file = self.broker_dir / "dynamic-security.json"
 
     # --- environment shared by every child ------------------------------------------
 
@@ -231,10 +230,9 @@ class Stack:
         migrate(env["CIZO_DATABASE_URL"])
         broker = self.broker_settings(env)
         assert broker.broker_admin_password is not None
-        services.dynsec_init(self.dynsec_file, broker.broker_admin_username,
-                             broker.broker_admin_password.get_secret_value())
-        mqtt = services.mosquitto(self.broker_dir, o.mqtt_port, allow_anonymous=False,
-                                  username_as_clientid=True, dynsec_file=self.dynsec_file)
+        mqtt = services.mosquitto_with_doors(
+            self.broker_dir, o.mqtt_port, admin_user=broker.broker_admin_username,
+            admin_password=broker.broker_admin_password.get_secret_value())
         influx = services.influxd(self.dir / "influxdb", o.influx_port)
         for p in (mqtt, influx):
             p.start()

@@ -436,11 +436,10 @@ def test_a_broker_restarted_with_an_old_dynsec_file_comes_back_to_the_ledger(
     key = generate_secret_key()
     box = SecretBox(key)
     pw = {k: provision(db, box, k) for k in ("R-KEEP", "R-REVOKE", "R-ROTATE")}
-    dynsec = tmp_path / "dynamic-security.json"
-    services.dynsec_init(dynsec, "cizo-admin", ADMIN_PW)
     port = services.free_port()
-    proc = services.mosquitto(tmp_path / "mosquitto", port, allow_anonymous=False,
-                              username_as_clientid=True, dynsec_file=dynsec)
+    proc = services.mosquitto_with_doors(tmp_path / "mosquitto", port,
+                                         admin_user="cizo-admin", admin_password=ADMIN_PW)
+    dynsec = tmp_path / "mosquitto" / "dynamic-security.json"
     proc.start()
     doors = broker_auth.BrokerDoors(door_settings(port, url, key), db, box)
 
