@@ -43,6 +43,7 @@ class Part(StrEnum):
     """What a process uses, and so which settings production mode checks for it."""
 
     BROKER = "broker"  # its own MQTT account
+    BROKER_DOORS = "broker-doors"  # drives the broker's accounts (dynamic security)
     INFLUX = "influx"  # InfluxDB credentials
     DATABASE = "database"  # the ledger
     KEYS = "keys"  # admin API key, key encrypting kit secrets
@@ -138,6 +139,15 @@ def _broker_problems(s: Settings) -> list[str]:
     return found
 
 
+def _broker_door_problems(s: Settings) -> list[str]:
+    """Control drives the broker's accounts; without an admin password kits never get in."""
+    fix = "set the same value as the broker's (MQTT_{} in .env; openssl rand -hex 32)"
+    return [problem for field, var in (("broker_admin_password", "ADMIN_PASSWORD"),
+                                       ("broker_bridge_password", "BRIDGE_PASSWORD"),
+                                       ("broker_control_password", "CONTROL_PASSWORD"))
+            for problem in _credential(s, field, fix.format(var), min_chars=MIN_SECRET_CHARS)]
+
+
 def _influx_problems(s: Settings) -> list[str]:
     fix = "set the token (or user and password) InfluxDB gave you"
     if s.influx_token is None and not (s.influx_username and s.influx_password):
@@ -221,6 +231,7 @@ def _momo_problems(s: Settings) -> list[str]:
 
 CHECKS: dict[Part, Callable[[Settings], list[str]]] = {
     Part.BROKER: _broker_problems,
+    Part.BROKER_DOORS: _broker_door_problems,
     Part.INFLUX: _influx_problems,
     Part.DATABASE: _database_problems,
     Part.KEYS: _key_problems,

@@ -36,7 +36,7 @@ from tests.compose_support import (
 
 DEPLOY = ROOT / "deploy"
 MOSQUITTO_CONF = DEPLOY / "mosquitto" / "mosquitto.conf"
-ACL = DEPLOY / "mosquitto" / "acl"
+INIT_AUTH = DEPLOY / "mosquitto" / "init-auth.sh"
 DATASOURCE = DEPLOY / "grafana" / "provisioning" / "datasources" / "influxdb.yml"
 DASHBOARD_PROVIDER = DEPLOY / "grafana" / "provisioning" / "dashboards" / "cizo.yml"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
@@ -258,9 +258,11 @@ def test_mosquitto_conf_is_locked_down_and_durable() -> None:
     conf = directives(MOSQUITTO_CONF)
     assert conf["allow_anonymous"] == ["false"]
     assert conf["persistence"] == ["true"]
-    assert conf["password_file"] == ["/mosquitto/auth/passwd"]
-    assert conf["acl_file"] == ["/mosquitto/auth/acl"]
+    assert "password_file" not in conf and "acl_file" not in conf  # one way: the plugin
+    assert conf["plugin"] == ["/usr/lib/mosquitto_dynamic_security.so"]
+    assert conf["plugin_opt_config_file"] == ["/mosquitto/auth/dynamic-security.json"]
     assert conf["per_listener_settings"] == ["false"]
+    assert conf["use_username_as_clientid"] == ["true"]  # on the kits' TLS listener
     assert {"1883", "8883"} <= set(conf["listener"])
     assert conf["certfile"] and conf["keyfile"]
 
@@ -274,33 +276,19 @@ def test_mosquitto_limits_match_the_tested_local_broker(tmp_path: Path) -> None:
         assert prod[key] == tested[key], key
 
 
-def test_acl_grants_exactly_the_contract() -> None:
-    lines = [ln.strip() for ln in ACL.read_text().splitlines()
-             if ln.strip() and not ln.lstrip().startswith("#")]
-    patterns = [ln for ln in lines if ln.startswith("pattern ")]
-    assert patterns == [
-        "pattern write kits/%u/telemetry",
-        "pattern write kits/%u/status",
-        "pattern write kits/%u/cmd/ack",
-        "pattern read kits/%u/cmd",
-    ]
-    users: dict[str, list[str]] = {}
-    current = None
-    for ln in lines:
-        if ln.startswith("user "):
-            current = ln.split(" ", 1)[1]
-            users[current] = []
-        elif ln.startswith("topic "):
-            assert current is not None, "topic line outside a user block"
-            users[current].append(ln)
-    assert users == {
-        "cizo-bridge": ["topic read kits/+/telemetry", "topic read kits/+/status"],
-        "cizo-control": ["topic write kits/+/cmd", "topic read kits/+/cmd/ack",
-                         "topic read kits/+/status", "topic read kits/+/telemetry"],
-    }
-    init = (DEPLOY / "mosquitto" / "init-auth.sh").read_text()
-    assert "mosquitto_passwd -c -b" in init and "BRIDGE_USER=cizo-bridge" in init
-    assert "CONTROL_USER=cizo-control" in init
+def test_the_broker_volume_is_written_by_the_broker_and_its_init() -> None:
+    """The plugin rewrites its file: the broker mounts the volume read-write; the init
+    creates it once with the admin password the control service drives it with."""
+    svcs = services_of(load_compose())
+    assert "mosquitto-auth:/mosquitto/auth" in svcs["mosquitto"]["volumes"]
+    assert "mosquitto-auth:/mosquitto/auth" in svcs["mosquitto-init"]["volumes"]
+    init_env, control_env = env_of(svcs["mosquitto-init"]), env_of(svcs["control"])
+    assert init_env["MQTT_ADMIN_PASSWORD"].startswith("${MQTT_ADMIN_PASSWORD:?")
+    assert control_env["CIZO_BROKER_ADMIN_PASSWORD"].startswith("${MQTT_ADMIN_PASSWORD:?")
+    assert control_env["CIZO_BROKER_BRIDGE_PASSWORD"] == env_of(svcs["bridge"])[
+        "CIZO_MQTT_PASSWORD"]
+    assert control_env["CIZO_BROKER_CONTROL_PASSWORD"] == control_env["CIZO_MQTT_PASSWORD"]
+    assert "mosquitto_ctrl dynsec init" in INIT_AUTH.read_text()
 
 
 # --- InfluxDB and Grafana --------------------------------------------------------------

@@ -47,6 +47,9 @@ def production_values() -> dict[str, str]:
         "env": "production",
         "mqtt_username": "cizo-control",
         "mqtt_password": secrets.token_hex(32),
+        "broker_admin_password": secrets.token_hex(32),
+        "broker_bridge_password": secrets.token_hex(32),
+        "broker_control_password": secrets.token_hex(32),
         "influx_token": secrets.token_hex(32),
         "database_url": "postgresql://cizo:s3cret@postgres:5432/cizo",
         "admin_api_key": secrets.token_urlsafe(32),
@@ -171,8 +174,10 @@ def test_the_local_stack_writes_recognisable_development_keys(tmp_path: Path) ->
     env = stack.env()
     problems = control_problems(admin_api_key=env["CIZO_ADMIN_API_KEY"],
                                 secret_key=env["CIZO_SECRET_KEY"],
-                                mqtt_password=stack.service_passwords()["cizo-control"])
-    for setting in ("CIZO_ADMIN_API_KEY", "CIZO_SECRET_KEY", "CIZO_MQTT_PASSWORD"):
+                                mqtt_password=env["CIZO_BROKER_CONTROL_PASSWORD"],
+                                broker_admin_password=env["CIZO_BROKER_ADMIN_PASSWORD"])
+    for setting in ("CIZO_ADMIN_API_KEY", "CIZO_SECRET_KEY", "CIZO_MQTT_PASSWORD",
+                    "CIZO_BROKER_ADMIN_PASSWORD"):
         the_problem(problems, setting)
 
 
@@ -183,6 +188,14 @@ def test_the_local_stack_writes_recognisable_development_keys(tmp_path: Path) ->
                                                 ("mqtt_password", "CIZO_MQTT_PASSWORD")])
 def test_an_anonymous_broker_login_is_refused(field: str, setting: str) -> None:
     assert "not set" in the_problem(control_problems(**{field: None}), setting)
+
+
+@pytest.mark.parametrize("field", ["broker_admin_password", "broker_bridge_password",
+                                   "broker_control_password"])
+def test_control_without_the_broker_doors_passwords_is_refused(field: str) -> None:
+    """Without them the control service cannot give kits (or the bridge) their logins."""
+    assert "not set" in the_problem(control_problems(**{field: None}), env_name(field))
+    assert the_problem(control_problems(**{field: "dev-" + "x" * 40}), env_name(field))
 
 
 def test_influxdb_without_credentials_is_refused() -> None:

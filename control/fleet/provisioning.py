@@ -6,7 +6,9 @@ scope, phone, plan, region — used by ``POST /v1/kits`` and by every row of an 
 (control.fleet.kit_import). The kit, its account and (when the deposit was paid in cash
 at the sale) the deposit's ledger entry are then written in one transaction by
 control.ledger.accounts.provision_kits, for one kit or a batch. A serial provisioned twice,
-even by two requests at once, is refused.
+even by two requests at once, is refused. Once committed, the kits' broker logins
+are created at once (their doors on the broker, control.security.broker_auth): a kit can
+connect as soon as it is returned.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from control.ledger.accounts import Actor, NewKit, ProvisionedKit
 from control.ledger.models import DEFAULT_REGION, Desco, Kit
 from control.ledger.phone import PhoneError, normalise_phone
 from control.runtime import Runtime
+from control.security import broker_auth
 
 
 def check(rt: Runtime, actor: Actor, *, kit_id: str, desco_id: str | None, phone: str,
@@ -65,11 +68,13 @@ def provision_checked(rt: Runtime, actor: Actor, kits: Sequence[NewKit]) -> list
             taken = s.scalars(select(Kit.id).where(Kit.id.in_(ids)).limit(1)).first()
             if taken is not None:
                 raise Refused("kit_exists", 409, kit_id=taken)
-            return accounts.provision_kits(s, kits, box=rt.box, now=rt.clock.now(),
+            made = accounts.provision_kits(s, kits, box=rt.box, now=rt.clock.now(),
                                            actor=actor)
     except IntegrityError as exc:  # a concurrent provisioning of the same serial
         taken = ids[0] if len(ids) == 1 else "(one of the batch)"
         raise Refused("kit_exists", 409, kit_id=taken) from exc
+    broker_auth.converge_now(rt, ids)  # their broker doors, before the credentials return
+    return made
 
 
 def provision(rt: Runtime, actor: Actor, *, kit_id: str, desco_id: str | None, phone: str,

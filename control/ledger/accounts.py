@@ -25,7 +25,7 @@ from control.ledger.models import (
     Kit,
     LedgerEntry,
 )
-from control.ledger.secrets import SecretBox, hash_mqtt_password, new_mqtt_password
+from control.ledger.secrets import SecretBox, new_kit_login
 from control.ledger.writes import Write, write_all
 
 log = logging.getLogger(__name__)
@@ -170,11 +170,12 @@ def provision_kits(
     acct_rows: list[dict[str, Any]] = []
     states: dict[str, tuple[credit.CreditState, int]] = {}
     for k in kits:
-        password, secret = new_mqtt_password(), protocol.new_command_secret()
-        made.append(ProvisionedKit(k.kit_id, k.kit_id, k.desco_id, k.kit_id, password, secret))
+        login, secret = new_kit_login(box), protocol.new_command_secret()
+        made.append(ProvisionedKit(k.kit_id, k.kit_id, k.desco_id, k.kit_id, login.password,
+                                   secret))
         row: dict[str, Any] = {
             "id": k.kit_id, "desco_id": k.desco_id, "mqtt_username": k.kit_id,
-            "mqtt_password_hash": hash_mqtt_password(password),
+            "mqtt_password_hash": login.hashed, "mqtt_password_enc": login.encrypted,
             "secret_enc": box.encrypt(secret), "cmd_seq": 0, "created_at": now,
             "online": False, "region": k.region}
         kit_rows.append(row)

@@ -59,6 +59,10 @@ class Kit(Base):
     desco_id: Mapped[str] = mapped_column(ForeignKey("descos.id"), index=True)
     mqtt_username: Mapped[str] = mapped_column(String(64), unique=True)
     mqtt_password_hash: Mapped[str] = mapped_column(String(255))
+    # the same password, Fernet-encrypted with CIZO_SECRET_KEY: the broker's
+    # dynamic-security plugin only takes clear passwords, and must be re-convergeable
+    # from the ledger (None: provisioned before; such a kit needs a rotation)
+    mqtt_password_enc: Mapped[str | None] = mapped_column(Text)
     secret_enc: Mapped[str] = mapped_column(Text)  # Fernet token of the 64-hex secret
     cmd_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[float] = mapped_column(Float)
@@ -77,7 +81,7 @@ class Kit(Base):
     # the Togolese region the kit is installed in (dashboard filters, open data)
     region: Mapped[str] = mapped_column(String(32), default=DEFAULT_REGION,
                                         server_default=DEFAULT_REGION, index=True)
-    # set when the kit's broker password is revoked (left out of the password file)
+    # set when the kit's broker password is revoked (its broker client is deleted)
     mqtt_revoked_at: Mapped[float | None] = mapped_column(Float)
     # a pending secret rotation (the derived new secret, encrypted) until the kit
     # proves it holds it; keypad (OpenPAYGO) token chain; anomalies found by the control loop
