@@ -77,7 +77,7 @@ def test_parse_until_accepts_unix_and_iso() -> None:
 def test_kits_cli_provisions_an_openpaygo_metrics_device(
     rt: Runtime, keys: Keys, server: str, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    base = ("kits", "--url", server, "--api-key", keys.admin, "provision")
+    base = ("kits", "provision", "--url", server, "--api-key", keys.admin)
     plan = ("--phone", "90 12 34 56", "--deposit", "2000", "--daily-rate", "100",
             "--total-price", "50000")
     code, out, _ = run(capsys, *base, "OPM-CLI-1", *plan, "--kind", "openpaygo_metrics")
@@ -86,8 +86,8 @@ def test_kits_cli_provisions_an_openpaygo_metrics_device(
     assert len(creds["openpaygo_key"]) == 32 and creds["command_secret"]
     code, out, _ = run(capsys, *base, "CLI-MQTT-1", *plan)
     assert code == 0 and json.loads(out)["openpaygo_key"] is None
-    code, _, err = run(capsys, "kits", "--url", server, "--api-key", keys.support,
-                       "provision", "OPM-CLI-2", *plan)
+    code, _, err = run(capsys, "kits", "provision", "--url", server, "--api-key",
+                       keys.support, "OPM-CLI-2", *plan)
     assert code == 1 and "HTTP 403" in err
     with rt.db.session() as s:
         kinds = dict(s.query(Kit.id, Kit.kind).filter(Kit.id.in_(["OPM-CLI-1", "CLI-MQTT-1"])))

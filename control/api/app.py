@@ -14,6 +14,7 @@ from starlette.types import Lifespan
 
 from control.api import (
     dashboard,
+    exports,
     finance,
     keys,
     kits,
@@ -24,6 +25,7 @@ from control.api import (
 )
 from control.api.auth import RuntimeDep
 from control.api.schemas import Health, Problem
+from control.fleet.messages import Refused
 from control.runtime import Runtime
 from control.support import actions
 
@@ -79,6 +81,11 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
     for kind in errors:
         app.add_exception_handler(kind, _refused)
 
+    # the kit list, import and exports refuse with a stable code (control.fleet.messages)
+    @app.exception_handler(Refused)
+    async def _refused_with_code(request: Request, exc: Refused) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
     @app.get("/healthz", response_model=Health, tags=["health"],
              summary="The process is alive")
     def healthz() -> Health:
@@ -117,6 +124,7 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
     app.include_router(finance.router)
     app.include_router(dashboard.router)
     app.include_router(keys.router)
+    app.include_router(exports.router)
     app.include_router(support.router)  # support actions, keypad tokens, secret rotation
     app.include_router(openpaygo_metrics.router)  # POST /dd: OpenPAYGO Metrics devices
     app.include_router(prometheus.router)  # GET /metrics

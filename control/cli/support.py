@@ -26,14 +26,12 @@ from typing import Any
 
 import httpx
 
-from cizo.settings import load_settings
+from control.cli.http import add_api_options, api_client
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("support", help="support actions on a kit through the HTTP API")
-    p.add_argument("--url", default=None, help="API base URL (default: settings)")
-    p.add_argument("--api-key", default=None, help="your API key (default: "
-                   "CIZO_SUPPORT_API_KEY)")
+    add_api_options(p)
     ss = p.add_subparsers(dest="support_command", required=True)
 
     def cmd(name: str, helptext: str, reason: bool = True) -> argparse.ArgumentParser:
@@ -71,17 +69,10 @@ def parse_until(text: str) -> int:
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
-    st = load_settings()
-    key = args.api_key or (st.support_api_key.get_secret_value() if st.support_api_key
-                           else None)
-    if not key:
-        raise SystemExit("cizo support: give --api-key or set CIZO_SUPPORT_API_KEY")
-    url = args.url or st.support_api_url or st.api_base_url
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    return api_client(args, "support")
 
 
-def post(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
-    """POST ``body`` with an ``Idempotency-Key``; print the answer; the exit code."""
+def _post(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
     with _client(args) as c:
         r = c.post(path, json=body, headers={"Idempotency-Key": str(uuid.uuid4())})
     return _print(r)
@@ -101,12 +92,12 @@ def _print(r: httpx.Response) -> int:
 
 
 def unlock(args: argparse.Namespace) -> int:
-    return post(args, f"/v1/kits/{args.kit_id}/unlock",
+    return _post(args, f"/v1/kits/{args.kit_id}/unlock",
                  {"days": args.days, "reason": args.reason})
 
 
 def lock(args: argparse.Namespace) -> int:
-    return post(args, f"/v1/kits/{args.kit_id}/lock", {"reason": args.reason})
+    return _post(args, f"/v1/kits/{args.kit_id}/lock", {"reason": args.reason})
 
 
 def set_credit_until(args: argparse.Namespace) -> int:
@@ -115,17 +106,17 @@ def set_credit_until(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"cizo support: --until: {exc}", file=sys.stderr)
         return 2
-    return post(args, f"/v1/kits/{args.kit_id}/set-credit-until",
+    return _post(args, f"/v1/kits/{args.kit_id}/set-credit-until",
                  {"credit_until": until, "reason": args.reason})
 
 
 def swap(args: argparse.Namespace) -> int:
-    return post(args, f"/v1/kits/{args.kit_id}/swap",
+    return _post(args, f"/v1/kits/{args.kit_id}/swap",
                  {"new_kit_id": args.new_kit, "reason": args.reason})
 
 
 def repossess(args: argparse.Namespace) -> int:
-    return post(args, f"/v1/kits/{args.kit_id}/repossess", {"reason": args.reason})
+    return _post(args, f"/v1/kits/{args.kit_id}/repossess", {"reason": args.reason})
 
 
 def token(args: argparse.Namespace) -> int:
@@ -149,4 +140,3 @@ def show(args: argparse.Namespace) -> int:
             out[name] = r.json()
     print(json.dumps(out, indent=2, ensure_ascii=False))
     return 0
-
