@@ -427,6 +427,25 @@ def test_a_kit_provisioned_while_the_broker_runs_connects_at_once(
     kit(broker, clients, "KIT-NEW").subscribe(protocol.cmd_topic("KIT-NEW"))
 
 
+def test_an_openpaygo_metrics_device_gets_no_broker_door(
+    broker: Broker, clients: list[Client], tmp_path: Path
+) -> None:
+    from control.fleet.provisioning import provision as provision_kit
+
+    rt = Runtime.build(broker.doors.settings.model_copy(update={"data_dir": tmp_path}))
+    try:
+        made = provision_kit(rt, accounts.SYSTEM, kit_id="OPM-NEW", desco_id=None,
+                             phone="+22890000010", plan=(0, 100, 1000), deposit_paid=False,
+                             kind="openpaygo_metrics")
+    finally:
+        rt.close()
+    assert made.openpaygo_key is not None
+    broker.passwords["OPM-NEW"] = made.mqtt_password
+    assert not kit_login(broker, clients, "OPM-NEW").connected.is_set()  # it posts to /dd
+    assert broker.doors.converge_kits(["OPM-NEW"]).as_dict() == {
+        "commands": 0, "created": 0, "updated": 0, "deleted": 0, "failed": 0}
+
+
 def test_a_broker_restarted_with_an_old_dynsec_file_comes_back_to_the_ledger(
     tmp_path: Path, clients: list[Client]
 ) -> None:

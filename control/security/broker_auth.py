@@ -9,6 +9,8 @@ to it over ``$CONTROL/dynamic-security/v1`` (control.gateways.broker_admin):
   topics (2.0's plugin has no ``%u`` in ACLs), and a textdescription holding a fingerprint
   of its ledger hash, which tells whether the broker has the current password;
 - revoked and decommissioned kits are deleted; the plugin disconnects them at once;
+- an OpenPAYGO Metrics device (kind ``openpaygo_metrics``) posts to ``/dd`` and never
+  connects: it has no door (one found on the broker is deleted like a revoked kit's);
 - a rotation sets the new password; the plugin disconnects the old session at once;
 - the bridge and control service accounts, with their roles, from CIZO_BROKER_*_PASSWORD.
 
@@ -43,7 +45,7 @@ from control.gateways.broker_admin import (
     session,
 )
 from control.ledger.db import Database
-from control.ledger.models import Kit
+from control.ledger.models import KIT_MQTT, Kit
 from control.ledger.secrets import (
     SecretBox,
     hash_mqtt_password,
@@ -119,7 +121,7 @@ class LedgerKit:
     kit_id: str
     fingerprint: str
     password_enc: str | None
-    active: bool  # not revoked, not decommissioned
+    active: bool  # an MQTT kit, not revoked, not decommissioned: it has a door
 
 
 @dataclass
@@ -139,13 +141,14 @@ class Outcome:
 
 def ledger_kits(db: Database, kit_ids: Iterable[str] | None = None) -> list[LedgerKit]:
     q = select(Kit.mqtt_username, Kit.mqtt_password_hash, Kit.mqtt_password_enc,
-               Kit.mqtt_revoked_at, Kit.decommissioned_at)
+               Kit.mqtt_revoked_at, Kit.decommissioned_at, Kit.kind)
     if kit_ids is not None:
         q = q.where(Kit.mqtt_username.in_(list(kit_ids)))
     with db.session() as s:
         rows = s.execute(q.order_by(Kit.mqtt_username)).all()
-    return [LedgerKit(u, mqtt_password_fingerprint(h), enc, rev is None and dec is None)
-            for u, h, enc, rev, dec in rows]
+    return [LedgerKit(u, mqtt_password_fingerprint(h), enc,
+                      rev is None and dec is None and kind == KIT_MQTT)
+            for u, h, enc, rev, dec, kind in rows]
 
 
 def _roles_of(entry: dict[str, Any]) -> list[str]:
