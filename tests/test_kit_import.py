@@ -120,6 +120,28 @@ def test_import_and_single_provisioning_refuse_alike(client: TestClient, keys: K
     assert huge.status_code == 413 and huge.json()["code"] == "file_too_large"
 
 
+def test_an_import_may_name_each_kits_kind(
+    client: TestClient, rt: Runtime, keys: Keys
+) -> None:
+    header = "kit_id,phone,deposit_fcfa,daily_rate_fcfa,total_price_fcfa,kind\n"
+    opm = "K-OPM,90000401,0,100,1000,openpaygo_metrics\n"
+    out = _import(client, keys.admin, header + "K-MQTT,90000400,0,100,1000,\n" + opm
+                  + "K-ODD,90000402,0,100,1000,lorawan\n")
+    creds = {c["kit_id"]: c for c in out["credentials"]}
+    assert creds["K-MQTT"]["kind"] == "mqtt" and creds["K-MQTT"]["openpaygo_key"] is None
+    assert creds["K-OPM"]["kind"] == "openpaygo_metrics"
+    assert len(creds["K-OPM"]["openpaygo_key"]) == 32
+    assert [e["code"] for e in out["errors"]] == ["kind_unknown"]
+    with rt.db.session() as s:
+        device = s.get(Kit, "K-OPM")
+        assert device is not None and device.kind == "openpaygo_metrics" and device.keypad_only
+    # the same row again is unchanged; the same kit as another kind is refused
+    again = _import(client, keys.admin,
+                    header + opm + "K-MQTT,90000400,0,100,1000,openpaygo_metrics\n")
+    assert (again["created"], again["unchanged"]) == (0, 1)
+    assert [e["code"] for e in again["errors"]] == ["kit_exists"]
+
+
 @pytest.fixture
 def server(rt: Runtime) -> Iterator[str]:
     with ServerThread(create_app(rt), services.free_port()) as srv:
@@ -155,4 +177,4 @@ def test_cli_import_writes_credentials_once_and_a_report(
     assert "0 created, 5 already there" in capsys.readouterr().out
     assert again.read_text().strip() == ",".join(
         ("kit_id", "account_number", "desco_id", "mqtt_username", "mqtt_password",
-         "command_secret"))
+         "command_secret", "kind", "openpaygo_key"))

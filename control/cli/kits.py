@@ -38,7 +38,7 @@ from control.fleet.messages import text
 from control.ledger.models import KIT_KINDS, KIT_MQTT
 
 CREDENTIAL_COLUMNS = ("kit_id", "account_number", "desco_id", "mqtt_username",
-                      "mqtt_password", "command_secret")
+                      "mqtt_password", "command_secret", "kind", "openpaygo_key")
 IMPORT_TIMEOUT_S = 600.0
 
 
@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     imp = ks.add_parser("import", help="provision kits from a CSV file (admin key)")
     add_api_options(imp)
     imp.add_argument("file", type=Path, help="CSV: kit_id, phone, deposit_fcfa, "
-                     "daily_rate_fcfa, total_price_fcfa [, desco_id, region, deposit_paid]")
+                     "daily_rate_fcfa, total_price_fcfa [, desco_id, region, deposit_paid, kind]")
     imp.add_argument("--credentials-out", type=Path,
                      help="new file for the new kits' credentials "
                           "(default: FILE.credentials.csv)")

@@ -2,7 +2,7 @@
 
 Each row goes through the same check as ``POST /v1/kits`` (control.fleet.provisioning.check)
 and the kits that pass are written by the same provisioning function, a batch per
-transaction. A kit already in the ledger with the same row (DESCO, region, phone, plan) is
+transaction. A kit already in the ledger with the same row (DESCO, region, kind, phone, plan) is
 "unchanged": importing a file twice creates nothing the second time and hands out no
 credentials again; a kit already there with another row is refused. Credentials
 of the kits created are returned once, in the report.
@@ -25,7 +25,7 @@ from control.runtime import Runtime
 
 ERROR_COLUMNS = ("row", "kit_id", "code", "message")
 NEEDED = ("kit_id", "phone", "deposit_fcfa", "daily_rate_fcfa", "total_price_fcfa")
-OPTIONAL = ("desco_id", "region", "deposit_paid")
+OPTIONAL = ("desco_id", "region", "deposit_paid", "kind")
 MAX_ROWS = 20_000  # per request: a bigger file is sent in parts (cizo kits import does)
 MAX_BYTES = MAX_ROWS * 256  # a row is well under 256 bytes
 BATCH = 2_000  # kits per transaction
@@ -81,7 +81,8 @@ def check_row(rt: Runtime, actor: Actor, row: dict[str, str]) -> NewKit:
         phone=row["phone"], plan=(_number(row, "deposit_fcfa"),
                                   _number(row, "daily_rate_fcfa"),
                                   _number(row, "total_price_fcfa")),
-        deposit_paid=_flag(row, "deposit_paid"), region=row.get("region") or None)
+        deposit_paid=_flag(row, "deposit_paid"), region=row.get("region") or None,
+        kind=row.get("kind") or None)
 
 
 def import_csv(rt: Runtime, actor: Actor, text: str, *, line_offset: int = 0) -> ImportReport:
@@ -140,7 +141,7 @@ def error_report(rt: Runtime, actor: Actor, import_id: int) -> str:
 
 
 def _as_stored(new: NewKit) -> tuple[object, ...]:
-    return (new.desco_id, new.region, new.phone_e164, new.plan.deposit_fcfa,
+    return (new.desco_id, new.region, new.kind, new.phone_e164, new.plan.deposit_fcfa,
             new.plan.daily_rate_fcfa, new.plan.total_price_fcfa)
 
 
@@ -150,7 +151,7 @@ def _batch(rt: Runtime, actor: Actor, rows: list[tuple[int, NewKit]],
     unchanged (a re-run), with another row (another DESCO, phone or plan) refused."""
     with rt.db.session() as s:
         stored = {r[0]: tuple(r[1:]) for r in s.execute(
-            select(Kit.id, Kit.desco_id, Kit.region, Account.customer_phone,
+            select(Kit.id, Kit.desco_id, Kit.region, Kit.kind, Account.customer_phone,
                    Account.deposit_fcfa, Account.daily_rate_fcfa, Account.total_price_fcfa)
             .join(Account, Account.kit_id == Kit.id, isouter=True)
             .where(Kit.id.in_([new.kit_id for _, new in rows])))}
