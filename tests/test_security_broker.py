@@ -411,18 +411,25 @@ def test_rotating_a_kit_password_cuts_the_old_session_and_the_new_one_works(
     broker.passwords["KIT-D"] = new
 
 
-def test_a_kit_provisioned_while_the_broker_runs_connects_at_once(
-    broker: Broker, clients: list[Client], tmp_path: Path
-) -> None:
+def provision_live(broker: Broker, tmp_path: Path, kit_id: str, phone: str,
+                   **kind: str) -> accounts.ProvisionedKit:
+    """A kit provisioned through the service's one path while the broker runs."""
     from control.fleet.provisioning import provision as provision_kit
 
     rt = Runtime.build(broker.doors.settings.model_copy(update={"data_dir": tmp_path}))
     try:
-        made = provision_kit(rt, accounts.SYSTEM, kit_id="KIT-NEW", desco_id=None,
-                             phone="+22890000009", plan=(0, 100, 1000), deposit_paid=False)
+        made = provision_kit(rt, accounts.SYSTEM, kit_id=kit_id, desco_id=None, phone=phone,
+                             plan=(0, 100, 1000), deposit_paid=False, **kind)
     finally:
         rt.close()
-    broker.passwords["KIT-NEW"] = made.mqtt_password
+    broker.passwords[kit_id] = made.mqtt_password
+    return made
+
+
+def test_a_kit_provisioned_while_the_broker_runs_connects_at_once(
+    broker: Broker, clients: list[Client], tmp_path: Path
+) -> None:
+    provision_live(broker, tmp_path, "KIT-NEW", "+22890000009")
     kit(broker, clients, "KIT-NEW")  # first attempt: nothing to wait for
     kit(broker, clients, "KIT-NEW").subscribe(protocol.cmd_topic("KIT-NEW"))
 
@@ -430,17 +437,8 @@ def test_a_kit_provisioned_while_the_broker_runs_connects_at_once(
 def test_an_openpaygo_metrics_device_gets_no_broker_door(
     broker: Broker, clients: list[Client], tmp_path: Path
 ) -> None:
-    from control.fleet.provisioning import provision as provision_kit
-
-    rt = Runtime.build(broker.doors.settings.model_copy(update={"data_dir": tmp_path}))
-    try:
-        made = provision_kit(rt, accounts.SYSTEM, kit_id="OPM-NEW", desco_id=None,
-                             phone="+22890000010", plan=(0, 100, 1000), deposit_paid=False,
-                             kind="openpaygo_metrics")
-    finally:
-        rt.close()
+    made = provision_live(broker, tmp_path, "OPM-NEW", "+22890000010", kind="openpaygo_metrics")
     assert made.openpaygo_key is not None
-    broker.passwords["OPM-NEW"] = made.mqtt_password
     assert not kit_login(broker, clients, "OPM-NEW").connected.is_set()  # it posts to /dd
     assert broker.doors.converge_kits(["OPM-NEW"]).as_dict() == {
         "commands": 0, "created": 0, "updated": 0, "deleted": 0, "failed": 0}
