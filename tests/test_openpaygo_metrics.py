@@ -124,6 +124,9 @@ def test_condensed_request_stores_readings_like_mqtt_kits_and_gets_a_signed_answ
     assert counted(client, "ok") == 1
     kits = client.get("/v1/kits", headers=Keys.auth(keys.operator)).json()["items"]
     assert [k["kind"] for k in kits if k["kit_id"] == SERIAL] == ["openpaygo_metrics"]
+    export = client.get("/v1/exports/kits.csv", params={"columns": "kit_id,kind"},
+                        headers=Keys.auth(keys.operator))
+    assert f"{SERIAL},openpaygo_metrics" in export.text.splitlines()
 
 
 def test_simple_request_on_timestamp_alone_with_data_auth(

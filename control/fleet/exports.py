@@ -38,7 +38,7 @@ class Export:
 EXPORTS: dict[Kind, Export] = {
     "kits": Export(
         columns={
-            "kit_id": Kit.id, "desco_id": Kit.desco_id, "region": Kit.region,
+            "kit_id": Kit.id, "desco_id": Kit.desco_id, "region": Kit.region, "kind": Kit.kind,
             "account_number": Account.account_number, "customer_phone": Account.customer_phone,
             "locked": Kit.reported_locked, "online": Kit.online, "last_seen": Kit.last_seen,
             "credit_until": Account.credit_until, "owned": Account.owned,
