@@ -17,9 +17,11 @@ class _In(BaseModel):
 
 
 class Problem(BaseModel):
-    """Every error answer: ``{"detail": ...}``."""
+    """Every error answer: ``{"detail": ...}``; a body refused at a public endpoint also
+    carries a stable ``code`` (control/api/bodies.py)."""
 
     detail: Any
+    code: str | None = None
 
 
 class Health(BaseModel):
