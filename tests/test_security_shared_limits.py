@@ -22,7 +22,7 @@ from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
 from control.security.api_keys import create_api_key
 from control.security.ratelimit import Counts, Rule, estimate, retry_after
-from control.security.shared_limits import SharedLimit
+from control.security.shared_limits import Limits, SharedLimit
 from tests.api_support import PLAN, TestClient
 from tests.security_support import auth
 
@@ -110,6 +110,19 @@ def test_concurrent_hits_from_two_engines_are_all_counted(
         t.join(60)
     assert limits[0].counts("one-key").hits == 200
     assert limits[1].counts("one-key") == limits[0].counts("one-key")
+
+
+def test_counters_that_no_longer_count_are_pruned(two: tuple[Runtime, Runtime]) -> None:
+    a, _ = two
+    limits = Limits.of(a)
+    now = a.clock.now()
+    limits.failed_auth.add("10.0.0.1", now - 3 * HOUR)  # long gone
+    limits.failed_auth.add("10.0.0.2", now - HOUR)  # still weighs on this window
+    limits.unlocks.add("key:1", now)
+    assert limits.prune(now) == 1
+    assert limits.failed_auth.counts("10.0.0.1") == Counts(0.0, 0, 0)
+    assert limits.failed_auth.counts("10.0.0.2").hits == 1
+    assert limits.unlocks.counts("key:1").hits == 1
 
 
 def test_rate_limits_migration_down_and_up(database_url: str) -> None:

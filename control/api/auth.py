@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -26,8 +25,7 @@ from control.ledger.accounts import Actor
 from control.ledger.models import ApiKey
 from control.ledger.secrets import ROLES, hash_api_key
 from control.runtime import Runtime
-from control.security.ratelimit import Rule
-from control.security.shared_limits import SharedLimit
+from control.security.shared_limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -50,24 +48,6 @@ def _unauthorized(detail: str) -> HTTPException:
 def _too_many(detail: str, wait_s: float) -> HTTPException:
     return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=detail,
                          headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
-
-
-# --- rate limits (shared by every control process: control/security/shared_limits.py) -
-
-
-@dataclass(frozen=True)
-class Limits:
-    failed_auth: SharedLimit  # per client address
-    unlocks: SharedLimit  # per API key
-
-    @classmethod
-    def of(cls, rt: Runtime) -> Limits:
-        st = rt.settings
-        return cls(
-            failed_auth=SharedLimit(rt.db, "auth_fail",
-                                    Rule(st.auth_fail_limit, st.auth_fail_window_s)),
-            unlocks=SharedLimit(rt.db, "unlock", Rule(st.unlock_limit, st.unlock_window_s)),
-        )
 
 
 def _client(request: Request) -> str:

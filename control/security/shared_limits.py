@@ -8,10 +8,13 @@ one primary-key read. The window arithmetic is pure (control/security/ratelimit.
 
 from __future__ import annotations
 
-from sqlalchemy import select, text
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select, text
 
 from control.ledger.db import Database
 from control.ledger.models import RateLimit
+from control.runtime import Runtime
 from control.security.ratelimit import Counts, Rule, estimate, retry_after
 
 _HIT = text("""
@@ -38,6 +41,16 @@ class SharedLimit:
 
     def _bucket(self, key: str) -> str:
         return f"{self.name}:{key}"[:200]
+
+    def prune(self, now: float) -> int:
+        """Forget keys with no hit in the current or the previous window (they count for
+        nothing any more); the number of rows removed."""
+        cutoff = self.rule.window_start(now) - self.rule.window_s
+        with self.db.engine.begin() as conn:
+            result = conn.execute(delete(RateLimit).where(
+                RateLimit.bucket.startswith(f"{self.name}:", autoescape=True),
+                RateLimit.window_start < cutoff))
+        return int(result.rowcount or 0)
 
     def counts(self, key: str) -> Counts:
         with self.db.engine.connect() as conn:
@@ -66,3 +79,23 @@ class SharedLimit:
         if estimate(self.rule, counts, now) <= self.rule.limit:
             return 0.0
         return retry_after(self.rule, counts, now)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The control service's limits, from the runtime's settings (docs/security.md)."""
+
+    failed_auth: SharedLimit  # per client address
+    unlocks: SharedLimit  # per API key
+
+    @classmethod
+    def of(cls, rt: Runtime) -> Limits:
+        st = rt.settings
+        return cls(
+            failed_auth=SharedLimit(rt.db, "auth_fail",
+                                    Rule(st.auth_fail_limit, st.auth_fail_window_s)),
+            unlocks=SharedLimit(rt.db, "unlock", Rule(st.unlock_limit, st.unlock_window_s)),
+        )
+
+    def prune(self, now: float) -> int:
+        return self.failed_auth.prune(now) + self.unlocks.prune(now)
