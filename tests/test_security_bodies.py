@@ -20,7 +20,7 @@ from sqlalchemy import select as sql_select
 from control.api import bodies, create_app
 from control.ledger.models import Base
 from control.runtime import Runtime
-from tests.api_support import TestClient, serve_in_thread
+from tests.api_support import ServerHandle, TestClient, serve_in_thread
 from tests.payments_support import agent_payment, signed, webhook_secret
 from tests.security_support import endpoints, fill
 
@@ -160,25 +160,23 @@ def _closed(sock: socket.socket, wait_s: float) -> bool:
 
 
 @pytest.fixture(name="server")
-def server_fixture(rt: Runtime) -> Iterator[str]:
+def server_fixture(rt: Runtime) -> Iterator[ServerHandle]:
     rt.settings = rt.settings.model_copy(update={"api_body_timeout_s": 2.0})
     handle = serve_in_thread(create_app(rt))
-    yield handle.url
+    yield handle
     handle.stop()
 
 
 def test_slow_bodies_are_cut_by_the_timeout_while_others_are_served(
-    rt: Runtime, client: TestClient, secret: str, server: str,
+    rt: Runtime, client: TestClient, secret: str, server: ServerHandle,
 ) -> None:
-    routes = public_body_routes(client)
-    port = int(server.rsplit(":", 1)[1])
-    before = ledger_rows(rt)
+    routes, port, before = public_body_routes(client), server.port, ledger_rows(rt)
     slow = []
     for method, url in routes:
         sock = socket.create_connection(("127.0.0.1", port))
         sock.sendall(_request_head(method, url, secret, "Content-Length: 1000"))
         slow.append(sock)
-    with httpx.Client(base_url=server, timeout=30) as http:
+    with httpx.Client(base_url=server.url, timeout=30) as http:
         # one byte a second on every slow connection, and the service answers meanwhile
         answered: dict[int, int | None] = {}
         for _ in range(30):
@@ -207,11 +205,9 @@ def test_slow_bodies_are_cut_by_the_timeout_while_others_are_served(
 
 
 def test_ten_megabyte_bodies_are_refused_unread(
-    rt: Runtime, client: TestClient, secret: str, server: str,
+    rt: Runtime, client: TestClient, secret: str, server: ServerHandle,
 ) -> None:
-    routes = public_body_routes(client)
-    port = int(server.rsplit(":", 1)[1])
-    before = ledger_rows(rt)
+    routes, port, before = public_body_routes(client), server.port, ledger_rows(rt)
     ten_mb = 10 * 1024 * 1024
     for method, url in routes:
         # declared: refused by its Content-Length, before the body is read
@@ -237,5 +233,5 @@ def test_ten_megabyte_bodies_are_refused_unread(
                 sent += len(piece)
             assert sent < ten_mb and status in (413, None), (method, url, sent, status)
     assert ledger_rows(rt) == before
-    with httpx.Client(base_url=server, timeout=30) as http:
+    with httpx.Client(base_url=server.url, timeout=30) as http:
         assert_answers_normally(http, routes, secret)

@@ -11,13 +11,12 @@ from contextlib import ExitStack
 
 import pytest
 from alembic import command
-from alembic.config import Config
 from sqlalchemy import create_engine, inspect
 
 from cizo.clock import ManualClock
 from cizo.settings import Settings, sqlalchemy_url
 from control.api import create_app
-from control.ledger.db import MIGRATIONS, migrate
+from control.ledger.db import alembic_config, migrate
 from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
 from control.security.api_keys import create_api_key
@@ -127,9 +126,7 @@ def test_counters_that_no_longer_count_are_pruned(two: tuple[Runtime, Runtime]) 
 
 def test_rate_limits_migration_down_and_up(database_url: str) -> None:
     migrate(database_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(database_url).replace("%", "%%"))
+    cfg = alembic_config(database_url)
     engine = create_engine(sqlalchemy_url(database_url))
     try:
         assert "rate_limits" in inspect(engine).get_table_names()
