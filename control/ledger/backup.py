@@ -90,6 +90,13 @@ def restore(database_url: str, source: Path, *, force: bool = False,
             f"({', '.join(sorted(tables)[:5])}{', ...' if len(tables) > 5 else ''}): "
             "restore into an empty database, or pass --force to replace its contents")
     if kind == "postgresql":
+        # pg_restore --clean drops only what the backup holds: a table it does not hold
+        # (a newer migration's) would survive beside the restored ledger
+        extra = tables - _dump_tables(source)
+        if extra:
+            raise BackupError(
+                f"the target holds table(s) the backup does not ({', '.join(sorted(extra))})"
+                ": restore into an empty database (createdb), or drop them first")
         _pg_restore(url, source, clean=bool(tables), progress=progress)
     else:
         _sqlite_copy(source, _sqlite_path(url, must_exist=False), progress)
@@ -216,6 +223,20 @@ def _pg_dump(url: URL, output: Path, progress: Progress) -> None:
     dsn, env = _libpq(url)
     _run([tool, "--format=custom", "--verbose", "--no-owner", "--no-privileges",
           f"--file={output}", f"--dbname={dsn}"], env, progress)
+
+
+def _dump_tables(source: Path) -> set[str]:
+    """``schema.table`` of every table in a custom-format archive (``pg_restore --list``)."""
+    listing = subprocess.run([_tool("pg_restore"), "--list", str(source)],
+                             capture_output=True, text=True)
+    if listing.returncode != 0:
+        raise BackupError(f"pg_restore cannot read {source}: {listing.stderr.strip()}")
+    tables = set()
+    for line in listing.stdout.splitlines():
+        parts = line.split()  # "215; 1259 16390 TABLE public accounts postgres"
+        if len(parts) >= 6 and parts[3] == "TABLE" and parts[4] != "DATA":
+            tables.add(f"{parts[4]}.{parts[5]}")
+    return tables
 
 
 def _pg_restore(url: URL, source: Path, *, clean: bool, progress: Progress) -> None:
