@@ -196,6 +196,18 @@ def production_broker(compose_services: dict[str, dict[str, Any]], root: Path,
     return services.mosquitto_with_config(native, native / "mosquitto.conf", mqtt_port), ca
 
 
+def assert_healthy(service: dict[str, Any], mqtt_port: int) -> None:
+    """The service's compose healthcheck, which bridge and control wait for, run here:
+    the broker answers and refuses an anonymous client."""
+    kind, command = service["healthcheck"]["test"]
+    assert kind == "CMD-SHELL" and "-p 1883 " in command
+    # `docker compose config` writes a literal $ as $$, as in the compose file
+    command = command.replace("$$", "$").replace("-p 1883 ", f"-p {mqtt_port} ")
+    done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 0, f"mosquitto unhealthy: {command}\n{done.stdout}{done.stderr}"
+
+
 @pytest.fixture
 def servers(tmp_path: Path, broker_root: Path, pg_database: str,
             compose_services: dict[str, dict[str, Any]]) -> Iterator[Servers]:
@@ -207,6 +219,7 @@ def servers(tmp_path: Path, broker_root: Path, pg_database: str,
         assert broker.proc is not None
         if AS_ROOT:  # it loaded the key after dropping to the image's user
             assert effective_uid(broker.proc.pid) == pwd.getpwnam(BROKER_USER).pw_uid
+        assert_healthy(compose_services["mosquitto"], mqtt_port)
         yield Servers(mqtt_port, tls_port, ca, influxd.port, pg_database, broker)
 
 
