@@ -419,3 +419,24 @@ def test_production_refuses_what_compose_would_leave_out(
     assert control.proc.returncode != 0
     assert "refusing to start with CIZO_ENV=production" in control.output()
     assert "CIZO_SMS_GATEWAY_URL" in control.output()
+
+
+def test_the_broker_stops_on_a_key_its_user_cannot_read(
+    broker_root: Path, compose_services: dict[str, dict[str, Any]],
+) -> None:
+    """The ownership above is what makes the TLS listener load: with the key as openssl
+    writes it (root's, 0600) the broker, run as root, has dropped to ``mosquitto`` before
+    loading it and exits. Not as root, the key is made unreadable to its own owner."""
+    broker, _ = production_broker(compose_services, broker_root, services.free_port(),
+                                  services.free_port())
+    key = broker_root / "certs" / "server.key"
+    if AS_ROOT:
+        os.chown(key, 0, 0)
+        key.chmod(0o600)
+    else:
+        key.chmod(0o000)
+    # run to its end (it opens its plain listener before it reads the key, so waiting for
+    # a port would race); a broker that starts anyway runs on and times out
+    done = subprocess.run(broker.argv, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode != 0
+    assert "Unable to load server key file" in done.stdout + done.stderr
