@@ -1,8 +1,9 @@
 """Start real Mosquitto and influxd processes on chosen ports in a private directory.
 
-Used by ``cizo up`` (the local stack), by the test fixtures and by the benchmarks, so
-all three run exactly the same servers. Each server is a child process that the
-caller stops; nothing here touches the system-wide services.
+Used by ``cizo up`` (the local stack), by the test fixtures (the compose check with
+deploy/'s mosquitto.conf) and by the benchmarks, so all three run exactly the same
+servers. Each server is a child process that the caller stops; nothing here touches the
+system-wide services.
 """
 
 from __future__ import annotations
@@ -303,6 +304,13 @@ def mosquitto(workdir: Path, port: int, **config: object) -> ManagedProcess:
     data.mkdir(exist_ok=True)
     conf = workdir / "mosquitto.conf"
     conf.write_text(mosquitto_config(port=port, data_dir=data, **config))  # type: ignore[arg-type]
+    return mosquitto_with_config(workdir, conf, port)
+
+
+def mosquitto_with_config(workdir: Path, conf: Path, port: int) -> ManagedProcess:
+    """Mosquitto reading the configuration file ``conf`` (``mosquitto`` writes one; the
+    compose check gives it deploy/'s, its paths and ports mapped), ready once ``port``
+    listens; its log in ``workdir``."""
     binary = find_binary("mosquitto", "/usr/sbin")
     argv = [binary, "-c", str(conf)]
     return ManagedProcess("mqtt", argv, port, workdir, workdir / "mosquitto.log")
