@@ -1,5 +1,10 @@
 """Faults the chaos month (docs/chaos.md) found, each pinned on its own.
 
+Fixed: a simulated kit whose broker hung after CONNACK (no SUBACK: Mosquitto restarting
+under 500 reconnecting kits) or whose link died between two rounds (a PINGREQ written to
+a closed link) had its coroutine end with the exception: the kit never reconnected, and
+its account and firmware drifted apart for the rest of the run.
+
 Open fault: Mosquitto 2.0 (Debian's 2.0.11) does not bring a ``$share`` subscription back
 from its persistence until a member of the group connects again. Between a broker restart
 and the first bridge's reconnect, a kit's reading matches no subscriber: the broker
@@ -12,6 +17,7 @@ shows up here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -19,6 +25,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cizo import protocol
+from firmware_sim import driven_kit
+from firmware_sim.clocks import AcceleratedClock
+from firmware_sim.driver import FleetDriver
+from firmware_sim.mqtt_async import MqttConnection, MqttError
+from firmware_sim.scenario import Scenario, build_plan
 from telemetry.influx import InfluxClient
 from tests.bridge_support import FaultRig, unique
 from tests.support import wait_for
@@ -69,3 +80,67 @@ def test_a_restarted_broker_drops_readings_until_a_shared_bridge_is_back(
                 f"SELECT seq FROM kit_telemetry WHERE kit_id = '{kit}'"))
         wait_for(lambda: 4 in seqs(), timeout_s=20, what="the reading after the restart")
         assert seqs() == [1, 2, 4]  # 3 went to no one
+
+
+class DeafBroker:
+    """A broker that accepts every CONNECT and then never answers again."""
+
+    def __init__(self) -> None:
+        self.connects = 0
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                      ) -> None:
+        self.connects += 1
+        await reader.read(1)
+        writer.write(bytes([0x20, 0x02, 0x00, 0x00]))  # CONNACK, accepted
+        while await reader.read(1024):
+            pass  # SUBSCRIBE, PUBLISH, PINGREQ: swallowed
+        writer.close()
+
+    async def serve(self) -> asyncio.Server:
+        return await asyncio.start_server(self._client, "127.0.0.1", 0)
+
+
+def test_a_subscribe_that_gets_no_suback_is_a_link_failure() -> None:
+    async def scenario() -> None:
+        broker = DeafBroker()
+        server = await broker.serve()
+        port = server.sockets[0].getsockname()[1]
+        conn = MqttConnection("127.0.0.1", port, "kit-1", keepalive=30)
+        await conn.connect()
+        try:
+            await conn.subscribe("kits/kit-1/cmd", 1, timeout_s=0.2)
+        except MqttError as exc:
+            assert "SUBACK" in str(exc)
+        else:
+            raise AssertionError("subscribe returned without a SUBACK")
+        finally:
+            await conn.close()
+            server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_kit_whose_broker_hangs_keeps_reconnecting(monkeypatch) -> None:
+    monkeypatch.setattr(driven_kit, "SUBSCRIBE_TIMEOUT_S", 0.2)
+
+    async def scenario() -> tuple[bool, int]:
+        broker = DeafBroker()
+        server = await broker.serve()
+        port = server.sockets[0].getsockname()[1]
+        plan = build_plan(Scenario(kits=1, days=1), seed=1)
+        clock = AcceleratedClock(plan.scenario.start_ts, 60)
+        driver = FleetDriver(plan, clock, host="127.0.0.1", port=port)
+        kit, stop = driver.kits[0], asyncio.Event()
+        task = asyncio.create_task(kit.run(stop))
+        try:
+            await asyncio.sleep(3.0)
+            alive = not task.done()
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)  # ends cleanly, no exception
+            server.close()
+        return alive, broker.connects
+
+    alive, connects = asyncio.run(scenario())
+    assert alive and connects >= 2  # it gave up on the deaf link and tried again

@@ -66,6 +66,15 @@ class SharedClock:
         with self._lock:
             _write(self.path, now, time.time(), self.speed)
 
+    def advance(self, seconds: float) -> None:
+        """Jump simulated time forward while paused (the end-of-run checks let a re-send
+        delay pass at once)."""
+        with self._lock:
+            self._load()
+            if self._base_wall is not None:
+                raise RuntimeError("advance() is for a paused clock")
+            _write(self.path, self._base_sim + seconds, None, self.speed)
+
     def real_seconds(self, sim_seconds: float) -> float:
         return sim_seconds / self.speed
 
