@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from control.ledger import check as accounting
 from control.ledger.db import Database
-from control.ledger.models import LedgerEntry, Payment
+from control.ledger.models import Command, LedgerEntry, Payment
 from payment_sim.paygate_wire import PAID, PENDING
 from telemetry.schema import TELEMETRY_MEASUREMENT
 
@@ -154,3 +154,22 @@ def readings(sent: dict[str, dict[int, float]], stored: dict[str, set[int]],
             "readings_lost": lost, "readings_lost_broker_restart": at_restart,
             "readings_lost_other": lost - at_restart,
             "readings_doubled": doubled, "reading_problems": worst[:10]}
+
+
+def kills_amid_traffic(database_url: str, kill_times: list[float], window_s: float
+                       ) -> dict[str, int]:
+    """How many kills landed while money was being credited and commands published: a
+    payment credited, or a command sent, within ``window_s`` (simulated) of the kill."""
+    db = Database(database_url)
+    try:
+        with db.session() as s:
+            credited = sorted(t for t in s.scalars(select(Payment.credited_at)) if t)
+            sent = sorted(t for t in s.scalars(select(Command.sent_at)) if t)
+    finally:
+        db.dispose()
+
+    def near(times: list[float], t: float) -> bool:
+        return any(abs(x - t) <= window_s for x in times)
+
+    return {"kills_amid_payments": sum(near(credited, t) for t in kill_times),
+            "kills_amid_commands": sum(near(sent, t) for t in kill_times)}
