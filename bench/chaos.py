@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -33,7 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.chaos.orchestra import ChaosConfig, run_month
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM too: stop every component this run started
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     cfg = ChaosConfig(
         kits=int(os.environ.get("CIZO_CHAOS_KITS", "500")),
         days=int(os.environ.get("CIZO_CHAOS_DAYS", "30")),
