@@ -365,15 +365,20 @@ def copy_logs(run: ChaosRun, dest: Path) -> None:
 
 
 def _accounts(api: httpx.Client) -> dict[str, dict[str, Any]]:
+    """Every kit's account as the API lists it, page by page (``next_cursor``, or
+    ``offset`` up to ``total`` where the API pages by offset)."""
     out: dict[str, dict[str, Any]] = {}
-    offset = 0
+    params: dict[str, Any] = {"limit": 500}
     while True:
-        r = api.get("/v1/kits", params={"limit": 500, "offset": offset})
+        r = api.get("/v1/kits", params=params)
         r.raise_for_status()
         page = r.json()
         out |= {k["kit_id"]: k for k in page["items"]}
-        offset += len(page["items"])
-        if not page["items"] or offset >= page["total"]:
+        if page.get("next_cursor"):
+            params = {"limit": 500, "cursor": page["next_cursor"]}
+        elif page["items"] and len(out) < page.get("total", 0):
+            params = {"limit": 500, "offset": len(out)}
+        else:
             return out
 
 
