@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     api_port: int = 8000
     public_base_url: str | None = None  # how providers reach our callbacks
     admin_api_key: SecretStr | None = None  # first admin key, created at start-up
+    # Bodies of the public endpoints (provider callbacks, webhooks): a larger one is refused
+    # (413) before it is read; one not received in full within the timeout is refused (408)
+    # and its connection closed, since uvicorn has no body timeout of its own.
+    api_max_body_bytes: int = Field(default=262_144, ge=1024)
+    api_body_timeout_s: float = Field(default=10.0, gt=0)
 
     # --- Secrets -------------------------------------------------------------------
     # Fernet key (urlsafe base64 of 32 bytes) that encrypts kit command secrets at rest.

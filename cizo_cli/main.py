@@ -6,6 +6,7 @@
     cizo sim          a simulated fleet of kits from a credentials file
     cizo paygate-sim  a local simulator of PayGate Global's merchant API
     cizo migrate      bring the ledger schema up to date
+    cizo backup       back the ledger up to a file; cizo restore puts it back
     cizo keygen       print a fresh CIZO_SECRET_KEY
     cizo kits         import kits from CSV, export kits (payments, commands) as CSV
 """
@@ -23,6 +24,7 @@ from cizo.logs import configure as configure_logging
 from cizo.production import ConfigurationError, require_development
 from cizo.settings import load_settings
 from control.cli import admin as admin_cli
+from control.cli import backup as backup_cli
 from control.cli import finance as finance_cli
 from control.cli import fleet as fleet_cli
 from control.cli import kits as kits_cli
@@ -107,6 +109,7 @@ PLUGIN_MODULES = (
     kits_cli,  # cizo kits provision / import / export, cizo payments|commands export
     finance_cli,  # cizo reconcile / settlement ...
     admin_cli,  # cizo keys / broker credentials / erase ...
+    backup_cli,  # cizo backup / restore
     secret_key_cli,  # cizo secret-key rotate
     payment_sim_cli,  # momo-sim ...
 )

@@ -27,6 +27,7 @@ from firmware_sim.keypad import token_in_text
 
 log = logging.getLogger(__name__)
 
+MOMO = "MTN"  # the network name of payments made by MTN MoMo request-to-pay
 CODES_POLL_REAL_S = 0.25  # how often the customers' SMS inbox / support is looked at
 SUPPORT_WAIT_REAL_S = 30.0  # after paying, a keypad customer asks support this long
 
@@ -40,6 +41,9 @@ class PaymentOptions:
     concurrency: int = 8
     support_key: str | None = None  # support/admin: keypad flag and codes (None: api_key)
     outbox: Path | None = None  # the control service's SMS file (keypad source "receipt")
+    momo_share: float = 0.0  # share of payments made by MTN MoMo request-to-pay (else PayGate)
+    retries: int = 0  # a request with no answer or a 5xx is tried again this many times
+    retry_wait_s: float = 1.0  # real seconds between tries
 
 
 # Shorter than uvicorn's 5 s keep-alive: a pooled connection the server is closing at
@@ -69,8 +73,8 @@ class PayingCustomers:
         self.failed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        queue = sorted((p.at, k.kit_id, p.amount_fcfa, k.plan.phone, k.rng.choice(
-            ["TMONEY", "FLOOZ"])) for k in self.kits for p in k.plan.payments)
+        queue = sorted((p.at, k.kit_id, p.amount_fcfa, k.plan.phone, self._network(k))
+                       for k in self.kits for p in k.plan.payments)
         sem = asyncio.Semaphore(self.opts.concurrency)
         pending: set[asyncio.Task[None]] = set()
         async with _api_client(self.opts, self.opts.api_key) as http:
@@ -84,6 +88,13 @@ class PayingCustomers:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
 
+    def _network(self, kit: DrivenKit) -> str:
+        """The wallet the customer pays from: MTN MoMo for ``momo_share`` of payments (a
+        draw only when that share is set, so other scenarios keep their draws)."""
+        if self.opts.momo_share and kit.rng.random() < self.opts.momo_share:
+            return MOMO
+        return str(kit.rng.choice(["TMONEY", "FLOOZ"]))
+
     async def _wait_until(self, at: float, stop: asyncio.Event) -> bool:
         """Wait for simulated time ``at``; False if the run stopped first."""
         while self.clock.now() < at:
@@ -94,14 +105,25 @@ class PayingCustomers:
 
     async def _pay(self, http: httpx.AsyncClient, sem: asyncio.Semaphore, kit_id: str,
                    amount: int, phone: str, network: str) -> None:
+        body: dict[str, Any] = {"kit_id": kit_id, "amount_fcfa": amount, "phone": phone}
+        path = "/v1/payments/momo/intents"
+        if network != MOMO:
+            body["network"], path = network, "/v1/payments/intents"
         async with sem:
-            try:
-                r = await http.post("/v1/payments/intents", json={
-                    "kit_id": kit_id, "amount_fcfa": amount, "phone": phone,
-                    "network": network})
-            except httpx.HTTPError as exc:
+            for attempt in range(self.opts.retries + 1):
+                if attempt:
+                    await asyncio.sleep(self.opts.retry_wait_s)
+                try:
+                    r = await http.post(path, json=body)
+                except httpx.HTTPError as exc:
+                    error = repr(exc)
+                    continue
+                if r.status_code < 500:
+                    break
+                error = f"HTTP {r.status_code}"
+            else:
                 self.failed += 1
-                log.warning("payment for kit %s failed: %r", kit_id, exc,
+                log.warning("payment for kit %s failed: %s", kit_id, error,
                             extra={"kit_id": kit_id})
                 return
         if r.status_code == 201:

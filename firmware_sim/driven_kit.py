@@ -55,6 +55,7 @@ class Fleet(Protocol):
 log = logging.getLogger(__name__)
 
 TICK_REAL_S = 0.5  # a kit wakes at least this often (real time) for its fail-safe and pings
+SUBSCRIBE_TIMEOUT_S = 10.0  # no SUBACK by then (a broker restarting under load): reconnect
 
 
 def identity_for(kit_id: str, seed: int) -> KitIdentity:
@@ -210,8 +211,8 @@ class DrivenKit:
             return True
         if not self.conn.connected:
             return await self._reconnect(stop)
-        self.conn.ping_if_idle()
-        with contextlib.suppress(MqttError):
+        with contextlib.suppress(MqttError):  # a link that just died: the next round
+            self.conn.ping_if_idle()          # sees it and reconnects
             await self.conn.drain()
         return True
 
@@ -238,7 +239,12 @@ class DrivenKit:
         await self.conn.connect()
         online = {"v": protocol.PROTOCOL_VERSION, "online": True, "fw": self.firmware.fw}
         self.conn.publish(protocol.status_topic(self.kit_id), protocol.encode(online), 1, True)
-        await self.conn.subscribe(protocol.cmd_topic(self.kit_id), 1)
+        try:
+            await self.conn.subscribe(protocol.cmd_topic(self.kit_id), 1,
+                                      timeout_s=SUBSCRIBE_TIMEOUT_S)
+        except MqttError:
+            self.conn.abort()  # connected but deaf to commands: start over
+            raise
         if not first:
             self.counters.reconnects += 1
         pending = list(self.buffer)

@@ -98,14 +98,10 @@ class Watcher:
 def migrated(database_url: str) -> tuple[Any, Any]:
     """A ledger migrated to heads, with the Alembic config and an engine (dispose it) for a
     test that moves one migration down and up again."""
-    from alembic.config import Config
     from sqlalchemy import create_engine
 
     from cizo.settings import sqlalchemy_url
-    from control.ledger.db import MIGRATIONS, migrate
+    from control.ledger.db import alembic_config, migrate
 
     migrate(database_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(database_url).replace("%", "%%"))
-    return cfg, create_engine(sqlalchemy_url(database_url))
+    return alembic_config(database_url), create_engine(sqlalchemy_url(database_url))

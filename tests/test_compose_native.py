@@ -1,22 +1,33 @@
 """docker-compose.yml run for real, without a container engine.
 
 Docker Compose v2's own CLI renders docker-compose.yml with a production .env; each of
-our services (bridge, control) then runs natively with exactly the command and
+our services (bridge, control, rollup) then runs natively with exactly the command and
 environment compose gives its container (plus the image's ENV), production mode on,
-against this test's real Mosquitto (the deploy/ ACL, service accounts with the compose
-passwords), influxd and PostgreSQL. Only addresses are mapped: compose's service names
-and ports to the test's, container paths to temporary directories. A setting production
-needs that compose does not give makes a process refuse to start, and the test fail
-with its message.
+against this test's real Mosquitto, influxd and PostgreSQL. The broker runs the way the
+mosquitto service does: deploy/mosquitto/mosquitto.conf loaded by Debian's Mosquitto,
+its dynamic-security file made by the mosquitto-init service's script, a kit TLS listener
+whose key is owned as docs/deploy.md says, and no account but the admin until the control
+service converges the broker. Only addresses are mapped: compose's service names, ports
+and container paths to the test's. A setting production needs that compose does not give
+makes a process refuse to start, and the test fail with its message.
+
+Run as root (as the containers start), the init script chowns the dynamic-security file
+and the broker drops to the ``mosquitto`` user before it loads the key, which belongs to
+that user with mode 0400, exactly as in the image (uid 1883 there). Run as another user,
+nobody can change owners: the key is 0400 and the broker's own user's, which checks the
+modes and the mapped files but not the drop itself.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,16 +41,17 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cizo import protocol, services
-from telemetry import InfluxClient
+from control.security import pki
+from telemetry import STATUS_MEASUREMENT, InfluxClient
 from telemetry.errors import InfluxQueryError
 from tests.compose_support import ROOT, dockerfile_env, env_of, rendered_services
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
-ACL = ROOT / "deploy" / "mosquitto" / "acl"
-OUR_SERVICES = ("bridge", "control")  # with an MQTT account
 CONTAINER_DATA_DIR = "/var/lib/cizo"
+BROKER_USER = "mosquitto"  # eclipse-mosquitto's user (uid 1883); Debian's package has it too
+AS_ROOT = os.getuid() == 0
 
 
 @dataclass(frozen=True)
@@ -47,9 +59,10 @@ class Servers:
     """The test's servers, by the compose service name and port they stand in for."""
 
     mqtt_port: int
+    tls_port: int  # the kits' listener, 8883 in compose
+    ca: Path  # the test CA that signed the broker's certificate
     influx_port: int
     ledger_url: str  # a fresh PostgreSQL database
-    passwd: Path
     broker: services.ManagedProcess
 
     def address(self, host: str, port: int) -> tuple[str, int] | None:
@@ -57,30 +70,157 @@ class Servers:
                 ("influxdb", 8086): ("127.0.0.1", self.influx_port)}.get((host, port))
 
 
-def add_broker_account(passwd: Path, user: str, password: str) -> None:
-    flags = ["-b"] if passwd.exists() else ["-c", "-b"]
-    subprocess.run([services.find_binary("mosquitto_passwd", "/usr/bin"), *flags, str(passwd),
-                    user, password], check=True, capture_output=True, timeout=30)
+@pytest.fixture
+def broker_root() -> Iterator[Path]:
+    """The broker's volumes and certificates: outside pytest's tree, whose 0700 top
+    directory the ``mosquitto`` user the broker drops to could not enter."""
+    root = Path(tempfile.mkdtemp(prefix="cizo-compose-broker-"))
+    root.chmod(0o711)
+    yield root
+    shutil.rmtree(root)
 
 
 @pytest.fixture
-def compose_services(tmp_path: Path) -> dict[str, dict[str, Any]]:
-    return rendered_services(tmp_path)
+def compose_services(tmp_path: Path, broker_root: Path) -> dict[str, dict[str, Any]]:
+    return rendered_services(tmp_path, MQTT_TLS_DIR=str(broker_root / "certs"))
+
+
+def host_mounts(service: dict[str, Any], volumes: Path) -> dict[str, Path]:
+    """Container path -> host path for each of a service's mounts; a named volume is a
+    directory under ``volumes``, shared by every service that mounts it."""
+    mounts: dict[str, Path] = {}
+    for mount in service.get("volumes") or []:
+        host = Path(mount["source"])
+        if mount["type"] == "volume":
+            host = volumes / mount["source"]
+            host.mkdir(parents=True, exist_ok=True)
+        mounts[mount["target"]] = host
+    return mounts
+
+
+def on_host(text: str, mounts: dict[str, Path]) -> str:
+    for target in sorted(mounts, key=len, reverse=True):
+        text = text.replace(target, str(mounts[target]))
+    return text
+
+
+def broker_conf_on_host(conf: str, mounts: dict[str, Path], ports: dict[int, int]) -> str:
+    """deploy/'s mosquitto.conf as Debian's Mosquitto can load it here: container paths to
+    the mounts' host paths, the image's plugin path to Debian's, each listener's port to
+    the test's (on 127.0.0.1). Everything else is kept as it is."""
+    lines = []
+    for line in conf.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, _, value = line.partition(" ")
+        if key == "listener":
+            (port,) = value.split()  # every interface, inside the container
+            line = f"listener {ports[int(port)]} 127.0.0.1"
+        elif key == "plugin":
+            assert Path(value).name == services.DYNSEC_PLUGIN, value
+            line = f"plugin {services.find_dynsec_plugin()}"
+        lines.append(on_host(line, mounts))
+    unmapped = [ln for ln in lines if " /mosquitto" in ln]
+    assert not unmapped, f"a container path the test does not map: {unmapped}"
+    return "\n".join(lines) + "\n"
+
+
+def conf_values(conf: str, key: str) -> list[str]:
+    return [ln.split(None, 1)[1] for ln in conf.splitlines() if ln.split(None, 1)[:1] == [key]]
+
+
+def write_tls_files(certs: Path, ca_dir: Path) -> Path:
+    """A test CA and the broker's certificate, the key owned and moded as docs/deploy.md
+    says (``chown 1883:1883 server.key && chmod 0400``; the crt 0444). Returns the CA."""
+    ca = pki.make_ca("CIZO compose-check CA")
+    crt, key = pki.make_server_cert(ca, ["127.0.0.1", "localhost"]).write(certs, "server")
+    if AS_ROOT:
+        broker_user = pwd.getpwnam(BROKER_USER)
+        os.chown(key, broker_user.pw_uid, broker_user.pw_gid)
+    key.chmod(0o400)
+    crt.chmod(0o444)
+    ca_crt, _ = ca.write(ca_dir, "ca")
+    return ca_crt
+
+
+def run_mosquitto_init(service: dict[str, Any], mounts: dict[str, Path],
+                       dynsec_file: str) -> None:
+    """The mosquitto-init service: its entrypoint and environment, its paths mapped; as
+    root here when the containers' root would be."""
+    argv = [on_host(arg, mounts) for arg in service["entrypoint"]]
+    env = {"PATH": os.environ["PATH"], **env_of(service),
+           "DYNSEC_FILE": on_host(dynsec_file, mounts)}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def the_images_entrypoint(mounts: dict[str, Path], service: dict[str, Any]) -> None:
+    """eclipse-mosquitto's docker-entrypoint.sh: as root, ``chown -R mosquitto`` what it
+    can under /mosquitto; read-only mounts (the certificates) stay as they are."""
+    if not AS_ROOT:
+        return
+    broker_user = pwd.getpwnam(BROKER_USER)
+    writable = [m["target"] for m in service["volumes"] if not m.get("read_only")]
+    for target in writable:
+        for path in [mounts[target], *mounts[target].rglob("*")]:
+            os.chown(path, broker_user.pw_uid, broker_user.pw_gid)
+
+
+def effective_uid(pid: int) -> int:
+    uid_line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if ln.startswith("Uid:"))
+    return int(uid_line.split()[2])
+
+
+def production_broker(compose_services: dict[str, dict[str, Any]], root: Path,
+                      mqtt_port: int, tls_port: int) -> tuple[services.ManagedProcess, Path]:
+    """The mosquitto-init and mosquitto services, natively (see the module's docstring)."""
+    volumes = root / "volumes"
+    mounts = host_mounts(compose_services["mosquitto"], volumes)
+    init_mounts = host_mounts(compose_services["mosquitto-init"], volumes)
+    conf = mounts["/mosquitto/config/mosquitto.conf"].read_text()
+    # compose publishes the TLS listener, and only that one
+    (published,) = compose_services["mosquitto"]["ports"]
+    ports = {1883: mqtt_port, int(published["target"]): tls_port}
+    ca = write_tls_files(mounts["/mosquitto/certs"], root / "ca")
+    (dynsec_file,) = conf_values(conf, "plugin_opt_config_file")
+    run_mosquitto_init(compose_services["mosquitto-init"], init_mounts, dynsec_file)
+    the_images_entrypoint(mounts, compose_services["mosquitto"])
+    native = root / "run"
+    native.mkdir()
+    native_conf = broker_conf_on_host(conf, mounts, ports)
+    assert f"listener {tls_port} 127.0.0.1\nprotocol mqtt\ncertfile " in native_conf
+    assert not conf_values(conf, "user"), "as root the broker drops to its default, mosquitto"
+    (native / "mosquitto.conf").write_text(native_conf)
+    return services.mosquitto_with_config(native, native / "mosquitto.conf", mqtt_port), ca
+
+
+def assert_healthy(service: dict[str, Any], mqtt_port: int) -> None:
+    """The service's compose healthcheck, which bridge and control wait for, run here:
+    the broker answers and refuses an anonymous client."""
+    kind, command = service["healthcheck"]["test"]
+    assert kind == "CMD-SHELL" and "-p 1883 " in command
+    # `docker compose config` writes a literal $ as $$, as in the compose file
+    command = command.replace("$$", "$").replace("-p 1883 ", f"-p {mqtt_port} ")
+    done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 0, f"mosquitto unhealthy: {command}\n{done.stdout}{done.stderr}"
 
 
 @pytest.fixture
-def servers(tmp_path: Path, pg_database: str,
+def servers(tmp_path: Path, broker_root: Path, pg_database: str,
             compose_services: dict[str, dict[str, Any]]) -> Iterator[Servers]:
-    passwd = tmp_path / "broker" / "passwd"
-    passwd.parent.mkdir()
-    for name in OUR_SERVICES:
-        env = env_of(compose_services[name])
-        add_broker_account(passwd, env["CIZO_MQTT_USERNAME"], env["CIZO_MQTT_PASSWORD"])
-    broker = services.mosquitto(tmp_path / "broker", services.free_port(),
-                                allow_anonymous=False, password_file=passwd, acl_file=ACL)
+    mqtt_port, tls_port = services.free_port(), services.free_port()
+    broker, ca = production_broker(compose_services, broker_root, mqtt_port, tls_port)
     influxd = services.influxd(tmp_path / "influxd", services.free_port())
     with services.running(broker, influxd):
-        yield Servers(broker.port, influxd.port, pg_database, passwd, broker)
+        assert services.wait_for_port(tls_port), broker.log_path.read_text()
+        assert broker.proc is not None
+        if AS_ROOT:  # it loaded the key after dropping to the image's user
+            assert effective_uid(broker.proc.pid) == pwd.getpwnam(BROKER_USER).pw_uid
+        assert_healthy(compose_services["mosquitto"], mqtt_port)
+        yield Servers(mqtt_port, tls_port, ca, influxd.port, pg_database, broker)
 
 
 def native_env(service: dict[str, Any], servers: Servers, data_dir: Path,
@@ -165,14 +305,19 @@ def run_service(tmp_path: Path, servers: Servers,
         native.stop()
 
 
-def kit_client(port: int, username: str, password: str) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username,
+def kit_client(servers: Servers, username: str, password: str) -> mqtt.Client:
+    """A kit on the TLS listener, checking the broker's certificate against the test CA.
+    Its client id is not its username: the listener replaces it with the username
+    (use_username_as_clientid), without which its account, bound to client id = kit_id,
+    would be refused."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"not-{username}",
                          protocol=mqtt.MQTTv311)
+    client.tls_set(ca_certs=str(servers.ca))
     client.username_pw_set(username, password)
     client.reconnect_delay_set(min_delay=1, max_delay=1)
-    client.connect("127.0.0.1", port)
+    client.connect("127.0.0.1", servers.tls_port)
     client.loop_start()
-    wait_for(client.is_connected, what=f"kit {username} connected")
+    wait_for(client.is_connected, what=f"kit {username} connected through TLS")
     return client
 
 
@@ -205,27 +350,31 @@ def test_bridge_control_and_rollup_run_in_production_with_only_what_compose_give
         "plan": {"deposit_fcfa": 5000, "daily_rate_fcfa": 200, "total_price_fcfa": 60000}})
     assert created.status_code == 201, created.text
     creds = created.json()
-    add_broker_account(servers.passwd, creds["mqtt_username"], creds["mqtt_password"])
-    assert servers.broker.proc is not None
-    os.kill(servers.broker.proc.pid, signal.SIGHUP)  # Mosquitto reloads its password file
+    assert creds["mqtt_username"] == kit_id
 
-    # paho retries a refused login by itself: it gets in once the broker has reloaded
-    kit = kit_client(servers.mqtt_port, creds["mqtt_username"], creds["mqtt_password"])
+    # control gave the broker the kit's account when it provisioned it: no reload, no file
+    kit = kit_client(servers, creds["mqtt_username"], creds["mqtt_password"])
     try:
         an_hour_done = (int(time.time()) // 3600 - 1) * 3600 + 60  # the rollup sums it
         reading = {"v": 1, "kit_id": kit_id, "ts": an_hour_done, "seq": 1, "boot": 1,
                    "battery_v": 12.6, "soc": 81.0, "pv_w": 35.0, "load_w": 6.0,
                    "pv_wh_total": 1200.0, "load_wh_total": 640.0, "locked": False,
                    "credit_until": None, "temp_c": 31.0}
-        kit.publish(protocol.status_topic(kit_id), json.dumps({"v": 1, "online": True}),
-                    qos=1, retain=True).wait_for_publish(5)
-        kit.publish(protocol.telemetry_topic(kit_id), json.dumps(reading),
-                    qos=1).wait_for_publish(5)
-
-        # the bridge wrote it with its own InfluxDB login into the database compose names
         influx = InfluxClient(f"http://127.0.0.1:{servers.influx_port}",
                               bridge_env["CIZO_INFLUX_DB"])
         with influx:
+            # The bridge's account exists once control has converged the broker, and the
+            # bridge logs in at its next retry: a retained status reaches it whenever it
+            # subscribes, so its arrival says the bridge listens (on a first start a reading
+            # published before the bridge's first session has nobody to be queued for).
+            kit.publish(protocol.status_topic(kit_id), json.dumps({"v": 1, "online": True}),
+                        qos=1, retain=True).wait_for_publish(5)
+            wait_for(lambda: influx.query(
+                f"SELECT * FROM {STATUS_MEASUREMENT} WHERE kit_id = '{kit_id}'"),
+                timeout_s=20, what="the kit's status in InfluxDB")
+            kit.publish(protocol.telemetry_topic(kit_id), json.dumps(reading),
+                        qos=1).wait_for_publish(5)
+            # the bridge wrote it with its own InfluxDB login into the database compose names
             wait_for(lambda: influx.last_telemetry(kit_id), timeout_s=20,
                      what="the reading in InfluxDB")
 
@@ -270,3 +419,24 @@ def test_production_refuses_what_compose_would_leave_out(
     assert control.proc.returncode != 0
     assert "refusing to start with CIZO_ENV=production" in control.output()
     assert "CIZO_SMS_GATEWAY_URL" in control.output()
+
+
+def test_the_broker_stops_on_a_key_its_user_cannot_read(
+    broker_root: Path, compose_services: dict[str, dict[str, Any]],
+) -> None:
+    """The ownership above is what makes the TLS listener load: with the key as openssl
+    writes it (root's, 0600) the broker, run as root, has dropped to ``mosquitto`` before
+    loading it and exits. Not as root, the key is made unreadable to its own owner."""
+    broker, _ = production_broker(compose_services, broker_root, services.free_port(),
+                                  services.free_port())
+    key = broker_root / "certs" / "server.key"
+    if AS_ROOT:
+        os.chown(key, 0, 0)
+        key.chmod(0o600)
+    else:
+        key.chmod(0o000)
+    # run to its end (it opens its plain listener before it reads the key, so waiting for
+    # a port would race); a broker that starts anyway runs on and times out
+    done = subprocess.run(broker.argv, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode != 0
+    assert "Unable to load server key file" in done.stdout + done.stderr

@@ -13,6 +13,7 @@ from sqlalchemy.exc import DataError, OperationalError
 from starlette.types import Lifespan
 
 from control.api import (
+    bodies,
     dashboard,
     exports,
     finance,
@@ -65,6 +66,11 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
         log.warning("value out of range on %s: %s", request.url.path, type(exc).__name__)
         return JSONResponse({"detail": "a value in the request is out of range"},
                             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(bodies.BodyRefused)
+    async def _body_refused(request: Request, exc: bodies.BodyRefused) -> JSONResponse:
+        log.info("body refused on %s: %s", request.url.path, exc.code)
+        return exc.answer()
 
     # what a support action refuses, as HTTP answers (control.support.actions)
     errors: dict[type[Exception], int] = {

@@ -250,6 +250,19 @@ class IdempotentRequest(Base):
     __table_args__ = (UniqueConstraint("api_key_id", "key", name="uq_idempotency_key"),)
 
 
+class RateLimit(Base):
+    """One rate-limited key's counters, shared by every control process
+    (control/security/shared_limits.py): hits in the fixed window starting at
+    ``window_start`` and in the window before it."""
+
+    __tablename__ = "rate_limits"
+
+    bucket: Mapped[str] = mapped_column(String(200), primary_key=True)  # "<limit>:<key>"
+    window_start: Mapped[float] = mapped_column(Float)
+    hits: Mapped[int] = mapped_column(Integer)
+    prev_hits: Mapped[int] = mapped_column(Integer)
+
+
 # --- Alerts, per-kit analytics, pre-aggregated fleet summary -----------------------------
 
 
