@@ -65,12 +65,14 @@ class BodyRefused(Exception):
                             status_code=self.status, headers=headers)
 
 
-async def read_raw(request: Request, settings: Settings) -> bytes:
-    """The whole body as bytes, within the size and time limits, or ``BodyRefused``."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json":
+async def read_raw(request: Request, settings: Settings, *,
+                   media_types: tuple[str, ...] = ("application/json",),
+                   limit: int | None = None) -> bytes:
+    """The whole body as bytes, within the size (``limit``, else ``api_max_body_bytes``)
+    and time limits, or ``BodyRefused``."""
+    if media_type(request) not in media_types:
         raise BodyRefused("unsupported_media_type")
-    limit = settings.api_max_body_bytes
+    limit = settings.api_max_body_bytes if limit is None else limit
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BodyRefused("body_too_large")  # refused unread
@@ -88,6 +90,10 @@ async def read_raw(request: Request, settings: Settings) -> bytes:
     except ClientDisconnect as exc:
         raise BodyRefused("body_incomplete") from exc
     return bytes(raw)
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)

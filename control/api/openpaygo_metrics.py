@@ -1,6 +1,7 @@
 """``POST /dd`` (and the spec's long name ``/device_data``): the OpenPAYGO Metrics door.
 
-HTTP only: the body is read and decoded here (``read_metrics_body``), the request is
+HTTP only: the body is read through the public endpoints' one body path
+(control.api.bodies) and decoded here (``read_metrics_body``); the request is
 checked, stored and answered by ``control.fleet.metrics_door``. A refusal is a 4xx with a
 stable ``code`` beside the ``detail`` sentence (docs/protocol.md lists them) and is counted
 in ``/metrics`` by that code, as is every request taken.
@@ -11,7 +12,6 @@ The answer is in the request's encoding (JSON or CBOR), status 201 as the spec s
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -20,6 +20,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from cizo.settings import Settings
+from control.api import bodies
 from control.api.auth import RuntimeDep
 from control.api.prometheus import counters
 from control.api.schemas import Problem
@@ -34,46 +36,30 @@ CBOR_TYPES = ("application/cbor", "cbor")
 _INT_LIMIT = 2**63  # what a ledger BigInteger holds (the request count is stored)
 
 
-async def read_metrics_body(request: Request, *, max_bytes: int,
-                            max_depth: int) -> tuple[dict[str, Any], str]:
+async def read_metrics_body(request: Request, settings: Settings
+                            ) -> tuple[dict[str, Any], str]:
     """The request's body as a plain JSON object, and its encoding ("json" or "cbor").
 
-    Refuses (MetricsRefused) a content type that is neither, a body over ``max_bytes``
-    (read no further), bad UTF-8, undecodable JSON or CBOR, and anything JSON cannot say:
-    CBOR tags, byte strings, non-finite numbers, non-string keys, integers beyond 64 bits,
-    nesting deeper than ``max_depth``."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media in JSON_TYPES:
-        encoding = "json"
-    elif media in CBOR_TYPES:
-        encoding = "cbor"
+    Read by the public endpoints' one body path (control.api.bodies: content type, size
+    within ``metrics_max_body_bytes``, time, and a JSON body's strict parse), which raises
+    BodyRefused. A CBOR body is decoded here; then either must say only what JSON can
+    (MetricsRefused otherwise): no CBOR tags or byte strings, no non-finite numbers,
+    string keys, integers within 64 bits, nesting no deeper than ``metrics_max_depth``."""
+    raw = await bodies.read_raw(request, settings, media_types=JSON_TYPES + CBOR_TYPES,
+                                limit=settings.metrics_max_body_bytes)
+    if bodies.media_type(request) in JSON_TYPES:
+        value, encoding = bodies.json_object(raw), "json"
     else:
-        raise MetricsRefused(415, "unsupported_content_type",
-                             "send application/json or application/cbor")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise MetricsRefused(413, "body_too_large", f"more than {max_bytes} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise MetricsRefused(413, "body_too_large", f"more than {max_bytes} bytes")
-    try:
-        if encoding == "json":
-            value = json.loads(bytes(body).decode("utf-8"), parse_constant=_no_constant)
-        else:
-            value = cbor2.loads(bytes(body))
-    except (ValueError, RecursionError, cbor2.CBORDecodeError, UnicodeDecodeError) as exc:
-        raise MetricsRefused(400, "malformed_body",
-                             f"not valid {encoding}: {str(exc)[:120]}") from exc
-    if not isinstance(value, dict):
-        raise MetricsRefused(400, "malformed_body", "the body must be one object")
-    _check_plain(value, max_depth)
+        encoding = "cbor"
+        try:
+            value = cbor2.loads(raw)
+        except (ValueError, RecursionError, cbor2.CBORDecodeError) as exc:
+            raise MetricsRefused(400, "malformed_body",
+                                 f"not valid cbor: {str(exc)[:120]}") from exc
+        if not isinstance(value, dict):
+            raise MetricsRefused(400, "malformed_body", "the body must be one object")
+    _check_plain(value, settings.metrics_max_depth)
     return value, encoding
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number")
 
 
 def _check_plain(value: Any, max_depth: int) -> None:
@@ -116,10 +102,11 @@ def _check_plain(value: Any, max_depth: int) -> None:
 async def device_data(rt: RuntimeDep, request: Request) -> Response:
     count = counters(request.app)
     try:
-        payload, encoding = await read_metrics_body(
-            request, max_bytes=rt.settings.metrics_max_body_bytes,
-            max_depth=rt.settings.metrics_max_depth)
+        payload, encoding = await read_metrics_body(request, rt.settings)
         answer = await run_in_threadpool(handle, rt, payload)
+    except bodies.BodyRefused as exc:
+        count.inc(REQUESTS, "outcome", exc.code)
+        return exc.answer()
     except MetricsRefused as exc:
         count.inc(REQUESTS, "outcome", exc.code)
         return JSONResponse({"detail": exc.message, "code": exc.code}, status_code=exc.status)
