@@ -18,7 +18,10 @@ from tests.api_support import Keys, provision
 
 def stored(rt: Runtime) -> dict[str, str]:
     with rt.db.session() as s:
-        rows = {f"kit:{k.id}": k.secret_enc for k in s.scalars(select(Kit))}
+        kits = list(s.scalars(select(Kit)))
+        rows = {f"kit:{k.id}": k.secret_enc for k in kits}
+        rows |= {f"kit-mqtt:{k.id}": k.mqtt_password_enc for k in kits
+                 if k.mqtt_password_enc is not None}
         rows |= {f"hook:{w.desco_id}": w.secret_enc for w in s.scalars(select(WebhookSecret))}
     return rows
 
@@ -30,7 +33,7 @@ def clear(rows: dict[str, str], key: str) -> dict[str, str]:
 
 @pytest.fixture
 def secrets_at_rest(client: TestClient, keys: Keys, rt: Runtime) -> dict[str, str]:
-    """Two kits' command secrets and a webhook secret, in clear."""
+    """Two kits' command secrets and broker passwords, and a webhook secret, in clear."""
     for kit_id in ("ROT-1", "ROT-2"):
         provision(client, keys.admin, kit_id)
     resp = client.post("/v1/descos/north/webhook-secret", headers=Keys.auth(keys.admin))
@@ -45,7 +48,8 @@ def test_every_secret_is_re_encrypted_and_unchanged_in_clear(
 
     old, new = rt.settings.require_secret_key(), generate_secret_key()
     done = rotate_secret_key(rt.db, current_key=old, new_key=new, actor=CLI_ACTOR, now=1.0)
-    assert done.rewritten == {"kits.secret_enc": 2, "webhook_secrets.secret_enc": 1}
+    assert done.rewritten == {"kits.secret_enc": 2, "kits.mqtt_password_enc": 2,
+                              "webhook_secrets.secret_enc": 1}
     assert done.already_new == 0
     rows = stored(rt)
     assert clear(rows, new) == secrets_at_rest
@@ -57,7 +61,7 @@ def test_every_secret_is_re_encrypted_and_unchanged_in_clear(
         assert entry.actor == CLI_ACTOR.name
     # again (say, after an interruption): nothing left to do, nothing broken
     again = rotate_secret_key(rt.db, current_key=old, new_key=new, actor=CLI_ACTOR, now=2.0)
-    assert (again.rewritten, again.already_new) == ({}, 3)
+    assert (again.rewritten, again.already_new) == ({}, 5)
     assert clear(stored(rt), new) == secrets_at_rest
 
 
@@ -94,7 +98,8 @@ def test_the_cli_takes_the_new_key_from_the_environment(
     monkeypatch.setenv("CIZO_NEW_SECRET_KEY", new)
     assert main(["secret-key", "rotate"]) == 0
     out = capsys.readouterr().out
-    assert "re-encrypted 3 secret(s) (2 in kits.secret_enc, 1 in webhook_secrets" in out
+    assert ("re-encrypted 5 secret(s) (2 in kits.mqtt_password_enc, 2 in kits.secret_enc, "
+            "1 in webhook_secrets.secret_enc)") in out
     assert clear(stored(rt), new) == secrets_at_rest
 
 
