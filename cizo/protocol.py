@@ -138,8 +138,9 @@ Count = Annotated[int, Field(ge=0)]
 
 
 class Telemetry(NamedTuple):
-    """One validated reading (v1, or one of a v2 message's). A NamedTuple, not a model: the bridge builds one per
-    message, and a tuple costs a fraction of a model (see ``parse_telemetry``)."""
+    """One validated reading (v1, or one of a v2 message's). A NamedTuple, not a model:
+    the bridge builds one per reading, and a tuple costs a fraction of a model (see
+    ``parse_telemetry``)."""
 
     v: Literal[1, 2]
     kit_id: Annotated[str, Field(min_length=1, max_length=KIT_ID_MAX_LEN)]

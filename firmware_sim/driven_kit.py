@@ -26,7 +26,7 @@ from cizo.clock import Clock
 from firmware_sim.clocks import DriftingClock, clock_speed, sleep_or_stop
 from firmware_sim.firmware import KitFirmware
 from firmware_sim.keypad import Keypad
-from firmware_sim.kit import OFFLINE, KitIdentity
+from firmware_sim.kit import KitIdentity
 from firmware_sim.mqtt_async import MqttConnection, MqttError, WireCounters
 from firmware_sim.physics import KitProfile
 from firmware_sim.scenario import FleetPlan, KitPlan
@@ -89,19 +89,19 @@ class DrivenKit:
         profile = KitProfile.for_kit(self.kit_id, household=plan.household, size=plan.size,
                                      weather_seed=hash(plan.region) & 0xFFFF)
         self.firmware = KitFirmware(self.kit_id, identity.command_secret, self.clock,
-                                    profile=profile)
+                                    profile=profile, protocol_version=plan.protocol)
         self.firmware.tamper = "tamper" in plan.misbehaviour
         self.firmware.stuck_sensor = "stuck_sensor" in plan.misbehaviour
         self.rng = random.Random(f"{fleet.plan.seed}:{self.kit_id}")
         self.counters = KitCounters()
         self.wire = WireCounters()
-        self.buffer: deque[bytes] = deque(maxlen=fleet.buffer_limit)
+        self.buffer: deque[bytes] = deque(maxlen=fleet.buffer_limit)  # messages, not readings
         self.interval = sc.telemetry_interval_s
         self.conn = MqttConnection(
             fleet.host, fleet.port, identity.mqtt_username or self.kit_id,
             username=identity.mqtt_username, password=identity.mqtt_password,
             keepalive=sc.keepalive_s, clean_session=False,
-            will=(protocol.status_topic(self.kit_id), OFFLINE, 1, True),
+            will=_offline(self.kit_id, plan.protocol),
             on_message=self._on_message, counters=self.wire, local_addr=fleet.local_addr)
         self._outage_i = 0
         self._reconnect_attempt = 0  # 0: connect at once; n: jittered backoff of attempt n
@@ -219,10 +219,9 @@ class DrivenKit:
 
     async def connect(self) -> None:
         first = self.counters.reconnects == 0 and self.wire.connects == 0
+        self.conn.will = _offline(self.kit_id, self.firmware.protocol)
         await self.conn.connect()
-        online = {"v": protocol.PROTOCOL_VERSION, "online": True, "fw": self.firmware.fw}
-        self.conn.publish(protocol.status_topic(self.kit_id), protocol.encode(online), 1, True)
-        await self.conn.subscribe(protocol.cmd_topic(self.kit_id), 1)
+        await self._announce()
         if not first:
             self.counters.reconnects += 1
         pending = list(self.buffer)
@@ -231,11 +230,21 @@ class DrivenKit:
             self._send_telemetry(payload)
         await self.conn.drain()
 
+    async def _announce(self) -> None:
+        """Online, in the version the kit speaks (how the server learns it), and listening
+        for commands in it."""
+        version = self.firmware.protocol
+        online = {"v": version, "online": True, "fw": self.firmware.fw}
+        self.conn.publish(protocol.status_topic(self.kit_id, version), protocol.encode(online),
+                          1, True)
+        await self.conn.subscribe(protocol.cmd_topic(self.kit_id, version), 1)
+
     async def stop(self) -> None:
         """Clean shutdown: offline status, DISCONNECT (the will is not sent then)."""
         if self.conn.connected:
             with contextlib.suppress(MqttError):
-                self.conn.publish(protocol.status_topic(self.kit_id), OFFLINE, 1, True)
+                topic, offline, _qos, _retain = _offline(self.kit_id, self.firmware.protocol)
+                self.conn.publish(topic, offline, 1, True)
                 deadline = time.monotonic() + 5
                 while self.conn.inflight and self.conn.connected and \
                         time.monotonic() < deadline:
@@ -247,19 +256,20 @@ class DrivenKit:
     # --- telemetry and misbehaviour --------------------------------------------------
 
     def reading(self) -> None:
-        payload = protocol.encode(self.firmware.telemetry())
-        if self.conn.connected:
-            self._send_telemetry(payload)
-            self._misbehave()
-        else:
-            if len(self.buffer) == self.buffer.maxlen:
-                self.counters.dropped_from_buffer += 1
-            self.buffer.append(payload)
-            self.counters.buffered_total += 1
+        for payload in self.firmware.report():
+            if self.conn.connected:
+                self._send_telemetry(payload)
+                self._misbehave()
+            else:
+                if len(self.buffer) == self.buffer.maxlen:
+                    self.counters.dropped_from_buffer += 1
+                self.buffer.append(payload)
+                self.counters.buffered_total += 1
 
     def _send_telemetry(self, payload: bytes) -> None:
         try:
-            self.conn.publish(protocol.telemetry_topic(self.kit_id), payload, 1)
+            self.conn.publish(protocol.telemetry_topic(self.kit_id, self.firmware.protocol),
+                              payload, 1)
             self.counters.telemetry_sent += 1
         except MqttError:
             self.buffer.append(payload)
@@ -267,7 +277,8 @@ class DrivenKit:
     def _misbehave(self) -> None:
         """Now and then (one reading in ten), do what a broken or hacked kit does."""
         bad = self.plan.misbehaviour - {"tamper", "stuck_sensor", "never_ack"}
-        if not bad or self.rng.random() >= 0.1:
+        if not bad or self.firmware.protocol != protocol.PROTOCOL_VERSION \
+                or self.rng.random() >= 0.1:  # v1's misbehaviours: v2 kits behave
             return
         kind = self.rng.choice(sorted(bad))
         self.counters.misbehaviours += 1
@@ -323,11 +334,15 @@ class DrivenKit:
     async def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         if not payload:
             return  # the broker clearing the retained command
-        self._handle_command(payload)
+        speaking = self.firmware.protocol
+        self._handle_command(payload, protocol.parse_topic(topic).version)
+        if self.firmware.protocol != speaking:  # a "protocol" command: say so, listen there
+            with contextlib.suppress(MqttError):
+                await self._announce()
 
-    def _handle_command(self, payload: bytes) -> None:
+    def _handle_command(self, payload: bytes, version: int = protocol.PROTOCOL_VERSION) -> None:
         self.counters.commands_received += 1
-        ack = self.firmware.handle_command(payload)
+        ack = self.firmware.handle_command(payload, version)
         if ack["result"] == "applied":
             self.counters.commands_applied += 1
         else:
@@ -335,5 +350,11 @@ class DrivenKit:
         if "never_ack" in self.plan.misbehaviour:
             return
         with contextlib.suppress(MqttError):
-            self.conn.publish(protocol.ack_topic(self.kit_id), protocol.encode(ack), 1)
+            self.conn.publish(protocol.ack_topic(self.kit_id, ack["v"]), protocol.encode(ack), 1)
             self.counters.acks_sent += 1
+
+
+def _offline(kit_id: str, version: int) -> tuple[str, bytes, int, bool]:
+    """The retained offline status (the last will), in the version the kit speaks."""
+    return (protocol.status_topic(kit_id, version),
+            protocol.encode({"v": version, "online": False}), 1, True)

@@ -10,6 +10,7 @@ plan against real servers. The file format is documented in docs/simulation.md.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import tomllib
 from dataclasses import dataclass, field
@@ -84,6 +85,15 @@ class KeypadSpec(_Strict):
         return v
 
 
+class ProtocolSpec(_Strict):
+    """Which kit contract the kits speak (docs/protocol.md): a share provisioned with v2,
+    and a share of the v1 kits marked to be moved to v2 during the run (by a ``protocol``
+    command the run's driver asks the control API for)."""
+
+    v2_share: float = Field(default=0.0, ge=0, le=1)
+    switch_share: float = Field(default=0.0, ge=0, le=1)  # of the v1 kits
+
+
 class Scenario(_Strict):
     """What a scenario file holds (see docs/simulation.md for each key)."""
 
@@ -107,6 +117,7 @@ class Scenario(_Strict):
     network: NetworkSpec = NetworkSpec()
     misbehaviour: dict[str, float] = Field(default_factory=dict)  # share of kits per kind
     keypad: KeypadSpec = KeypadSpec()
+    protocols: ProtocolSpec = ProtocolSpec()
 
     @field_validator("start", mode="before")
     @classmethod
@@ -187,6 +198,8 @@ class KitPlan:
     misbehaviour: frozenset[Misbehaviour]
     phone: str
     keypad: KeypadKind | None = None  # a keypad kit (scenario ``[keypad]``), or MQTT only
+    protocol: int = 1  # the kit contract version it is provisioned with
+    switch_to_v2: bool = False  # a v1 kit to move to v2 during the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +266,7 @@ def build_plan(scenario: Scenario, seed: int) -> FleetPlan:
     # keypad kits come from their own stream: a share of 0 leaves every other draw as it was,
     # and a larger share keeps the kits a smaller one picked (two draws per kit, always)
     keypad_rng = random.Random(f"{seed}:keypad")
+    protocol_rng = random.Random(f"{seed}:protocol")  # its own stream too, for the same reason
     start, end = scenario.start_ts, scenario.end_ts
     width = max(6, len(str(scenario.kits)))
     kits: list[KitPlan] = []
@@ -286,6 +300,10 @@ def build_plan(scenario: Scenario, seed: int) -> FleetPlan:
             misbehaviour=misbehaviour, phone=f"+2289{rng.randrange(10**7):07d}",
             keypad=keypad,
         )
+        is_v2 = protocol_rng.random() < scenario.protocols.v2_share
+        switches = protocol_rng.random() < scenario.protocols.switch_share and not is_v2
+        if is_v2 or switches:
+            kit = dataclasses.replace(kit, protocol=2 if is_v2 else 1, switch_to_v2=switches)
         kits.append(kit)
         events.extend((p.at, kit_id, f"pay {p.amount_fcfa}") for p in payments)
         events.extend((a, kit_id, f"link down until {b:.0f}") for a, b in outages)
