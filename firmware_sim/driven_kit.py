@@ -115,6 +115,7 @@ class DrivenKit:
         self.codes_seen: set[str] = set()
         self.token_count_seen = -1  # newest count read from the support API
         self.support_until = 0.0  # monotonic deadline: the customer waits on support
+        self._announcing: asyncio.Task[None] | None = None
 
     # --- schedule ------------------------------------------------------------------
 
@@ -239,6 +240,10 @@ class DrivenKit:
                           1, True)
         await self.conn.subscribe(protocol.cmd_topic(self.kit_id, version), 1)
 
+    async def _announce_once(self) -> None:
+        with contextlib.suppress(MqttError, TimeoutError):
+            await self._announce()
+
     async def stop(self) -> None:
         """Clean shutdown: offline status, DISCONNECT (the will is not sent then)."""
         if self.conn.connected:
@@ -337,8 +342,8 @@ class DrivenKit:
         speaking = self.firmware.protocol
         self._handle_command(payload, protocol.parse_topic(topic).version)
         if self.firmware.protocol != speaking:  # a "protocol" command: say so, listen there
-            with contextlib.suppress(MqttError):
-                await self._announce()
+            # not awaited here: this runs on the read loop, which must read the SUBACK
+            self._announcing = asyncio.get_running_loop().create_task(self._announce_once())
 
     def _handle_command(self, payload: bytes, version: int = protocol.PROTOCOL_VERSION) -> None:
         self.counters.commands_received += 1
