@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NamedTuple
 
+import cbor2
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from cizo import compact
@@ -388,7 +389,67 @@ def parse_readings(topic_kit_id: str, payload: bytes, now: float
     """Validate one v2 telemetry message received on ``k/{topic_kit_id}/t``: each of its
     readings, or the ContractError that reading alone breaks (the others stand). A message
     whose envelope is broken (not CBOR, wrong version, bad header) raises ContractError:
-    none of its readings can be trusted then."""
+    none of its readings can be trusted then.
+
+    Two implementations of the same rules, as for v1: ``_plain_readings`` answers for a
+    plainly valid message (a fifth of the time), anything else goes to
+    ``_strict_readings``, which gives each reason (tests/test_protocol_v2.py: they agree).
+    """
+    readings = _plain_readings(topic_kit_id, payload, now)
+    if readings is not None:
+        return readings
+    return _strict_readings(topic_kit_id, payload, now)
+
+
+_SCALED = tuple(compact.SCALES.values())
+_V2_RANGES = (VOLTS_RANGE, PERCENT_RANGE, WATTS_RANGE, WATTS_RANGE, WATT_HOURS_RANGE,
+              WATT_HOURS_RANGE, CELSIUS_RANGE)  # in compact.SCALES's order
+_cbor_loads = cbor2.loads
+_list = list
+
+
+def _plain_readings(topic_kit_id: str, payload: bytes, now: float
+                    ) -> list[Telemetry | ContractError] | None:
+    """The readings if the whole message is plainly valid, else None: never refuses,
+    never accepts what ``_strict_readings`` refuses. Exact types, plain comparisons."""
+    if len(payload) > MAX_PAYLOAD_BYTES or not 0 < len(topic_kit_id) <= KIT_ID_MAX_LEN:
+        return None
+    try:
+        v, boot, seq0, ts0, credit, rows = _cbor_loads(payload)
+        if (type(v) is not _int or v != V2 or type(boot) is not _int or boot < 0
+                or type(seq0) is not _int or seq0 < 0 or type(ts0) is not _int
+                or (credit is not None and type(credit) is not _int)
+                or type(rows) is not _list or not 0 < len(rows) <= compact.MAX_READINGS):
+            return None
+        latest = now + MAX_FUTURE_SKEW_S
+        out: list[Telemetry | ContractError] = []
+        for i, row in enumerate(rows):
+            dts, bat, soc, pv, load, pv_wh, load_wh, temp, locked = row
+            ts = ts0 + dts
+            values = []
+            for x, scale, (low, high) in zip((bat, soc, pv, load, pv_wh, load_wh, temp),
+                                             _SCALED, _V2_RANGES, strict=True):
+                if type(x) is not _int:
+                    return None
+                f = x / scale
+                if not low <= f <= high or not _isfinite(f):
+                    return None
+                values.append(f)
+            if (type(dts) is not _int or type(locked) is not _bool
+                    or not EARLIEST_TS <= ts <= latest):
+                return None
+            out.append(_new_telemetry(Telemetry, (
+                V2, topic_kit_id, ts, seq0 + i, boot, values[0], values[1], values[2],
+                values[3], values[4], values[5], locked, credit, values[6])))
+        return out
+    except (ValueError, TypeError, OverflowError, KeyError, RecursionError, MemoryError,
+            cbor2.CBORDecodeError):
+        return None
+
+
+def _strict_readings(topic_kit_id: str, payload: bytes, now: float
+                     ) -> list[Telemetry | ContractError]:
+    """Each reading checked rule by rule (``_check_reading``), with its reason."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ContractError("oversized", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
     try:

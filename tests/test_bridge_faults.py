@@ -3,8 +3,9 @@ exact count in InfluxDB at the end of each test.
 
 The InfluxDB outage lasts ``CIZO_TEST_INFLUX_OUTAGE_S`` seconds (default 30; a third of
 it for kit contract v2, whose messages take the same path past the decoder); the other
-faults are quick. The three faults run for v1 (one reading a message) and v2 (four). The servers, bridges and loads come from the ``fault_rig`` fixture
-(tests/bridge_support.py), which stops them all when a test ends.
+faults are quick. The three faults run for v1 (one reading a message) and v2 (four). The
+servers, bridges and loads come from the ``fault_rig`` fixture (tests/bridge_support.py),
+which stops them all when a test ends.
 """
 
 from __future__ import annotations

@@ -256,6 +256,10 @@ def test_acl_grants_exactly_the_contract() -> None:
         "pattern write kits/%u/status",
         "pattern write kits/%u/cmd/ack",
         "pattern read kits/%u/cmd",
+        "pattern write k/%u/t",
+        "pattern write k/%u/s",
+        "pattern write k/%u/a",
+        "pattern read k/%u/c",
     ]
     users: dict[str, list[str]] = {}
     current = None
@@ -267,9 +271,12 @@ def test_acl_grants_exactly_the_contract() -> None:
             assert current is not None, "topic line outside a user block"
             users[current].append(ln)
     assert users == {
-        "cizo-bridge": ["topic read kits/+/telemetry", "topic read kits/+/status"],
+        "cizo-bridge": ["topic read kits/+/telemetry", "topic read kits/+/status",
+                        "topic read k/+/t", "topic read k/+/s"],
         "cizo-control": ["topic write kits/+/cmd", "topic read kits/+/cmd/ack",
-                         "topic read kits/+/status", "topic read kits/+/telemetry"],
+                         "topic read kits/+/status", "topic read kits/+/telemetry",
+                         "topic write k/+/c", "topic read k/+/a", "topic read k/+/s",
+                         "topic read k/+/t"],
     }
     init = (DEPLOY / "mosquitto" / "init-auth.sh").read_text()
     assert "mosquitto_passwd -c -b" in init and "BRIDGE_USER=cizo-bridge" in init

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from cizo import protocol
+from cizo import compact, protocol
 from control.ledger.db import Database
 from control.ledger.models import Kit
 from control.ledger.secrets import hash_mqtt_password
@@ -37,12 +37,13 @@ CONTROL_USER = "cizo-control"
 SERVICE_USERS = (BRIDGE_USER, CONTROL_USER)
 
 _T = protocol.TOPIC_ROOT
+_K, _S = compact.TOPIC_ROOT, compact.SHORT  # the v2 topics
 
 
 def render_acl() -> str:
     """The broker ACL (identical to deploy/mosquitto/acl; a test keeps them equal)."""
     return f"""\
-# CIZO broker ACL (v1 kit contract, docs/protocol.md), written by `cizo broker sync`
+# CIZO broker ACL (v1 and v2 kit contract, docs/protocol.md), written by `cizo broker sync`
 # (control/security/broker_auth.py). In production the one-shot mosquitto-init service copies it
 # to /mosquitto/auth/acl (owner mosquitto, mode 0600).
 #
@@ -57,12 +58,19 @@ pattern write {_T}/%u/{protocol.TELEMETRY}
 pattern write {_T}/%u/{protocol.STATUS}
 pattern write {_T}/%u/{protocol.CMD_ACK}
 pattern read {_T}/%u/{protocol.CMD}
+# the same rights under the v2 (compact) topics
+pattern write {_K}/%u/{_S[protocol.TELEMETRY]}
+pattern write {_K}/%u/{_S[protocol.STATUS]}
+pattern write {_K}/%u/{_S[protocol.CMD_ACK]}
+pattern read {_K}/%u/{_S[protocol.CMD]}
 
 # --- service accounts (passwords from the environment, deploy/mosquitto/init-auth.sh) --
 # The telemetry bridge: ingests readings and presence.
 user {BRIDGE_USER}
 topic read {_T}/+/{protocol.TELEMETRY}
 topic read {_T}/+/{protocol.STATUS}
+topic read {_K}/+/{_S[protocol.TELEMETRY]}
+topic read {_K}/+/{_S[protocol.STATUS]}
 
 # The control service: publishes signed retained commands, reads acknowledgements,
 # presence and telemetry.
@@ -71,6 +79,10 @@ topic write {_T}/+/{protocol.CMD}
 topic read {_T}/+/{protocol.CMD_ACK}
 topic read {_T}/+/{protocol.STATUS}
 topic read {_T}/+/{protocol.TELEMETRY}
+topic write {_K}/+/{_S[protocol.CMD]}
+topic read {_K}/+/{_S[protocol.CMD_ACK]}
+topic read {_K}/+/{_S[protocol.STATUS]}
+topic read {_K}/+/{_S[protocol.TELEMETRY]}
 """
 
 
