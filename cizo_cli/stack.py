@@ -5,6 +5,10 @@ the PayGate simulator, the bridge, the control service; provisions the simulated
 through the API; starts the fleet simulator and a stream of simulated customer
 payments. Ctrl-C (or SIGTERM) stops every process it started, newest first.
 
+The broker listens twice: plain MQTT, and TLS with a certificate from a local CA that
+``cizo up`` generates into ``<data dir>/tls/`` on first start (``ca.crt`` is what a kit or
+client must trust; ``--fleet-tls`` sends the simulated fleet through it).
+
 The broker has the production door: anonymous clients are refused; a password
 file and ACL rendered from the ledger (control/security/broker_auth.py) admit the bridge and the
 control service under their own users (passwords generated into the data directory)
@@ -50,6 +54,8 @@ class StackOptions:
     data_dir: Path
     fresh: bool = False
     pay_every_s: float = 15.0
+    mqtt_tls_port: int = 18883
+    fleet_tls: bool = False  # the simulated fleet connects through the TLS listener
 
 
 # tunables a developer may override from the environment when running the local stack
@@ -76,13 +82,48 @@ def _persistent_secret(path: Path, make: str) -> str:
     return make
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """The local stack's TLS material: a CA and the broker's certificate, under ``dir``."""
+
+    dir: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / "ca.crt"
+
+    @property
+    def cert(self) -> Path:
+        return self.dir / "server.crt"
+
+    @property
+    def key(self) -> Path:
+        return self.dir / "server.key"
+
+    def ensure(self) -> BrokerTls:
+        """Generate the CA and a server certificate for 127.0.0.1/localhost on first start;
+        kept afterwards, so clients that trust ``ca.crt`` keep trusting the broker."""
+        from control.security.pki import make_ca, make_server_cert
+
+        if self.ca.exists() and self.cert.exists() and self.key.exists():
+            return self
+        ca = make_ca("CIZO local stack CA")
+        ca.write(self.dir, "ca")
+        make_server_cert(ca, ["127.0.0.1", "localhost"]).write(self.dir, "server")
+        log.info("TLS: generated a local CA and broker certificate in %s", self.dir)
+        return self
+
+
 def mqtt_login_accepted(port: int, username: str | None, password: str | None,
-                        timeout_s: float = 5.0) -> bool | None:
-    """Whether the broker accepts this login: True/False from its CONNACK, None if none came."""
+                        timeout_s: float = 5.0, *, tls_ca: Path | None = None) -> bool | None:
+    """Whether the broker accepts this login: True/False from its CONNACK, None if none came
+    (``tls_ca``: over TLS, trusting that CA)."""
     verdict: list[bool] = []
     done = threading.Event()
     client = mqtt.Client(CallbackAPIVersion.VERSION2,
                          client_id=f"cizo-up-probe-{secrets.token_hex(4)}")
+    if tls_ca is not None:
+        client.tls_set(ca_certs=str(tls_ca))
     if username is not None:
         client.username_pw_set(username, password)
 
@@ -115,6 +156,7 @@ class Stack:
         self.broker_dir = self.dir / "mosquitto"
         self.password_file = self.broker_dir / "auth" / "passwd"
         self.acl_file = self.broker_dir / "auth" / "acl"
+        self.tls = BrokerTls(self.dir / "tls")
         self.database_url = ""
         self.passwords: dict[str, str] = {}
         self.broker: services.ManagedProcess | None = None
@@ -203,7 +245,8 @@ class Stack:
         o = self.opts
         taken = [
             f"{name} port {port}"
-            for name, port in (("mqtt", o.mqtt_port), ("api", o.api_port),
+            for name, port in (("mqtt", o.mqtt_port), ("mqtt-tls", o.mqtt_tls_port),
+                               ("api", o.api_port),
                                ("influx", o.influx_port), ("paygate", o.paygate_port))
             if not services.port_is_free(port)
         ]
@@ -211,7 +254,8 @@ class Stack:
             raise StackError(
                 "already in use on 127.0.0.1: " + ", ".join(taken)
                 + " (choose others with --mqtt-port/--api-port/--influx-port/--paygate-port"
-                " or CIZO_MQTT_PORT/CIZO_API_PORT/CIZO_INFLUX_PORT/CIZO_PAYGATE_PORT)"
+                " (and --mqtt-tls-port), or CIZO_MQTT_PORT/CIZO_MQTT_TLS_PORT/CIZO_API_PORT/"
+                "CIZO_INFLUX_PORT/CIZO_PAYGATE_PORT)"
             )
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -240,9 +284,12 @@ class Stack:
         migrate(self.database_url)
         self.passwords = passwords = self.service_passwords()
         self.sync_broker()
+        tls = self.tls.ensure()
         self.broker = mqtt = services.mosquitto(
             self.broker_dir, o.mqtt_port, allow_anonymous=False,
-            password_file=self.password_file, acl_file=self.acl_file)
+            password_file=self.password_file, acl_file=self.acl_file,
+            listeners=(services.Listener(o.mqtt_tls_port, certfile=tls.cert,
+                                         keyfile=tls.key),))
         influx = services.influxd(self.dir / "influxdb", o.influx_port)
         for p in (mqtt, influx):
             p.start()
@@ -263,8 +310,15 @@ class Stack:
         if fleet is not None:
             self.sync_broker()  # the kits just provisioned, before the fleet connects
             self.wait_kit_login(fleet)
-            self.spawn("sim", ["sim", "--fleet", str(fleet)], env)
+            self.spawn("sim", ["sim", "--fleet", str(fleet)], self.fleet_env(env))
         return env
+
+    def fleet_env(self, env: dict[str, str]) -> dict[str, str]:
+        """The simulated fleet's environment: through the TLS listener if asked."""
+        if not self.opts.fleet_tls:
+            return env
+        return {**env, "CIZO_MQTT_PORT": str(self.opts.mqtt_tls_port),
+                "CIZO_MQTT_TLS_CA": str(self.tls.ca)}
 
     def wait_http(self, url: str, name: str, timeout_s: float = 30) -> None:
         deadline = time.monotonic() + timeout_s
@@ -374,6 +428,8 @@ def run_stack(opts: StackOptions) -> int:
             f"  API        {api}/v1   (docs {api}/docs)\n"
             f"  dashboard  {api}/dashboard\n"
             f"  broker     mqtt://127.0.0.1:{opts.mqtt_port}\n"
+            f"             mqtts://127.0.0.1:{opts.mqtt_tls_port}  (CA {stack.tls.ca})\n"
+            f"  fleet link {'TLS' if opts.fleet_tls else 'plain'}\n"
             f"  influxdb   http://127.0.0.1:{opts.influx_port}  (database cizo)\n"
             f"  paygate    http://127.0.0.1:{opts.paygate_port}  (simulator; MTN MoMo on "
             f"{opts.paygate_port + 1})\n"
