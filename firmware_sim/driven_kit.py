@@ -19,6 +19,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from cizo import protocol
@@ -27,7 +28,7 @@ from firmware_sim.clocks import DriftingClock, clock_speed, sleep_or_stop
 from firmware_sim.firmware import KitFirmware
 from firmware_sim.keypad import Keypad
 from firmware_sim.kit import KitIdentity
-from firmware_sim.mqtt_async import MqttConnection, MqttError, WireCounters
+from firmware_sim.mqtt_async import MqttConnection, MqttError, ResumingTLS, WireCounters
 from firmware_sim.physics import KitProfile
 from firmware_sim.scenario import FleetPlan, KitPlan
 
@@ -46,6 +47,7 @@ class Fleet(Protocol):
     reconnect_cap_s: float
     sim_end: float | None
     settling: bool
+    tls_ca: Path | None  # connect over TLS trusting this CA (session resumption on)
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,10 @@ class DrivenKit:
             username=identity.mqtt_username, password=identity.mqtt_password,
             keepalive=sc.keepalive_s, clean_session=False,
             will=_offline(self.kit_id, plan.protocol),
-            on_message=self._on_message, counters=self.wire, local_addr=fleet.local_addr)
+            on_message=self._on_message, counters=self.wire, local_addr=fleet.local_addr,
+            tls=ResumingTLS.trusting(str(fleet.tls_ca)) if fleet.tls_ca else None,
+            keepalive_clock=self.clock.now if sc.network.keepalive_clock == "simulated"
+            else None)
         self._outage_i = 0
         self._reconnect_attempt = 0  # 0: connect at once; n: jittered backoff of attempt n
         self.wire_at_start = 0  # bytes before the first reading (connect, subscribe)
@@ -178,7 +183,17 @@ class DrivenKit:
             wait = min(wait, (self.codes_due[0][0] - clock.now()) / speed)
         if outage_end is not None:
             wait = min(wait, (outage_end - clock.now()) / speed)
+        if self.fleet.plan.scenario.network.keepalive_clock == "simulated":
+            wait = min(wait, self.keepalive_s / speed)  # pings due on the simulated clock
         return max(0.0, min(TICK_REAL_S, wait))
+
+    @property
+    def keepalive_s(self) -> int:
+        """The keepalive of the version the kit speaks now."""
+        sc = self.fleet.plan.scenario
+        if self.firmware.protocol == protocol.V2 and sc.protocols.v2_keepalive_s:
+            return sc.protocols.v2_keepalive_s
+        return sc.keepalive_s
 
     # --- the link ------------------------------------------------------------------
 
@@ -221,6 +236,7 @@ class DrivenKit:
     async def connect(self) -> None:
         first = self.counters.reconnects == 0 and self.wire.connects == 0
         self.conn.will = _offline(self.kit_id, self.firmware.protocol)
+        self.conn.keepalive = self.keepalive_s
         await self.conn.connect()
         await self._announce()
         if not first:

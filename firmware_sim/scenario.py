@@ -59,6 +59,9 @@ class NetworkSpec(_Strict):
     region_outages: list[RegionOutage] = Field(default_factory=list)
     reconnect_base_s: float = Field(default=0.5, gt=0)  # real seconds, jittered backoff
     reconnect_cap_s: float = Field(default=30.0, gt=0)
+    # what kits time their keepalive pings on: the wall clock (the broker's view), or the
+    # simulated one, so an accelerated month sends a real month's pings (bench/wire.py)
+    keepalive_clock: Literal["real", "simulated"] = "real"
 
     @field_validator("outage_s")
     @classmethod
@@ -92,6 +95,9 @@ class ProtocolSpec(_Strict):
 
     v2_share: float = Field(default=0.0, ge=0, le=1)
     switch_share: float = Field(default=0.0, ge=0, le=1)  # of the v1 kits
+    # v2 kits' keepalive (longer than the reporting interval: docs/protocol.md); None: the
+    # scenario's keepalive_s
+    v2_keepalive_s: int | None = Field(default=None, ge=10, le=65_535)
 
 
 class Scenario(_Strict):
