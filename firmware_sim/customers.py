@@ -61,6 +61,7 @@ class PayingCustomers:
         self.clock = clock
         self.made = 0
         self.failed = 0
+        self.paid_at: dict[str, list[float]] = {}  # kit -> time.monotonic() of each payment
 
     async def run(self, stop: asyncio.Event) -> None:
         queue = sorted((p.at, k.kit_id, p.amount_fcfa, k.plan.phone, k.rng.choice(
@@ -89,6 +90,7 @@ class PayingCustomers:
     async def _pay(self, http: httpx.AsyncClient, sem: asyncio.Semaphore, kit_id: str,
                    amount: int, phone: str, network: str) -> None:
         async with sem:
+            started = time.monotonic()
             try:
                 r = await http.post("/v1/payments/intents", json={
                     "kit_id": kit_id, "amount_fcfa": amount, "phone": phone,
@@ -100,6 +102,7 @@ class PayingCustomers:
                 return
         if r.status_code == 201:
             self.made += 1
+            self.paid_at.setdefault(kit_id, []).append(started)
             kit = self.by_id.get(kit_id)
             if kit is not None and kit.keypad is not None:
                 kit.support_until = time.monotonic() + SUPPORT_WAIT_REAL_S

@@ -121,6 +121,7 @@ class DrivenKit:
         self.token_count_seen = -1  # newest count read from the support API
         self.support_until = 0.0  # monotonic deadline: the customer waits on support
         self._announcing: asyncio.Task[None] | None = None
+        self.applied_at: list[float] = []  # time.monotonic() of each new command applied
 
     # --- schedule ------------------------------------------------------------------
 
@@ -363,9 +364,12 @@ class DrivenKit:
 
     def _handle_command(self, payload: bytes, version: int = protocol.PROTOCOL_VERSION) -> None:
         self.counters.commands_received += 1
+        seq_before = self.firmware.last_seq
         ack = self.firmware.handle_command(payload, version)
         if ack["result"] == "applied":
             self.counters.commands_applied += 1
+            if self.firmware.last_seq != seq_before:
+                self.applied_at.append(time.monotonic())
         else:
             self.counters.commands_rejected += 1
         if "never_ack" in self.plan.misbehaviour:
