@@ -176,7 +176,8 @@ class DrivenKit:
         return next_report + (behind + 1) * self.interval  # a sleeping kit skips, not floods
 
     def _real_wait(self, next_report: float, outage_end: float | None) -> float:
-        """Real seconds until the next thing to do: a reading, a code, an outage's end."""
+        """Real seconds until the next thing to do: a reading, a code, an outage's start or
+        end, a keepalive ping (on the simulated clock)."""
         clock = self.fleet.clock
         speed = clock_speed(clock)
         wait = (next_report - clock.now()) / speed
@@ -184,6 +185,8 @@ class DrivenKit:
             wait = min(wait, (self.codes_due[0][0] - clock.now()) / speed)
         if outage_end is not None:
             wait = min(wait, (outage_end - clock.now()) / speed)
+        elif self._outage_i < len(self.plan.outages):  # wake for the next link drop too
+            wait = min(wait, (self.plan.outages[self._outage_i][0] - clock.now()) / speed)
         if self.fleet.plan.scenario.network.keepalive_clock == "simulated":
             wait = min(wait, self.keepalive_s / speed)  # pings due on the simulated clock
         return max(0.0, min(TICK_REAL_S, wait))
