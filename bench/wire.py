@@ -95,7 +95,7 @@ def progress(msg: str) -> None:
 class ForgetfulTLS(ResumingTLS):
     """A kit that never offers its last session: every reconnect a full handshake."""
 
-    @property  # type: ignore[override]
+    @property
     def session(self) -> None:
         return None
 

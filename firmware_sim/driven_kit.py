@@ -242,7 +242,11 @@ class DrivenKit:
         self.conn.will = _offline(self.kit_id, self.firmware.protocol)
         self.conn.keepalive = self.keepalive_s
         await self.conn.connect()
-        await self._announce()
+        # v2 leans on its persistent session: the broker kept the subscription (and queued
+        # the commands meanwhile), so a reconnect does not re-subscribe (nor get the
+        # retained command again); v1 kits always re-subscribe
+        await self._announce(subscribe=self.firmware.protocol != protocol.V2
+                             or not self.conn.session_present)
         if not first:
             self.counters.reconnects += 1
         pending = list(self.buffer)
@@ -251,14 +255,15 @@ class DrivenKit:
             self._send_telemetry(payload)
         await self.conn.drain()
 
-    async def _announce(self) -> None:
+    async def _announce(self, *, subscribe: bool = True) -> None:
         """Online, in the version the kit speaks (how the server learns it), and listening
         for commands in it."""
         version = self.firmware.protocol
         online = {"v": version, "online": True, "fw": self.firmware.fw}
         self.conn.publish(protocol.status_topic(self.kit_id, version), protocol.encode(online),
                           1, True)
-        await self.conn.subscribe(protocol.cmd_topic(self.kit_id, version), 1)
+        if subscribe:
+            await self.conn.subscribe(protocol.cmd_topic(self.kit_id, version), 1)
 
     async def _announce_once(self) -> None:
         with contextlib.suppress(MqttError, TimeoutError):

@@ -178,6 +178,7 @@ class MqttConnection:
         self._mid = 0
         self._inflight: dict[int, tuple[str, bytes, bool]] = {}
         self._connack: asyncio.Future[int] | None = None
+        self.session_present = False  # the broker kept our session (CONNACK flag)
         self._suback: dict[int, asyncio.Future[None]] = {}
         self._last_out = 0.0
         self.connected = False
@@ -362,6 +363,7 @@ class MqttConnection:
                 self.acked += 1
         elif kind == CONNACK:
             if self._connack is not None and not self._connack.done():
+                self.session_present = bool(body[0] & 0x01)
                 self._connack.set_result(body[1])
         elif kind == SUBACK:
             mid = struct.unpack_from("!H", body)[0]
