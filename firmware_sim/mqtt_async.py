@@ -44,6 +44,9 @@ class MqttError(ConnectionError):
     """The link failed or the broker refused us; the caller reconnects with backoff."""
 
 
+_OP_TLSEXT_PADDING = 0x10  # OpenSSL's SSL_OP_TLSEXT_PADDING (no constant in the ssl module)
+
+
 class ResumingTLS(ssl.SSLContext):
     """A client TLS context that offers the last session it was given on its next
     handshake (TLS session resumption): asyncio's streams take no session argument, so the
@@ -55,6 +58,9 @@ class ResumingTLS(ssl.SSLContext):
     def trusting(cls, cafile: str) -> ResumingTLS:
         ctx = cls(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_verify_locations(cafile)
+        # no padding extension: OpenSSL pads a ClientHello to 512 bytes for old F5 load
+        # balancers by default; a kit's TLS stack (e.g. mbedTLS) sends none
+        ctx.options &= ~_OP_TLSEXT_PADDING
         return ctx
 
     def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,  # type: ignore[override]
