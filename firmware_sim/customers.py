@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,17 @@ class PayingCustomers:
 
     async def _pay(self, http: httpx.AsyncClient, sem: asyncio.Semaphore, kit_id: str,
                    amount: int, phone: str, network: str) -> None:
+        # a keep-alive connection the server closes as it is reused fails the request with
+        # no answer: tried again once, under the same Idempotency-Key (never paid twice)
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        body = {"kit_id": kit_id, "amount_fcfa": amount, "phone": phone, "network": network}
         async with sem:
             started = time.monotonic()
             try:
-                r = await http.post("/v1/payments/intents", json={
-                    "kit_id": kit_id, "amount_fcfa": amount, "phone": phone,
-                    "network": network})
+                try:
+                    r = await http.post("/v1/payments/intents", json=body, headers=key)
+                except httpx.TransportError:
+                    r = await http.post("/v1/payments/intents", json=body, headers=key)
             except httpx.HTTPError as exc:
                 self.failed += 1
                 log.warning("payment for kit %s failed: %r", kit_id, exc,
