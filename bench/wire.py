@@ -265,7 +265,6 @@ def main() -> int:
         work = Path(tmp)
         ports = {name: services.free_port()
                  for name in ("mqtt", "mqtt-tls", "api", "influx", "paygate")}
-        ports["paygate"] = services.free_port()
         stack = start_stack(work, ports)
         capture = None
         try:
