@@ -2,6 +2,8 @@
 # CIZO kit backend: one image, every process. The container runs `cizo <subcommand>`:
 #   docker run --rm IMAGE bridge      (docker-compose.yml: command ["cizo", "bridge"])
 #   docker run --rm IMAGE control
+# Targets: runtime (bridge, control) and backup (runtime + PostgreSQL 16's pg_dump and
+# pg_restore, for `cizo backup` / `cizo restore` in service backup-ledger).
 # Configuration comes only from CIZO_* environment variables (cizo/settings.py).
 
 # --- build: install the package and its dependencies into a virtualenv ---------------
@@ -20,7 +22,7 @@ COPY . .
 RUN pip install . && cizo --help >/dev/null
 
 # --- runtime ---------------------------------------------------------------------------
-FROM python:3.11-slim
+FROM python:3.11-slim AS runtime
 
 ENV PATH=/opt/cizo/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -43,3 +45,17 @@ EXPOSE 8000
 
 ENTRYPOINT ["cizo"]
 CMD ["--help"]
+
+# --- backup: the runtime plus pg_dump/pg_restore of the server's major version ------------
+# Debian's own client is PostgreSQL 15, and pg_dump refuses a newer server: the client
+# comes from the PostgreSQL project's repository (PGDG), set up by Debian's
+# postgresql-common helper. Keep the major version equal to the postgres image's.
+FROM runtime AS backup
+USER root
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-common ca-certificates \
+    && /usr/share/postgresql-common/pgdg/apt.postgresql.org.sh -y \
+    && apt-get install -y --no-install-recommends postgresql-client-16 \
+    && rm -rf /var/lib/apt/lists/* \
+    && install -d -o cizo -g cizo -m 0750 /backups
+USER cizo:cizo

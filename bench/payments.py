@@ -199,6 +199,8 @@ def start_control(env: dict[str, str], port: int, log: Path) -> subprocess.Popen
         if proc.poll() is not None:
             break
         time.sleep(0.2)
+    if proc.poll() is None:
+        stop_control(proc)  # its own session: nothing else would ever stop it
     raise RuntimeError(f"control app did not start: {log.read_text()[-2000:]}")
 
 

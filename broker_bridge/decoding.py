@@ -70,7 +70,7 @@ class Decoder:
             topic = msg.topic  # paho decodes it here: UnicodeDecodeError if not UTF-8
             parts = topic.split("/")
             version = protocol.PROTOCOL_VERSION
-            if len(parts) == 3 and parts[0] == _ROOT and parts[1]:
+            if len(parts) == 3 and parts[0] == _ROOT and protocol.is_kit_id(parts[1]):
                 kit_id, kind = parts[1], parts[2]  # the common case, without a Topic object
             else:
                 parsed = protocol.parse_topic(topic)

@@ -43,6 +43,7 @@ class Part(StrEnum):
     """What a process uses, and so which settings production mode checks for it."""
 
     BROKER = "broker"  # its own MQTT account
+    BROKER_DOORS = "broker-doors"  # drives the broker's accounts (dynamic security)
     INFLUX = "influx"  # InfluxDB credentials
     DATABASE = "database"  # the ledger
     KEYS = "keys"  # admin API key, key encrypting kit secrets
@@ -138,14 +139,33 @@ def _broker_problems(s: Settings) -> list[str]:
     return found
 
 
+def _broker_door_problems(s: Settings) -> list[str]:
+    """Control drives the broker's accounts; without an admin password kits never get in."""
+    fix = "set the same value as the broker's (MQTT_{} in .env; openssl rand -hex 32)"
+    return [problem for field, var in (("broker_admin_password", "ADMIN_PASSWORD"),
+                                       ("broker_bridge_password", "BRIDGE_PASSWORD"),
+                                       ("broker_control_password", "CONTROL_PASSWORD"))
+            for problem in _credential(s, field, fix.format(var), min_chars=MIN_SECRET_CHARS)]
+
+
 def _influx_problems(s: Settings) -> list[str]:
     fix = "set the token (or user and password) InfluxDB gave you"
     if s.influx_token is None and not (s.influx_username and s.influx_password):
         return ["CIZO_INFLUX_TOKEN is not set (nor CIZO_INFLUX_USERNAME with "
                 "CIZO_INFLUX_PASSWORD): telemetry would be written without credentials; "
                 f"{fix}"]
-    return [problem for field in ("influx_token", "influx_username", "influx_password")
-            for problem in _credential(s, field, fix, required=False)]
+    found = [problem for field in ("influx_token", "influx_username", "influx_password")
+             for problem in _credential(s, field, fix, required=False)]
+    if s.influx_write_api == "v2":
+        # /api/v2/write takes only a token and an org (user/password are v1 logins)
+        if s.influx_token is None:
+            found.append("CIZO_INFLUX_TOKEN is not set but CIZO_INFLUX_WRITE_API is v2, "
+                         "which authenticates with a token only; set a token that may "
+                         "write the raw bucket, or use the v1 API")
+        if not s.influx_org:
+            found.append("CIZO_INFLUX_ORG is not set but CIZO_INFLUX_WRITE_API is v2; set "
+                         "the InfluxDB organisation of the raw bucket")
+    return found
 
 
 def _database_problems(s: Settings) -> list[str]:
@@ -183,7 +203,11 @@ def _provider_problems(s: Settings) -> list[str]:
     found += _https(s, "paygate_url", "set PayGate Global's https:// API URL")
     found += _credential(s, "paygate_auth_token", "set the token PayGate gave you")
     found += _momo_problems(s)
-    if s.notify_backend == "http":
+    if s.notify_backend != "http":
+        found.append(f"CIZO_NOTIFY_BACKEND is {s.notify_backend!r}: customers would get no "
+                     "receipts, reminders or keypad tokens; set CIZO_NOTIFY_BACKEND=http "
+                     "with your SMS gateway (CIZO_SMS_GATEWAY_URL, CIZO_SMS_GATEWAY_TOKEN)")
+    else:
         found += _https(s, "sms_gateway_url", "set your SMS gateway's https:// URL")
         found += _credential(s, "sms_gateway_token", "set the token your SMS gateway gave you",
                              required=False)
@@ -207,6 +231,7 @@ def _momo_problems(s: Settings) -> list[str]:
 
 CHECKS: dict[Part, Callable[[Settings], list[str]]] = {
     Part.BROKER: _broker_problems,
+    Part.BROKER_DOORS: _broker_door_problems,
     Part.INFLUX: _influx_problems,
     Part.DATABASE: _database_problems,
     Part.KEYS: _key_problems,

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -46,6 +47,21 @@ class ContractError(ValueError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+# --- kit ids --------------------------------------------------------------------------
+
+# A kit id is one MQTT topic level and the kit's broker username: only these characters,
+# on every way in (API, import, topics). The one definition; everything else refers to it.
+KIT_ID_MAX_LEN = 64
+KIT_ID_PATTERN = rf"^[A-Za-z0-9_-]{{1,{KIT_ID_MAX_LEN}}}$"
+_KIT_ID = re.compile(KIT_ID_PATTERN)
+KitId = Annotated[str, Field(pattern=KIT_ID_PATTERN)]
+
+
+def is_kit_id(value: str) -> bool:
+    """True for a kit id the contract allows (1-64 of ``A-Z a-z 0-9 - _``)."""
+    return _KIT_ID.fullmatch(value) is not None
 
 
 # --- topics -------------------------------------------------------------------------
@@ -89,7 +105,7 @@ def parse_topic(topic: str) -> Topic:
     """Split ``kits/{kit_id}/{kind}`` (v1) or ``k/{kit_id}/{t,s,c,a}`` (v2); raises
     ContractError for anything else."""
     parts = topic.split("/")
-    if len(parts) < 3 or not parts[1]:
+    if len(parts) < 3 or not is_kit_id(parts[1]):
         raise ContractError("bad_topic", topic)
     kind = "/".join(parts[2:])
     if parts[0] == compact.TOPIC_ROOT and kind in compact.KINDS:
@@ -122,7 +138,6 @@ def _finite_number(value: Any) -> Any:
 
 
 # Value ranges of a v1 reading (inclusive), read by both implementations of the check.
-KIT_ID_MAX_LEN = 64
 VOLTS_RANGE = (0.0, 100.0)
 PERCENT_RANGE = (0.0, 100.0)
 WATTS_RANGE = (0.0, 10_000.0)
@@ -144,7 +159,7 @@ class Telemetry(NamedTuple):
     ``parse_telemetry``)."""
 
     v: Literal[1, 2]
-    kit_id: Annotated[str, Field(min_length=1, max_length=KIT_ID_MAX_LEN)]
+    kit_id: KitId
     ts: int
     seq: Count
     boot: Count
@@ -366,7 +381,7 @@ def _plain_telemetry(topic_kit_id: str, payload: bytes, now: float) -> Telemetry
         v, kid, ts, seq, boot = d["v"], d["kit_id"], d["ts"], d["seq"], d["boot"]
         locked, credit = d["locked"], d["credit_until"]
         if (type(v) is not _int or v != 1 or type(kid) is not _str or kid != topic_kit_id
-                or not 0 < len(kid) <= KIT_ID_MAX_LEN or type(ts) is not _int
+                or not is_kit_id(kid) or type(ts) is not _int
                 or type(seq) is not _int or type(boot) is not _int or seq < 0 or boot < 0
                 or type(locked) is not _bool
                 or (credit is not None and type(credit) is not _int)
@@ -412,7 +427,7 @@ def _plain_readings(topic_kit_id: str, payload: bytes, now: float
                     ) -> list[Telemetry | ContractError] | None:
     """The readings if the whole message is plainly valid, else None: never refuses,
     never accepts what ``_strict_readings`` refuses. Exact types, plain comparisons."""
-    if len(payload) > MAX_PAYLOAD_BYTES or not 0 < len(topic_kit_id) <= KIT_ID_MAX_LEN:
+    if len(payload) > MAX_PAYLOAD_BYTES or not is_kit_id(topic_kit_id):
         return None
     try:
         v, boot, seq0, ts0, credit, rows = _cbor_loads(payload)

@@ -1,8 +1,9 @@
 """Start real Mosquitto and influxd processes on chosen ports in a private directory.
 
-Used by ``cizo up`` (the local stack), by the test fixtures and by the benchmarks, so
-all three run exactly the same servers. Each server is a child process that the
-caller stops; nothing here touches the system-wide services.
+Used by ``cizo up`` (the local stack), by the test fixtures (the compose check with
+deploy/'s mosquitto.conf) and by the benchmarks, so all three run exactly the same
+servers. Each server is a child process that the caller stops; nothing here touches the
+system-wide services.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def find_binary(name: str, *extra_dirs: str) -> str:
     if not found:
         raise ServiceStartError(
             f"{name} is not installed (Debian package: "
-            f"{'mosquitto' if name == 'mosquitto' else 'influxdb'}); run scripts/bootstrap"
+            f"{'mosquitto' if name.startswith('mosquitto') else 'influxdb'}); run scripts/bootstrap"
         )
     return found
 
@@ -226,17 +227,19 @@ def mosquitto_config(
     port: int,
     data_dir: Path,
     allow_anonymous: bool = True,
-    password_file: Path | None = None,
-    acl_file: Path | None = None,
     max_inflight: int = 100,
     max_queued: int = 1_000_000,
     listeners: tuple[Listener, ...] = (),
+    username_as_clientid: bool = False,
+    dynsec_file: Path | None = None,
 ) -> str:
     """A mosquitto.conf for a private broker.
 
     ``max_inflight_messages`` and ``max_queued_messages`` are raised deliberately from
     Mosquitto's defaults (20 and 1000): with the defaults a backlog after a network
     outage is silently dropped beyond 1000 messages per client (docs/telemetry.md).
+    ``dynsec_file``: clients, roles and ACLs from the dynamic-security plugin, kept in this
+    file (made by ``dynsec_init``) and changed at run time over its control topic.
     """
     lines = [
         # run as the invoking user: as root, Mosquitto would otherwise drop to user
@@ -244,13 +247,15 @@ def mosquitto_config(
         f"user {pwd.getpwuid(os.getuid()).pw_name}",
         "per_listener_settings false",
         f"listener {port} 127.0.0.1",
+        *(["use_username_as_clientid true"] if username_as_clientid else []),
         f"allow_anonymous {'true' if allow_anonymous else 'false'}",
         "persistence true",
         f"persistence_location {data_dir}/",
         "autosave_interval 1",
         f"max_inflight_messages {max_inflight}",
         f"max_queued_messages {max_queued}",
-        "max_queued_bytes 0",
+        # per client, so a backlog of large messages is bounded by bytes too (256 MiB)
+        "max_queued_bytes 268435456",
         "max_packet_size 65536",
         "log_dest stdout",
         "log_type error",
@@ -258,13 +263,38 @@ def mosquitto_config(
         "log_type notice",
         "connection_messages false",
     ]
-    if password_file is not None:
-        lines.append(f"password_file {password_file}")
-    if acl_file is not None:
-        lines.append(f"acl_file {acl_file}")
+    if dynsec_file is not None:
+        lines += [f"plugin {find_dynsec_plugin()}", f"plugin_opt_config_file {dynsec_file}"]
     for extra in listeners:  # after the global options: listener options follow "listener"
         lines += extra.lines()
     return "\n".join(lines) + "\n"
+
+
+DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
+_PLUGIN_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib",
+                "/usr/local/lib")
+
+
+def find_dynsec_plugin() -> Path:
+    """Mosquitto's dynamic-security plugin (Debian's mosquitto package ships it)."""
+    for d in _PLUGIN_DIRS:
+        if (Path(d) / DYNSEC_PLUGIN).exists():
+            return Path(d) / DYNSEC_PLUGIN
+    raise FileNotFoundError(f"{DYNSEC_PLUGIN} not found in {', '.join(_PLUGIN_DIRS)} "
+                            "(install mosquitto); run scripts/bootstrap")
+
+
+def dynsec_init(path: Path, admin_user: str, admin_password: str) -> bool:
+    """Create the plugin's file with its admin user, once: an existing file is kept (it
+    holds every client the control service created). Returns whether it was created."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ctrl = find_binary("mosquitto_ctrl", "/usr/bin")
+    subprocess.run([ctrl, "dynsec", "init", str(path), admin_user, admin_password],
+                   check=True, capture_output=True)
+    path.chmod(0o600)
+    return True
 
 
 def mosquitto(workdir: Path, port: int, **config: object) -> ManagedProcess:
@@ -274,9 +304,27 @@ def mosquitto(workdir: Path, port: int, **config: object) -> ManagedProcess:
     data.mkdir(exist_ok=True)
     conf = workdir / "mosquitto.conf"
     conf.write_text(mosquitto_config(port=port, data_dir=data, **config))  # type: ignore[arg-type]
+    return mosquitto_with_config(workdir, conf, port)
+
+
+def mosquitto_with_config(workdir: Path, conf: Path, port: int) -> ManagedProcess:
+    """Mosquitto reading the configuration file ``conf`` (``mosquitto`` writes one; the
+    compose check gives it deploy/'s, its paths and ports mapped), ready once ``port``
+    listens; its log in ``workdir``."""
     binary = find_binary("mosquitto", "/usr/sbin")
     argv = [binary, "-c", str(conf)]
     return ManagedProcess("mqtt", argv, port, workdir, workdir / "mosquitto.log")
+
+
+def mosquitto_with_doors(workdir: Path, port: int, *, admin_user: str, admin_password: str,
+                         **config: object) -> ManagedProcess:
+    """A private Mosquitto as production runs it: no anonymous clients, every account in
+    the dynamic-security plugin (its file ``workdir/dynamic-security.json``, made once
+    with the admin user), client id = username on its listener."""
+    dynsec = workdir / "dynamic-security.json"
+    dynsec_init(dynsec, admin_user, admin_password)
+    return mosquitto(workdir, port, allow_anonymous=False, username_as_clientid=True,
+                     dynsec_file=dynsec, **config)
 
 
 def influxd_config(*, port: int, rpc_port: int, data_dir: Path) -> str:

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     api_port: int = 8000
     public_base_url: str | None = None  # how providers reach our callbacks
     admin_api_key: SecretStr | None = None  # first admin key, created at start-up
+    # Bodies of the public endpoints (provider callbacks, webhooks): a larger one is refused
+    # (413) before it is read; one not received in full within the timeout is refused (408)
+    # and its connection closed, since uvicorn has no body timeout of its own.
+    api_max_body_bytes: int = Field(default=262_144, ge=1024)
+    api_body_timeout_s: float = Field(default=10.0, gt=0)
 
     # --- Secrets -------------------------------------------------------------------
     # Fernet key (urlsafe base64 of 32 bytes) that encrypts kit command secrets at rest.
@@ -139,7 +144,9 @@ class Settings(BaseSettings):
     influx_daily_db: str | None = None  # daily aggregates tier; default <influx_db>_daily
     raw_retention_days: int = Field(default=30, ge=1)
     aggregate_retention_days: int = Field(default=3650, ge=1)
-    rollup_interval_s: float = 300.0
+    # 0: the control service does not run the rollup job; a separate `cizo rollup --every`
+    # process does, with its own InfluxDB login (docker-compose.yml, service rollup)
+    rollup_interval_s: float = Field(default=300.0, ge=0)
     rollup_chunk_hours: int = Field(default=6, ge=1)
     fleet_summary_interval_s: float = 60.0  # the fleet page's figures are at most this old
     analytics_interval_s: float = 3600.0
@@ -176,13 +183,19 @@ class Settings(BaseSettings):
     # Manual (support) unlocks per API key in the window; beyond: 429.
     unlock_limit: int = Field(default=30, ge=1)
     unlock_window_s: float = Field(default=3600.0, gt=0)
-    # `cizo broker sync`: where Mosquitto's password file and ACL are written, the service
-    # accounts' passwords, and the broker's pid file (SIGHUP makes it reload both files).
-    broker_password_file: Path | None = None
-    broker_acl_file: Path | None = None
+    # The broker's doors (control/security/broker_auth.py): the control service drives
+    # Mosquitto's dynamic-security plugin as this admin user over the MQTT connection
+    # settings above (mqtt_host, mqtt_port, mqtt_tls_ca). No admin password: the broker is
+    # not driven (a development broker without the plugin). The service accounts'
+    # passwords are set on the broker by the same convergence.
+    broker_admin_username: str = "cizo-admin"
+    broker_admin_password: SecretStr | None = None
     broker_bridge_password: SecretStr | None = None
     broker_control_password: SecretStr | None = None
-    broker_pid_file: Path | None = None
+    # Full reconcile of the broker with the ledger (also at start), and how long one
+    # dynamic-security request may wait for its answer.
+    broker_reconcile_interval_s: float = Field(default=300.0, gt=0)
+    broker_timeout_s: float = Field(default=10.0, gt=0)
     # Days a closed account's phone number is kept (disputes, refunds) before erasure.
     personal_data_retention_days: int = Field(default=365, ge=0)
 

@@ -6,7 +6,9 @@
     cizo sim          a simulated fleet of kits from a credentials file
     cizo paygate-sim  a local simulator of PayGate Global's merchant API
     cizo migrate      bring the ledger schema up to date
+    cizo backup       back the ledger up to a file; cizo restore puts it back
     cizo keygen       print a fresh CIZO_SECRET_KEY
+    cizo kits         import kits from CSV, export kits (payments, commands) as CSV
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from cizo.logs import configure as configure_logging
 from cizo.production import ConfigurationError, require_development
 from cizo.settings import load_settings
 from control.cli import admin as admin_cli
+from control.cli import backup as backup_cli
 from control.cli import finance as finance_cli
 from control.cli import fleet as fleet_cli
+from control.cli import kits as kits_cli
+from control.cli import secret_key as secret_key_cli
 from control.cli import support as support_cli
 from payment_sim import commands_cli as payment_sim_cli
 
@@ -35,6 +40,7 @@ PORT_FLAGS = {
     "api": ("CIZO_API_PORT", 8000),
     "influx": ("CIZO_INFLUX_PORT", 18086),
     "paygate": ("CIZO_PAYGATE_PORT", 18090),
+    "momo": ("CIZO_MOMO_PORT", 18091),
 }
 
 
@@ -105,8 +111,11 @@ PLUGIN_MODULES = (
     broker_bridge_cli,  # cizo deadletter ...
     fleet_cli,  # cizo rollup / analytics / export ...
     support_cli,  # cizo support ...
+    kits_cli,  # cizo kits import / export, cizo payments export, cizo commands export
     finance_cli,  # cizo reconcile / settlement ...
     admin_cli,  # cizo keys / broker credentials / erase ...
+    backup_cli,  # cizo backup / restore
+    secret_key_cli,  # cizo secret-key rotate
     payment_sim_cli,  # momo-sim ...
 )
 
@@ -136,9 +145,9 @@ def _run(args: argparse.Namespace) -> int:
         require_development(load_settings())
         return run_stack(StackOptions(
             mqtt_port=args.mqtt_port, api_port=args.api_port, influx_port=args.influx_port,
-            paygate_port=args.paygate_port, kits=args.kits, data_dir=args.data_dir,
-            fresh=args.fresh, pay_every_s=args.pay_every, mqtt_tls_port=args.mqtt_tls_port,
-            fleet_tls=args.fleet_tls,
+            paygate_port=args.paygate_port, momo_port=args.momo_port, kits=args.kits,
+            data_dir=args.data_dir, fresh=args.fresh, pay_every_s=args.pay_every,
+            mqtt_tls_port=args.mqtt_tls_port, fleet_tls=args.fleet_tls,
         ))
     if args.command == "paygate-sim":
         from payment_sim.paygate import PayGateSimConfig, serve

@@ -7,13 +7,15 @@ payments. Ctrl-C (or SIGTERM) stops every process it started, newest first.
 
 The broker listens twice: plain MQTT, and TLS with a certificate from a local CA that
 ``cizo up`` generates into ``<data dir>/tls/`` on first start (``ca.crt`` is what a kit or
-client must trust; ``--fleet-tls`` sends the simulated fleet through it).
+client must trust; ``--fleet-tls`` sends the simulated fleet through it). Both listeners
+have the same doors.
 
-The broker has the production door: anonymous clients are refused; a password
-file and ACL rendered from the ledger (control/security/broker_auth.py) admit the bridge and the
-control service under their own users (passwords generated into the data directory)
-and each kit under its own; the kits ``cizo up`` provisions are synced in (SIGHUP) and
-accepted before the simulated fleet starts.
+The broker has the production doors: anonymous clients are refused, the client id is
+the username, and Mosquitto's dynamic-security plugin holds the accounts, which the
+ledger drives (control/security/broker_auth.py): the stack reconciles it once at start
+(the bridge's and control's accounts, passwords generated into the data directory), and
+the control service then opens each kit's door when it is provisioned and keeps the
+broker reconciled.
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ from types import FrameType
 import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy.exc import SQLAlchemyError
 
 from cizo import services
 from cizo.production import development_secret_key, development_token
+from cizo.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class StackOptions:
     api_port: int
     influx_port: int
     paygate_port: int
+    momo_port: int
     kits: int
     data_dir: Path
     fresh: bool = False
@@ -64,9 +67,6 @@ DEV_DEFAULTS = {
     "CIZO_SWEEP_INTERVAL_S": "2",
     "CIZO_SIM_TELEMETRY_INTERVAL_S": "10",
 }
-
-
-BROKER_SYNC_EVERY_S = 5.0  # how soon a kit provisioned while the stack runs gets in
 
 
 class StackError(RuntimeError):
@@ -154,13 +154,7 @@ class Stack:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.stopping = threading.Event()
         self.broker_dir = self.dir / "mosquitto"
-        self.password_file = self.broker_dir / "auth" / "passwd"
-        self.acl_file = self.broker_dir / "auth" / "acl"
         self.tls = BrokerTls(self.dir / "tls")
-        self.database_url = ""
-        self.passwords: dict[str, str] = {}
-        self.broker: services.ManagedProcess | None = None
-        self.synced: list[tuple[str, str]] | None = None  # kit logins in the password file
 
     # --- environment shared by every child ------------------------------------------
 
@@ -183,11 +177,10 @@ class Stack:
             "CIZO_ADMIN_API_KEY": admin_key,
             "CIZO_SECRET_KEY": secret_key,
             "CIZO_PAYGATE_URL": f"http://127.0.0.1:{o.paygate_port}",
-            "CIZO_MOMO_URL": f"http://127.0.0.1:{o.paygate_port + 1}",  # MoMo simulator
-            # where `cizo broker sync` writes (and whom it reloads) for this stack
-            "CIZO_BROKER_PASSWORD_FILE": str(self.password_file),
-            "CIZO_BROKER_ACL_FILE": str(self.acl_file),
-            "CIZO_BROKER_PID_FILE": str(self.broker_dir / "mosquitto.pid"),
+            "CIZO_MOMO_URL": f"http://127.0.0.1:{o.momo_port}",  # MoMo simulator
+            # the broker's admin and service accounts (control converges the broker)
+            **{f"CIZO_BROKER_{role.upper()}_PASSWORD": pw
+               for role, pw in self.broker_passwords().items()},
         })
         for name, default in DEV_DEFAULTS.items():
             env[name] = os.environ.get(name, default)
@@ -195,40 +188,41 @@ class Stack:
 
     # --- broker credentials ---------------------------------------------------------
 
-    def service_passwords(self) -> dict[str, str]:
-        """The bridge's and control's broker passwords, generated once into the data dir."""
-        from control.security.broker_auth import BRIDGE_USER, CONTROL_USER
-
-        return {user: _persistent_secret(self.dir / f"broker_{user}_password",
+    def broker_passwords(self) -> dict[str, str]:
+        """The broker's admin, bridge and control passwords, generated once into the data
+        dir (development only: production takes them from its secret store)."""
+        return {role: _persistent_secret(self.dir / f"broker_{role}_password",
                                          development_token())
-                for user in (BRIDGE_USER, CONTROL_USER)}
+                for role in ("admin", "bridge", "control")}
 
-    def sync_broker(self, *, only_if_changed: bool = False) -> bool:
-        """Render the password file and ACL from the ledger; SIGHUP the running broker.
+    def broker_settings(self, env: dict[str, str]) -> Settings:
+        return Settings(
+            mqtt_port=self.opts.mqtt_port, database_url=env["CIZO_DATABASE_URL"],
+            broker_admin_password=env["CIZO_BROKER_ADMIN_PASSWORD"],
+            broker_bridge_password=env["CIZO_BROKER_BRIDGE_PASSWORD"],
+            broker_control_password=env["CIZO_BROKER_CONTROL_PASSWORD"])
 
-        ``only_if_changed``: the main loop's check, so kits provisioned (or revoked) while
-        the stack runs are let in (or out) within seconds, as `cizo broker sync` would.
-        """
+    def reconcile_broker(self, settings: Settings, secret_key: str) -> None:
+        """The service accounts and every kit of an earlier run, before anyone connects."""
+        from control.gateways.broker_admin import BrokerAdminError
         from control.ledger.db import Database
-        from control.security.broker_auth import active_kit_credentials, sync
+        from control.ledger.secrets import SecretBox
+        from control.security.broker_auth import BrokerDoors
 
-        db = Database(self.database_url)
+        db = Database(settings.database_url)
         try:
-            current = active_kit_credentials(db)
-            if only_if_changed and current == self.synced:
-                return False
-            proc = self.broker.proc if self.broker is not None else None
-            result = sync(db, password_file=self.password_file, acl_file=self.acl_file,
-                          service_passwords=self.passwords,
-                          reload_pid=proc.pid if proc is not None else None)
+            outcome = BrokerDoors(settings, db, SecretBox(secret_key)).reconcile()
+        except BrokerAdminError as exc:
+            raise StackError(f"{exc} (the admin password is in {self.dir}; a fresh start: "
+                             "--fresh)") from exc
         finally:
             db.dispose()
-        self.synced = current
-        log.info("broker credentials synced: %d kits", result.kits)
-        return True
+        if outcome.failed:
+            raise StackError(f"the broker refused {len(outcome.failed)} accounts "
+                             f"(see {self.broker_dir / 'mosquitto.log'})")
 
     def wait_kit_login(self, fleet: Path, timeout_s: float = 20) -> None:
-        """After the reload: a provisioned kit's login is accepted before the fleet starts."""
+        """A provisioned kit's login is accepted before the fleet starts."""
         kit = json.loads(fleet.read_text())[0]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -236,26 +230,22 @@ class Stack:
                                    kit["mqtt_password"], timeout_s=2):
                 return
             time.sleep(0.2)
-        raise StackError(f"the broker refused kit {kit['kit_id']} after the credentials sync "
+        raise StackError(f"the broker refused kit {kit['kit_id']} after its provisioning "
                          f"(see {self.broker_dir / 'mosquitto.log'})")
 
     # --- lifecycle ------------------------------------------------------------------
 
     def check_ports(self) -> None:
         o = self.opts
-        taken = [
-            f"{name} port {port}"
-            for name, port in (("mqtt", o.mqtt_port), ("mqtt-tls", o.mqtt_tls_port),
-                               ("api", o.api_port),
-                               ("influx", o.influx_port), ("paygate", o.paygate_port))
-            if not services.port_is_free(port)
-        ]
+        ports = {"mqtt": o.mqtt_port, "mqtt-tls": o.mqtt_tls_port, "api": o.api_port,
+                 "influx": o.influx_port, "paygate": o.paygate_port, "momo": o.momo_port}
+        taken = [f"{name} port {port}" for name, port in ports.items()
+                 if not services.port_is_free(port)]
         if taken:
             raise StackError(
                 "already in use on 127.0.0.1: " + ", ".join(taken)
-                + " (choose others with --mqtt-port/--api-port/--influx-port/--paygate-port"
-                " (and --mqtt-tls-port), or CIZO_MQTT_PORT/CIZO_MQTT_TLS_PORT/CIZO_API_PORT/"
-                "CIZO_INFLUX_PORT/CIZO_PAYGATE_PORT)"
+                + " (choose others with " + "/".join(f"--{n}-port" for n in ports)
+                + " or " + "/".join(f"CIZO_{n.upper()}_PORT" for n in ports) + ")"
             )
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -279,36 +269,34 @@ class Stack:
         from control.ledger.db import migrate
         from control.security.broker_auth import BRIDGE_USER, CONTROL_USER
 
-        # the password file is rendered from the ledger (kits of an earlier run included)
-        self.database_url = env["CIZO_DATABASE_URL"]
-        migrate(self.database_url)
-        self.passwords = passwords = self.service_passwords()
-        self.sync_broker()
+        migrate(env["CIZO_DATABASE_URL"])
+        broker = self.broker_settings(env)
+        assert broker.broker_admin_password is not None
         tls = self.tls.ensure()
-        self.broker = mqtt = services.mosquitto(
-            self.broker_dir, o.mqtt_port, allow_anonymous=False,
-            password_file=self.password_file, acl_file=self.acl_file,
-            listeners=(services.Listener(o.mqtt_tls_port, certfile=tls.cert,
-                                         keyfile=tls.key),))
+        mqtt = services.mosquitto_with_doors(
+            self.broker_dir, o.mqtt_port, admin_user=broker.broker_admin_username,
+            admin_password=broker.broker_admin_password.get_secret_value(),
+            # the kits' TLS door: the same accounts, and the client id is the username
+            listeners=(services.Listener(o.mqtt_tls_port, certfile=tls.cert, keyfile=tls.key,
+                                         username_as_clientid=True),))
         influx = services.influxd(self.dir / "influxdb", o.influx_port)
         for p in (mqtt, influx):
             p.start()
             self.procs.append(p)
-        assert mqtt.proc is not None
-        (self.broker_dir / "mosquitto.pid").write_text(f"{mqtt.proc.pid}\n")
+        self.reconcile_broker(broker, env["CIZO_SECRET_KEY"])
         api = f"http://127.0.0.1:{o.api_port}"
         self.spawn("paygate-sim", ["paygate-sim", "--port", str(o.paygate_port),
                                    "--callback-url", f"{api}/v1/payments/paygate"], env)
-        self.spawn("momo-sim", ["momo-sim", "--port", str(o.paygate_port + 1)], env)
+        self.spawn("momo-sim", ["momo-sim", "--port", str(o.momo_port)], env)
         for name, user in (("bridge", BRIDGE_USER), ("control", CONTROL_USER)):
-            self.spawn(name, [name], {**env, "CIZO_MQTT_USERNAME": user,
-                                      "CIZO_MQTT_PASSWORD": passwords[user]})
+            self.spawn(name, [name], {
+                **env, "CIZO_MQTT_USERNAME": user,
+                "CIZO_MQTT_PASSWORD": env[f"CIZO_BROKER_{name.upper()}_PASSWORD"]})
         self.wait_http(f"{api}/readyz", "control", timeout_s=60)
         self.wait_http(f"http://127.0.0.1:{o.paygate_port}/_sim/transactions", "paygate-sim")
-        self.wait_http(f"http://127.0.0.1:{o.paygate_port + 1}/_sim/transactions", "momo-sim")
+        self.wait_http(f"http://127.0.0.1:{o.momo_port}/_sim/transactions", "momo-sim")
         fleet = self.provision(api, env["CIZO_ADMIN_API_KEY"])
         if fleet is not None:
-            self.sync_broker()  # the kits just provisioned, before the fleet connects
             self.wait_kit_login(fleet)
             self.spawn("sim", ["sim", "--fleet", str(fleet)], self.fleet_env(env))
         return env
@@ -402,8 +390,6 @@ class Stack:
                 proc.wait()
         for p in reversed(self.procs):
             p.stop()
-        # a stale pid would make `cizo broker sync` signal some other process
-        (self.broker_dir / "mosquitto.pid").unlink(missing_ok=True)
 
 
 def run_stack(opts: StackOptions) -> int:
@@ -442,15 +428,8 @@ def run_stack(opts: StackOptions) -> int:
         payer = threading.Thread(target=stack.customers, args=(api, env["CIZO_ADMIN_API_KEY"]),
                                  name="customers", daemon=True)
         payer.start()
-        next_sync = time.monotonic()
         while True:
             stack.check_children()
-            if time.monotonic() >= next_sync:  # kits provisioned or revoked meanwhile
-                next_sync = time.monotonic() + BROKER_SYNC_EVERY_S
-                try:
-                    stack.sync_broker(only_if_changed=True)
-                except (OSError, SQLAlchemyError) as exc:
-                    log.warning("broker credentials not synced (retrying): %s", exc)
             time.sleep(1)
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)

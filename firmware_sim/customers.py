@@ -43,8 +43,14 @@ class PaymentOptions:
     outbox: Path | None = None  # the control service's SMS file (keypad source "receipt")
 
 
+# Shorter than uvicorn's 5 s keep-alive: a pooled connection the server is closing at
+# that moment would fail a POST with ReadError, and a payment is not retried blindly.
+KEEPALIVE_EXPIRY_S = 2.0
+
+
 def _api_client(opts: PaymentOptions, key: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=opts.api_url, timeout=30,
+                             limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S),
                              headers={"Authorization": f"Bearer {key}"})
 
 

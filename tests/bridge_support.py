@@ -202,6 +202,16 @@ class LoadedBridge:
     load: LoadPublisher
 
 
+@dataclass(frozen=True)
+class LoadedBridgeProcess:
+    """A bridge process taking a steady load: its settings, the publishing kits, the load."""
+
+    settings: Settings
+    kits: list[str]
+    bridge: BridgeProcess
+    load: LoadPublisher
+
+
 class FaultRig:
     """A private broker and influxd, and the bridges and loads a fault test runs on them.
 
@@ -247,6 +257,20 @@ class FaultRig:
         wait_for(lambda: bridge.stats().written >= steady_written, what="steady writes")
         return LoadedBridge(settings, kit_ids, bridge, load)
 
+    def bridge_process_under_load(self, db: str, *, kits: int, rate_per_s: float,
+                                  steady_written: int,
+                                  version: int = protocol.PROTOCOL_VERSION
+                                  ) -> LoadedBridgeProcess:
+        """A bridge process and ``kits`` kits publishing at ``rate_per_s`` in kit contract
+        ``version``, returned once the bridge has written ``steady_written`` points."""
+        settings = self.settings(db)
+        kit_ids = [unique(db.upper()) for _ in range(kits)]
+        process = self.bridge_process(settings)
+        load = self.load(kit_ids, rate_per_s, version)
+        wait_for(lambda: process.metrics().get("cizo_bridge_written_total", 0)
+                 >= steady_written, what="steady writes")
+        return LoadedBridgeProcess(settings, kit_ids, process, load)
+
     def load(self, kits: list[str], rate_per_s: float,
              version: int = protocol.PROTOCOL_VERSION) -> LoadPublisher:
         load = LoadPublisher(self.broker.port, kits, rate_per_s, version).start()
@@ -279,6 +303,14 @@ class FaultRig:
         with InfluxClient.from_settings(settings) as influx:
             wait_for(lambda: count_points(influx, kits) == expected, timeout_s=timeout_s,
                      what=f"{expected} points")
+
+    def assert_stored_once(self, settings: Settings, kits: list[str], sent: int,
+                           timeout_s: float = 20) -> None:
+        """Every reading sent is in InfluxDB, none twice and none extra."""
+        self.wait_for_points(settings, kits, sent, timeout_s=timeout_s)
+        with InfluxClient.from_settings(settings) as influx:
+            rows = influx.query("SELECT count(seq) FROM kit_telemetry GROUP BY kit_id")
+            assert sum(int(r["count"]) for r in rows) == sent
 
     def close(self) -> None:
         for load in self._loads:

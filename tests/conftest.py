@@ -124,3 +124,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'ledger.db'}"
     url: str = request.getfixturevalue("pg_database")
     return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+@pytest.fixture
+def another_database_url(request: pytest.FixtureRequest, database_url: str,
+                         tmp_path: Path) -> Iterator[str]:
+    """A second empty database of the same kind as ``database_url`` (a restore's target)."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'another.db'}"
+        return
+    admin: str = request.getfixturevalue("pg_admin")
+    name = _create_pg_database(admin)
+    try:
+        yield _pg_url_for(name).replace("postgresql://", "postgresql+psycopg://", 1)
+    finally:
+        _drop_pg_database(admin, name)

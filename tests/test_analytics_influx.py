@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import yaml
 
 from cizo import services
 from cizo.settings import Settings
@@ -20,6 +21,7 @@ from control.ledger.db import Database, migrate
 from control.ledger.models import Alert, Desco, Kit, KitMetrics
 from telemetry import analytics, rollups
 from telemetry.influx import InfluxClient
+from tests.compose_support import env_of, rendered_services
 from tests.dashboard_support import InfluxFleet, load_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,30 +120,42 @@ def test_analytics_find_each_planted_fault(
     db.dispose()
 
 
-def _panel_queries() -> list[tuple[str, str, str]]:
+def _panel_queries() -> list[tuple[str, str, str, str]]:
+    """(file, panel title, data source uid, query) of every dashboard target."""
     out = []
     for file in sorted(DASHBOARDS.glob("*.json")):
         board = json.loads(file.read_text())
         for panel in board["panels"]:
             for target in panel.get("targets", []):
-                out.append((file.name, panel["title"], target["query"]))
+                out.append((file.name, panel["title"], target["datasource"]["uid"],
+                            target["query"]))
     return out
 
 
-def test_every_grafana_panel_returns_data(fleet: tuple[InfluxFleet, Settings]) -> None:
+def _grafana_databases(db: str, tmp_path: Path) -> dict[str, str]:
+    """Data source uid -> the database Grafana queries, through the provisioning file and
+    the grafana service's environment as docker-compose.yml renders it for CIZO_INFLUX_DB."""
+    env = env_of(rendered_services(tmp_path, CIZO_INFLUX_DB=db)["grafana"])
+    provisioned = yaml.safe_load((ROOT / "deploy" / "grafana" / "provisioning" / "datasources"
+                                  / "influxdb.yml").read_text())["datasources"]
+    return {ds["uid"]: env[ds["jsonData"]["dbName"].strip("${}")] for ds in provisioned}
+
+
+def test_every_grafana_panel_returns_data(fleet: tuple[InfluxFleet, Settings],
+                                          tmp_path: Path) -> None:
     data, _settings = fleet
     queries = _panel_queries()
     files = {q[0] for q in queries}
     assert {"fleet.json", "kit.json"} <= files
+    databases = _grafana_databases(data.db, tmp_path)
+    assert set(databases.values()) == {data.db, f"{data.db}_hourly", f"{data.db}_daily"}
     kit = data.spec.kit_ids[5]
-    with InfluxClient(data.url, data.db) as c:
-        for name, title, q in queries:
-            q = (q.replace("$timeFilter", f"time > {data.now - 3 * 86400}s")
-                  .replace("$__interval", "1h").replace("$kit_id", kit)
-                  .replace('"cizo_hourly"', f'"{data.db}_hourly"')
-                  .replace('"cizo_daily"', f'"{data.db}_daily"'))
-            assert "$" not in re.sub(r"/\^.*\$/", "", q), (name, title, q)
+    for name, title, uid, q in queries:
+        q = (q.replace("$timeFilter", f"time > {data.now - 3 * 86400}s")
+              .replace("$__interval", "1h").replace("$kit_id", kit))
+        assert "$" not in re.sub(r"/\^.*\$/", "", q), (name, title, q)
+        with InfluxClient(data.url, databases[uid]) as c:
             rows = c.query(q)
-            values = [v for r in rows for k, v in r.items() if k not in ("time", "kit_id")]
-            assert any(v is not None for v in values), (name, title, q)
+        values = [v for r in rows for k, v in r.items() if k not in ("time", "kit_id")]
+        assert any(v is not None for v in values), (name, title, q)
     assert np.isfinite(1.0)

@@ -15,7 +15,6 @@ import os
 import pytest
 
 from cizo import protocol
-from telemetry import InfluxClient
 from tests.bridge_support import FaultRig, unique
 from tests.support import wait_for
 
@@ -98,22 +97,15 @@ def test_broker_restart_under_load_loses_nothing(fault_rig: FaultRig, version: i
 def test_bridge_sigkilled_mid_stream_and_restarted_loses_and_doubles_nothing(
     fault_rig: FaultRig, version: int,
 ) -> None:
-    settings = fault_rig.settings("kill")
-    kits = [unique("KILL") for _ in range(10)]
-    first = fault_rig.bridge_process(settings)
-    load = fault_rig.load(kits, rate_per_s=200, version=version)
-    wait_for(lambda: first.metrics().get("cizo_bridge_written_total", 0) >= 200,
-             what="steady writes")
+    run = fault_rig.bridge_process_under_load("kill", kits=10, rate_per_s=200,
+                                              steady_written=200, version=version)
+    first, load = run.bridge, run.load
 
     first.kill()  # no flush, no acks for what it held
     sent_at_kill = load.sent
-    second = fault_rig.bridge_process(settings, first.client_id)  # same session: redelivery
+    second = fault_rig.bridge_process(run.settings, first.client_id)  # same session
     wait_for(lambda: load.sent >= sent_at_kill + 200, what="load continues")
-    sent = load.stop()
-    fault_rig.wait_for_points(settings, kits, sent, timeout_s=20)
-    with InfluxClient.from_settings(settings) as influx:
-        rows = influx.query("SELECT count(seq) FROM kit_telemetry GROUP BY kit_id")
-        assert sum(int(r["count"]) for r in rows) == sent  # no point twice, none extra
+    fault_rig.assert_stored_once(run.settings, run.kits, load.stop())
     m = second.metrics()
     assert m["cizo_bridge_messages_in_total"] > 0 and m.get("cizo_bridge_rejected_total",
                                                               0) == 0
@@ -137,3 +129,39 @@ def test_two_bridge_processes_share_the_load_and_each_message_lands_once(
     received = [b.metrics()["cizo_bridge_messages_in_total"] for b in bridges]
     assert sum(written) == sent and sum(received) == sent  # every message once
     assert min(written) > 0.2 * sent  # both took a share
+
+
+# --- the container recreated mid-outage: a new bridge on the same data volume ------------
+
+
+def test_bridge_replaced_mid_outage_replays_the_old_spool_from_the_same_data_dir(
+    fault_rig: FaultRig,
+) -> None:
+    """What `docker compose up` does to a changed bridge while InfluxDB is down: stop the
+    process (SIGTERM) after it acknowledged readings into its spool, start a new one on the
+    same data directory (volume bridge-data in docker-compose.yml) and client id. The new
+    bridge replays the old spool: every reading the broker was told is safe is counted."""
+    run = fault_rig.bridge_process_under_load("recreate", kits=10, rate_per_s=100,
+                                              steady_written=100)
+    settings, first, load = run.settings, run.bridge, run.load
+
+    fault_rig.stop_influxd()
+    wait_for(lambda: first.metrics().get("cizo_bridge_spool_records", 0) >= 3,
+             what="readings acknowledged into the spool")
+    first.stop()
+    # the old container is gone; its spool is all that holds those readings
+    spool = settings.data_dir / "spool" / first.client_id
+    assert spool.is_dir() and any(spool.iterdir())
+
+    second = fault_rig.bridge_process(settings, first.client_id)
+    spooled_before = second.metrics().get("cizo_bridge_spool_records", 0)
+    assert spooled_before >= 3  # found the old spool at start
+    sent_at_restart = load.sent
+    wait_for(lambda: load.sent >= sent_at_restart + 100, what="load continues in the outage")
+    fault_rig.influxd.start()
+    fault_rig.assert_stored_once(settings, run.kits, load.stop(), timeout_s=30)
+    wait_for(lambda: second.metrics().get("cizo_bridge_spool_records", 0) == 0,
+             what="spool emptied")
+    m = second.metrics()
+    assert m.get("cizo_bridge_replayed_total", 0) > 0
+    assert m.get("cizo_bridge_rejected_total", 0) == 0

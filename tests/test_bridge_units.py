@@ -61,15 +61,18 @@ def test_decoding_a_reading_gives_its_line_and_ts() -> None:
 
 
 def test_decoding_a_status_stamps_it_with_the_receipt_time() -> None:
-    got = decoder().decode(message(b"kits/K 2/status", b'{"v":1,"online":true}'), 1, 0.0)
-    assert got.lines == (f"kit_status,kit_id=K\\ 2 online=true {int(NOW)}",) and got.dead == ()
+    got = decoder().decode(message(b"kits/K_2/status", b'{"v":1,"online":true}'), 1, 0.0)
+    assert got.lines == (f"kit_status,kit_id=K_2 online=true {int(NOW)}",) and got.dead == ()
 
 
 @pytest.mark.parametrize(("topic", "payload", "reason"), [
     (b"kits/KIT-1/telemetry", b"not json", "not_json"),
     (b"kits/KIT-1/telemetry", json.dumps(reading(soc=101)).encode(), "invalid_field"),
     (b"kits/OTHER/telemetry", json.dumps(reading()).encode(), "kit_id_mismatch"),
-    (b"kits/a\\b/telemetry", json.dumps(reading(kit_id="a\\b")).encode(), "unencodable"),
+    # a kit id outside the contract's pattern is refused at the topic, before any use
+    (b"kits/a\\b/telemetry", json.dumps(reading(kit_id="a\\b")).encode(), "bad_topic"),
+    (b"kits/KIT.1/telemetry", json.dumps(reading(kit_id="KIT.1")).encode(), "bad_topic"),
+    (b"kits/K 2/status", b'{"v":1,"online":true}', "bad_topic"),
     (b"kits/KIT-1/cmd", b"{}", "bad_topic"),
     (b"elsewhere/KIT-1/telemetry", b"{}", "bad_topic"),
     (b"kits/\xff/telemetry", b"{}", "bad_topic"),
@@ -137,8 +140,9 @@ def test_a_v2_status_is_stored_like_a_v1_status() -> None:
 
 
 def test_line_kit_id_reads_back_escaped_tags() -> None:
-    tele = protocol.parse_telemetry("TG a,b=c", json.dumps(reading(kit_id="TG a,b=c")).encode(),
-                                    NOW)
+    # the contract allows no such id, but the line encoding must stay safe for any tag
+    tele = protocol.parse_telemetry("KIT-1", json.dumps(reading()).encode(), NOW)
+    tele = tele._replace(kit_id="TG a,b=c")
     assert line_kit_id(encode_line(tele)) == "TG a,b=c"
 
 

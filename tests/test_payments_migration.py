@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from alembic import command
-from alembic.config import Config
 from sqlalchemy import create_engine, inspect
 
 from cizo.settings import sqlalchemy_url
-from control.ledger.db import MIGRATIONS, migrate
+from control.ledger.db import alembic_config, migrate
 
 
 def test_payments_migration_down_and_up(database_url: str) -> None:
     migrate(database_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(database_url).replace("%", "%%"))
+    cfg = alembic_config(database_url)
     engine = create_engine(sqlalchemy_url(database_url))
     try:
         assert "suspense_links" in inspect(engine).get_table_names()

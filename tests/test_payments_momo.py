@@ -128,8 +128,9 @@ def test_bad_callbacks_and_doubtful_confirmations(
     caplog.set_level(logging.DEBUG)
     make_kit(rt, "KIT-M4")
     url = f"/v1/payments/momo/callback/{uuid.uuid4()}"
-    assert client.put(url, content=b"").status_code == 400
-    assert client.put(url, content=b"<xml/>").status_code == 400
+    assert client.put(url, content=b"", headers={"content-type": "application/json"}
+                      ).status_code == 400
+    assert client.put(url, content=b"<xml/>").status_code == 415  # not JSON at all
     assert client.put(url, json=["x"]).status_code == 422
     assert client.put("/v1/payments/momo/callback/not-a-uuid", json={}).status_code == 404
     r = client.put(url, json={"status": "SUCCESSFUL", "amount": 5000})  # MoMo never heard

@@ -47,6 +47,9 @@ def production_values() -> dict[str, str]:
         "env": "production",
         "mqtt_username": "cizo-control",
         "mqtt_password": secrets.token_hex(32),
+        "broker_admin_password": secrets.token_hex(32),
+        "broker_bridge_password": secrets.token_hex(32),
+        "broker_control_password": secrets.token_hex(32),
         "influx_token": secrets.token_hex(32),
         "database_url": "postgresql://cizo:s3cret@postgres:5432/cizo",
         "admin_api_key": secrets.token_urlsafe(32),
@@ -58,6 +61,9 @@ def production_values() -> dict[str, str]:
         "momo_subscription_key": secrets.token_hex(16),
         "momo_api_user": "e16510aa-7282-4a39-8b8b-da054889a33a",
         "momo_api_key": secrets.token_hex(16),
+        "notify_backend": "http",
+        "sms_gateway_url": "https://sms.example.org/send",
+        "sms_gateway_token": secrets.token_hex(16),
     }
 
 
@@ -84,9 +90,7 @@ def default(field: str) -> Any:
 
 
 def test_a_complete_production_configuration_is_accepted() -> None:
-    settings = production(bridge_kit_registry=True, notify_backend="http",
-                          sms_gateway_url="https://sms.example.org/send",
-                          sms_gateway_token=secrets.token_hex(16))
+    settings = production(bridge_kit_registry=True)
     assert production_problems(settings, uses=CONTROL_PARTS) == []
     assert production_problems(settings, uses=bridge_parts(settings)) == []
     require_production_ready(settings, uses=CONTROL_PARTS)
@@ -166,12 +170,14 @@ def test_the_local_stack_writes_recognisable_development_keys(tmp_path: Path) ->
     from cizo_cli.stack import Stack, StackOptions
 
     stack = Stack(StackOptions(mqtt_port=1, api_port=2, influx_port=3, paygate_port=4,
-                               kits=0, data_dir=tmp_path))
+                               momo_port=5, kits=0, data_dir=tmp_path))
     env = stack.env()
     problems = control_problems(admin_api_key=env["CIZO_ADMIN_API_KEY"],
                                 secret_key=env["CIZO_SECRET_KEY"],
-                                mqtt_password=stack.service_passwords()["cizo-control"])
-    for setting in ("CIZO_ADMIN_API_KEY", "CIZO_SECRET_KEY", "CIZO_MQTT_PASSWORD"):
+                                mqtt_password=env["CIZO_BROKER_CONTROL_PASSWORD"],
+                                broker_admin_password=env["CIZO_BROKER_ADMIN_PASSWORD"])
+    for setting in ("CIZO_ADMIN_API_KEY", "CIZO_SECRET_KEY", "CIZO_MQTT_PASSWORD",
+                    "CIZO_BROKER_ADMIN_PASSWORD"):
         the_problem(problems, setting)
 
 
@@ -182,6 +188,14 @@ def test_the_local_stack_writes_recognisable_development_keys(tmp_path: Path) ->
                                                 ("mqtt_password", "CIZO_MQTT_PASSWORD")])
 def test_an_anonymous_broker_login_is_refused(field: str, setting: str) -> None:
     assert "not set" in the_problem(control_problems(**{field: None}), setting)
+
+
+@pytest.mark.parametrize("field", ["broker_admin_password", "broker_bridge_password",
+                                   "broker_control_password"])
+def test_control_without_the_broker_doors_passwords_is_refused(field: str) -> None:
+    """Without them the control service cannot give kits (or the bridge) their logins."""
+    assert "not set" in the_problem(control_problems(**{field: None}), env_name(field))
+    assert the_problem(control_problems(**{field: "dev-" + "x" * 40}), env_name(field))
 
 
 def test_influxdb_without_credentials_is_refused() -> None:
@@ -215,6 +229,22 @@ def test_plain_http_to_or_from_providers_is_refused(overrides: dict[str, Any],
 
 
 # --- each process checks what it uses; one message lists everything ----------------------
+
+
+@pytest.mark.parametrize("backend", ["file", "log"])
+def test_notifications_that_reach_no_customer_are_refused(backend: str) -> None:
+    problem = the_problem(control_problems(notify_backend=backend), "CIZO_NOTIFY_BACKEND")
+    assert "no receipts" in problem and "CIZO_SMS_GATEWAY_URL" in problem
+
+
+def test_the_v2_write_api_needs_a_token_and_an_org() -> None:
+    settings = production(influx_write_api="v2", influx_token=None, influx_username="cizo",
+                          influx_password=secrets.token_hex(16))
+    problems = production_problems(settings, uses=bridge_parts(settings))
+    assert "token only" in the_problem(problems, "CIZO_INFLUX_TOKEN")
+    the_problem(problems, "CIZO_INFLUX_ORG")
+    settings = production(influx_write_api="v2", influx_org="cizo")
+    assert production_problems(settings, uses=bridge_parts(settings)) == []
 
 
 def test_the_bridge_checks_only_the_broker_influxdb_and_its_kit_registry() -> None:

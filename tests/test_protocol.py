@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -62,9 +63,21 @@ def test_deep_nesting_under_the_size_limit_is_a_contract_error() -> None:
 def test_topics_round_trip() -> None:
     assert p.parse_topic(p.telemetry_topic("A1")) == p.Topic("A1", "telemetry")
     assert p.parse_topic(p.ack_topic("A1")) == p.Topic("A1", "cmd/ack")
-    for bad in ("kits//telemetry", "other/A1/telemetry", "kits/A1/nope", "kits/A1"):
+    for bad in ("kits//telemetry", "other/A1/telemetry", "kits/A1/nope", "kits/A1",
+                "kits/KIT.1/telemetry", "kits/K 1/status", "kits/K+1/cmd/ack",
+                f"kits/{'A' * 65}/telemetry"):
         with pytest.raises(p.ContractError):
             p.parse_topic(bad)
+
+
+@pytest.mark.parametrize(("kit_id", "ok"), [
+    ("TG-LOME-000123", True), ("kit_1", True), ("A" * 64, True), ("KIT.1", False),
+    ("", False), ("A" * 65, False), ("K/1", False), ("K#", False), ("KIT-1\n", False),
+    ("é1", False),
+])
+def test_one_kit_id_pattern_for_every_way_in(kit_id: str, ok: bool) -> None:
+    assert p.is_kit_id(kit_id) is ok
+    assert (re.fullmatch(p.KIT_ID_PATTERN, kit_id) is not None) is ok
 
 
 def test_command_signature_matches_the_documented_canonical_form() -> None:

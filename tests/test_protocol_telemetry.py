@@ -63,7 +63,7 @@ def check_agreement(topic_kit: str, payload: bytes) -> protocol.Telemetry | None
 # --- examples ---------------------------------------------------------------------------
 
 VALID = [reading(), reading(locked=True, credit_until=int(NOW) + 86400),
-         reading(kit_id="TG a,b=c"), reading(soc=100, battery_v=0, temp_c=-40),
+         reading(soc=100, battery_v=0, temp_c=-40),
          reading(extra_field="ignored"), reading(pv_wh_total=1e12)]
 INVALID = [
     reading(v=2), reading(v=True), reading(soc=100.5), reading(battery_v=-0.1),
@@ -71,6 +71,7 @@ INVALID = [
     reading(ts=int(NOW) + 3600), reading(ts=1_000_000_000), reading(locked=0),
     reading(credit_until=True), reading(credit_until=1.5), reading(kit_id="OTHER"),
     reading(kit_id="A" * 65), reading(kit_id="back\\slash"), reading(temp_c=121),
+    reading(kit_id="TG a,b=c"), reading(kit_id="KIT.1"),  # outside the contract's pattern
     reading(pv_w=10_001), reading(boot=-1), reading(pv_wh_total=10**400),
 ]
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from cizo import services
 from cizo_cli.stack import mqtt_login_accepted
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _ports() -> dict[str, int]:
     return {name: services.free_port()
-            for name in ("mqtt", "mqtt-tls", "api", "influx", "paygate")}
+            for name in ("mqtt", "mqtt-tls", "api", "influx", "paygate", "momo")}
 
 
 def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) -> None:
@@ -91,7 +92,9 @@ def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) 
     assert leftover.stdout.strip() == "", f"processes left behind: {leftover.stdout}"
 
 
-def test_up_refuses_a_taken_port_naming_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["flag", "env"])
+@pytest.mark.parametrize("name", ["mqtt", "momo"])
+def test_up_refuses_a_taken_port_naming_it(tmp_path: Path, name: str, how: str) -> None:
     import socket
 
     with socket.socket() as taken:
@@ -99,11 +102,14 @@ def test_up_refuses_a_taken_port_naming_it(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         ports = _ports()
-        ports["mqtt"] = port
+        ports[name] = port
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CIZO_")}
+        if how == "env":  # the port from CIZO_<NAME>_PORT, the others from flags
+            env[f"CIZO_{name.upper()}_PORT"] = str(ports.pop(name))
         result = subprocess.run(
             [sys.executable, "-m", "cizo_cli", "up", "--data-dir", str(tmp_path / "stack"),
              *[a for n, p in ports.items() for a in (f"--{n}-port", str(p))]],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, timeout=60, env=env,
         )
     assert result.returncode == 1
-    assert f"mqtt port {port}" in result.stderr and "already in use" in result.stderr
+    assert f"{name} port {port}" in result.stderr and "already in use" in result.stderr

@@ -1,12 +1,18 @@
-"""The broker's doors, tested against a real Mosquitto with the password file and ACL that
-``cizo broker sync`` writes from the ledger: per-kit credentials, client id = username,
-no anonymous access, TLS with a test CA, optional X.509 client certificates per kit.
+"""The broker's doors, tested against a real Mosquitto whose dynamic-security plugin the
+ledger drives (control/security/broker_auth.py): per-kit credentials and ACLs, client id =
+username on every listener, no anonymous access, TLS with a test CA, optional X.509 client
+certificates per kit; revocation and rotation cut an open session at once, a kit
+provisioned while the broker runs connects straight away, and a broker restarted with an
+old dynamic-security file comes back to the ledger.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -27,11 +33,13 @@ from cizo.settings import Settings
 from control.ledger import accounts, credit
 from control.ledger.db import Database, migrate
 from control.ledger.secrets import SecretBox, generate_secret_key
+from control.runtime import Runtime
 from control.security import broker_auth, pki
 from tests.support import wait_for
 
 BRIDGE_PW = "bridge-" + uuid.uuid4().hex
 CONTROL_PW = "control-" + uuid.uuid4().hex
+ADMIN_PW = "admin-" + uuid.uuid4().hex
 
 
 @dataclass
@@ -43,15 +51,22 @@ class Broker:
     db: Database
     dir: Path
     ca: pki.Issued
+    doors: broker_auth.BrokerDoors
     passwords: dict[str, str] = field(default_factory=dict)
 
-    def sync(self) -> None:
-        broker_auth.sync(
-            self.db, password_file=self.dir / "passwd", acl_file=self.dir / "acl",
-            service_passwords={broker_auth.BRIDGE_USER: BRIDGE_PW,
-                               broker_auth.CONTROL_USER: CONTROL_PW},
-            reload_pid=self.proc.proc.pid if self.proc.proc is not None else None,
-        )
+
+def door_settings(port: int, url: str, key: str) -> Settings:
+    return Settings(mqtt_port=port, database_url=url, secret_key=key,
+                    broker_admin_password=ADMIN_PW, broker_bridge_password=BRIDGE_PW,
+                    broker_control_password=CONTROL_PW, paygate_url="http://127.0.0.1:9")
+
+
+def provision(db: Database, box: SecretBox, kit_id: str) -> str:
+    with db.session() as s:
+        return accounts.provision_kit(
+            s, kit_id=kit_id, desco_id="default", phone_e164="+22890000001",
+            plan=credit.Plan(0, 100, 1000), box=box, now=time.time(),
+            actor=accounts.SYSTEM).mqtt_password
 
 
 class Client:
@@ -141,14 +156,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     url = f"sqlite:///{root / 'accounts.db'}"
     migrate(url)
     db = Database(url)
-    box = SecretBox(generate_secret_key())
-    passwords: dict[str, str] = {}
-    with db.session() as s:
-        for kit in ("KIT-A", "KIT-B", "KIT-C"):
-            made = accounts.provision_kit(
-                s, kit_id=kit, desco_id="default", phone_e164="+22890000001",
-                plan=credit.Plan(0, 100, 1000), box=box, now=time.time(), actor=accounts.SYSTEM)
-            passwords[kit] = made.mqtt_password
+    key = generate_secret_key()
+    box = SecretBox(key)
+    passwords = {kit: provision(db, box, kit) for kit in ("KIT-A", "KIT-B", "KIT-C", "KIT-D")}
     ca = pki.make_ca()
     server_crt, server_key = pki.make_server_cert(ca, ["127.0.0.1", "localhost"]).write(
         root / "certs", "server")
@@ -156,9 +166,12 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     pki.make_client_cert(ca, "KIT-A").write(root / "certs", "KIT-A")
     pki.make_client_cert(pki.make_ca("rogue CA"), "KIT-B").write(root / "certs", "rogue")
     service_port, kit_port, cert_port = (services.free_port() for _ in range(3))
+    dynsec = root / "dynamic-security.json"
+    assert services.dynsec_init(dynsec, "cizo-admin", ADMIN_PW)
+    assert not services.dynsec_init(dynsec, "cizo-admin", "another"), "init is not idempotent"
+    assert dynsec.stat().st_mode & 0o077 == 0, "dynamic-security file readable by others"
     proc = services.mosquitto(
-        root / "mosquitto", service_port, allow_anonymous=False,
-        password_file=root / "passwd", acl_file=root / "acl",
+        root / "mosquitto", service_port, allow_anonymous=False, dynsec_file=dynsec,
         listeners=(
             services.Listener(kit_port, certfile=server_crt, keyfile=server_key,
                               username_as_clientid=True),
@@ -167,12 +180,12 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
                               identity_as_username=True, username_as_clientid=True),
         ),
     )
-    b = Broker(proc, service_port, kit_port, cert_port, db, root, ca, passwords)
-    b.sync()  # before start: no broker pid yet, so no reload
-    assert (root / "passwd").stat().st_mode & 0o077 == 0, "password file readable by others"
     proc.start()
     assert services.wait_for_port(kit_port) and services.wait_for_port(cert_port)
-    yield b
+    doors = broker_auth.BrokerDoors(door_settings(service_port, url, key), db, box)
+    outcome = doors.reconcile()
+    assert outcome.created == 4 and not outcome.failed, outcome
+    yield Broker(proc, service_port, kit_port, cert_port, db, root, ca, doors, passwords)
     proc.stop()
     db.dispose()
 
@@ -185,21 +198,33 @@ def clients() -> Iterator[list[Client]]:
         c.close()
 
 
-def kit(broker: Broker, clients: list[Client], kit_id: str, *, client_id: str | None = None,
-        password: str | None = None) -> Client:
+def kit_login(broker: Broker, clients: list[Client], kit_id: str, *,
+              client_id: str | None = None, password: str | None = None) -> Client:
+    """A kit's connection attempt on the TLS listener (``connected`` tells the answer)."""
     c = Client(client_id or kit_id, username=kit_id,
                password=password if password is not None else broker.passwords[kit_id])
     c.tls(broker.dir / "certs" / "ca.crt")
     clients.append(c)
-    assert c.connect(broker.kit_port), f"{kit_id} refused: {c.connack}"
+    c.connect(broker.kit_port)
+    return c
+
+
+def kit(broker: Broker, clients: list[Client], kit_id: str, *, client_id: str | None = None,
+        password: str | None = None) -> Client:
+    c = kit_login(broker, clients, kit_id, client_id=client_id, password=password)
+    assert c.connected.is_set(), f"{kit_id} refused: {c.connack}"
+    return c
+
+
+def service_login(port: int, clients: list[Client], user: str, pw: str) -> Client:
+    c = Client(f"{user}-{uuid.uuid4().hex[:6]}", username=user, password=pw)
+    clients.append(c)
+    assert c.connect(port), f"{user} refused: {c.connack}"
     return c
 
 
 def service(broker: Broker, clients: list[Client], user: str, pw: str) -> Client:
-    c = Client(f"{user}-{uuid.uuid4().hex[:6]}", username=user, password=pw)
-    clients.append(c)
-    assert c.connect(broker.service_port), f"{user} refused: {c.connack}"
-    return c
+    return service_login(broker.service_port, clients, user, pw)
 
 
 def test_anonymous_and_wrong_passwords_are_refused(broker: Broker, clients: list[Client]) -> None:
@@ -303,17 +328,40 @@ def test_kit_reads_only_its_own_commands_and_cannot_overwrite_them(
     assert len(fresh.received) == 1
 
 
-def test_client_id_is_the_username_so_no_kit_can_take_another_session(
+def test_a_kit_claiming_another_kits_client_id_never_takes_its_session(
     broker: Broker, clients: list[Client]
 ) -> None:
-    b = kit(broker, clients, "KIT-B")
-    b.subscribe(protocol.cmd_topic("KIT-B"))
-    wait_for(lambda: b.received, 5, "B's retained command")
-    intruder = kit(broker, clients, "KIT-A", client_id="KIT-B")  # claims B's client id
-    intruder.publish(protocol.telemetry_topic("KIT-A"), _telemetry("KIT-A", 2))
-    time.sleep(0.3)
-    assert not b.disconnected.is_set(), "B was kicked off by a client claiming its id"
-    assert b.client.is_connected()
+    control = service(broker, clients, broker_auth.CONTROL_USER, CONTROL_PW)
+    watcher = service(broker, clients, broker_auth.BRIDGE_USER, BRIDGE_PW)
+    watcher.subscribe(f"{protocol.TOPIC_ROOT}/+/{protocol.TELEMETRY}")
+    victim = kit(broker, clients, "KIT-B")
+    victim.subscribe(protocol.cmd_topic("KIT-B"))
+    # the kits' listener replaces the claimed client id with the username: it logs in as A
+    intruder = kit(broker, clients, "KIT-A", client_id="KIT-B")
+    # a listener without that replacement refuses the login: A's broker entry binds its id
+    plain = Client("KIT-B", username="KIT-A", password=broker.passwords["KIT-A"])
+    clients.append(plain)
+    assert not plain.connect(broker.service_port)
+    assert plain.connack is not None and plain.connack.is_failure
+    # the intruder can neither read nor write the victim's topics
+    intruder.subscribe(protocol.cmd_topic("KIT-B"))
+    (own,) = intruder.subscribe(protocol.cmd_topic("KIT-A"))
+    assert not own.is_failure
+    intruder.publish(protocol.telemetry_topic("KIT-B"), _telemetry("KIT-B", 7))  # forged
+    intruder.publish(protocol.telemetry_topic("KIT-A"), _telemetry("KIT-A", 7))
+    control.publish(protocol.cmd_topic("KIT-B"), b'{"cmd":"B, after the takeover attempts"}')
+    control.publish(protocol.cmd_topic("KIT-A"), b'{"cmd":"A, after the takeover attempts"}')
+    # the victim keeps its session and still receives its commands
+    wait_for(lambda: (protocol.cmd_topic("KIT-B"), b'{"cmd":"B, after the takeover attempts"}',
+                      False) in victim.received, 5, "B's command after the attempts")
+    assert not victim.disconnected.is_set() and victim.client.is_connected()
+    # each connection delivers in order: what was refused would have come first
+    wait_for(lambda: any(p.startswith(b'{"cmd":"A, after') for _t, p, _r in intruder.received),
+             5, "A's own command")
+    wait_for(lambda: watcher.received, 5, "A's own reading")
+    assert protocol.cmd_topic("KIT-B") not in intruder.topics()
+    assert watcher.topics()[0] == protocol.telemetry_topic("KIT-A")
+    assert protocol.telemetry_topic("KIT-B") not in watcher.topics()
 
 
 def test_client_certificate_per_kit(broker: Broker, clients: list[Client]) -> None:
@@ -337,18 +385,213 @@ def test_client_certificate_per_kit(broker: Broker, clients: list[Client]) -> No
     assert not no_cert.connect(broker.cert_port)
 
 
-def test_revoked_kit_password_cannot_connect(broker: Broker, clients: list[Client]) -> None:
-    kit(broker, clients, "KIT-C")  # works before
+def test_revoking_a_kit_cuts_its_open_session_at_once(
+    broker: Broker, clients: list[Client]
+) -> None:
+    c = kit(broker, clients, "KIT-C")
     assert broker_auth.revoke_kit(broker.db, "KIT-C", time.time())
-    broker.sync()  # rewrites the files and SIGHUPs the broker
-
-    def refused() -> bool:
-        c = Client(f"KIT-C-{uuid.uuid4().hex[:4]}", username="KIT-C",
-                   password=broker.passwords["KIT-C"])
-        c.tls(broker.dir / "certs" / "ca.crt")
-        clients.append(c)
-        return not c.connect(broker.kit_port)
-
-    wait_for(refused, 10, "the revoked password to be refused")
+    outcome = broker.doors.converge_kits(["KIT-C"])
+    assert outcome.deleted == 1 and not outcome.failed, outcome
+    wait_for(c.disconnected.is_set, 5, "the revoked kit's open session to be cut")
+    assert not kit_login(broker, clients, "KIT-C").connected.is_set()
     kit(broker, clients, "KIT-A")  # the others are unaffected
-    assert "KIT-C:" not in (broker.dir / "passwd").read_text()
+
+
+def test_rotating_a_kit_password_cuts_the_old_session_and_the_new_one_works(
+    broker: Broker, clients: list[Client]
+) -> None:
+    old_session = kit(broker, clients, "KIT-D")
+    new = broker_auth.rotate_kit_password(broker.db, broker.doors.box, "KIT-D")
+    assert new is not None and new != broker.passwords["KIT-D"]
+    outcome = broker.doors.converge_kits(["KIT-D"])
+    assert outcome.updated == 1 and not outcome.failed, outcome
+    wait_for(old_session.disconnected.is_set, 5, "the old password's session to be cut")
+    assert not kit_login(broker, clients, "KIT-D").connected.is_set()
+    kit(broker, clients, "KIT-D", password=new)
+    broker.passwords["KIT-D"] = new
+
+
+def test_a_kit_provisioned_while_the_broker_runs_connects_at_once(
+    broker: Broker, clients: list[Client], tmp_path: Path
+) -> None:
+    from control.fleet.provisioning import provision as provision_kit
+
+    rt = Runtime.build(broker.doors.settings.model_copy(update={"data_dir": tmp_path}))
+    try:
+        made = provision_kit(rt, accounts.SYSTEM, kit_id="KIT-NEW", desco_id=None,
+                             phone="+22890000009", plan=(0, 100, 1000), deposit_paid=False)
+    finally:
+        rt.close()
+    broker.passwords["KIT-NEW"] = made.mqtt_password
+    kit(broker, clients, "KIT-NEW")  # first attempt: nothing to wait for
+    kit(broker, clients, "KIT-NEW").subscribe(protocol.cmd_topic("KIT-NEW"))
+
+
+def test_a_broker_restarted_with_an_old_dynsec_file_comes_back_to_the_ledger(
+    tmp_path: Path, clients: list[Client]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate(url)
+    db = Database(url)
+    key = generate_secret_key()
+    box = SecretBox(key)
+    pw = {k: provision(db, box, k) for k in ("R-KEEP", "R-REVOKE", "R-ROTATE")}
+    port = services.free_port()
+    proc = services.mosquitto_with_doors(tmp_path / "mosquitto", port,
+                                         admin_user="cizo-admin", admin_password=ADMIN_PW)
+    dynsec = tmp_path / "mosquitto" / "dynamic-security.json"
+    proc.start()
+    doors = broker_auth.BrokerDoors(door_settings(port, url, key), db, box)
+
+    def login(kit_id: str, password: str) -> bool:
+        c = Client(kit_id, username=kit_id, password=password)
+        clients.append(c)
+        return c.connect(port)
+
+    try:
+        assert doors.reconcile().created == 3
+        proc.stop()
+        old = dynsec.read_bytes()  # a backup of the broker's volume, say
+        proc.start()
+        pw["R-NEW"] = provision(db, box, "R-NEW")
+        broker_auth.revoke_kit(db, "R-REVOKE", time.time())
+        new = broker_auth.rotate_kit_password(db, box, "R-ROTATE")
+        assert new is not None
+        doors.converge_kits(["R-NEW", "R-REVOKE", "R-ROTATE"])
+        proc.stop()
+        dynsec.write_bytes(old)
+        proc.start()
+        assert login("R-REVOKE", pw["R-REVOKE"]), "the old file should still admit it"
+        assert not login("R-NEW", pw["R-NEW"])
+        outcome = doors.reconcile()
+        assert (outcome.created, outcome.updated, outcome.deleted) == (1, 1, 1), outcome
+        assert not outcome.failed
+        assert login("R-KEEP", pw["R-KEEP"]) and login("R-NEW", pw["R-NEW"])
+        assert login("R-ROTATE", new) and not login("R-ROTATE", pw["R-ROTATE"])
+        assert not login("R-REVOKE", pw["R-REVOKE"])
+        # converged: a second reconcile changes nothing (dynsec would kick a modified client)
+        again = doors.reconcile()
+        assert again.as_dict() == {"commands": 1, "created": 0, "updated": 0, "deleted": 0,
+                                   "failed": 0}, again
+    finally:
+        proc.stop()
+        db.dispose()
+
+
+def test_the_production_broker_config_and_init_admit_kits_on_debian_mosquitto(
+    tmp_path: Path, clients: list[Client]
+) -> None:
+    """deploy/mosquitto as docker-compose.yml runs it, paths mapped to this machine: the
+    init (twice: idempotent) makes the admin user; control's reconcile gives kits their
+    doors over the plain listener; on the TLS listener a kit claiming another's client id
+    logs in as itself and the victim keeps its session."""
+    deploy = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto"
+    auth, data, certs = tmp_path / "auth", tmp_path / "data", tmp_path / "certs"
+    data.mkdir()
+    env = {**os.environ, "MQTT_ADMIN_PASSWORD": ADMIN_PW,
+           "DYNSEC_FILE": str(auth / "dynamic-security.json")}
+    first = subprocess.run(["sh", str(deploy / "init-auth.sh")], env=env, check=True,
+                           capture_output=True, text=True)
+    again = subprocess.run(["sh", str(deploy / "init-auth.sh")],
+                           env={**env, "MQTT_ADMIN_PASSWORD": "changed"}, check=True,
+                           capture_output=True, text=True)
+    assert "created" in first.stdout and "kept" in again.stdout
+    ca = pki.make_ca()
+    crt, key = pki.make_server_cert(ca, ["127.0.0.1"]).write(certs, "server")
+    ca.write(certs, "ca")
+    svc_port, tls_port = services.free_port(), services.free_port()
+    conf = (deploy / "mosquitto.conf").read_text()
+    for prod, here in (("listener 1883", f"listener {svc_port} 127.0.0.1"),
+                       ("listener 8883", f"listener {tls_port} 127.0.0.1"),
+                       ("/usr/lib/mosquitto_dynamic_security.so",
+                        str(services.find_dynsec_plugin())),
+                       ("/mosquitto/auth/", f"{auth}/"), ("/mosquitto/data/", f"{data}/"),
+                       ("/mosquitto/certs/server.crt", str(crt)),
+                       ("/mosquitto/certs/server.key", str(key))):
+        assert prod in conf, prod
+        conf = conf.replace(prod, here)
+    (tmp_path / "mosquitto.conf").write_text(f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+                                             + conf)
+    proc = services.ManagedProcess(
+        "mqtt-production", [services.find_binary("mosquitto", "/usr/sbin"), "-c",
+                            str(tmp_path / "mosquitto.conf")],
+        svc_port, tmp_path, tmp_path / "mosquitto.log")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate(url)
+    db = Database(url)
+    secret = generate_secret_key()
+    box = SecretBox(secret)
+    pw = {k: provision(db, box, k) for k in ("P-VICTIM", "P-INTRUDER")}
+    proc.start()
+    try:
+        assert services.wait_for_port(tls_port)
+        doors = broker_auth.BrokerDoors(door_settings(svc_port, url, secret), db, box)
+        assert doors.reconcile().created == 2
+
+        def tls_kit(kit_id: str, client_id: str) -> Client:
+            c = Client(client_id, username=kit_id, password=pw[kit_id])
+            c.tls(certs / "ca.crt")
+            clients.append(c)
+            assert c.connect(tls_port), c.connack
+            return c
+
+        victim = tls_kit("P-VICTIM", "P-VICTIM")
+        victim.subscribe(protocol.cmd_topic("P-VICTIM"))
+        tls_kit("P-INTRUDER", "P-VICTIM")
+        control = service_login(svc_port, clients, broker_auth.CONTROL_USER, CONTROL_PW)
+        control.publish(protocol.cmd_topic("P-VICTIM"), b'{"cmd":"still yours"}')
+        wait_for(lambda: victim.received, 5, "the victim's command")
+        assert not victim.disconnected.is_set()
+    finally:
+        proc.stop()
+        db.dispose()
+
+
+def test_the_broker_cli_syncs_rotates_and_revokes(
+    broker: Broker, clients: list[Client], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cizo_cli import main as cli
+
+    settings = broker.doors.settings
+    assert settings.secret_key is not None and settings.broker_admin_password is not None
+    for var in [v for v in os.environ if v.startswith("CIZO_")]:
+        monkeypatch.delenv(var)
+    for name, value in (("DATABASE_URL", settings.database_url),
+                        ("SECRET_KEY", settings.secret_key.get_secret_value()),
+                        ("MQTT_PORT", str(broker.service_port)),
+                        ("BROKER_ADMIN_PASSWORD", ADMIN_PW)):
+        monkeypatch.setenv(f"CIZO_{name}", value)
+    broker.passwords["KIT-CLI"] = provision(broker.db, broker.doors.box, "KIT-CLI")
+    assert not kit_login(broker, clients, "KIT-CLI").connected.is_set()  # not converged yet
+    assert cli.main(["broker", "sync"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["created"] == 1
+    first = kit(broker, clients, "KIT-CLI")
+    assert cli.main(["broker", "rotate-kit", "KIT-CLI"]) == 0
+    rotated = json.loads(capsys.readouterr().out.splitlines()[-1])
+    wait_for(first.disconnected.is_set, 5, "the old password's session cut")
+    second = kit(broker, clients, "KIT-CLI", password=rotated["mqtt_password"])
+    assert cli.main(["broker", "revoke-kit", "KIT-CLI"]) == 0
+    wait_for(second.disconnected.is_set, 5, "the revoked kit's session cut")
+    assert cli.main(["broker", "revoke-kit", "NO-SUCH-KIT"]) == 1
+
+
+def test_the_control_service_reconciles_the_broker_when_it_starts(
+    broker: Broker, clients: list[Client], tmp_path: Path
+) -> None:
+    """A kit the broker does not know yet (written to the ledger while control was down)
+    gets its door from the control process's scheduler, at start, not a period later."""
+    from control import scheduler
+
+    broker.passwords["KIT-START"] = provision(broker.db, broker.doors.box, "KIT-START")
+    assert not kit_login(broker, clients, "KIT-START").connected.is_set()
+    rt = Runtime.build(broker.doors.settings.model_copy(
+        update={"data_dir": tmp_path, "broker_reconcile_interval_s": 3600.0}))
+    jobs = scheduler.start(rt)
+    try:
+        assert jobs.get_job("broker-reconcile") is not None
+        wait_for(lambda: kit_login(broker, clients, "KIT-START").connected.is_set(), 15,
+                 "KIT-START admitted by control's reconcile at start")
+    finally:
+        jobs.shutdown(wait=True)
+        rt.close()

@@ -89,7 +89,12 @@ def _seed(client: TestClient, admin: str, keys: dict[str, str]) -> dict[str, str
         headers=auth(keys["finance"])))
     key = ok(client.post("/v1/keys", json={"name": "to revoke", "role": "operator"},
                          headers=auth(admin)))
+    imported = ok(client.post(
+        "/v1/kits/import", content=b"kit_id,phone,deposit_fcfa,daily_rate_fcfa,"
+        b"total_price_fcfa\nSEEDI,90123450,0,100,1000\nSEED.DOT,90123450,0,100,1000\n",
+        headers={**auth(admin), "Content-Type": "text/csv"}))
     return {"kit_id": "SEED0", "command_id": cmd["command_id"],
+            "import_id": str(imported["import_id"]),
             "identifier": intent["identifier"], "key_id": str(key["id"]),
             "desco_id": "default", "account": "SEED1", "month": "2026-01"}
 
@@ -204,6 +209,9 @@ GOOD: dict[str, Callable[[Seeded], dict[str, Any]]] = {
                                          "plan": PLAN}},
     "POST /v1/kits/{kit_id}/unlock": lambda s: {"path_parameters": {"kit_id": "SEED2"},
                                                 "body": {"days": 1, "reason": "fuzz"}},
+    "POST /v1/kits/import": lambda s: {
+        "body": "kit_id,phone,deposit_fcfa,daily_rate_fcfa,total_price_fcfa\n"
+                "GOOD-IMP,91000001,0,100,1000\n", "media_type": "text/csv"},
     "POST /v1/payments/intents": lambda s: {"body": {"kit_id": "SEED2", "amount_fcfa": 300,
                                                      "phone": "90123452",
                                                      "network": "TMONEY"}},

@@ -12,9 +12,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.types import Lifespan
 
-from control.api import dashboard, finance, keys, kits, payments, support
+from control.api import bodies, dashboard, exports, finance, keys, kits, payments, support
 from control.api.auth import RuntimeDep
 from control.api.schemas import Health, Problem
+from control.fleet.messages import Refused
 from control.runtime import Runtime
 from control.support import actions
 
@@ -50,6 +51,11 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
         return JSONResponse({"detail": "a value in the request is out of range"},
                             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
+    @app.exception_handler(bodies.BodyRefused)
+    async def _body_refused(request: Request, exc: bodies.BodyRefused) -> JSONResponse:
+        log.info("body refused on %s: %s", request.url.path, exc.code)
+        return exc.answer()
+
     # what a support action refuses, as HTTP answers (control.support.actions)
     errors: dict[type[Exception], int] = {
         actions.KitNotFound: status.HTTP_404_NOT_FOUND,
@@ -64,6 +70,11 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
 
     for kind in errors:
         app.add_exception_handler(kind, _refused)
+
+    # the kit list, import and exports refuse with a stable code (control.fleet.messages)
+    @app.exception_handler(Refused)
+    async def _refused_with_code(request: Request, exc: Refused) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
 
     @app.get("/healthz", response_model=Health, tags=["health"],
              summary="The process is alive")
@@ -103,6 +114,7 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
     app.include_router(finance.router)
     app.include_router(dashboard.router)
     app.include_router(keys.router)
+    app.include_router(exports.router)
     app.include_router(support.router)  # support actions, keypad tokens, secret rotation
     _document_problem_422(app)
     return app

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -27,7 +25,7 @@ from control.ledger.accounts import Actor
 from control.ledger.models import ApiKey
 from control.ledger.secrets import ROLES, hash_api_key
 from control.runtime import Runtime
-from control.security.ratelimit import SlidingWindow
+from control.security.shared_limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -52,35 +50,6 @@ def _too_many(detail: str, wait_s: float) -> HTTPException:
                          headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
 
 
-# --- rate limits (per process; see control/security/ratelimit.py) ---------------------
-
-
-@dataclass
-class Limits:
-    failed_auth: SlidingWindow  # per client address
-    unlocks: SlidingWindow  # per API key
-
-
-_limits_lock = threading.Lock()
-
-
-def limits(request: Request, rt: Runtime) -> Limits:
-    """The app's limiters, made on first use from the runtime's settings."""
-    found: Limits | None = getattr(request.app.state, "cizo_limits", None)
-    if found is not None:
-        return found
-    with _limits_lock:
-        found = getattr(request.app.state, "cizo_limits", None)
-        if found is None:
-            st = rt.settings
-            found = Limits(
-                failed_auth=SlidingWindow(st.auth_fail_limit, st.auth_fail_window_s),
-                unlocks=SlidingWindow(st.unlock_limit, st.unlock_window_s),
-            )
-            request.app.state.cizo_limits = found
-        return found
-
-
 def _client(request: Request) -> str:
     return request.client.host if request.client is not None else "unknown"
 
@@ -95,7 +64,7 @@ def current_actor(
     While an address is over its failure limit every attempt from it is refused, even
     with a good key, so guessing gains nothing from an occasional success.
     """
-    lim = limits(request, rt).failed_auth
+    lim = Limits.of(rt).failed_auth
     client = _client(request)
     now = rt.clock.now()
     wait = lim.retry_after(client, now)
@@ -139,7 +108,7 @@ class RequireRole:
         self.allowed = frozenset(roles) | {"admin"}
         self.limit = limit
 
-    def __call__(self, request: Request, rt: RuntimeDep, actor: CurrentKey) -> Actor:
+    def __call__(self, rt: RuntimeDep, actor: CurrentKey) -> Actor:
         if actor.role not in self.allowed:
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
@@ -147,7 +116,7 @@ class RequireRole:
                        f"(needs {', '.join(sorted(self.allowed))})",
             )
         if self.limit == "unlock":
-            wait = limits(request, rt).unlocks.hit(f"key:{actor.key_id}", rt.clock.now())
+            wait = Limits.of(rt).unlocks.hit(f"key:{actor.key_id}", rt.clock.now())
             if wait > 0:
                 log.warning("manual unlock rate limit reached by %s", actor.name,
                             extra={"api_key_id": actor.key_id})

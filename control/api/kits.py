@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from control.api.auth import AdminKey, ReaderKey, RuntimeDep, UnlockKey
 from control.api.idempotency import IdempotencyKey, run_idempotent
@@ -16,9 +18,11 @@ from control.api.schemas import (
     AuditOut,
     AuditPage,
     CommandOut,
+    ImportRowError,
     KitCreate,
     KitCredentials,
     KitDetail,
+    KitImportOut,
     KitPage,
     KitSummary,
     PlanOut,
@@ -27,9 +31,10 @@ from control.api.schemas import (
     UnlockOut,
 )
 from control.commands.lifecycle import desired_for
-from control.fleet import provisioning
+from control.fleet import kit_import, kit_list, provisioning
+from control.fleet.messages import Refused
 from control.ledger import accounts, credit
-from control.ledger.models import Account, AuditEntry, Command, Kit
+from control.ledger.models import AuditEntry, Command, Kit
 from control.runtime import Runtime
 from control.support import actions
 from telemetry.errors import InfluxError
@@ -69,13 +74,11 @@ def provision(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def act() -> KitCredentials:
-        try:
-            created = provisioning.provision(
-                rt, actor, kit_id=body.kit_id, desco_id=body.desco_id, phone=body.phone,
-                plan=(body.plan.deposit_fcfa, body.plan.daily_rate_fcfa,
-                      body.plan.total_price_fcfa), deposit_paid=body.deposit_paid)
-        except provisioning.ProvisioningRefused as exc:
-            raise HTTPException(exc.status, detail=str(exc)) from exc
+        created = provisioning.provision(
+            rt, actor, kit_id=body.kit_id, desco_id=body.desco_id, phone=body.phone,
+            plan=(body.plan.deposit_fcfa, body.plan.daily_rate_fcfa,
+                  body.plan.total_price_fcfa), deposit_paid=body.deposit_paid,
+            region=body.region)
         return KitCredentials(**dataclasses.asdict(created))
 
     return run_idempotent(rt, actor=actor, key=idempotency_key, method="POST",
@@ -83,35 +86,93 @@ def provision(
                           status_code=status.HTTP_201_CREATED, action=act)
 
 
+@router.post(
+    "/kits/import", response_model=KitImportOut,
+    responses={**_errors, 413: {"model": Problem}, 415: {"model": Problem},
+               422: {"model": Problem}},
+    openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {
+        "schema": {"type": "string"}}}}},
+    summary="Provision kits from a CSV file (admin); a row's credentials are returned once",
+)
+async def import_kits(
+    rt: RuntimeDep, actor: AdminKey, request: Request,
+    line_offset: Annotated[int, Query(ge=0, le=10_000_000,
+                                      description="lines of the file sent before")] = 0,
+) -> KitImportOut:
+    # refused before it is read: a body larger than the rows a request may carry
+    if int(request.headers.get("content-length") or 0) > kit_import.MAX_BYTES:
+        raise Refused("file_too_large", 413, limit=kit_import.MAX_ROWS)
+    try:
+        text = (await request.body()).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise Refused("file_not_csv", 415, reason=str(exc)) from exc
+    try:
+        report = await run_in_threadpool(kit_import.import_csv, rt, actor, text,
+                                         line_offset=line_offset)
+    except csv.Error as exc:
+        raise Refused("file_not_csv", 422, reason=str(exc)) from exc
+    return KitImportOut(
+        import_id=report.import_id, rows=report.rows, created=len(report.created),
+        unchanged=len(report.unchanged), rejected=len(report.errors),
+        credentials=[KitCredentials(**dataclasses.asdict(c)) for c in report.created],
+        errors=[ImportRowError(**dataclasses.asdict(e)) for e in report.errors])
+
+
+@router.get(
+    "/kits/imports/{import_id}/errors.csv", response_class=Response,
+    responses={**_errors, 200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+                                "description": "row, kit_id, code, message"}},
+    summary="The refused rows of a kit import, as CSV (admin)",
+)
+def import_errors(
+    rt: RuntimeDep, actor: AdminKey, import_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+) -> Response:
+    return Response(kit_import.error_report(rt, actor, import_id), media_type="text/csv",
+                    headers={"Content-Disposition":
+                             f'attachment; filename="kit-import-{import_id}-errors.csv"'})
+
+
 # --- reading ----------------------------------------------------------------------------
 
 
-@router.get("/kits", response_model=KitPage, responses=_errors, summary="List kits (paged)")
+@router.get("/kits", response_model=KitPage, responses={**_errors, 422: {"model": Problem}},
+            summary="List kits: filters, search, sorting, keyset pages")
 def list_kits(
     rt: RuntimeDep, actor: ReaderKey,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    cursor: Annotated[str | None, Query(max_length=512,
+                                        description="next_cursor of the page before")] = None,
+    sort: kit_list.Sort = "kit_id",
+    desc: bool = False,
+    desco_id: Annotated[str | None, Query(max_length=64)] = None,
+    region: Annotated[str | None, Query(max_length=32)] = None,
+    state: kit_list.State | None = None,
+    online: bool | None = None,
+    overdue_days: Annotated[int | None, Query(ge=0, le=36_500,
+                                              description="credit ended at least N days ago")
+                            ] = None,
+    open_alerts: bool | None = None,
+    q: Annotated[str | None, Query(max_length=kit_list.SEARCH_MAX,
+                                   description="kit id, account number or phone")] = None,
 ) -> KitPage:
+    f = kit_list.KitFilter(desco_id=desco_id, region=region, state=state, online=online,
+                           overdue_days=overdue_days, open_alerts=open_alerts,
+                           q=q.strip() if q else None)
     with rt.db.session() as s:
-        q = select(Kit, Account).join(Account, Account.kit_id == Kit.id, isouter=True)
-        count_q = select(func.count()).select_from(Kit)
-        if actor.desco_id is not None:
-            q = q.where(Kit.desco_id == actor.desco_id)
-            count_q = count_q.where(Kit.desco_id == actor.desco_id)
-        total = s.scalar(count_q) or 0
-        rows = s.execute(q.order_by(Kit.id).limit(limit).offset(offset)).all()
+        page = kit_list.list_kits(s, actor, f, now=rt.clock.now(), sort=sort, desc=desc,
+                                  limit=limit, cursor=cursor)
         items = [
             KitSummary(
-                kit_id=kit.id, desco_id=kit.desco_id,
+                kit_id=kit.id, desco_id=kit.desco_id, region=kit.region,
                 account_number=acct.account_number if acct else None,
                 locked=kit.reported_locked,
                 credit_until=acct.credit_until if acct else None, online=kit.online,
                 last_seen=kit.last_seen, owned=bool(acct and acct.owned),
                 commanded_action=kit.commanded_action,
             )
-            for kit, acct in rows
+            for kit, acct in page.rows
         ]
-    return KitPage(items=items, total=total, limit=limit, offset=offset)
+    return KitPage(items=items, limit=limit, next_cursor=page.next_cursor)
 
 
 def last_telemetry(rt: Runtime, kit_id: str) -> dict[str, Any] | None:

@@ -4,7 +4,6 @@ signed webhook, refunds. Routes only translate HTTP: the flows are in control.pa
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import uuid
 from typing import Any
@@ -15,6 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from control.api import bodies
 from control.api.auth import FinanceKey, ReaderKey, RuntimeDep
 from control.api.idempotency import IdempotencyKey, run_idempotent
 from control.api.schemas import (
@@ -41,6 +41,10 @@ router = APIRouter(prefix="/v1/payments", tags=["payments"])
 _errors: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem},
 }
+# what a public endpoint answers a body refused at the door (control/api/bodies.py)
+_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem} for code in (400, 408, 413, 415, 422)
+}
 
 
 def _http_error(exc: errors.PaymentError) -> HTTPException:
@@ -61,25 +65,6 @@ def _unavailable(detail: str) -> HTTPException:
 def _database_down(what: str, exc: SQLAlchemyError) -> HTTPException:
     log.error("%s not recorded, database error: %s", what, type(exc).__name__)
     return _unavailable("database unavailable; retry later")
-
-
-async def _json_object(request: Request, *, strict_type: bool) -> dict[str, Any]:
-    """The body as a JSON object, or a clear 4xx (never a 500, whatever was sent)."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if strict_type and ctype != "application/json":
-        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                            detail="send the body as Content-Type: application/json")
-    raw = await request.body()
-    if not raw.strip():
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="empty body")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="body is not JSON") from exc
-    if not isinstance(body, dict):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            detail="body must be a JSON object")
-    return body
 
 
 # --- PayGate ----------------------------------------------------------------------------------
@@ -132,7 +117,7 @@ def get_payment(rt: RuntimeDep, actor: ReaderKey, identifier: str) -> PaymentOut
 
 @router.post(
     "/paygate", response_model=CallbackAck,
-    responses={400: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
+    responses={**_BODY_ERRORS, 503: {"model": Problem}},
     openapi_extra={"requestBody": {
         "required": True,
         "content": {"application/json": {"schema": PayGateCallbackIn.model_json_schema()}},
@@ -140,15 +125,7 @@ def get_payment(rt: RuntimeDep, actor: ReaderKey, identifier: str) -> PaymentOut
     summary="PayGate Global's callback (no API key; confirmed with PayGate before crediting)",
 )
 async def paygate_callback(rt: RuntimeDep, request: Request) -> CallbackAck:
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST,
-                            detail="callback body is not JSON") from exc
-    if not isinstance(body, dict):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            detail="callback body must be a JSON object")
+    body = await bodies.read_json_object(request, rt.settings)
     # database and PayGate calls block: run them off the event loop
     try:
         outcome = await run_in_threadpool(paygate.handle_paygate_callback, rt, body)
@@ -181,7 +158,7 @@ def create_momo_intent(rt: RuntimeDep, actor: FinanceKey, body: MoMoIntentIn) ->
 
 _MOMO_CALLBACK: dict[str, Any] = {
     "response_model": FeedAck,
-    "responses": {400: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
+    "responses": {**_BODY_ERRORS, 503: {"model": Problem}},
     "summary": "MTN MoMo's callback (POST or PUT; confirmed by GET before credit)",
     # the body is read raw (MoMo's shape varies); documented so clients and the fuzzer
     # know one is expected
@@ -197,7 +174,7 @@ _MOMO_CALLBACK: dict[str, Any] = {
 @router.post("/momo/callback/{reference_id}", operation_id="momo_callback_post",
              **_MOMO_CALLBACK)
 async def momo_callback(rt: RuntimeDep, reference_id: str, request: Request) -> FeedAck:
-    body = await _json_object(request, strict_type=False)
+    body = await bodies.read_json_object(request, rt.settings)
     try:
         uuid.UUID(reference_id)
     except ValueError as exc:
@@ -216,18 +193,13 @@ async def momo_callback(rt: RuntimeDep, reference_id: str, request: Request) -> 
 
 
 @router.post("/webhook/{desco_id}", response_model=FeedAck,
-             responses={400: {"model": Problem}, 401: {"model": Problem},
-                        409: {"model": Problem}, 415: {"model": Problem},
-                        422: {"model": Problem}, 503: {"model": Problem}},
+             responses={**_BODY_ERRORS, 401: {"model": Problem}, 409: {"model": Problem},
+                        503: {"model": Problem}},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": AgentPaymentIn.model_json_schema()}}}},
              summary="Signed webhook for a DESCO's agents (X-Cizo-Signature: t=..,v1=..)")
 async def agent_webhook(rt: RuntimeDep, desco_id: str, request: Request) -> FeedAck:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                            detail="send the body as Content-Type: application/json")
-    raw = await request.body()
+    raw = await bodies.read_raw(request, rt.settings)
     try:
         await run_in_threadpool(agent.authenticate, rt, desco_id,
                                 request.headers.get(webhook_signature.HEADER), raw)
@@ -235,7 +207,7 @@ async def agent_webhook(rt: RuntimeDep, desco_id: str, request: Request) -> Feed
         raise HTTPException(exc.status, detail=str(exc)) from exc
     except SQLAlchemyError as exc:
         raise _database_down("agent webhook", exc) from exc
-    body = await _json_object(request, strict_type=True)
+    body = bodies.json_object(raw)
     try:
         msg = AgentPaymentIn.model_validate(body)
     except ValidationError as exc:

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cizo import protocol
 from control.ledger import money
 
 Network = Literal["FLOOZ", "TMONEY"]
@@ -17,9 +18,10 @@ class _In(BaseModel):
 
 
 class Problem(BaseModel):
-    """Every error answer: ``{"detail": ...}``."""
+    """Every error answer: ``{"detail": ...}``, with a stable ``code`` where one is given."""
 
     detail: Any
+    code: str | None = Field(default=None, description="machine-readable, stable")
 
 
 class Health(BaseModel):
@@ -39,11 +41,12 @@ class PlanOut(BaseModel):
 
 
 class KitCreate(_In):
-    kit_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    kit_id: protocol.KitId
     desco_id: str | None = Field(default=None, min_length=1, max_length=64)
     phone: str = Field(min_length=8, max_length=32, description="customer phone, any Togo form")
     plan: PlanIn
     deposit_paid: bool = Field(default=True, description="deposit taken in cash at the sale")
+    region: str | None = Field(default=None, max_length=32, description="Togo region")
 
 
 class KitCredentials(BaseModel):
@@ -77,6 +80,7 @@ class CommandOut(BaseModel):
 class KitSummary(BaseModel):
     kit_id: str
     desco_id: str
+    region: str
     account_number: str | None
     locked: bool | None = Field(description="as last reported by the kit")
     credit_until: int | None
@@ -88,9 +92,28 @@ class KitSummary(BaseModel):
 
 class KitPage(BaseModel):
     items: list[KitSummary]
-    total: int
     limit: int
-    offset: int
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; "
+                                    "null on the last page")
+
+
+class ImportRowError(BaseModel):
+    row: int = Field(description="line of the file (the header is line 1)")
+    kit_id: str
+    code: str
+    message: str
+
+
+class KitImportOut(BaseModel):
+    """The import's report; ``credentials`` of the kits created are shown only here."""
+
+    import_id: int = Field(description="GET /v1/kits/imports/{import_id}/errors.csv")
+    rows: int
+    created: int
+    unchanged: int
+    rejected: int
+    credentials: list[KitCredentials]
+    errors: list[ImportRowError]
 
 
 class KitDetail(BaseModel):
@@ -351,7 +374,7 @@ class CreditUntilIn(ReasonIn):
 
 
 class SwapIn(ReasonIn):
-    new_kit_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    new_kit_id: protocol.KitId
 
 
 class KeypadIn(ReasonIn):

@@ -3,8 +3,9 @@
     cizo keys create --name NAME --role ROLE [--desco ID]   prints the key once
     cizo keys list [--all]
     cizo keys revoke ID
-    cizo broker sync [--password-file P] [--acl-file A] [--reload-pid N | --pid-file F]
-    cizo broker revoke-kit KIT_ID [--sync]
+    cizo broker sync                      reconcile the broker's doors with the ledger now
+    cizo broker revoke-kit KIT_ID         revoke its broker password; its session is cut
+    cizo broker rotate-kit KIT_ID         a new broker password, printed once
     cizo broker certs --out DIR [--host H ...] [--kit KIT_ID ...]
     cizo erase-personal-data close ACCOUNT --reason TEXT
     cizo erase-personal-data account ACCOUNT
@@ -44,16 +45,16 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     r.add_argument("key_id", type=int)
     r.set_defaults(func=keys_revoke)
 
-    broker = sub.add_parser("broker", help="Mosquitto credentials kept in sync with the ledger")
+    broker = sub.add_parser("broker", help="the broker's doors, converged to the ledger")
     bs = broker.add_subparsers(dest="broker_command", required=True)
-    sy = bs.add_parser("sync", help="write the password file and ACL; optionally reload")
-    _sync_args(sy)
+    sy = bs.add_parser("sync", help="reconcile the broker (dynamic security) with the ledger")
     sy.set_defaults(func=broker_sync)
-    rk = bs.add_parser("revoke-kit", help="revoke a kit's broker password")
+    rk = bs.add_parser("revoke-kit", help="revoke a kit's broker password and cut its session")
     rk.add_argument("kit_id")
-    rk.add_argument("--sync", action="store_true", help="then sync (and reload) at once")
-    _sync_args(rk)
     rk.set_defaults(func=broker_revoke_kit)
+    ro = bs.add_parser("rotate-kit", help="a new broker password for a kit, printed once")
+    ro.add_argument("kit_id")
+    ro.set_defaults(func=broker_rotate_kit)
     ce = bs.add_parser("certs", help="make a CA, a broker certificate and kit certificates")
     ce.add_argument("--out", type=Path, required=True)
     ce.add_argument("--host", action="append", default=[],
@@ -75,15 +76,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     ed.add_argument("--retention-days", type=int, default=None,
                     help="default: CIZO_PERSONAL_DATA_RETENTION_DAYS")
     ed.set_defaults(func=erase_due)
-
-
-def _sync_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--password-file", type=Path, default=None,
-                   help="default: CIZO_BROKER_PASSWORD_FILE")
-    p.add_argument("--acl-file", type=Path, default=None, help="default: CIZO_BROKER_ACL_FILE")
-    p.add_argument("--kits-only", action="store_true",
-                   help="no service accounts (production: mosquitto-init adds them)")
-    p.add_argument("--reload-pid", type=int, default=None, help="SIGHUP this broker pid")
 
 
 def _settings() -> Settings:
@@ -157,32 +149,30 @@ def keys_revoke(args: argparse.Namespace) -> int:
 # --- broker -----------------------------------------------------------------------------
 
 
-def _do_sync(args: argparse.Namespace, settings: Settings, db: Any) -> int:
-    from control.security.broker_auth import BRIDGE_USER, CONTROL_USER, sync
+def _doors(settings: Settings, db: Any) -> Any:
+    from control.ledger.secrets import SecretBox
+    from control.security.broker_auth import BrokerDoors
 
-    password_file = args.password_file or settings.broker_password_file
-    if password_file is None:
-        print("cizo broker sync: give --password-file or set CIZO_BROKER_PASSWORD_FILE",
+    doors = BrokerDoors(settings, db, SecretBox(settings.require_secret_key()))
+    if not doors.enabled:
+        raise SystemExit("cizo broker: CIZO_BROKER_ADMIN_PASSWORD is not set, so the broker "
+                         "cannot be driven (docs/security.md, the broker's doors)")
+    return doors
+
+
+def _converge(settings: Settings, db: Any, kit_id: str) -> int:
+    from control.gateways.broker_admin import BrokerAdminError
+
+    try:
+        outcome = _doors(settings, db).converge_kits([kit_id])
+    except BrokerAdminError as exc:
+        print(f"cizo broker: the ledger is changed but the broker was not reached ({exc}); "
+              "the control service's next reconcile applies it, or run `cizo broker sync`",
               file=sys.stderr)
-        return 2
-    services: dict[str, str] = {}
-    if not args.kits_only:
-        for user, secret in ((BRIDGE_USER, settings.broker_bridge_password),
-                             (CONTROL_USER, settings.broker_control_password)):
-            if secret is None:
-                print(f"cizo broker sync: no password for service account {user} "
-                      "(CIZO_BROKER_BRIDGE_PASSWORD / CIZO_BROKER_CONTROL_PASSWORD), "
-                      "or pass --kits-only", file=sys.stderr)
-                return 2
-            services[user] = secret.get_secret_value()
-    pid = args.reload_pid
-    if pid is None and settings.broker_pid_file is not None and settings.broker_pid_file.exists():
-        pid = int(settings.broker_pid_file.read_text().strip())
-    result = sync(db, password_file=password_file,
-                  acl_file=args.acl_file or settings.broker_acl_file,
-                  service_passwords=services, reload_pid=pid)
-    print(json.dumps({"kits": result.kits, "services": result.services,
-                      "reloaded": result.reloaded}))
+        return 1
+    if outcome.failed:
+        print(f"cizo broker: the broker refused kit {kit_id} (see the log)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -190,9 +180,11 @@ def broker_sync(args: argparse.Namespace) -> int:
     settings = _settings()
     db = _runtime_db(settings)
     try:
-        return _do_sync(args, settings, db)
+        outcome = _doors(settings, db).reconcile()
     finally:
         db.dispose()
+    print(json.dumps(outcome.as_dict()))
+    return 1 if outcome.failed else 0
 
 
 def broker_revoke_kit(args: argparse.Namespace) -> int:
@@ -204,7 +196,25 @@ def broker_revoke_kit(args: argparse.Namespace) -> int:
         if not revoke_kit(db, args.kit_id, time.time()):
             print(f"cizo broker revoke-kit: no kit {args.kit_id}", file=sys.stderr)
             return 1
-        return _do_sync(args, settings, db) if args.sync else 0
+        return _converge(settings, db, args.kit_id)
+    finally:
+        db.dispose()
+
+
+def broker_rotate_kit(args: argparse.Namespace) -> int:
+    from control.ledger.secrets import SecretBox
+    from control.security.broker_auth import rotate_kit_password
+
+    settings = _settings()
+    db = _runtime_db(settings)
+    try:
+        password = rotate_kit_password(db, SecretBox(settings.require_secret_key()),
+                                       args.kit_id)
+        if password is None:
+            print(f"cizo broker rotate-kit: no kit {args.kit_id} in service", file=sys.stderr)
+            return 1
+        print(json.dumps({"kit_id": args.kit_id, "mqtt_password": password}))
+        return _converge(settings, db, args.kit_id)
     finally:
         db.dispose()
 

@@ -7,6 +7,10 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cizo.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("rollup", help="roll raw telemetry up to the hourly and daily tiers")
     p.add_argument("--every", type=float, default=0.0,
                    help="repeat every N seconds (0: once); also run the analytics")
+    p.add_argument("--only-rollups", action="store_true",
+                   help="with --every: no analytics or fleet summary, so no ledger access "
+                        "(the control service runs those); a failed run is retried")
+    p.add_argument("--heartbeat", type=Path,
+                   help="file touched after each successful run (a container healthcheck)")
     p.set_defaults(func=_rollup)
     exp = sub.add_parser("export", help="export data sets")
     exp_sub = exp.add_subparsers(dest="what", required=True)
@@ -33,6 +42,11 @@ def _rollup(args: argparse.Namespace) -> int:
     settings = load_settings()
     ensure_tiers(settings)
     while True:
+        if args.only_rollups and args.every > 0:
+            if _rollup_or_retry(settings) and args.heartbeat is not None:
+                args.heartbeat.touch()
+            time.sleep(args.every)
+            continue
         result = run_rollups(settings, time.time())
         print(f"rollup: {result.hourly_points} hourly, {result.daily_points} daily points")
         if args.every <= 0:
@@ -44,6 +58,21 @@ def _rollup(args: argparse.Namespace) -> int:
         finally:
             db.dispose()
         time.sleep(args.every)
+
+
+def _rollup_or_retry(settings: Settings) -> bool:
+    """One run of the long-running rollup service: a failure (InfluxDB down) is logged
+    and the next interval retries, as the control service's scheduled job does."""
+    from telemetry.rollups import run_rollups
+
+    try:
+        result = run_rollups(settings, time.time())
+    except Exception:
+        log.exception("rollup failed; the next run will retry")
+        return False
+    print(f"rollup: {result.hourly_points} hourly, {result.daily_points} daily points",
+          flush=True)
+    return True
 
 
 def _opendata(args: argparse.Namespace) -> int:

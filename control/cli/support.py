@@ -26,14 +26,12 @@ from typing import Any
 
 import httpx
 
-from cizo.settings import load_settings
+from control.cli.http import add_api_options, api_client
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("support", help="support actions on a kit through the HTTP API")
-    p.add_argument("--url", default=None, help="API base URL (default: settings)")
-    p.add_argument("--api-key", default=None, help="your API key (default: "
-                   "CIZO_SUPPORT_API_KEY)")
+    add_api_options(p)
     ss = p.add_subparsers(dest="support_command", required=True)
 
     def cmd(name: str, helptext: str, reason: bool = True) -> argparse.ArgumentParser:
@@ -71,13 +69,7 @@ def parse_until(text: str) -> int:
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
-    st = load_settings()
-    key = args.api_key or (st.support_api_key.get_secret_value() if st.support_api_key
-                           else None)
-    if not key:
-        raise SystemExit("cizo support: give --api-key or set CIZO_SUPPORT_API_KEY")
-    url = args.url or st.support_api_url or st.api_base_url
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    return api_client(args, "support")
 
 
 def _post(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:

@@ -4,7 +4,7 @@
   (DESCO, region), so the fleet page reads a handful of rows, not 300,000 kits.
 - ``run_analytics`` (every ``analytics_interval_s``): reads the hourly tier per batch of
   kits, computes per-kit metrics (telemetry.analytics) and opens alerts for anomalies.
-- ``telemetry.rollups.run_rollups`` (every ``rollup_interval_s``).
+- ``telemetry.rollups.run_rollups`` (every ``rollup_interval_s``; 0: not here).
 """
 
 from __future__ import annotations
@@ -351,8 +351,9 @@ def add_jobs(scheduler: BackgroundScheduler, settings: Settings, db: Database,
     scheduler.add_job(summary, "interval", seconds=settings.fleet_summary_interval_s,
                       id="fleet_summary", max_instances=1, coalesce=True,
                       next_run_time=_soon())
-    scheduler.add_job(rollup_job, "interval", seconds=settings.rollup_interval_s,
-                      id="rollup", max_instances=1, coalesce=True)
+    if settings.rollup_interval_s > 0:  # else a `cizo rollup --every` process runs it
+        scheduler.add_job(rollup_job, "interval", seconds=settings.rollup_interval_s,
+                          id="rollup", max_instances=1, coalesce=True)
     scheduler.add_job(analytics_job, "interval", seconds=settings.analytics_interval_s,
                       id="analytics", max_instances=1, coalesce=True)
 

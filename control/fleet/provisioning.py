@@ -1,50 +1,86 @@
 """Kits join the fleet: a kit, its account and its credentials, returned once.
 
-An admin provisions a kit for their own DESCO (a national admin for any): the phone and the
-plan are checked first, then the kit, its account and (when the deposit was paid in cash at
-the sale) the deposit's ledger entry are written in one transaction
-(control.ledger.accounts.provision_kit). A serial provisioned twice, even by two requests at
-once, is refused.
+An admin provisions a kit for their own DESCO (a national admin for any). ``check`` is the
+one validator of a kit request — kit id (the contract's pattern, cizo.protocol), DESCO
+scope, phone, plan, region — used by ``POST /v1/kits`` and by every row of an import
+(control.fleet.kit_import). The kit, its account and (when the deposit was paid in cash
+at the sale) the deposit's ledger entry are then written in one transaction by
+control.ledger.accounts.provision_kits, for one kit or a batch. A serial provisioned twice,
+even by two requests at once, is refused. Once committed, the kits' broker logins
+are created at once (their doors on the broker, control.security.broker_auth): a kit can
+connect as soon as it is returned.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from cizo import protocol
+from control.fleet.jobs import REGIONS
+from control.fleet.messages import Refused
 from control.ledger import accounts, credit
-from control.ledger.accounts import Actor, ProvisionedKit
-from control.ledger.models import Desco, Kit
+from control.ledger.accounts import Actor, NewKit, ProvisionedKit
+from control.ledger.models import DEFAULT_REGION, Desco, Kit
 from control.ledger.phone import PhoneError, normalise_phone
 from control.runtime import Runtime
+from control.security import broker_auth
 
 
-class ProvisioningRefused(ValueError):
-    """The kit was not provisioned; ``status`` is the HTTP answer (403, 409, 422)."""
+def check(rt: Runtime, actor: Actor, *, kit_id: str, desco_id: str | None, phone: str,
+          plan: credit.Plan | tuple[int, int, int], deposit_paid: bool,
+          region: str | None = None) -> NewKit:
+    """The kit request, checked: its DESCO is ``desco_id``, else the actor's, else the
+    default. Raises Refused with the first problem found."""
+    if not protocol.is_kit_id(kit_id):
+        raise Refused("kit_id_invalid", kit_id=kit_id)
+    desco = desco_id or actor.desco_id or rt.settings.default_desco_id
+    if actor.desco_id is not None and actor.desco_id != desco:
+        raise Refused("desco_forbidden", 403)
+    if region is not None and region not in REGIONS:
+        raise Refused("region_unknown", region=region, regions=", ".join(REGIONS))
+    try:
+        phone_e164 = normalise_phone(phone)
+    except PhoneError as exc:
+        raise Refused("phone_invalid", reason=str(exc)) from exc
+    try:
+        the_plan = plan if isinstance(plan, credit.Plan) else credit.Plan(*plan)
+    except credit.CreditError as exc:
+        raise Refused("plan_invalid", reason=str(exc)) from exc
+    return NewKit(kit_id, desco, phone_e164, the_plan, deposit_paid, region or DEFAULT_REGION)
 
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
+
+def unknown_descos(rt: Runtime, descos: set[str]) -> set[str]:
+    with rt.db.session() as s:
+        return descos - set(s.scalars(select(Desco.id).where(Desco.id.in_(descos))))
+
+
+def provision_checked(rt: Runtime, actor: Actor, kits: Sequence[NewKit]) -> list[ProvisionedKit]:
+    """Write checked kits in one transaction; any kit already there refuses the batch."""
+    missing = unknown_descos(rt, {k.desco_id for k in kits})
+    if missing:
+        raise Refused("desco_unknown", desco_id=sorted(missing)[0])
+    ids = [k.kit_id for k in kits]
+    try:
+        with rt.db.session() as s:
+            taken = s.scalars(select(Kit.id).where(Kit.id.in_(ids)).limit(1)).first()
+            if taken is not None:
+                raise Refused("kit_exists", 409, kit_id=taken)
+            made = accounts.provision_kits(s, kits, box=rt.box, now=rt.clock.now(),
+                                           actor=actor)
+    except IntegrityError as exc:  # a concurrent provisioning of the same serial
+        taken = ids[0] if len(ids) == 1 else "(one of the batch)"
+        raise Refused("kit_exists", 409, kit_id=taken) from exc
+    broker_auth.converge_now(rt, ids)  # their broker doors, before the credentials return
+    return made
 
 
 def provision(rt: Runtime, actor: Actor, *, kit_id: str, desco_id: str | None, phone: str,
-              plan: credit.Plan | tuple[int, int, int], deposit_paid: bool) -> ProvisionedKit:
-    """Provision ``kit_id`` (its DESCO: ``desco_id``, else the actor's, else the default)."""
-    desco = desco_id or actor.desco_id or rt.settings.default_desco_id
-    if actor.desco_id is not None and actor.desco_id != desco:
-        raise ProvisioningRefused("this key may only provision kits for its own DESCO", 403)
-    try:
-        phone_e164 = normalise_phone(phone)
-        the_plan = plan if isinstance(plan, credit.Plan) else credit.Plan(*plan)
-    except (PhoneError, credit.CreditError) as exc:
-        raise ProvisioningRefused(str(exc), 422) from exc
-    try:
-        with rt.db.session() as s:
-            if s.get(Kit, kit_id) is not None:
-                raise ProvisioningRefused(f"kit {kit_id} already exists", 409)
-            if s.get(Desco, desco) is None:
-                raise ProvisioningRefused(f"unknown DESCO {desco}", 422)
-            return accounts.provision_kit(
-                s, kit_id=kit_id, desco_id=desco, phone_e164=phone_e164, plan=the_plan,
-                box=rt.box, now=rt.clock.now(), actor=actor, deposit_paid=deposit_paid)
-    except IntegrityError as exc:  # a concurrent provisioning of the same serial
-        raise ProvisioningRefused(f"kit {kit_id} already exists", 409) from exc
+              plan: credit.Plan | tuple[int, int, int], deposit_paid: bool,
+              region: str | None = None) -> ProvisionedKit:
+    """Provision one kit (``POST /v1/kits``)."""
+    new = check(rt, actor, kit_id=kit_id, desco_id=desco_id, phone=phone, plan=plan,
+                deposit_paid=deposit_paid, region=region)
+    return provision_checked(rt, actor, [new])[0]

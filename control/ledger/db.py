@@ -47,12 +47,17 @@ def make_engine(url: str, *, pool_size: int = 20, max_overflow: int = 10) -> Eng
     return create_engine(url, pool_size=pool_size, max_overflow=max_overflow)
 
 
-def migrate(url: str) -> None:
-    """Bring the schema to the newest Alembic revision(s)."""
+def alembic_config(url: str) -> Config:
+    """Alembic's configuration for the ledger at ``url`` (our migrations)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
-    command.upgrade(cfg, "heads")  # feature branches off 0001 may each add a head
+    return cfg
+
+
+def migrate(url: str) -> None:
+    """Bring the schema to the newest Alembic revision(s)."""
+    command.upgrade(alembic_config(url), "heads")  # feature branches off 0001 may each add a head
 
 
 class Database:

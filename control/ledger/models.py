@@ -29,6 +29,9 @@ class Base(DeclarativeBase):
     pass
 
 
+DEFAULT_REGION = "Maritime"  # a kit provisioned without a region
+
+
 class Desco(Base):
     __tablename__ = "descos"
 
@@ -56,6 +59,10 @@ class Kit(Base):
     desco_id: Mapped[str] = mapped_column(ForeignKey("descos.id"), index=True)
     mqtt_username: Mapped[str] = mapped_column(String(64), unique=True)
     mqtt_password_hash: Mapped[str] = mapped_column(String(255))
+    # the same password, Fernet-encrypted with CIZO_SECRET_KEY: the broker's
+    # dynamic-security plugin only takes clear passwords, and must be re-convergeable
+    # from the ledger (None: provisioned before; such a kit needs a rotation)
+    mqtt_password_enc: Mapped[str | None] = mapped_column(Text)
     secret_enc: Mapped[str] = mapped_column(Text)  # Fernet token of the 64-hex secret
     cmd_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[float] = mapped_column(Float)
@@ -72,9 +79,9 @@ class Kit(Base):
     # set only while the kit is commanded unlocked: the sweep's index of kits coming due
     lock_due_at: Mapped[int | None] = mapped_column(BigInteger, index=True)
     # the Togolese region the kit is installed in (dashboard filters, open data)
-    region: Mapped[str] = mapped_column(String(32), default="Maritime",
-                                        server_default="Maritime", index=True)
-    # set when the kit's broker password is revoked (left out of the password file)
+    region: Mapped[str] = mapped_column(String(32), default=DEFAULT_REGION,
+                                        server_default=DEFAULT_REGION, index=True)
+    # set when the kit's broker password is revoked (its broker client is deleted)
     mqtt_revoked_at: Mapped[float | None] = mapped_column(Float)
     # a pending secret rotation (the derived new secret, encrypted) until the kit
     # proves it holds it; keypad (OpenPAYGO) token chain; anomalies found by the control loop
@@ -87,6 +94,11 @@ class Kit(Base):
     protocol_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     anomaly_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_anomaly_at: Mapped[float | None] = mapped_column(Float)
+
+
+# the kit list's orders and filters (migration 0003_kit_list, control/fleet/kit_list.py)
+Index("ix_kits_desco_id_id", Kit.desco_id, Kit.id)
+# none on online or last_seen: every kit message updates them (see the migration)
 
 
 class Account(Base):
@@ -111,6 +123,10 @@ class Account(Base):
     last_reminder_at: Mapped[float | None] = mapped_column(Float)  # at most one a day
 
     __table_args__ = (Index("ix_accounts_credit_until", "credit_until"),)
+
+
+Index("ix_accounts_owned_kit", Account.owned, Account.kit_id)
+# and on PostgreSQL only: ix_accounts_credit_key (coalesce(credit_until, 0), kit_id)
 
 
 class Payment(Base):
@@ -224,6 +240,19 @@ class IdempotentRequest(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (UniqueConstraint("api_key_id", "key", name="uq_idempotency_key"),)
+
+
+class RateLimit(Base):
+    """One rate-limited key's counters, shared by every control process
+    (control/security/shared_limits.py): hits in the fixed window starting at
+    ``window_start`` and in the window before it."""
+
+    __tablename__ = "rate_limits"
+
+    bucket: Mapped[str] = mapped_column(String(200), primary_key=True)  # "<limit>:<key>"
+    window_start: Mapped[float] = mapped_column(Float)
+    hits: Mapped[int] = mapped_column(Integer)
+    prev_hits: Mapped[int] = mapped_column(Integer)
 
 
 # --- Alerts, per-kit analytics, pre-aggregated fleet summary -----------------------------
@@ -340,6 +369,23 @@ class ReconProposal(Base):
     decided_by: Mapped[str | None] = mapped_column(String(200))
     decided_at: Mapped[float | None] = mapped_column(Float)
     payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id"))
+
+
+class KitImport(Base):
+    """One CSV of kits imported (a request): who, the counts and every refused row."""
+
+    __tablename__ = "kit_imports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    desco_id: Mapped[str | None] = mapped_column(String(64), index=True)  # None: national
+    imported_by: Mapped[str] = mapped_column(String(200))
+    imported_key_id: Mapped[int | None] = mapped_column(Integer)
+    imported_at: Mapped[float] = mapped_column(Float)
+    rows: Mapped[int] = mapped_column(Integer)
+    created: Mapped[int] = mapped_column(Integer)
+    unchanged: Mapped[int] = mapped_column(Integer)
+    rejected: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # row, kit_id, code, message
 
 
 # --- OpenPAYGO keypad tokens -------------------------------------------------------------

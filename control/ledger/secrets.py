@@ -1,5 +1,5 @@
-"""Secrets at rest: API keys hashed, MQTT passwords hashed (Mosquitto's own format),
-kit command secrets encrypted with CIZO_SECRET_KEY so a database dump alone reveals none.
+"""Secrets at rest: API keys hashed, kit MQTT passwords hashed and encrypted, kit command
+secrets encrypted with CIZO_SECRET_KEY so a database dump alone reveals none.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -31,8 +32,27 @@ def new_mqtt_password() -> str:
     return secrets.token_urlsafe(18)
 
 
+@dataclass(frozen=True, slots=True)
+class KitLogin:
+    """A kit's new broker password: clear (returned once), hashed, encrypted (stored)."""
+
+    password: str
+    hashed: str
+    encrypted: str
+
+
+def new_kit_login(box: SecretBox) -> KitLogin:
+    password = new_mqtt_password()
+    return KitLogin(password, hash_mqtt_password(password), box.encrypt(password))
+
+
+def mqtt_password_fingerprint(hashed: str) -> str:
+    """A short public tag of a stored hash: tells whether the broker has this password."""
+    return hashlib.sha256(hashed.encode()).hexdigest()[:24]
+
+
 def hash_mqtt_password(password: str, *, salt: bytes | None = None) -> str:
-    """Mosquitto 2 ``$7$`` PBKDF2-SHA512 hash, so the ledger can write a password_file."""
+    """Mosquitto 2 ``$7$`` PBKDF2-SHA512 hash (service-account and kit password checks)."""
     salt = salt or secrets.token_bytes(12)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _PBKDF2_ITERATIONS)
     salt_b64, digest_b64 = base64.b64encode(salt).decode(), base64.b64encode(digest).decode()

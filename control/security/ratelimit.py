@@ -1,59 +1,72 @@
-"""Sliding-window counters for rate limits (pure: the caller passes the time).
+"""Sliding-window rate limits as two counters per key (pure: the caller passes the time).
 
-Kept in process memory: each control process limits on its own, so with N processes
-the effective limit is at most N times the configured one (docs/security.md). That is
-enough for what they guard: brute force against 256-bit API keys is hopeless anyway;
-the limits stop a flood of failed logins from filling logs and the database, and stop
-one support key from handing out free days in bulk.
+The counters live in the ledger database (control/security/shared_limits.py) so that every
+control process counts against the same limit; two numbers per key keep each hit one
+atomic upsert. The window slides: events of the previous fixed window count in proportion
+to how much of it still overlaps the last ``window_s`` seconds (the usual sliding-window
+counter, exact when events are spread evenly, never more than the previous window's count
+off). Within one window the count is exact.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict, deque
+import math
+from dataclasses import dataclass
 
 
-class SlidingWindow:
-    """At most ``limit`` events per ``window_s`` per key; bounded memory (``max_keys``)."""
+@dataclass(frozen=True)
+class Rule:
+    """At most ``limit`` events per ``window_s`` seconds per key."""
 
-    def __init__(self, limit: int, window_s: float, *, max_keys: int = 100_000) -> None:
-        if limit < 1 or window_s <= 0:
+    limit: int
+    window_s: float
+
+    def __post_init__(self) -> None:
+        if self.limit < 1 or not self.window_s > 0:
             raise ValueError("limit must be >= 1 and window_s > 0")
-        self.limit = limit
-        self.window_s = window_s
-        self.max_keys = max_keys
-        self._events: OrderedDict[str, deque[float]] = OrderedDict()
-        self._lock = threading.Lock()
 
-    def _trim(self, key: str, now: float) -> deque[float]:
-        q = self._events.get(key)
-        if q is None:
-            q = self._events[key] = deque()
-            if len(self._events) > self.max_keys:
-                self._events.popitem(last=False)  # forget the least recently active key
-        else:
-            self._events.move_to_end(key)
-        while q and q[0] <= now - self.window_s:
-            q.popleft()
-        return q
+    def window_start(self, now: float) -> float:
+        """The start of the fixed window ``now`` falls in (aligned on the epoch, so every
+        process agrees)."""
+        return math.floor(now / self.window_s) * self.window_s
 
-    def retry_after(self, key: str, now: float) -> float:
-        """0 if ``key`` is under its limit, else seconds until one event leaves the window."""
-        with self._lock:
-            q = self._trim(key, now)
-            if len(q) < self.limit:
-                return 0.0
-            return max(0.0, q[0] + self.window_s - now)
 
-    def add(self, key: str, now: float) -> None:
-        with self._lock:
-            self._trim(key, now).append(now)
+@dataclass(frozen=True)
+class Counts:
+    """A key's counters as stored: hits in the window starting ``window_start`` and in
+    the one before it."""
 
-    def hit(self, key: str, now: float) -> float:
-        """Record an event if allowed and return 0; else record nothing, return the wait."""
-        with self._lock:
-            q = self._trim(key, now)
-            if len(q) >= self.limit:
-                return max(0.0, q[0] + self.window_s - now)
-            q.append(now)
-            return 0.0
+    window_start: float
+    hits: int
+    prev_hits: int
+
+    def at(self, rule: Rule, now: float) -> Counts:
+        """The counters as seen from ``now``'s window (older windows roll off)."""
+        start = rule.window_start(now)
+        if self.window_start == start:
+            return self
+        if self.window_start == start - rule.window_s:
+            return Counts(start, 0, self.hits)
+        return Counts(start, 0, 0)
+
+
+def estimate(rule: Rule, counts: Counts, now: float) -> float:
+    """Events in the ``window_s`` seconds before ``now``, from ``counts`` rolled to ``now``."""
+    c = counts.at(rule, now)
+    overlap = 1.0 - (now - c.window_start) / rule.window_s
+    return c.prev_hits * overlap + c.hits
+
+
+def retry_after(rule: Rule, counts: Counts, now: float) -> float:
+    """0 while the estimate is under the limit, else seconds until it will be (with no
+    further events)."""
+    c = counts.at(rule, now)
+    if estimate(rule, c, now) < rule.limit:
+        return 0.0
+    w = rule.window_s
+    if c.hits < rule.limit:  # the previous window's share fades out first
+        # prev * (1 - (t - start) / w) + hits < limit
+        fades_at = c.window_start + w * (1.0 - (rule.limit - c.hits) / c.prev_hits)
+    else:  # this window's hits become the previous window's and fade in the next one
+        fades_at = c.window_start + w + w * (1.0 - rule.limit / c.hits)
+    return max(fades_at - now, 0.0) + 1e-3

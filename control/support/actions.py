@@ -25,6 +25,7 @@ from control.ledger.accounts import Actor, ProvisionedKit
 from control.ledger.models import Account, Command, Kit, KitToken
 from control.payments import receipts
 from control.runtime import Runtime
+from control.security import broker_auth
 from control.support import changes
 from control.support.changes import Change, SupportError
 
@@ -188,6 +189,7 @@ def swap(rt: Runtime, actor: Actor, kit_id: str, *, new_kit_id: str,
         new = lifecycle.lock_kits(s, [new_kit_id])[0]
         issued = rt.service.converge_kit(s, new_kit_id, origin="support", kit=new, acct=acct)
     rt.service.clear_retained(kit_id)
+    broker_auth.converge_now(rt, [kit_id, new_kit_id])  # old door closed, new one opened
     _after_commit(rt, new_kit_id, issued)
     cid = issued.id if issued is not None else None
     log.info("kit swapped by %s", actor.name, extra={"kit_id": kit_id, "command_id": cid})

@@ -20,7 +20,7 @@ from control.commands import lifecycle
 from control.ledger import accounts as ledger
 from control.ledger.accounts import Actor, LedgerError
 from control.ledger.models import Account, Command, Kit, LedgerEntry
-from control.ledger.secrets import SecretBox, hash_mqtt_password, new_mqtt_password
+from control.ledger.secrets import SecretBox, new_kit_login
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +111,11 @@ def swap(s: Session, *, old: Kit, acct: Account, new_kit_id: str, box: SecretBox
     if s.get(Kit, new_kit_id) is not None:
         raise SupportError(f"kit {new_kit_id} already exists")
     before = kit_snapshot(old, acct)
-    password = new_mqtt_password()
+    login = new_kit_login(box)
     secret = protocol.new_command_secret()
     new = Kit(id=new_kit_id, desco_id=old.desco_id, mqtt_username=new_kit_id,
-              mqtt_password_hash=hash_mqtt_password(password), secret_enc=box.encrypt(secret),
+              mqtt_password_hash=login.hashed, mqtt_password_enc=login.encrypted,
+              secret_enc=box.encrypt(secret),
               cmd_seq=0, created_at=now, online=False, region=old.region,
               keypad_only=old.keypad_only)
     s.add(new)
@@ -128,7 +129,7 @@ def swap(s: Session, *, old: Kit, acct: Account, new_kit_id: str, box: SecretBox
                      desco_id=acct.desco_id, reason=reason,
                      before={**before, "kit_id": old.id}, after={**after, "kit_id": new_kit_id})
     creds = ledger.ProvisionedKit(new_kit_id, acct.account_number, acct.desco_id, new_kit_id,
-                                  password, secret)
+                                  login.password, secret)
     return Swap(old.id, creds, Change(before, after))
 
 

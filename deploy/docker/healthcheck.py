@@ -8,6 +8,9 @@ Installed in the image as ``cizo-healthcheck`` (Dockerfile); docker-compose.yml 
     cizo-healthcheck tcp-established PORT
         healthy when this container holds an ESTABLISHED TCP connection to remote PORT
         (the bridge's MQTT connection to the broker on 1883): read from /proc/net/tcp{,6}.
+    cizo-healthcheck fresh FILE MAX_AGE_S
+        healthy when FILE was modified less than MAX_AGE_S seconds ago (the rollup
+        service touches its file after each successful run).
 
 Exit status 0 = healthy, 1 = unhealthy, 2 = usage error.
 """
@@ -15,6 +18,7 @@ Exit status 0 = healthy, 1 = unhealthy, 2 = usage error.
 from __future__ import annotations
 
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -47,11 +51,20 @@ def established_to(port: int, proc_net: Path = Path("/proc/net")) -> bool:
     return False
 
 
+def fresh(path: Path, max_age_s: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < max_age_s
+    except OSError:
+        return False
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "http":
         return 0 if http_ok(argv[1]) else 1
     if len(argv) == 2 and argv[0] == "tcp-established" and argv[1].isdigit():
         return 0 if established_to(int(argv[1])) else 1
+    if len(argv) == 3 and argv[0] == "fresh" and argv[2].isdigit():
+        return 0 if fresh(Path(argv[1]), float(argv[2])) else 1
     print(__doc__, file=sys.stderr)
     return 2
 

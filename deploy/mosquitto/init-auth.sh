@@ -1,48 +1,35 @@
 #!/bin/sh
 # One-shot init for the broker (service mosquitto-init in docker-compose.yml).
 #
-# Builds /mosquitto/auth/passwd from secrets in the environment with mosquitto_passwd
-# and copies the ACL next to it, both owned by the mosquitto user with mode 0600
-# (Mosquitto 2 warns about, and later versions refuse, files others can read).
-#
-# Kit accounts: a hashed password file (lines "kit_id:$7$...", made with
-# `mosquitto_passwd`) placed at /mosquitto/kits/passwd (named volume mosquitto-kits) is
-# appended. After changing it, run this service again and send the broker SIGHUP:
-#   docker compose run --rm mosquitto-init && docker compose kill -s SIGHUP mosquitto
+# Creates the dynamic-security plugin's file with one account, the admin user the
+# control service drives the broker as (CIZO_BROKER_ADMIN_PASSWORD), owned by the
+# mosquitto user with mode 0600. Idempotent: an existing file is kept as it is, since
+# it holds every account the control service has created since. Everything else (the
+# bridge's and control's accounts, each kit's account and role) is created by the
+# control service, which converges the broker to the ledger at start and after every
+# change (docs/security.md, "The broker's doors"). To rotate the admin password, see
+# docs/security.md; deleting the file only makes the control service recreate every
+# account at its next reconcile.
 set -eu
 
-: "${MQTT_BRIDGE_PASSWORD:?MQTT_BRIDGE_PASSWORD must be set}"
-: "${MQTT_CONTROL_PASSWORD:?MQTT_CONTROL_PASSWORD must be set}"
-
-# These names are fixed: deploy/mosquitto/acl grants rights to them.
-BRIDGE_USER=cizo-bridge
-CONTROL_USER=cizo-control
-
-AUTH_DIR=/mosquitto/auth
-KITS_FILE=/mosquitto/kits/passwd
-ACL_SOURCE=/init/acl
+: "${MQTT_ADMIN_PASSWORD:?MQTT_ADMIN_PASSWORD must be set}"
+ADMIN_USER="${MQTT_ADMIN_USER:-cizo-admin}"
+DYNSEC_FILE="${DYNSEC_FILE:-/mosquitto/auth/dynamic-security.json}"
+dir=$(dirname "$DYNSEC_FILE")
 
 umask 077
-mkdir -p "$AUTH_DIR"
-tmp="$AUTH_DIR/passwd.tmp"
-rm -f "$tmp"
-
-mosquitto_passwd -c -b "$tmp" "$BRIDGE_USER" "$MQTT_BRIDGE_PASSWORD"
-mosquitto_passwd -b "$tmp" "$CONTROL_USER" "$MQTT_CONTROL_PASSWORD"
-
-kits=0
-if [ -s "$KITS_FILE" ]; then
-    # A kit may never take over a service account.
-    grep -v -e "^${BRIDGE_USER}:" -e "^${CONTROL_USER}:" -e '^[[:space:]]*$' -e '^#' \
-        "$KITS_FILE" >>"$tmp" || true
-    kits=$(grep -c -v -e "^${BRIDGE_USER}:" -e "^${CONTROL_USER}:" -e '^[[:space:]]*$' \
-        -e '^#' "$KITS_FILE" || true)
+mkdir -p "$dir"
+if [ -s "$DYNSEC_FILE" ]; then
+    echo "mosquitto-init: $DYNSEC_FILE exists; kept as it is"
+else
+    rm -f "$DYNSEC_FILE"
+    mosquitto_ctrl dynsec init "$DYNSEC_FILE" "$ADMIN_USER" "$MQTT_ADMIN_PASSWORD" >/dev/null
+    [ -s "$DYNSEC_FILE" ] || { echo "mosquitto-init: mosquitto_ctrl did not write $DYNSEC_FILE" >&2; exit 1; }
+    echo "mosquitto-init: $DYNSEC_FILE created with the admin user $ADMIN_USER"
 fi
-
-cp "$ACL_SOURCE" "$AUTH_DIR/acl.tmp"
-chown mosquitto:mosquitto "$tmp" "$AUTH_DIR/acl.tmp"
-chmod 0600 "$tmp" "$AUTH_DIR/acl.tmp"
-mv -f "$tmp" "$AUTH_DIR/passwd"
-mv -f "$AUTH_DIR/acl.tmp" "$AUTH_DIR/acl"
-
-echo "mosquitto-init: password file written (2 service accounts, ${kits} kit accounts), ACL installed"
+chmod 0600 "$DYNSEC_FILE"
+# the broker runs as mosquitto and rewrites the file (and a temporary beside it)
+if id mosquitto >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    chown mosquitto:mosquitto "$dir" "$DYNSEC_FILE"
+fi
+chmod 0700 "$dir"
