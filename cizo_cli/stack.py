@@ -418,7 +418,7 @@ def run_stack(opts: StackOptions) -> int:
             f"  fleet link {'TLS' if opts.fleet_tls else 'plain'}\n"
             f"  influxdb   http://127.0.0.1:{opts.influx_port}  (database cizo)\n"
             f"  paygate    http://127.0.0.1:{opts.paygate_port}  (simulator; MTN MoMo on "
-            f"{opts.paygate_port + 1})\n"
+            f"{opts.momo_port})\n"
             f"  fleet      {opts.kits} simulated kits\n"
             f"  admin key  {admin_key_source}\n"
             f"  logs       {stack.dir / 'logs'}\n"
