@@ -1,4 +1,5 @@
-"""Start real Mosquitto and influxd processes on chosen ports in a private directory.
+"""Start real Mosquitto, influxd (and PostgreSQL) processes on chosen ports in a private
+directory.
 
 Used by ``cizo up`` (the local stack), by the test fixtures (the compose check with
 deploy/'s mosquitto.conf) and by the benchmarks, so all three run exactly the same
@@ -137,6 +138,7 @@ class ManagedProcess:
     workdir: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    env: dict[str, str] | None = field(default=None, repr=False)  # None: this process's
 
     def start(self, timeout_s: float = 20.0) -> None:
         ensure_free(self.name, self.port)
@@ -147,6 +149,7 @@ class ManagedProcess:
             stdout=log_fh,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=self.env,
         )
         log_fh.close()
         if not self._ready(timeout_s):
@@ -182,6 +185,14 @@ class ManagedProcess:
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def crash(self) -> None:
+        """SIGKILL the server and every process it started (its session's process group),
+        as a power cut would: no clean shutdown, nothing flushed (fault tests)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
 
     def restart(self) -> None:
@@ -384,6 +395,61 @@ def influxd(workdir: Path, port: int, rpc_port: int | None = None) -> InfluxProc
     binary = find_binary("influxd", "/usr/bin")
     argv = [binary, "-config", str(conf)]
     return InfluxProcess("influx", argv, port, workdir, workdir / "influxd.log")
+
+
+def _postgres_bin_dir() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                   else 0)
+    if not found:
+        raise ServiceStartError("PostgreSQL is not installed (Debian package: postgresql)")
+    return found[-1].parent
+
+
+@dataclass
+class PostgresProcess(ManagedProcess):
+    """Ready once it accepts connections (it listens before recovery is over)."""
+
+    bindir: Path = Path("/usr/bin")
+
+    def _ready(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                return False
+            probe = subprocess.run([str(self.bindir / "pg_isready"), "-q", "-h", "127.0.0.1",
+                                    "-p", str(self.port), "-t", "1"], check=False)
+            if probe.returncode == 0:
+                return True
+            time.sleep(0.1)
+        return False
+
+
+def postgres(workdir: Path, port: int) -> PostgresProcess:
+    """A private PostgreSQL cluster on ``port`` (trust auth, user ``postgres``), created with
+    initdb under ``workdir`` the first time: a server a fault test may SIGKILL, never the
+    shared one. As root it runs as the ``postgres`` user (PostgreSQL refuses root)."""
+    bindir = _postgres_bin_dir()
+    data = workdir / "data"
+    as_user: list[str] = []
+    if os.getuid() == 0:
+        as_user = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    if os.getuid() == 0:
+        shutil.chown(workdir, "postgres", "postgres")
+    if not (data / "PG_VERSION").exists():
+        made = subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A",
+                               "trust", "-U", "postgres", "--no-sync"],
+                              check=False, capture_output=True, text=True)
+        if made.returncode != 0:
+            raise ServiceStartError(f"initdb failed in {workdir} (as root, every directory "
+                                    f"above it must be open to user postgres):\n"
+                                    f"{made.stderr[-2000:]}")
+    argv = [*as_user, str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+            "-k", str(workdir), "-c", "listen_addresses=127.0.0.1",
+            "-c", "max_connections=300", "-c", "logging_collector=off"]
+    return PostgresProcess("postgres", argv, port, workdir, workdir / "postgres.log",
+                           bindir=bindir)
 
 
 @contextlib.contextmanager

@@ -53,6 +53,8 @@ def build_app(
     return app
 
 
-def main(settings: Settings) -> None:
-    app = build_app(settings)
+def main(settings: Settings, clock: Clock | None = None) -> None:
+    """``cizo control``; ``clock``: the wall clock unless a simulation runs the platform on
+    its own time (bench/chaos.py)."""
+    app = build_app(settings, clock)
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None)

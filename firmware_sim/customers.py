@@ -28,6 +28,9 @@ from firmware_sim.keypad import token_in_text
 
 log = logging.getLogger(__name__)
 
+MOMO = "MTN"  # the network name of payments made by MTN MoMo request-to-pay
+PAYGATE_INTENTS = "/v1/payments/intents"
+MOMO_INTENTS = "/v1/payments/momo/intents"
 CODES_POLL_REAL_S = 0.25  # how often the customers' SMS inbox / support is looked at
 SUPPORT_WAIT_REAL_S = 30.0  # after paying, a keypad customer asks support this long
 
@@ -41,6 +44,9 @@ class PaymentOptions:
     concurrency: int = 8
     support_key: str | None = None  # support/admin: keypad flag and codes (None: api_key)
     outbox: Path | None = None  # the control service's SMS file (keypad source "receipt")
+    momo_share: float = 0.0  # share of payments made by MTN MoMo request-to-pay (else PayGate)
+    retries: int = 0  # a request with no answer or a 5xx is tried again this many times
+    retry_wait_s: float = 1.0  # real seconds between tries
 
 
 # Shorter than uvicorn's 5 s keep-alive: a pooled connection the server is closing at
@@ -71,8 +77,8 @@ class PayingCustomers:
         self.paid_at: dict[str, list[float]] = {}  # kit -> time.monotonic() of each payment
 
     async def run(self, stop: asyncio.Event) -> None:
-        queue = sorted((p.at, k.kit_id, p.amount_fcfa, k.plan.phone, k.rng.choice(
-            ["TMONEY", "FLOOZ"])) for k in self.kits for p in k.plan.payments)
+        queue = sorted((p.at, k.kit_id, p.amount_fcfa, k.plan.phone, self._network(k))
+                       for k in self.kits for p in k.plan.payments)
         sem = asyncio.Semaphore(self.opts.concurrency)
         pending: set[asyncio.Task[None]] = set()
         async with _api_client(self.opts, self.opts.api_key) as http:
@@ -86,6 +92,13 @@ class PayingCustomers:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
 
+    def _network(self, kit: DrivenKit) -> str:
+        """The wallet the customer pays from: MTN MoMo for ``momo_share`` of payments (a
+        draw only when that share is set, so other scenarios keep their draws)."""
+        if self.opts.momo_share and kit.rng.random() < self.opts.momo_share:
+            return MOMO
+        return str(kit.rng.choice(["TMONEY", "FLOOZ"]))
+
     async def _wait_until(self, at: float, stop: asyncio.Event) -> bool:
         """Wait for simulated time ``at``; False if the run stopped first."""
         while self.clock.now() < at:
@@ -96,20 +109,34 @@ class PayingCustomers:
 
     async def _pay(self, http: httpx.AsyncClient, sem: asyncio.Semaphore, kit_id: str,
                    amount: int, phone: str, network: str) -> None:
-        # a keep-alive connection the server closes as it is reused fails the request with
-        # no answer: tried again once, under the same Idempotency-Key (never paid twice)
-        key = {"Idempotency-Key": uuid.uuid4().hex}
-        body = {"kit_id": kit_id, "amount_fcfa": amount, "phone": phone, "network": network}
+        body: dict[str, Any] = {"kit_id": kit_id, "amount_fcfa": amount, "phone": phone}
+        if network == MOMO:
+            # no Idempotency-Key on this endpoint: retried only when asked (opts.retries)
+            path, headers, tries = MOMO_INTENTS, {}, self.opts.retries + 1
+        else:
+            # one key for every try: the API replays the first answer to a retry
+            # (control/api/idempotency.py), so an answer lost with its connection is never
+            # paid twice, and one more try is always safe
+            body["network"], path = network, PAYGATE_INTENTS
+            headers = {"Idempotency-Key": uuid.uuid4().hex}
+            tries = max(self.opts.retries, 1) + 1
         async with sem:
             started = time.monotonic()
-            try:
+            for attempt in range(tries):
+                if attempt:
+                    await asyncio.sleep(self.opts.retry_wait_s)
                 try:
-                    r = await http.post("/v1/payments/intents", json=body, headers=key)
-                except httpx.TransportError:
-                    r = await http.post("/v1/payments/intents", json=body, headers=key)
-            except httpx.HTTPError as exc:
+                    r = await http.post(path, json=body, headers=headers)
+                except httpx.HTTPError as exc:
+                    error = repr(exc)
+                    continue
+                # 409 under a key: the first try is still being answered; ask again
+                if r.status_code < 500 and not (headers and r.status_code == 409):
+                    break
+                error = f"HTTP {r.status_code}"
+            else:
                 self.failed += 1
-                log.warning("payment for kit %s failed: %r", kit_id, exc,
+                log.warning("payment for kit %s failed: %s", kit_id, error,
                             extra={"kit_id": kit_id})
                 return
         if r.status_code == 201:

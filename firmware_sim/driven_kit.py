@@ -52,6 +52,7 @@ class Fleet(Protocol):
 log = logging.getLogger(__name__)
 
 TICK_REAL_S = 0.5  # a kit wakes at least this often (real time) for its fail-safe and pings
+SUBSCRIBE_TIMEOUT_S = 10.0  # no SUBACK by then (a broker restarting under load): reconnect
 
 
 def identity_for(kit_id: str, seed: int) -> KitIdentity:
@@ -214,8 +215,8 @@ class DrivenKit:
             return True
         if not self.conn.connected:
             return await self._reconnect(stop)
-        self.conn.ping_if_idle()
-        with contextlib.suppress(MqttError):
+        with contextlib.suppress(MqttError):  # a link that just died: the next round
+            self.conn.ping_if_idle()          # sees it and reconnects
             await self.conn.drain()
         return True
 
@@ -245,8 +246,12 @@ class DrivenKit:
         # v2 leans on its persistent session: the broker kept the subscription (and queued
         # the commands meanwhile), so a reconnect does not re-subscribe (nor get the
         # retained command again); v1 kits always re-subscribe
-        await self._announce(subscribe=self.firmware.protocol != protocol.V2
-                             or not self.conn.session_present)
+        try:
+            await self._announce(subscribe=self.firmware.protocol != protocol.V2
+                                 or not self.conn.session_present)
+        except MqttError:
+            self.conn.abort()  # connected but deaf to commands: start over
+            raise
         if not first:
             self.counters.reconnects += 1
         pending = list(self.buffer)
@@ -263,7 +268,8 @@ class DrivenKit:
         self.conn.publish(protocol.status_topic(self.kit_id, version), protocol.encode(online),
                           1, True)
         if subscribe:
-            await self.conn.subscribe(protocol.cmd_topic(self.kit_id, version), 1)
+            await self.conn.subscribe(protocol.cmd_topic(self.kit_id, version), 1,
+                                      timeout_s=SUBSCRIBE_TIMEOUT_S)
 
     async def _announce_once(self) -> None:
         with contextlib.suppress(MqttError, TimeoutError):

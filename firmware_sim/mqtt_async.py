@@ -270,6 +270,8 @@ class MqttConnection:
                                         + bytes([qos])))
         try:
             await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError as exc:  # a broker that hangs is a link failure like any other
+            raise MqttError(f"no SUBACK in {timeout_s:g} s") from exc
         finally:
             self._suback.pop(mid, None)
 

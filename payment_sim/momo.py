@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
@@ -71,6 +72,7 @@ class MoMoSimConfig:
     status_timeout_rate: float = 0.0
     status_hang_s: float = 30.0
     seed: int | None = None
+    journal: Path | None = None  # transactions survive a restart (SIGKILL included)
 
 
 @dataclass
@@ -137,9 +139,13 @@ class MoMoSim(server.SimCore[MoMoTransaction]):
 
     def __init__(self, config: MoMoSimConfig) -> None:
         self.config = dataclasses.replace(config)
-        super().__init__(config.seed)
+        super().__init__(config.seed, config.journal)
         self.tokens: set[str] = set()
         self.by_ref: dict[str, MoMoTransaction] = {}
+
+    def restore(self) -> None:
+        for state in self.journalled():
+            self.by_ref[state["reference_id"]] = MoMoTransaction(**state)
 
     def fault_response(self) -> JSONResponse:
         return _err(500, "INTERNAL_PROCESSING_ERROR", "An internal error occurred")
@@ -162,10 +168,13 @@ class MoMoSim(server.SimCore[MoMoTransaction]):
     def add(self, tx: MoMoTransaction) -> None:
         """Register a request-to-pay directly (benchmarks pre-create thousands)."""
         self.by_ref[tx.reference_id] = tx
+        self.record(tx)
 
     # --- customers -------------------------------------------------------------------
 
     async def customer(self, tx: MoMoTransaction) -> None:
+        if tx.outcome == "never":
+            return
         await asyncio.sleep(self.config.approve_after_s)
         if tx.status == "PENDING":
             await self.settle(tx, "approve" if tx.outcome == "approve" else "fail")
@@ -185,6 +194,7 @@ class MoMoSim(server.SimCore[MoMoTransaction]):
         else:
             tx.status = "FAILED"
             tx.reason = reason or self.config.fail_reason
+        self.record(tx)
         if tx.callback_url:
             self.spawn(self.deliver_all(tx))
 
@@ -273,8 +283,7 @@ def _collections_api(sim: MoMoSim) -> APIRouter:
         if isinstance(tx, JSONResponse):
             return tx
         sim.add(tx)
-        if tx.outcome != "never":
-            sim.spawn(sim.customer(tx))
+        sim.spawn(sim.customer(tx))
         return Response(status_code=202)
 
     @router.get("/v1_0/requesttopay/{reference_id}", response_model=None)

@@ -46,6 +46,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
@@ -103,6 +104,7 @@ class PayGateSimConfig:
     redeliver_delay_s: float = 0.5  # ...after up to this long (so out of order)
     format_drift: bool = False  # vary the format as seen in the wild (see drift_body)
     seed: int | None = None
+    journal: Path | None = None  # transactions survive a restart (SIGKILL included)
 
 
 class _ConfigPatch(server.FaultPatch):
@@ -129,6 +131,8 @@ class PayGateSim(server.SimCore[SimTransaction]):
     name = "paygate sim"
     config: PayGateSimConfig
 
+    journal_key = "tx_reference"
+
     def __init__(self, config: PayGateSimConfig) -> None:
         self.config = dataclasses.replace(config)
         first = config.first_tx_reference
@@ -137,7 +141,15 @@ class PayGateSim(server.SimCore[SimTransaction]):
         self._tx_refs = itertools.count(first)
         self.by_ref: dict[int, SimTransaction] = {}
         self.by_identifier: dict[str, SimTransaction] = {}
-        super().__init__(config.seed)
+        super().__init__(config.seed, config.journal)
+
+    def restore(self) -> None:
+        for state in self.journalled():
+            tx = SimTransaction(**{**state, "created_mono": time.monotonic()})
+            self.by_ref[tx.tx_reference] = tx
+            self.by_identifier[tx.identifier] = tx
+        if self.by_ref:
+            self._tx_refs = itertools.count(max(next(self._tx_refs), max(self.by_ref) + 1))
 
     def fault_response(self) -> JSONResponse:
         return JSONResponse({"message": "Internal Server Error"},
@@ -213,15 +225,17 @@ class PayGateSim(server.SimCore[SimTransaction]):
         )
         self.by_ref[tx.tx_reference] = tx
         self.by_identifier[identifier] = tx
+        self.record(tx)
         # phone numbers stay out of logs, simulated ones too: the last 2 digits tell apart
         log.info("paygate sim: tx %d %s %d XOF from ...%s, customer will %s",
                  tx.tx_reference, identifier, amount, str(tx.phone_number)[-2:], tx.outcome)
-        if tx.outcome != "never":
-            self.spawn(self._customer(tx, self.config.approve_after_s))
+        self.spawn(self.customer(tx))
         return {"tx_reference": tx.tx_reference, "status": PAY_OK}
 
-    async def _customer(self, tx: SimTransaction, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
+    async def customer(self, tx: SimTransaction) -> None:
+        if tx.outcome == "never":
+            return
+        await asyncio.sleep(self.config.approve_after_s)
         if self.refresh(tx).state != PENDING:
             return
         await self.settle(tx, "approve" if tx.outcome == "approve" else "decline")
@@ -243,6 +257,7 @@ class PayGateSim(server.SimCore[SimTransaction]):
             tx.state = CANCELLED
         else:
             tx.state = EXPIRED
+        self.record(tx)
         log.info("paygate sim: tx %d %s", tx.tx_reference, STATE_NAMES[tx.state])
         if tx.state == PAID or (tx.state == CANCELLED and self.config.callback_on_decline):
             self.spawn(self.deliver_all(tx))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import random
 import socket
@@ -20,6 +21,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import aiohttp
@@ -99,13 +101,56 @@ class SimCore(Generic[TxT]):
     config: FaultConfig  # set by the subclass; ``/_sim/config`` replaces it
     by_ref: dict[Any, TxT]  # the subclass's transactions, oldest first
 
-    def __init__(self, seed: int | None) -> None:
+    def __init__(self, seed: int | None, journal: Path | None = None) -> None:
         self.rng = random.Random(seed)
         self.status_calls = 0
         self.status_faults = 0
+        self.journal = journal
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
         self._session: aiohttp.ClientSession | None = None
+
+    # --- the journal: a provider does not forget a payment when its process dies -----
+
+    def record(self, tx: TxT) -> None:
+        """Append the transaction's state to the journal (a line per change; the last one
+        wins on restore). Written before the answer or callback that reveals the change,
+        so a killed simulator never forgets a payment a merchant has seen."""
+        if self.journal is None:
+            return
+        state = {k: v for k, v in dataclasses.asdict(tx).items()  # type: ignore[call-overload]
+                 if k not in ("callbacks", "settled_perf")}
+        with self.journal.open("a") as fh:
+            fh.write(json.dumps(state) + "\n")
+
+    def journalled(self) -> list[dict[str, Any]]:
+        """Each journalled transaction's last state, in first-seen order (a torn last line,
+        from a kill in mid-write, is skipped)."""
+        if self.journal is None or not self.journal.exists():
+            return []
+        last: dict[str, dict[str, Any]] = {}
+        for line in self.journal.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                state = json.loads(line)
+                last[str(state[self.journal_key])] = state
+        return list(last.values())
+
+    journal_key = "reference_id"  # the field naming a transaction in the journal
+
+    def restore(self) -> None:
+        """Reload the journal (the provider's database) after a restart; pending payments'
+        customers are waiting on their phones again."""
+        raise NotImplementedError
+
+    def resume_customers(self) -> None:
+        """After a restart (on the event loop): the pending payments' customers answer."""
+        for tx in self.by_ref.values():
+            if self.is_pending(tx):
+                self.spawn(self.customer(tx))
+
+    async def customer(self, tx: TxT) -> None:
+        """The customer answers a pending payment on their phone (as the config says)."""
+        raise NotImplementedError
 
     # --- what each provider defines --------------------------------------------------
 
@@ -377,6 +422,8 @@ class Simulator(Generic[ConfigT, SimT]):
 
         @contextlib.asynccontextmanager
         async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            sim.restore()
+            sim.resume_customers()
             yield
             await sim.aclose()
 

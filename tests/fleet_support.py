@@ -94,6 +94,28 @@ def keypad_problems(kits: list[DrivenKit], accounts: dict[str, dict[str, Any]],
     return wrong
 
 
+def kit_mismatches(kits: list[DrivenKit], accounts: dict[str, dict[str, Any]],
+                   tokens: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Kits whose firmware does not hold what their account says (on the kit's clock); keypad
+    kits hold it to the day grid of their codes (tests/fleet_support.keypad_problems)."""
+    wrong = keypad_problems([k for k in kits if k.keypad is not None], accounts, tokens)
+    for k in kits:
+        if k.keypad is not None:
+            continue
+        acct, fw = accounts[k.kit_id], k.firmware
+        now = fw.clock.now()
+        if acct["owned"]:
+            ok = fw.owned and not fw.locked
+        elif acct["credit_until"] is not None and acct["credit_until"] > now:
+            ok = not fw.locked and fw.credit_until == acct["credit_until"]
+        else:
+            ok = fw.locked
+        if not ok:
+            wrong.append(f"{k.kit_id}: account {acct} firmware locked={fw.locked} "
+                         f"owned={fw.owned} credit_until={fw.credit_until}")
+    return wrong
+
+
 @dataclass
 class ControlledFleet:
     """A provisioned fleet, its control service (``api``: an admin client) and PayGate."""

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -236,3 +237,30 @@ def test_pending_payment_expires_when_configured(paygate: PayGateHandle) -> None
                json={"outcome": "never", "expire_after_s": 0.2}).raise_for_status()
     pay(paygate.url, "CIZO-E")
     assert wait_status(paygate.url, "CIZO-E", 4)["identifier"] == "CIZO-E"
+
+
+def test_a_restarted_simulator_keeps_its_transactions_from_the_journal(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """A provider does not forget a payment when its server dies: with a journal, a new
+    simulator knows the paid transaction, its pending one is answered by the customer,
+    and its next reference does not collide."""
+    journal = tmp_path / "paygate.journal"
+    config = PayGateSimConfig(auth_token=TOKEN, callback_url=receiver.url,
+                              approve_after_s=0.1, journal=journal)
+    first = run_in_thread(config)
+    try:
+        paid_ref = pay(first.url, "KEEP-1")["tx_reference"]
+        paid = wait_status(first.url, "KEEP-1", 0)
+        first.sim.config.approve_after_s = 3_600.0  # the next customer is slow to answer
+        pending_ref = pay(first.url, "KEEP-2")["tx_reference"]
+    finally:
+        first.stop()
+    second = run_in_thread(config)  # customers answer in 0.1 s again
+    try:
+        assert status_v2(second.url, "KEEP-1").json() == paid
+        assert wait_status(second.url, "KEEP-2", 0)["tx_reference"] == pending_ref
+        assert pay(second.url, "KEEP-3")["tx_reference"] > max(paid_ref, pending_ref)
+        assert pay(second.url, "KEEP-1")["status"] == 6  # still a duplicate identifier
+    finally:
+        second.stop()

@@ -25,34 +25,12 @@ from firmware_sim.scenario import (
     build_plan,
 )
 from payment_sim.paygate_wire import PAID, PENDING
-from tests.fleet_support import controlled_fleet, keypad_problems
+from tests.fleet_support import controlled_fleet, kit_mismatches
 
 ADMIN = "month-admin-key-0123456789abcdef"
 PAYGATE_TOKEN = "month-paygate-token"
 DAYS = 30
 REAL_SECONDS_FOR_THE_MONTH = 100.0
-
-
-def _mismatches(kits: list[Any], accounts: dict[str, dict[str, Any]],
-                tokens: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Kits whose firmware does not hold what their account says (on the kit's clock); keypad
-    kits hold it to the day grid of their codes (tests/fleet_support.keypad_problems)."""
-    wrong = keypad_problems([k for k in kits if k.keypad is not None], accounts, tokens)
-    for k in kits:
-        if k.keypad is not None:
-            continue
-        acct, fw = accounts[k.kit_id], k.firmware
-        now = fw.clock.now()
-        if acct["owned"]:
-            ok = fw.owned and not fw.locked
-        elif acct["credit_until"] is not None and acct["credit_until"] > now:
-            ok = not fw.locked and fw.credit_until == acct["credit_until"]
-        else:
-            ok = fw.locked
-        if not ok:
-            wrong.append(f"{k.kit_id}: account {acct} firmware locked={fw.locked} "
-                         f"owned={fw.owned} credit_until={fw.credit_until}")
-    return wrong
 
 
 def _delivery_problems(kits: list[Any], issued: dict[str, int]) -> list[str]:
@@ -110,7 +88,7 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path, caplog) -> None:
                     c["ok"] for c in t.callbacks)) for t in txs)
 
             await fleet.settle(driver, settled, 60, "payments settled")
-            await fleet.converge(lambda: _mismatches(driver.kits, fleet.accounts(),
+            await fleet.converge(lambda: kit_mismatches(driver.kits, fleet.accounts(),
                                                      fleet.codes(driver.keypad_kits)),
                                  90, "every kit in the state its account says")
             summary = driver.summary()
@@ -120,7 +98,7 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path, caplog) -> None:
         text = asyncio.run(month())
         driver = driver_box[0]
         final = fleet.accounts()
-        assert _mismatches(driver.kits, final, fleet.codes(driver.keypad_kits)) == []
+        assert kit_mismatches(driver.kits, final, fleet.codes(driver.keypad_kits)) == []
         s = driver.summary()
         print(f"\n{text}\nmonth scenario took {time.monotonic() - started:.0f} s real")
         # the scenario really exercised the paths it claims to
