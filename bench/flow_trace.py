@@ -47,7 +47,7 @@ class Recorder:
     def __init__(self) -> None:
         self.sent: list[str] = []
 
-    def publish_command(self, kit_id: str, payload: bytes) -> bool:
+    def publish_command(self, kit_id: str, payload: bytes, version: int = 1) -> bool:
         self.sent.append(kit_id)
         return True
 

@@ -13,6 +13,9 @@ starts a private Mosquitto and influxd, then:
    InfluxDB; done when its ``/metrics`` shows N written; the points are then counted in
    InfluxDB: ``lost`` = N - counted;
    (c) two bridge processes sharing the load through ``$share/bench/...``;
+   (v2) one bridge process drains the same N readings sent in kit contract v2, four to a
+   message (N/4 messages): readings/s against (b)'s v1 messages/s (goal: at least 2x),
+   ``v2_lost`` = N - counted;
 3. bad-input flood: the good messages' rate for G good messages queued alone, then for
    10,000 bad messages followed by G good ones;
 4. reconnect storm: S messages queued while the bridge is away, drained by a fresh bridge
@@ -49,7 +52,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cizo import services  # noqa: E402
+from cizo import compact, services  # noqa: E402
 
 N = int(os.environ.get("CIZO_BENCH_N", "200000"))
 KITS = int(os.environ.get("CIZO_BENCH_KITS", "10000"))
@@ -59,6 +62,7 @@ STORM = int(os.environ.get("CIZO_BENCH_STORM", "100000"))
 PROFILE = os.environ.get("CIZO_BENCH_PROFILE") == "1"
 RECEIVE_MAXIMUM = 10_000  # what the bridge asks for by default (2 x 5000-line batches)
 FILTERS = ["kits/+/telemetry", "kits/+/status"]
+V2_FILTERS = ["k/+/t", "k/+/s"]
 SESSION_EXPIRY_S = 3600
 
 
@@ -84,6 +88,23 @@ def good_messages(count: int, base_ts: int, tag: str) -> list[tuple[str, bytes]]
     return out
 
 
+V2_READINGS = 4  # a v2 message: the hour's four 15-minute readings
+
+
+def v2_messages(readings: int, base_ts: int, tag: str) -> list[tuple[str, bytes]]:
+    """``readings`` readings over KITS kits, four to a v2 message, each (kit, ts) distinct."""
+    out = []
+    for i in range(readings // V2_READINGS):
+        kit = f"{tag}{i % KITS:05d}"
+        first = i // KITS * V2_READINGS
+        rows = [{"ts": base_ts + n, "seq": n, "boot": 1, "battery_v": 12 + (i % 100) / 100,
+                 "soc": i % 100 + 0.5, "pv_w": 41.0, "load_w": 6.5, "pv_wh_total": 1000.25 + n,
+                 "load_wh_total": 800.0, "locked": False, "credit_until": None,
+                 "temp_c": 31.5} for n in range(first, first + V2_READINGS)]
+        out.append((f"k/{kit}/t", compact.encode_readings(rows)))
+    return out
+
+
 def bad_messages(count: int, tag: str) -> list[tuple[str, bytes]]:
     kinds = [b"not json", b'{"v":1,"kit_id":"X"}', b'{"v":1,"soc":NaN}', b"[1,2]"]
     return [(f"kits/{tag}{i % KITS:05d}/telemetry", kinds[i % len(kinds)])
@@ -98,7 +119,8 @@ def _client(client_id: str | None = None) -> mqtt.Client:
                        protocol=mqtt.MQTTv5)
 
 
-def create_session(port: int, client_id: str, group: str | None = None) -> None:
+def create_session(port: int, client_id: str, group: str | None = None,
+                   topics: list[str] = FILTERS) -> None:
     """A persistent session subscribed like the bridge, then disconnected."""
     c = _client(client_id)
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -107,7 +129,7 @@ def create_session(port: int, client_id: str, group: str | None = None) -> None:
     c.on_subscribe = lambda *a: done.set()
     c.connect("127.0.0.1", port, clean_start=True, properties=props)
     c.loop_start()
-    filters = [f"$share/{group}/{f}" if group else f for f in FILTERS]
+    filters = [f"$share/{group}/{f}" if group else f for f in topics]
     c.subscribe([(f, SubscribeOptions(qos=1)) for f in filters])
     if not done.wait(10):
         raise RuntimeError("subscribe timed out")
@@ -357,6 +379,9 @@ def run() -> int:
             pub_rate = publish(mport, msgs, "messages queued for 4 sessions")
             del msgs
             progress(f"published {N:,} at {pub_rate:,.0f}/s")
+            # queued now, before any bridge subscribes the v1 sessions to v2 topics too
+            create_session(mport, "bench-v2", topics=V2_FILTERS)
+            publish(mport, v2_messages(N, base_ts + 500, "V"), "v2 messages queued")
 
             assert broker.proc is not None and influx.proc is not None
             servers = {"mosquitto": broker.proc.pid, "influxd": influx.proc.pid}
@@ -397,6 +422,17 @@ def run() -> int:
             counted2 = influx_count(iport, "bench2")
             two_rate = N / secs2
             progress(f"(c) 2 bridges: {two_rate:,.0f} msg/s, counted {counted2:,}")
+
+            progress(f"(v2) one bridge draining {N:,} readings in {N // V2_READINGS:,} "
+                     "v2 messages...")
+            bv2 = BridgeProc(work, mport, iport, "benchv2", "bench-v2")
+            secs_v2 = drain([bv2], N, "v2 bridge")
+            bv2.stop()
+            counted_v2 = influx_count(iport, "benchv2")
+            v2_rate = N / secs_v2
+            progress(f"(v2) bridge: {v2_rate:,.0f} readings/s ({v2_rate / V2_READINGS:,.0f} "
+                     f"msg/s) = {v2_rate / bridge_rate:.2f}x the v1 {bridge_rate:,.0f} msg/s "
+                     f"(goal >= 2x); counted {counted_v2:,}, lost {N - counted_v2}")
 
             progress(f"(3) flood: {GOOD:,} good alone, then {BAD:,} bad + {GOOD:,} good")
             create_session(mport, "bench-flood-0")
@@ -440,6 +476,9 @@ def run() -> int:
         "two_bridges_msgs_per_s": round(two_rate),
         "two_vs_one": round(two_rate / bridge_rate, 3),
         "two_bridges_lost": N - counted2,
+        "v2_readings_per_s": round(v2_rate),
+        "v2_vs_v1_msgs": round(v2_rate / bridge_rate, 2),
+        "v2_lost": N - counted_v2,
         "publish_msgs_per_s": round(pub_rate),
         "cpu_s_during_bare": {**cpu_bare, "subscriber": round(bare_cpu, 1)},
         "cpu_s_during_bridge": cpu_bridge,

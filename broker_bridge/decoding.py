@@ -8,6 +8,10 @@ in-flight slot forever.
 
 A reading that repeats a known ``(kit, ts)`` with other values, or reuses a
 ``(boot, seq)``, is refused here too (broker_bridge.dedup).
+
+A v2 message carries several readings: each is judged alone, so one bad reading is
+dead-lettered with its reason while the others are stored (the message is acknowledged
+once both are durable).
 """
 
 from __future__ import annotations
@@ -36,11 +40,11 @@ class Received(NamedTuple):
     epoch: int  # connection generation it arrived on: acks only go back on that one
     mid: int
     qos: int
-    line: str | None  # None: refused (``dead`` says why)
+    lines: tuple[str, ...]  # one per accepted reading (v2: several), or the status line
     kit_id: str
-    dead: DeadLetter | None
+    dead: tuple[DeadLetter, ...]  # the refused message, or a v2 message's refused readings
     received: float  # time.monotonic() at receipt (lag)
-    ts: int  # the reading's ts (0 for a status)
+    ts: int  # the (earliest) reading's ts (0 for a status)
     topic: str
     payload: bytes
 
@@ -56,8 +60,8 @@ class Decoder:
 
     def decode(self, msg: mqtt.MQTTMessage, epoch: int, received: float) -> Received:
         kit_id = "?"
-        line: str | None = None
-        dead: DeadLetter | None = None
+        lines: tuple[str, ...] = ()
+        dead: tuple[DeadLetter, ...] = ()
         payload = b""
         topic = ""
         ts = 0
@@ -65,40 +69,66 @@ class Decoder:
             payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
             topic = msg.topic  # paho decodes it here: UnicodeDecodeError if not UTF-8
             parts = topic.split("/")
+            version = protocol.PROTOCOL_VERSION
             if len(parts) == 3 and parts[0] == _ROOT and protocol.is_kit_id(parts[1]):
                 kit_id, kind = parts[1], parts[2]  # the common case, without a Topic object
             else:
                 parsed = protocol.parse_topic(topic)
-                kit_id, kind = parsed.kit_id, parsed.kind
-            if kind == _TELEMETRY:
-                line, ts, dead = self._telemetry(kit_id, topic, payload)
+                kit_id, kind, version = parsed.kit_id, parsed.kind, parsed.version
+            if kind == _TELEMETRY and version == protocol.V2:
+                lines, ts, dead = self._readings(kit_id, topic, payload)
+            elif kind == _TELEMETRY:
+                tele = protocol.parse_telemetry(kit_id, payload, self.clock.now())
+                lines, dead = self._reading(tele, topic, payload)
+                ts = tele.ts
             elif kind == _STATUS:
-                status = protocol.parse_status(payload)
-                line = encode_status_line(kit_id, status, int(self.clock.now()))
+                status = protocol.parse_status(payload, version)
+                lines = (encode_status_line(kit_id, status, int(self.clock.now())),)
             else:
                 raise protocol.ContractError("bad_topic", topic)
         except protocol.ContractError as exc:
-            dead = self.rejects.reject(kit_id, exc.reason, exc.detail, topic, payload)
+            dead = (self.rejects.reject(kit_id, exc.reason, exc.detail, topic, payload),)
         except LineProtocolError as exc:
-            dead = self.rejects.reject(kit_id, exc.reason, str(exc), topic, payload)
+            dead = (self.rejects.reject(kit_id, exc.reason, str(exc), topic, payload),)
         except UnicodeDecodeError as exc:
-            dead = self.rejects.reject(kit_id, "bad_topic", str(exc), topic, payload)
+            dead = (self.rejects.reject(kit_id, "bad_topic", str(exc), topic, payload),)
         except Exception as exc:
             log.exception("unexpected error decoding message kit_id=%s mid=%d", kit_id,
                           msg.mid, extra={"kit_id": kit_id})
-            line = None
-            dead = self.rejects.reject(kit_id, INTERNAL_ERROR, repr(exc), topic, payload)
-        return Received(epoch, msg.mid, msg.qos, line, kit_id, dead, received, ts, topic,
+            lines = ()
+            dead = (self.rejects.reject(kit_id, INTERNAL_ERROR, repr(exc), topic, payload),)
+        return Received(epoch, msg.mid, msg.qos, lines, kit_id, dead, received, ts, topic,
                         payload)
 
-    def _telemetry(self, kit_id: str, topic: str,
-                   payload: bytes) -> tuple[str | None, int, DeadLetter | None]:
-        """(line, ts, None) for a new or repeated reading, (None, ts, letter) if refused."""
-        tele = protocol.parse_telemetry(kit_id, payload, self.clock.now())
+    def _reading(self, tele: protocol.Telemetry, topic: str, payload: bytes
+                 ) -> tuple[tuple[str, ...], tuple[DeadLetter, ...]]:
+        """((line,), ()) for a new or repeated reading, ((), (letter,)) if refused."""
         line = encode_line(tele)
-        ts, boot, seq = tele.ts, tele.boot, tele.seq
+        kit_id, ts, boot, seq = tele.kit_id, tele.ts, tele.boot, tele.seq
         verdict = self.recent.check(kit_id, ts, boot, seq, hash(line))
         if verdict is NEW or verdict is REPEAT:
-            return line, ts, None
-        return None, ts, self.rejects.reject(kit_id, verdict, f"ts={ts} boot={boot} seq={seq}",
-                                             topic, payload)
+            return (line,), ()
+        return (), (self.rejects.reject(kit_id, verdict, f"ts={ts} boot={boot} seq={seq}",
+                                        topic, payload),)
+
+    def _readings(self, kit_id: str, topic: str, payload: bytes
+                  ) -> tuple[tuple[str, ...], int, tuple[DeadLetter, ...]]:
+        """A v2 message: the lines of its good readings, its earliest ts, and a dead letter
+        (the whole message, with the reading's reason) for each bad one."""
+        lines: list[str] = []
+        dead: list[DeadLetter] = []
+        stamps: list[int] = []
+        for reading in protocol.parse_readings(kit_id, payload, self.clock.now()):
+            if isinstance(reading, protocol.ContractError):
+                dead.append(self.rejects.reject(kit_id, reading.reason, reading.detail,
+                                                topic, payload))
+                continue
+            try:
+                good, bad = self._reading(reading, topic, payload)
+            except LineProtocolError as exc:
+                good, bad = (), (self.rejects.reject(kit_id, exc.reason, str(exc), topic,
+                                                     payload),)
+            lines.extend(good)
+            dead.extend(bad)
+            stamps.append(reading.ts)
+        return tuple(lines), min(stamps, default=0), tuple(dead)

@@ -32,8 +32,7 @@ from cizo.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TELEMETRY_FILTER = f"{protocol.TOPIC_ROOT}/+/{protocol.TELEMETRY}"
-STATUS_FILTER = f"{protocol.TOPIC_ROOT}/+/{protocol.STATUS}"
+FILTERS = [*protocol.topic_filters(protocol.TELEMETRY), *protocol.topic_filters(protocol.STATUS)]
 
 MessageHandler = Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]
 
@@ -96,7 +95,7 @@ class MqttSession:
 
     @property
     def filters(self) -> list[str]:
-        filters = [TELEMETRY_FILTER, STATUS_FILTER]
+        filters = list(FILTERS)
         if self.shared_group:
             filters = [f"$share/{self.shared_group}/{f}" for f in filters]
         return filters

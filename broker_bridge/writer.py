@@ -130,9 +130,9 @@ class BatchWriter:
         attempt = 0
         while batch:
             if not dead_done:
-                dead_done = self.rejects.store([it.dead for it in batch if it.dead is not None])
+                dead_done = self.rejects.store([d for it in batch for d in it.dead])
             if not lines_done:
-                lines = [(it.kit_id, it.line) for it in batch if it.line is not None]
+                lines = [(it.kit_id, line) for it in batch for line in it.lines]
                 lines_done = not lines or self.durable.store(lines, batch[0].received)
             if dead_done and lines_done:
                 break
@@ -155,21 +155,23 @@ class BatchWriter:
         return kept
 
     def _check_kits(self, batch: list[Received], registry: KitRegistry) -> list[Received]:
-        """Dead-letter readings of unknown kits, or stamped before the kit existed."""
-        created = registry.created_at([it.kit_id for it in batch if it.line is not None])
+        """Dead-letter readings of unknown kits, or stamped before the kit existed (a v2
+        message by its earliest reading: a kit does not straddle its own provisioning)."""
+        created = registry.created_at([it.kit_id for it in batch if it.lines])
         if created is None:
             return batch  # cannot tell: store rather than lose (the registry logged why)
         slack = self.kit_ts_slack_s
         out = []
         for it in batch:
-            if it.line is not None:
+            if it.lines:
                 since = created.get(it.kit_id)
                 if since is None:
-                    it = it._replace(line=None, dead=self.rejects.reject(
-                        it.kit_id, UNKNOWN_KIT, "not in the kits table", it.topic, it.payload))
+                    it = it._replace(lines=(), dead=(*it.dead, self.rejects.reject(
+                        it.kit_id, UNKNOWN_KIT, "not in the kits table", it.topic,
+                        it.payload)))
                 elif it.ts and it.ts < since - slack:
-                    it = it._replace(line=None, dead=self.rejects.reject(
+                    it = it._replace(lines=(), dead=(*it.dead, self.rejects.reject(
                         it.kit_id, TS_BEFORE_KIT, f"ts={it.ts} provisioned={since:.0f}",
-                        it.topic, it.payload))
+                        it.topic, it.payload)))
             out.append(it)
         return out

@@ -1,7 +1,9 @@
-"""The kit contract, v1 (docs/protocol.md): topics, payloads and command signatures.
+"""The kit contract, v1 and v2 (docs/protocol.md): topics, payloads and command signatures.
 
 Pure code: no I/O. The bridge, the control service and the firmware simulator all
-parse and build messages through this module, so the contract lives in one place.
+parse and build messages through this module, so the contract lives in one place. v2
+is v1's rules in fewer bytes (``cizo.compact`` holds its CBOR layout): the same fields,
+the same checks, the same signing; only the encoding and the topics differ.
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NamedTuple
 
+import cbor2
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
+from cizo import compact
+
 PROTOCOL_VERSION = 1
+V2 = compact.VERSION
+VERSIONS = (PROTOCOL_VERSION, V2)
 MAX_PAYLOAD_BYTES = 4096
 MAX_FUTURE_SKEW_S = 600  # a reading stamped further ahead than this is rejected
 EARLIEST_TS = 1_577_836_800  # 2020-01-01: no CIZO kit reports from before this
@@ -28,7 +35,8 @@ STATUS = "status"
 CMD = "cmd"
 CMD_ACK = "cmd/ack"
 
-Action = Literal["unlock", "lock", "own", "rotate"]  # rotate: a new command secret (nonce)
+# rotate: a new command secret (nonce); protocol: move the kit to another contract version
+Action = Literal["unlock", "lock", "own", "rotate", "protocol"]
 AckResult = Literal["applied", "rejected"]
 
 
@@ -59,35 +67,50 @@ def is_kit_id(value: str) -> bool:
 # --- topics -------------------------------------------------------------------------
 
 
-def telemetry_topic(kit_id: str) -> str:
-    return f"{TOPIC_ROOT}/{kit_id}/{TELEMETRY}"
+def _topic(kit_id: str, kind: str, version: int) -> str:
+    if version == V2:
+        return f"{compact.TOPIC_ROOT}/{kit_id}/{compact.SHORT[kind]}"
+    return f"{TOPIC_ROOT}/{kit_id}/{kind}"
 
 
-def status_topic(kit_id: str) -> str:
-    return f"{TOPIC_ROOT}/{kit_id}/{STATUS}"
+def telemetry_topic(kit_id: str, version: int = PROTOCOL_VERSION) -> str:
+    return _topic(kit_id, TELEMETRY, version)
 
 
-def cmd_topic(kit_id: str) -> str:
-    return f"{TOPIC_ROOT}/{kit_id}/{CMD}"
+def status_topic(kit_id: str, version: int = PROTOCOL_VERSION) -> str:
+    return _topic(kit_id, STATUS, version)
 
 
-def ack_topic(kit_id: str) -> str:
-    return f"{TOPIC_ROOT}/{kit_id}/{CMD_ACK}"
+def cmd_topic(kit_id: str, version: int = PROTOCOL_VERSION) -> str:
+    return _topic(kit_id, CMD, version)
+
+
+def ack_topic(kit_id: str, version: int = PROTOCOL_VERSION) -> str:
+    return _topic(kit_id, CMD_ACK, version)
+
+
+def topic_filters(kind: str) -> list[str]:
+    """Every kit's ``kind`` topic, one MQTT filter per version."""
+    return [_topic("+", kind, version) for version in VERSIONS]
 
 
 @dataclass(frozen=True, slots=True)
 class Topic:
     kit_id: str
     kind: Literal["telemetry", "status", "cmd", "cmd/ack"]
+    version: int = PROTOCOL_VERSION
 
 
 def parse_topic(topic: str) -> Topic:
-    """Split ``kits/{kit_id}/{kind}``; raises ContractError for anything else."""
+    """Split ``kits/{kit_id}/{kind}`` (v1) or ``k/{kit_id}/{t,s,c,a}`` (v2); raises
+    ContractError for anything else."""
     parts = topic.split("/")
-    if len(parts) < 3 or parts[0] != TOPIC_ROOT or not is_kit_id(parts[1]):
+    if len(parts) < 3 or not is_kit_id(parts[1]):
         raise ContractError("bad_topic", topic)
     kind = "/".join(parts[2:])
-    if kind not in (TELEMETRY, STATUS, CMD, CMD_ACK):
+    if parts[0] == compact.TOPIC_ROOT and kind in compact.KINDS:
+        return Topic(kit_id=parts[1], kind=compact.KINDS[kind], version=V2)  # type: ignore[arg-type]
+    if parts[0] != TOPIC_ROOT or kind not in (TELEMETRY, STATUS, CMD, CMD_ACK):
         raise ContractError("bad_topic", topic)
     return Topic(kit_id=parts[1], kind=kind)  # type: ignore[arg-type]
 
@@ -131,10 +154,11 @@ Count = Annotated[int, Field(ge=0)]
 
 
 class Telemetry(NamedTuple):
-    """One validated v1 reading. A NamedTuple, not a model: the bridge builds one per
-    message, and a tuple costs a fraction of a model (see ``parse_telemetry``)."""
+    """One validated reading (v1, or one of a v2 message's). A NamedTuple, not a model:
+    the bridge builds one per reading, and a tuple costs a fraction of a model (see
+    ``parse_telemetry``)."""
 
-    v: Literal[1]
+    v: Literal[1, 2]
     kit_id: KitId
     ts: int
     seq: Count
@@ -155,13 +179,13 @@ _TELEMETRY_FIELDS = frozenset(Telemetry._fields)
 
 
 class Status(_Strict):
-    v: Literal[1]
+    v: Literal[1, 2]  # the version a kit speaks: it announces it in every status
     online: bool
     fw: str | None = None
 
 
 class Command(_Strict):
-    v: Literal[1]
+    v: Literal[1, 2]
     kit_id: str
     id: str
     seq: int = Field(ge=1)
@@ -169,19 +193,20 @@ class Command(_Strict):
     credit_until: int | None
     issued_at: int
     expires_at: int
-    sig: str
+    sig: str | bytes  # v1: hex text; v2: the 32 raw bytes
     nonce: str | None = None  # rotate only: 32 hex chars, see derive_rotated_secret
+    protocol: int | None = None  # the "protocol" action only: the version to speak next
 
 
 class Ack(_Strict):
-    v: Literal[1]
+    v: Literal[1, 2]
     id: str
     seq: int
     result: AckResult
     reason: str | None = None
     locked: bool
     credit_until: int | None
-    sig: str | None = None  # optional in v1: HMAC of the ack under the kit's secret
+    sig: str | bytes | None = None  # optional in v1: HMAC of the ack under the kit's secret
 
 
 def _loads(payload: bytes) -> Any:
@@ -213,6 +238,21 @@ def _loads(payload: bytes) -> Any:
         raise ContractError("not_json", str(exc)[:200]) from exc
     except ValueError as exc:  # e.g. an integer literal beyond Python's digit limit
         raise ContractError("not_json", str(exc)[:200]) from exc
+    if not isinstance(data, dict):
+        raise ContractError("not_object", type(data).__name__)
+    return data
+
+
+def _load(payload: bytes, version: int) -> Any:
+    """A status, command or ack payload as a dict: JSON for v1, a CBOR map for v2."""
+    if version != V2:
+        return _loads(payload)
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ContractError("oversized", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        data = compact.loads(payload)
+    except compact.LayoutError as exc:
+        raise ContractError(exc.reason, exc.detail) from exc
     if not isinstance(data, dict):
         raise ContractError("not_object", type(data).__name__)
     return data
@@ -250,11 +290,14 @@ def _contract_error(exc: ValidationError) -> ContractError:
     return ContractError(reason, f"{field}: {first['msg']}")
 
 
-def _model(cls: type[_Strict], data: Any) -> Any:
+def _model(cls: type[_Strict], data: Any, version: int = PROTOCOL_VERSION) -> Any:
     try:
-        return cls.model_validate(data)
+        msg = cls.model_validate(data)
     except ValidationError as exc:
         raise _contract_error(exc) from exc
+    if msg.v != version:  # type: ignore[attr-defined]
+        raise ContractError("wrong_version", f"v={msg.v} on a v{version} topic")  # type: ignore[attr-defined]
+    return msg
 
 
 def parse_telemetry(topic_kit_id: str, payload: bytes, now: float) -> Telemetry:
@@ -278,9 +321,11 @@ def _strict_telemetry(topic_kit_id: str, payload: bytes, now: float) -> Telemetr
     return validate_reading(_loads(payload), topic_kit_id, now)
 
 
-def validate_reading(data: Any, kit_id: str, now: float) -> Telemetry:
-    """One decoded reading (a dict of v1 fields) checked against the contract for ``kit_id``:
-    the rules every reading obeys, however it arrived (MQTT v1, OpenPAYGO Metrics)."""
+def validate_reading(data: Any, kit_id: str, now: float,
+                     version: int = PROTOCOL_VERSION) -> Telemetry:
+    """One decoded reading (a dict of reading fields) checked against the contract for
+    ``kit_id``: the rules every reading obeys, however it arrived (MQTT v1's JSON object, a
+    v2 reading, OpenPAYGO Metrics)."""
     if not isinstance(data, dict):
         raise ContractError("not_object", type(data).__name__)
     try:
@@ -288,6 +333,8 @@ def validate_reading(data: Any, kit_id: str, now: float) -> Telemetry:
                                            if k in _TELEMETRY_FIELDS})  # extra keys ignored
     except ValidationError as exc:
         raise _contract_error(exc) from exc
+    if tele.v != version:
+        raise ContractError("wrong_version", f"v={tele.v} on a v{version} topic")
     if tele.kit_id != kit_id:
         raise ContractError("kit_id_mismatch", f"payload {tele.kit_id!r} on topic {kit_id!r}")
     if tele.ts > now + MAX_FUTURE_SKEW_S:
@@ -356,19 +403,111 @@ def _plain_telemetry(topic_kit_id: str, payload: bytes, now: float) -> Telemetry
         return None
 
 
-def parse_status(payload: bytes) -> Status:
-    status: Status = _model(Status, _loads(payload))
+def parse_readings(topic_kit_id: str, payload: bytes, now: float
+                   ) -> list[Telemetry | ContractError]:
+    """Validate one v2 telemetry message received on ``k/{topic_kit_id}/t``: each of its
+    readings, or the ContractError that reading alone breaks (the others stand). A message
+    whose envelope is broken (not CBOR, wrong version, bad header) raises ContractError:
+    none of its readings can be trusted then.
+
+    Two implementations of the same rules, as for v1: ``_plain_readings`` answers for a
+    plainly valid message (a fifth of the time), anything else goes to
+    ``_strict_readings``, which gives each reason (tests/test_protocol_v2.py: they agree).
+    """
+    readings = _plain_readings(topic_kit_id, payload, now)
+    if readings is not None:
+        return readings
+    return _strict_readings(topic_kit_id, payload, now)
+
+
+_SCALED = tuple(compact.SCALES.values())
+_V2_RANGES = (VOLTS_RANGE, PERCENT_RANGE, WATTS_RANGE, WATTS_RANGE, WATT_HOURS_RANGE,
+              WATT_HOURS_RANGE, CELSIUS_RANGE)  # in compact.SCALES's order
+_cbor_loads = cbor2.loads
+_list = list
+
+
+def _plain_readings(topic_kit_id: str, payload: bytes, now: float
+                    ) -> list[Telemetry | ContractError] | None:
+    """The readings if the whole message is plainly valid, else None: never refuses,
+    never accepts what ``_strict_readings`` refuses. Exact types, plain comparisons."""
+    if len(payload) > MAX_PAYLOAD_BYTES or not is_kit_id(topic_kit_id):
+        return None
+    try:
+        v, boot, seq0, ts0, credit, rows = _cbor_loads(payload)
+        if (type(v) is not _int or v != V2 or type(boot) is not _int or boot < 0
+                or type(seq0) is not _int or seq0 < 0 or type(ts0) is not _int
+                or (credit is not None and type(credit) is not _int)
+                or type(rows) is not _list or not 0 < len(rows) <= compact.MAX_READINGS):
+            return None
+        latest = now + MAX_FUTURE_SKEW_S
+        out: list[Telemetry | ContractError] = []
+        for i, row in enumerate(rows):
+            dts, bat, soc, pv, load, pv_wh, load_wh, temp, locked = row
+            ts = ts0 + dts
+            values = []
+            for x, scale, (low, high) in zip((bat, soc, pv, load, pv_wh, load_wh, temp),
+                                             _SCALED, _V2_RANGES, strict=True):
+                if type(x) is not _int:
+                    return None
+                f = x / scale
+                if not low <= f <= high or not _isfinite(f):
+                    return None
+                values.append(f)
+            if (type(dts) is not _int or type(locked) is not _bool
+                    or not EARLIEST_TS <= ts <= latest):
+                return None
+            out.append(_new_telemetry(Telemetry, (
+                V2, topic_kit_id, ts, seq0 + i, boot, values[0], values[1], values[2],
+                values[3], values[4], values[5], locked, credit, values[6])))
+        return out
+    except (ValueError, TypeError, OverflowError, KeyError, RecursionError, MemoryError,
+            cbor2.CBORDecodeError):
+        return None
+
+
+def _strict_readings(topic_kit_id: str, payload: bytes, now: float
+                     ) -> list[Telemetry | ContractError]:
+    """Each reading checked rule by rule (``validate_reading``), with its reason."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ContractError("oversized", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        _header, readings = compact.decode_readings(payload)
+    except compact.LayoutError as exc:
+        raise ContractError(exc.reason, exc.detail) from exc
+    out: list[Telemetry | ContractError] = []
+    for reading in readings:
+        if isinstance(reading, compact.LayoutError):
+            out.append(ContractError(reading.reason, reading.detail))
+            continue
+        try:
+            out.append(validate_reading({**reading, "kit_id": topic_kit_id}, topic_kit_id, now,
+                                        V2))
+        except ContractError as exc:
+            out.append(ContractError(exc.reason, f"reading seq={reading['seq']}: {exc.detail}"))
+    return out
+
+
+def parse_status(payload: bytes, version: int = PROTOCOL_VERSION) -> Status:
+    status: Status = _model(Status, _load(payload, version), version)
     return status
 
 
-def parse_ack(payload: bytes) -> Ack:
-    ack: Ack = _model(Ack, _loads(payload))
+def parse_ack(payload: bytes, version: int = PROTOCOL_VERSION) -> Ack:
+    ack: Ack = _model(Ack, _load(payload, version), version)
     return ack
 
 
-def parse_command(payload: bytes) -> Command:
-    cmd: Command = _model(Command, _loads(payload))
+def parse_command(payload: bytes, version: int = PROTOCOL_VERSION) -> Command:
+    cmd: Command = _model(Command, _load(payload, version), version)
     return cmd
+
+
+def fields_of(payload: bytes, version: int = PROTOCOL_VERSION) -> dict[str, Any]:
+    """A parsed message's fields exactly as sent (what its signature covers, unknown
+    fields included); call after ``parse_command`` or ``parse_ack`` accepted it."""
+    data: dict[str, Any] = _load(payload, version)
+    return data
 
 
 # --- command signatures --------------------------------------------------------------
@@ -382,21 +521,32 @@ def new_command_secret() -> str:
 
 
 def canonical_bytes(fields: dict[str, Any]) -> bytes:
-    """The exact bytes that are signed: the command without ``sig``, canonical JSON."""
+    """The exact bytes that are signed: the message without ``sig``, in its version's
+    canonical form: canonical JSON for v1, deterministic CBOR (RFC 8949 4.2) for v2."""
     body = {k: v for k, v in fields.items() if k != "sig"}
+    if body.get("v") == V2:
+        return compact.dumps(body)
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def sign(fields: dict[str, Any], secret_hex: str) -> str:
-    return hmac.new(bytes.fromhex(secret_hex), canonical_bytes(fields), hashlib.sha256).hexdigest()
+def mac(fields: dict[str, Any], secret_hex: str) -> bytes:
+    """HMAC-SHA256 of the canonical bytes under the secret's 32 raw bytes."""
+    return hmac.new(bytes.fromhex(secret_hex), canonical_bytes(fields), hashlib.sha256).digest()
+
+
+def sign(fields: dict[str, Any], secret_hex: str) -> str | bytes:
+    """The ``sig`` value: hex text in v1, the raw 32 bytes in v2."""
+    digest = mac(fields, secret_hex)
+    return digest if fields.get("v") == V2 else digest.hex()
 
 
 def verify(fields: dict[str, Any], secret_hex: str) -> bool:
     """Constant-time check of ``fields['sig']`` against the kit's secret."""
     sig = fields.get("sig")
-    if not isinstance(sig, str):
+    if not isinstance(sig, str | bytes) or isinstance(sig, str) == (fields.get("v") == V2):
         return False
-    return hmac.compare_digest(sign(fields, secret_hex), sig)
+    expected = sign(fields, secret_hex)
+    return hmac.compare_digest(expected, sig)  # type: ignore[arg-type]
 
 
 def build_command(
@@ -410,10 +560,13 @@ def build_command(
     expires_at: int,
     secret_hex: str,
     nonce: str | None = None,
+    protocol: int | None = None,
+    version: int = PROTOCOL_VERSION,
 ) -> dict[str, Any]:
-    """A signed v1 command, ready to be published as JSON (``nonce``: rotate only)."""
+    """A signed command in ``version``, ready for ``encode`` (``nonce``: rotate only;
+    ``protocol``: the "protocol" action only)."""
     fields: dict[str, Any] = {
-        "v": PROTOCOL_VERSION,
+        "v": version,
         "kit_id": kit_id,
         "id": command_id,
         "seq": seq,
@@ -424,6 +577,8 @@ def build_command(
     }
     if nonce is not None:
         fields["nonce"] = nonce
+    if protocol is not None:
+        fields["protocol"] = protocol
     fields["sig"] = sign(fields, secret_hex)
     return fields
 
@@ -448,7 +603,10 @@ def sign_ack(fields: dict[str, Any], secret_hex: str) -> dict[str, Any]:
 
 
 def encode(message: dict[str, Any] | BaseModel) -> bytes:
-    """Compact JSON for the wire."""
+    """A status, command or ack for the wire, in its ``v``: compact JSON for v1,
+    deterministic CBOR for v2."""
     if isinstance(message, BaseModel):
         message = message.model_dump()
+    if message.get("v") == V2:
+        return compact.dumps(message)
     return json.dumps(message, separators=(",", ":")).encode()

@@ -36,6 +36,7 @@ log = logging.getLogger("cizo")
 
 PORT_FLAGS = {
     "mqtt": ("CIZO_MQTT_PORT", 11883),
+    "mqtt-tls": ("CIZO_MQTT_TLS_PORT", 18883),
     "api": ("CIZO_API_PORT", 8000),
     "influx": ("CIZO_INFLUX_PORT", 18086),
     "paygate": ("CIZO_PAYGATE_PORT", 18090),
@@ -68,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
                     default=Path(os.environ.get("CIZO_STACK_DIR", "var/stack")),
                     help="where the local stack keeps its state (env CIZO_STACK_DIR)")
     up.add_argument("--fresh", action="store_true", help="wipe the data directory first")
+    up.add_argument("--fleet-tls", action="store_true",
+                    default=os.environ.get("CIZO_SIM_TLS") == "1",
+                    help="the simulated fleet connects through the TLS listener "
+                         "(env CIZO_SIM_TLS=1)")
     up.add_argument("--pay-every", type=float, default=15.0,
                     help="seconds between simulated customer payments (0: none)")
 
@@ -142,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
             mqtt_port=args.mqtt_port, api_port=args.api_port, influx_port=args.influx_port,
             paygate_port=args.paygate_port, momo_port=args.momo_port, kits=args.kits,
             data_dir=args.data_dir, fresh=args.fresh, pay_every_s=args.pay_every,
+            mqtt_tls_port=args.mqtt_tls_port, fleet_tls=args.fleet_tls,
         ))
     if args.command == "paygate-sim":
         from payment_sim.paygate import PayGateSimConfig, serve

@@ -5,6 +5,11 @@ the PayGate simulator, the bridge, the control service; provisions the simulated
 through the API; starts the fleet simulator and a stream of simulated customer
 payments. Ctrl-C (or SIGTERM) stops every process it started, newest first.
 
+The broker listens twice: plain MQTT, and TLS with a certificate from a local CA that
+``cizo up`` generates into ``<data dir>/tls/`` on first start (``ca.crt`` is what a kit or
+client must trust; ``--fleet-tls`` sends the simulated fleet through it). Both listeners
+have the same doors.
+
 The broker has the production doors: anonymous clients are refused, the client id is
 the username, and Mosquitto's dynamic-security plugin holds the accounts, which the
 ledger drives (control/security/broker_auth.py): the stack reconciles it once at start
@@ -52,6 +57,8 @@ class StackOptions:
     data_dir: Path
     fresh: bool = False
     pay_every_s: float = 15.0
+    mqtt_tls_port: int = 18883
+    fleet_tls: bool = False  # the simulated fleet connects through the TLS listener
 
 
 # tunables a developer may override from the environment when running the local stack
@@ -75,13 +82,48 @@ def _persistent_secret(path: Path, make: str) -> str:
     return make
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """The local stack's TLS material: a CA and the broker's certificate, under ``dir``."""
+
+    dir: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / "ca.crt"
+
+    @property
+    def cert(self) -> Path:
+        return self.dir / "server.crt"
+
+    @property
+    def key(self) -> Path:
+        return self.dir / "server.key"
+
+    def ensure(self) -> BrokerTls:
+        """Generate the CA and a server certificate for 127.0.0.1/localhost on first start;
+        kept afterwards, so clients that trust ``ca.crt`` keep trusting the broker."""
+        from control.security.pki import make_ca, make_server_cert
+
+        if self.ca.exists() and self.cert.exists() and self.key.exists():
+            return self
+        ca = make_ca("CIZO local stack CA")
+        ca.write(self.dir, "ca")
+        make_server_cert(ca, ["127.0.0.1", "localhost"]).write(self.dir, "server")
+        log.info("TLS: generated a local CA and broker certificate in %s", self.dir)
+        return self
+
+
 def mqtt_login_accepted(port: int, username: str | None, password: str | None,
-                        timeout_s: float = 5.0) -> bool | None:
-    """Whether the broker accepts this login: True/False from its CONNACK, None if none came."""
+                        timeout_s: float = 5.0, *, tls_ca: Path | None = None) -> bool | None:
+    """Whether the broker accepts this login: True/False from its CONNACK, None if none came
+    (``tls_ca``: over TLS, trusting that CA)."""
     verdict: list[bool] = []
     done = threading.Event()
     client = mqtt.Client(CallbackAPIVersion.VERSION2,
                          client_id=f"cizo-up-probe-{secrets.token_hex(4)}")
+    if tls_ca is not None:
+        client.tls_set(ca_certs=str(tls_ca))
     if username is not None:
         client.username_pw_set(username, password)
 
@@ -112,6 +154,7 @@ class Stack:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.stopping = threading.Event()
         self.broker_dir = self.dir / "mosquitto"
+        self.tls = BrokerTls(self.dir / "tls")
 
     # --- environment shared by every child ------------------------------------------
 
@@ -194,8 +237,8 @@ class Stack:
 
     def check_ports(self) -> None:
         o = self.opts
-        ports = {"mqtt": o.mqtt_port, "api": o.api_port, "influx": o.influx_port,
-                 "paygate": o.paygate_port, "momo": o.momo_port}
+        ports = {"mqtt": o.mqtt_port, "mqtt-tls": o.mqtt_tls_port, "api": o.api_port,
+                 "influx": o.influx_port, "paygate": o.paygate_port, "momo": o.momo_port}
         taken = [f"{name} port {port}" for name, port in ports.items()
                  if not services.port_is_free(port)]
         if taken:
@@ -229,9 +272,13 @@ class Stack:
         migrate(env["CIZO_DATABASE_URL"])
         broker = self.broker_settings(env)
         assert broker.broker_admin_password is not None
+        tls = self.tls.ensure()
         mqtt = services.mosquitto_with_doors(
             self.broker_dir, o.mqtt_port, admin_user=broker.broker_admin_username,
-            admin_password=broker.broker_admin_password.get_secret_value())
+            admin_password=broker.broker_admin_password.get_secret_value(),
+            # the kits' TLS door: the same accounts, and the client id is the username
+            listeners=(services.Listener(o.mqtt_tls_port, certfile=tls.cert, keyfile=tls.key,
+                                         username_as_clientid=True),))
         influx = services.influxd(self.dir / "influxdb", o.influx_port)
         for p in (mqtt, influx):
             p.start()
@@ -251,8 +298,15 @@ class Stack:
         fleet = self.provision(api, env["CIZO_ADMIN_API_KEY"])
         if fleet is not None:
             self.wait_kit_login(fleet)
-            self.spawn("sim", ["sim", "--fleet", str(fleet)], env)
+            self.spawn("sim", ["sim", "--fleet", str(fleet)], self.fleet_env(env))
         return env
+
+    def fleet_env(self, env: dict[str, str]) -> dict[str, str]:
+        """The simulated fleet's environment: through the TLS listener if asked."""
+        if not self.opts.fleet_tls:
+            return env
+        return {**env, "CIZO_MQTT_PORT": str(self.opts.mqtt_tls_port),
+                "CIZO_MQTT_TLS_CA": str(self.tls.ca)}
 
     def wait_http(self, url: str, name: str, timeout_s: float = 30) -> None:
         deadline = time.monotonic() + timeout_s
@@ -360,9 +414,11 @@ def run_stack(opts: StackOptions) -> int:
             f"  API        {api}/v1   (docs {api}/docs)\n"
             f"  dashboard  {api}/dashboard\n"
             f"  broker     mqtt://127.0.0.1:{opts.mqtt_port}\n"
+            f"             mqtts://127.0.0.1:{opts.mqtt_tls_port}  (CA {stack.tls.ca})\n"
+            f"  fleet link {'TLS' if opts.fleet_tls else 'plain'}\n"
             f"  influxdb   http://127.0.0.1:{opts.influx_port}  (database cizo)\n"
             f"  paygate    http://127.0.0.1:{opts.paygate_port}  (simulator; MTN MoMo on "
-            f"{opts.paygate_port + 1})\n"
+            f"{opts.momo_port})\n"
             f"  fleet      {opts.kits} simulated kits\n"
             f"  admin key  {admin_key_source}\n"
             f"  logs       {stack.dir / 'logs'}\n"

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from firmware_sim.keypad import token_in_text
 log = logging.getLogger(__name__)
 
 MOMO = "MTN"  # the network name of payments made by MTN MoMo request-to-pay
+PAYGATE_INTENTS = "/v1/payments/intents"
+MOMO_INTENTS = "/v1/payments/momo/intents"
 CODES_POLL_REAL_S = 0.25  # how often the customers' SMS inbox / support is looked at
 SUPPORT_WAIT_REAL_S = 30.0  # after paying, a keypad customer asks support this long
 
@@ -71,6 +74,7 @@ class PayingCustomers:
         self.clock = clock
         self.made = 0
         self.failed = 0
+        self.paid_at: dict[str, list[float]] = {}  # kit -> time.monotonic() of each payment
 
     async def run(self, stop: asyncio.Event) -> None:
         queue = sorted((p.at, k.kit_id, p.amount_fcfa, k.plan.phone, self._network(k))
@@ -106,19 +110,28 @@ class PayingCustomers:
     async def _pay(self, http: httpx.AsyncClient, sem: asyncio.Semaphore, kit_id: str,
                    amount: int, phone: str, network: str) -> None:
         body: dict[str, Any] = {"kit_id": kit_id, "amount_fcfa": amount, "phone": phone}
-        path = "/v1/payments/momo/intents"
-        if network != MOMO:
-            body["network"], path = network, "/v1/payments/intents"
+        if network == MOMO:
+            # no Idempotency-Key on this endpoint: retried only when asked (opts.retries)
+            path, headers, tries = MOMO_INTENTS, {}, self.opts.retries + 1
+        else:
+            # one key for every try: the API replays the first answer to a retry
+            # (control/api/idempotency.py), so an answer lost with its connection is never
+            # paid twice, and one more try is always safe
+            body["network"], path = network, PAYGATE_INTENTS
+            headers = {"Idempotency-Key": uuid.uuid4().hex}
+            tries = max(self.opts.retries, 1) + 1
         async with sem:
-            for attempt in range(self.opts.retries + 1):
+            started = time.monotonic()
+            for attempt in range(tries):
                 if attempt:
                     await asyncio.sleep(self.opts.retry_wait_s)
                 try:
-                    r = await http.post(path, json=body)
+                    r = await http.post(path, json=body, headers=headers)
                 except httpx.HTTPError as exc:
                     error = repr(exc)
                     continue
-                if r.status_code < 500:
+                # 409 under a key: the first try is still being answered; ask again
+                if r.status_code < 500 and not (headers and r.status_code == 409):
                     break
                 error = f"HTTP {r.status_code}"
             else:
@@ -128,6 +141,7 @@ class PayingCustomers:
                 return
         if r.status_code == 201:
             self.made += 1
+            self.paid_at.setdefault(kit_id, []).append(started)
             kit = self.by_id.get(kit_id)
             if kit is not None and kit.keypad is not None:
                 kit.support_until = time.monotonic() + SUPPORT_WAIT_REAL_S

@@ -20,6 +20,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import httpx
@@ -29,9 +30,9 @@ from cizo.clock import Clock
 from firmware_sim.clocks import DriftingClock, clock_speed, sleep_or_stop
 from firmware_sim.firmware import KitFirmware
 from firmware_sim.keypad import Keypad, KeypadResult
-from firmware_sim.kit import OFFLINE, KitIdentity
+from firmware_sim.kit import KitIdentity
 from firmware_sim.metrics_link import MetricsLink
-from firmware_sim.mqtt_async import MqttConnection, MqttError, WireCounters
+from firmware_sim.mqtt_async import MqttConnection, MqttError, ResumingTLS, WireCounters
 from firmware_sim.physics import KitProfile
 from firmware_sim.scenario import FleetPlan, KitPlan
 
@@ -51,6 +52,7 @@ class Fleet(Protocol):
     sim_end: float | None
     settling: bool
     metrics_http: httpx.AsyncClient | None  # the control API, for Metrics devices
+    tls_ca: Path | None  # connect over TLS trusting this CA (session resumption on)
 
 log = logging.getLogger(__name__)
 
@@ -95,20 +97,23 @@ class DrivenKit:
         profile = KitProfile.for_kit(self.kit_id, household=plan.household, size=plan.size,
                                      weather_seed=hash(plan.region) & 0xFFFF)
         self.firmware = KitFirmware(self.kit_id, identity.command_secret, self.clock,
-                                    profile=profile)
+                                    profile=profile, protocol_version=plan.protocol)
         self.firmware.tamper = "tamper" in plan.misbehaviour
         self.firmware.stuck_sensor = "stuck_sensor" in plan.misbehaviour
         self.rng = random.Random(f"{fleet.plan.seed}:{self.kit_id}")
         self.counters = KitCounters()
         self.wire = WireCounters()
-        self.buffer: deque[bytes] = deque(maxlen=fleet.buffer_limit)
+        self.buffer: deque[bytes] = deque(maxlen=fleet.buffer_limit)  # messages, not readings
         self.interval = sc.telemetry_interval_s
         self.conn = MqttConnection(
             fleet.host, fleet.port, identity.mqtt_username or self.kit_id,
             username=identity.mqtt_username, password=identity.mqtt_password,
             keepalive=sc.keepalive_s, clean_session=False,
-            will=(protocol.status_topic(self.kit_id), OFFLINE, 1, True),
-            on_message=self._on_message, counters=self.wire, local_addr=fleet.local_addr)
+            will=_offline(self.kit_id, plan.protocol),
+            on_message=self._on_message, counters=self.wire, local_addr=fleet.local_addr,
+            tls=ResumingTLS.trusting(str(fleet.tls_ca)) if fleet.tls_ca else None,
+            keepalive_clock=self.clock.now if sc.network.keepalive_clock == "simulated"
+            else None)
         self._outage_i = 0
         self._reconnect_attempt = 0  # 0: connect at once; n: jittered backoff of attempt n
         self.wire_at_start = 0  # bytes before the first reading (connect, subscribe)
@@ -125,6 +130,8 @@ class DrivenKit:
         self.codes_seen: set[str] = set()
         self.token_count_seen = -1  # newest count read from the support API
         self.support_until = 0.0  # monotonic deadline: the customer waits on support
+        self._announcing: asyncio.Task[None] | None = None
+        self.applied_at: list[float] = []  # time.monotonic() of each new command applied
 
     # --- schedule ------------------------------------------------------------------
 
@@ -184,7 +191,8 @@ class DrivenKit:
         return next_report + (behind + 1) * self.interval  # a sleeping kit skips, not floods
 
     def _real_wait(self, next_report: float, outage_end: float | None) -> float:
-        """Real seconds until the next thing to do: a reading, a code, an outage's end."""
+        """Real seconds until the next thing to do: a reading, a code, an outage's start or
+        end, a keepalive ping (on the simulated clock)."""
         clock = self.fleet.clock
         speed = clock_speed(clock)
         wait = (next_report - clock.now()) / speed
@@ -194,7 +202,19 @@ class DrivenKit:
             wait = min(wait, (self.metrics.next_post - clock.now()) / speed)
         if outage_end is not None:
             wait = min(wait, (outage_end - clock.now()) / speed)
+        elif self._outage_i < len(self.plan.outages):  # wake for the next link drop too
+            wait = min(wait, (self.plan.outages[self._outage_i][0] - clock.now()) / speed)
+        if self.fleet.plan.scenario.network.keepalive_clock == "simulated":
+            wait = min(wait, self.keepalive_s / speed)  # pings due on the simulated clock
         return max(0.0, min(TICK_REAL_S, wait))
+
+    @property
+    def keepalive_s(self) -> int:
+        """The keepalive of the version the kit speaks now."""
+        sc = self.fleet.plan.scenario
+        if self.firmware.protocol == protocol.V2 and sc.protocols.v2_keepalive_s:
+            return sc.protocols.v2_keepalive_s
+        return sc.keepalive_s
 
     # --- the link ------------------------------------------------------------------
 
@@ -236,12 +256,15 @@ class DrivenKit:
 
     async def connect(self) -> None:
         first = self.counters.reconnects == 0 and self.wire.connects == 0
+        self.conn.will = _offline(self.kit_id, self.firmware.protocol)
+        self.conn.keepalive = self.keepalive_s
         await self.conn.connect()
-        online = {"v": protocol.PROTOCOL_VERSION, "online": True, "fw": self.firmware.fw}
-        self.conn.publish(protocol.status_topic(self.kit_id), protocol.encode(online), 1, True)
+        # v2 leans on its persistent session: the broker kept the subscription (and queued
+        # the commands meanwhile), so a reconnect does not re-subscribe (nor get the
+        # retained command again); v1 kits always re-subscribe
         try:
-            await self.conn.subscribe(protocol.cmd_topic(self.kit_id), 1,
-                                      timeout_s=SUBSCRIBE_TIMEOUT_S)
+            await self._announce(subscribe=self.firmware.protocol != protocol.V2
+                                 or not self.conn.session_present)
         except MqttError:
             self.conn.abort()  # connected but deaf to commands: start over
             raise
@@ -253,11 +276,27 @@ class DrivenKit:
             self._send_telemetry(payload)
         await self.conn.drain()
 
+    async def _announce(self, *, subscribe: bool = True) -> None:
+        """Online, in the version the kit speaks (how the server learns it), and listening
+        for commands in it."""
+        version = self.firmware.protocol
+        online = {"v": version, "online": True, "fw": self.firmware.fw}
+        self.conn.publish(protocol.status_topic(self.kit_id, version), protocol.encode(online),
+                          1, True)
+        if subscribe:
+            await self.conn.subscribe(protocol.cmd_topic(self.kit_id, version), 1,
+                                      timeout_s=SUBSCRIBE_TIMEOUT_S)
+
+    async def _announce_once(self) -> None:
+        with contextlib.suppress(MqttError, TimeoutError):
+            await self._announce()
+
     async def stop(self) -> None:
         """Clean shutdown: offline status, DISCONNECT (the will is not sent then)."""
         if self.conn.connected:
             with contextlib.suppress(MqttError):
-                self.conn.publish(protocol.status_topic(self.kit_id), OFFLINE, 1, True)
+                topic, offline, _qos, _retain = _offline(self.kit_id, self.firmware.protocol)
+                self.conn.publish(topic, offline, 1, True)
                 deadline = time.monotonic() + 5
                 while self.conn.inflight and self.conn.connected and \
                         time.monotonic() < deadline:
@@ -269,19 +308,20 @@ class DrivenKit:
     # --- telemetry and misbehaviour --------------------------------------------------
 
     def reading(self) -> None:
-        payload = protocol.encode(self.firmware.telemetry())
-        if self.conn.connected:
-            self._send_telemetry(payload)
-            self._misbehave()
-        else:
-            if len(self.buffer) == self.buffer.maxlen:
-                self.counters.dropped_from_buffer += 1
-            self.buffer.append(payload)
-            self.counters.buffered_total += 1
+        for payload in self.firmware.report():
+            if self.conn.connected:
+                self._send_telemetry(payload)
+                self._misbehave()
+            else:
+                if len(self.buffer) == self.buffer.maxlen:
+                    self.counters.dropped_from_buffer += 1
+                self.buffer.append(payload)
+                self.counters.buffered_total += 1
 
     def _send_telemetry(self, payload: bytes) -> None:
         try:
-            self.conn.publish(protocol.telemetry_topic(self.kit_id), payload, 1)
+            self.conn.publish(protocol.telemetry_topic(self.kit_id, self.firmware.protocol),
+                              payload, 1)
             self.counters.telemetry_sent += 1
         except MqttError:
             self.buffer.append(payload)
@@ -289,7 +329,8 @@ class DrivenKit:
     def _misbehave(self) -> None:
         """Now and then (one reading in ten), do what a broken or hacked kit does."""
         bad = self.plan.misbehaviour - {"tamper", "stuck_sensor", "never_ack"}
-        if not bad or self.rng.random() >= 0.1:
+        if not bad or self.firmware.protocol != protocol.PROTOCOL_VERSION \
+                or self.rng.random() >= 0.1:  # v1's misbehaviours: v2 kits behave
             return
         kind = self.rng.choice(sorted(bad))
         self.counters.misbehaviours += 1
@@ -362,17 +403,30 @@ class DrivenKit:
     async def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         if not payload:
             return  # the broker clearing the retained command
-        self._handle_command(payload)
+        speaking = self.firmware.protocol
+        self._handle_command(payload, protocol.parse_topic(topic).version)
+        if self.firmware.protocol != speaking:  # a "protocol" command: say so, listen there
+            # not awaited here: this runs on the read loop, which must read the SUBACK
+            self._announcing = asyncio.get_running_loop().create_task(self._announce_once())
 
-    def _handle_command(self, payload: bytes) -> None:
+    def _handle_command(self, payload: bytes, version: int = protocol.PROTOCOL_VERSION) -> None:
         self.counters.commands_received += 1
-        ack = self.firmware.handle_command(payload)
+        seq_before = self.firmware.last_seq
+        ack = self.firmware.handle_command(payload, version)
         if ack["result"] == "applied":
             self.counters.commands_applied += 1
+            if self.firmware.last_seq != seq_before:
+                self.applied_at.append(time.monotonic())
         else:
             self.counters.commands_rejected += 1
         if "never_ack" in self.plan.misbehaviour:
             return
         with contextlib.suppress(MqttError):
-            self.conn.publish(protocol.ack_topic(self.kit_id), protocol.encode(ack), 1)
+            self.conn.publish(protocol.ack_topic(self.kit_id, ack["v"]), protocol.encode(ack), 1)
             self.counters.acks_sent += 1
+
+
+def _offline(kit_id: str, version: int) -> tuple[str, bytes, int, bool]:
+    """The retained offline status (the last will), in the version the kit speaks."""
+    return (protocol.status_topic(kit_id, version),
+            protocol.encode({"v": version, "online": False}), 1, True)

@@ -44,8 +44,10 @@ class FleetDriver:
         ramp_s: float = 0.0,
         buffer_limit: int = 10_000,
         local_addr: tuple[str, int] | None = None,
+        tls_ca: Path | None = None,
     ) -> None:
         self.plan = plan
+        self.tls_ca = tls_ca
         self.clock = clock
         self.host, self.port = host, port
         self.payments = payments
@@ -185,7 +187,8 @@ def run_scenario(settings: Any, scenario_path: Any, *, seed: int,
     async def main() -> FleetSummary:
         driver = FleetDriver(plan, clock, host=settings.mqtt_host, port=settings.mqtt_port,
                              identities=identities, payments=payments,
-                             ramp_s=min(10.0, len(plan.kits) / 1000))
+                             ramp_s=min(10.0, len(plan.kits) / 1000),
+                             tls_ca=settings.mqtt_tls_ca)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, driver.request_stop)

@@ -19,6 +19,10 @@ Command checks, in order (the first failure is the ack's ``reason``):
 
 ``own`` unlocks for good (``tick`` never locks an owned kit), but a later valid signed
 command still applies: the server stays the authority (e.g. after a reversed payment).
+
+The kit speaks contract v1 or v2 (``protocol``): a command is read and acked in the
+version of the topic it came on, and a ``protocol`` command moves the kit to another
+version. In v2 readings are held and sent several to a message (``report``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import json
 import logging
 from typing import Any
 
-from cizo import protocol
+from cizo import compact, protocol
 from cizo.clock import Clock
 from firmware_sim.physics import KitProfile, PhysicsState
 
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 # by weeks costs the same as one jumped by minutes.
 _MAX_SUBSTEPS = 500
 _MIN_SUBSTEP_S = 300.0
+V2_BATCH = 4  # readings per v2 message: the hour's four 15-minute readings
 
 
 class KitFirmware:
@@ -53,6 +58,7 @@ class KitFirmware:
         profile: KitProfile | None = None,
         soc: float = 70.0,
         boot: int = 1,
+        protocol_version: int = protocol.PROTOCOL_VERSION,
     ) -> None:
         bytes.fromhex(secret_hex)  # fail fast on a bad secret, not on the first command
         self.kit_id = kit_id
@@ -75,30 +81,39 @@ class KitFirmware:
         self.stuck_sensor = False  # readings freeze at their last value
         self._stuck_reading: dict[str, Any] | None = None
         self.received: collections.deque[bytes] = collections.deque(maxlen=8)
+        self.protocol = protocol_version  # the contract version the kit speaks
+        self._batch: list[dict[str, Any]] = []  # v2 readings not yet sent
+        self._ack_version = protocol_version  # the version of the command being handled
 
     # --- commands ------------------------------------------------------------------
 
-    def handle_command(self, payload: bytes) -> dict[str, Any]:
-        """Check and maybe apply one command; returns the v1 ack to publish."""
+    def handle_command(self, payload: bytes,
+                       version: int = protocol.PROTOCOL_VERSION) -> dict[str, Any]:
+        """Check and maybe apply one command received on the ``version`` command topic;
+        returns the ack to publish (in that version)."""
         now = self.clock.now()
         self._advance(now)
         self.received.append(payload)
+        self._ack_version = version
         try:
-            cmd = protocol.parse_command(payload)
+            cmd = protocol.parse_command(payload, version)
         except protocol.ContractError as exc:
-            cmd_id, seq = _best_effort_id(payload)
+            cmd_id, seq = _best_effort_id(payload, version)
             return self._ack(cmd_id, seq, "malformed", detail=str(exc))
         if cmd.action == "unlock" and cmd.credit_until is None:
             return self._ack(cmd.id, cmd.seq, "malformed", detail="unlock without credit_until")
         if cmd.action == "rotate" and not _is_nonce(cmd.nonce):
             return self._ack(cmd.id, cmd.seq, "malformed", detail="rotate without a nonce")
+        if cmd.action == "protocol" and cmd.protocol not in protocol.VERSIONS:
+            return self._ack(cmd.id, cmd.seq, "malformed", detail=f"protocol {cmd.protocol}")
         if cmd.kit_id != self.kit_id:
             return self._ack(cmd.id, cmd.seq, "wrong_kit", detail=cmd.kit_id)
         # verify the fields as sent, not as parsed: extra fields are signed too
-        if not protocol.verify(json.loads(payload), self._secret_hex):
+        fields = protocol.fields_of(payload, version)
+        if not protocol.verify(fields, self._secret_hex):
             # the rotate just applied, redelivered, is signed with the old secret
             if (cmd.id == self.last_applied_id and self._prev_secret is not None
-                    and protocol.verify(json.loads(payload), self._prev_secret)):
+                    and protocol.verify(fields, self._prev_secret)):
                 return self._ack(cmd.id, cmd.seq, None)
             return self._ack(cmd.id, cmd.seq, "bad_signature")
         if cmd.id == self.last_applied_id and cmd.seq == self.last_seq:
@@ -122,6 +137,9 @@ class KitFirmware:
             assert cmd.nonce is not None  # checked above
             self._prev_secret = self._secret_hex
             self._secret_hex = protocol.derive_rotated_secret(self._secret_hex, cmd.nonce)
+        elif cmd.action == "protocol":  # acked in the old version, then spoken from now on
+            assert cmd.protocol is not None  # checked above
+            self.protocol = cmd.protocol
         else:  # own
             self.owned = True
             self.locked = False
@@ -138,7 +156,7 @@ class KitFirmware:
                         self.kit_id, cmd_id, seq, reason, detail)
         # acks are signed (optional "sig") so the server knows which secret we hold
         return protocol.sign_ack({
-            "v": protocol.PROTOCOL_VERSION,
+            "v": self._ack_version,
             "id": cmd_id,
             "seq": seq,
             "result": "rejected" if reason else "applied",
@@ -229,6 +247,27 @@ class KitFirmware:
             "temp_c": sensors["temp_c"],
         }
 
+    def report(self) -> list[bytes]:
+        """Take a reading now; the telemetry messages due, in the kit's version. v1 sends
+        each reading. v2 holds them until ``V2_BATCH`` are taken, but sends at once a
+        reading that changes the lock state (and, alone, one whose credit or boot differs
+        from the held ones': a v2 message shares them)."""
+        tele = self.telemetry()
+        if self.protocol != protocol.V2:
+            return [protocol.encode(tele)]
+        out = []
+        batch = self._batch
+        if batch and (tele["credit_until"] != batch[0]["credit_until"]
+                      or tele["boot"] != batch[0]["boot"]
+                      or tele["seq"] != batch[-1]["seq"] + 1):
+            out.append(compact.encode_readings(batch))
+            batch.clear()
+        batch.append(tele)
+        if len(batch) >= V2_BATCH or (len(batch) > 1 and tele["locked"] != batch[-2]["locked"]):
+            out.append(compact.encode_readings(batch))
+            batch.clear()
+        return out
+
     def reboot(self) -> None:
         """A power cycle: new boot number, telemetry seq restarts; lock state is in flash."""
         self.boot += 1
@@ -245,10 +284,10 @@ def _is_nonce(nonce: str | None) -> bool:
     return True
 
 
-def _best_effort_id(payload: bytes) -> tuple[str, int]:
+def _best_effort_id(payload: bytes, version: int) -> tuple[str, int]:
     """The id/seq of a malformed command, when they can be read, so the ack can be matched."""
     try:
-        data = json.loads(payload)
+        data = compact.loads(payload) if version == protocol.V2 else json.loads(payload)
     except (ValueError, RecursionError):
         return "", 0
     if not isinstance(data, dict):

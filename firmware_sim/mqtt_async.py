@@ -9,6 +9,9 @@ kit costs on the wire.
 
 QoS 1 messages not yet acknowledged are kept and re-sent with DUP on the next connection
 (MQTT 3.1.1 §4.4), so a link lost mid-flight loses nothing.
+
+Over TLS (``tls``, a ``ResumingTLS`` context) a reconnect offers the previous session, as
+a kit on a 2G budget must: a resumed handshake costs a fraction of a full one.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,6 +42,32 @@ MessageHandler = Callable[[str, bytes, bool], Awaitable[None]]
 
 class MqttError(ConnectionError):
     """The link failed or the broker refused us; the caller reconnects with backoff."""
+
+
+_OP_TLSEXT_PADDING = 0x10  # OpenSSL's SSL_OP_TLSEXT_PADDING (no constant in the ssl module)
+
+
+class ResumingTLS(ssl.SSLContext):
+    """A client TLS context that offers the last session it was given on its next
+    handshake (TLS session resumption): asyncio's streams take no session argument, so the
+    context passes it to ``wrap_bio`` itself. One context per kit."""
+
+    session: ssl.SSLSession | None = None
+
+    @classmethod
+    def trusting(cls, cafile: str) -> ResumingTLS:
+        ctx = cls(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cafile)
+        # no padding extension: OpenSSL pads a ClientHello to 512 bytes for old F5 load
+        # balancers by default; a kit's TLS stack (e.g. mbedTLS) sends none
+        ctx.options &= ~_OP_TLSEXT_PADDING
+        return ctx
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,  # type: ignore[override]
+                 server_side: bool = False, server_hostname: str | None = None,
+                 session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname,
+                                session or self.session)
 
 
 @dataclass(slots=True)
@@ -129,6 +159,8 @@ class MqttConnection:
         on_message: MessageHandler | None = None,
         counters: WireCounters | None = None,
         local_addr: tuple[str, int] | None = None,
+        tls: ResumingTLS | None = None,
+        keepalive_clock: Callable[[], float] | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.client_id = client_id
@@ -139,6 +171,12 @@ class MqttConnection:
         self.on_message = on_message
         self.counters = counters if counters is not None else WireCounters()
         self.local_addr = local_addr
+        self.tls = tls
+        # what keepalive is timed on: the loop's clock, or a simulated one (a kit's month
+        # played in minutes still sends the pings a real month would)
+        self._clock = keepalive_clock
+        self.local_ports: list[int] = []  # the kit's TCP port of each connection
+        self.tls_resumed = 0  # connections whose TLS session was resumed
         self.acked = 0  # QoS 1 publishes the broker acknowledged
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -146,6 +184,7 @@ class MqttConnection:
         self._mid = 0
         self._inflight: dict[int, tuple[str, bytes, bool]] = {}
         self._connack: asyncio.Future[int] | None = None
+        self.session_present = False  # the broker kept our session (CONNACK flag)
         self._suback: dict[int, asyncio.Future[None]] = {}
         self._last_out = 0.0
         self.connected = False
@@ -157,11 +196,15 @@ class MqttConnection:
         """Open TCP, CONNECT, wait for CONNACK; re-send unacknowledged QoS 1 publishes."""
         loop = asyncio.get_running_loop()
         try:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, local_addr=self.local_addr),
+            self._reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, local_addr=self.local_addr,
+                                        ssl=self.tls,
+                                        server_hostname=self.host if self.tls else None),
                 timeout_s)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise MqttError(f"connect to {self.host}:{self.port} failed: {exc!r}") from exc
+        self._writer = writer
+        self.local_ports.append(writer.get_extra_info("sockname")[1])
         self._connack = loop.create_future()
         self._reader_task = loop.create_task(self._read_loop())
         self._write("connect", connect_packet(
@@ -177,6 +220,10 @@ class MqttConnection:
             self.abort()
             raise MqttError(f"connect refused: {CONNACK_REASONS.get(code, code)}")
         self.connected = True
+        tls_object = writer.get_extra_info("ssl_object")
+        if self.tls is not None and tls_object is not None:
+            self.tls_resumed += bool(tls_object.session_reused)
+            self.tls.session = tls_object.session  # offered on the next connection
         for mid, (topic, payload, retain) in sorted(self._inflight.items()):
             self._write("publish", publish_packet(topic, payload, 1, retain, mid, dup=True))
 
@@ -185,7 +232,10 @@ class MqttConnection:
             raise MqttError("not connected")
         self._writer.write(data)
         self.counters.sent(kind, len(data))
-        self._last_out = asyncio.get_running_loop().time()
+        self._last_out = self._now()
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
     async def drain(self) -> None:
         if self._writer is not None:
@@ -227,8 +277,7 @@ class MqttConnection:
 
     def ping_if_idle(self) -> None:
         """Send PINGREQ once nothing went out for a keepalive (the broker allows 1.5x)."""
-        if self.connected and (asyncio.get_running_loop().time() - self._last_out
-                               >= self.keepalive):
+        if self.connected and self._now() - self._last_out >= self.keepalive:
             self._write("pingreq", bytes([PINGREQ, 0]))
 
     @property
@@ -322,6 +371,7 @@ class MqttConnection:
                 self.acked += 1
         elif kind == CONNACK:
             if self._connack is not None and not self._connack.done():
+                self.session_present = bool(body[0] & 0x01)
                 self._connack.set_result(body[1])
         elif kind == SUBACK:
             mid = struct.unpack_from("!H", body)[0]

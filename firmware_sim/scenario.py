@@ -10,6 +10,7 @@ plan against real servers. The file format is documented in docs/simulation.md.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import tomllib
 from dataclasses import dataclass, field
@@ -61,6 +62,9 @@ class NetworkSpec(_Strict):
     region_outages: list[RegionOutage] = Field(default_factory=list)
     reconnect_base_s: float = Field(default=0.5, gt=0)  # real seconds, jittered backoff
     reconnect_cap_s: float = Field(default=30.0, gt=0)
+    # what kits time their keepalive pings on: the wall clock (the broker's view), or the
+    # simulated one, so an accelerated month sends a real month's pings (bench/wire.py)
+    keepalive_clock: Literal["real", "simulated"] = "real"
 
     @field_validator("outage_s")
     @classmethod
@@ -97,6 +101,18 @@ class MetricsSpec(_Strict):
     cbor: float = Field(default=0.5, ge=0, le=1)  # of those, share posting CBOR (else JSON)
 
 
+class ProtocolSpec(_Strict):
+    """Which kit contract the kits speak (docs/protocol.md): a share provisioned with v2,
+    and a share of the v1 kits marked to be moved to v2 during the run (by a ``protocol``
+    command the run's driver asks the control API for)."""
+
+    v2_share: float = Field(default=0.0, ge=0, le=1)
+    switch_share: float = Field(default=0.0, ge=0, le=1)  # of the v1 kits
+    # v2 kits' keepalive (longer than the reporting interval: docs/protocol.md); None: the
+    # scenario's keepalive_s
+    v2_keepalive_s: int | None = Field(default=None, ge=10, le=65_535)
+
+
 class Scenario(_Strict):
     """What a scenario file holds (see docs/simulation.md for each key)."""
 
@@ -121,6 +137,7 @@ class Scenario(_Strict):
     misbehaviour: dict[str, float] = Field(default_factory=dict)  # share of kits per kind
     keypad: KeypadSpec = KeypadSpec()
     metrics: MetricsSpec = MetricsSpec()
+    protocols: ProtocolSpec = ProtocolSpec()
 
     @field_validator("start", mode="before")
     @classmethod
@@ -203,6 +220,8 @@ class KitPlan:
     keypad: KeypadKind | None = None  # a keypad kit (scenario ``[keypad]``), or MQTT only
     kind: KitKind = "mqtt"  # an OpenPAYGO Metrics device (scenario ``[metrics]``)
     metrics_encoding: MetricsEncoding = "json"
+    protocol: int = 1  # the kit contract version it is provisioned with
+    switch_to_v2: bool = False  # a v1 kit to move to v2 during the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +289,7 @@ def build_plan(scenario: Scenario, seed: int) -> FleetPlan:
     # and a larger share keeps the kits a smaller one picked (two draws per kit, always)
     keypad_rng = random.Random(f"{seed}:keypad")
     metrics_rng = random.Random(f"{seed}:metrics")  # likewise, for Metrics devices
+    protocol_rng = random.Random(f"{seed}:protocol")  # its own stream too, for the same reason
     start, end = scenario.start_ts, scenario.end_ts
     width = max(6, len(str(scenario.kits)))
     kits: list[KitPlan] = []
@@ -306,6 +326,10 @@ def build_plan(scenario: Scenario, seed: int) -> FleetPlan:
             keypad=keypad, kind="openpaygo_metrics" if is_metrics else "mqtt",
             metrics_encoding="cbor" if posts_cbor else "json",
         )
+        is_v2 = protocol_rng.random() < scenario.protocols.v2_share
+        switches = protocol_rng.random() < scenario.protocols.switch_share and not is_v2
+        if is_v2 or switches:
+            kit = dataclasses.replace(kit, protocol=2 if is_v2 else 1, switch_to_v2=switches)
         kits.append(kit)
         events.extend((p.at, kit_id, f"pay {p.amount_fcfa}") for p in payments)
         events.extend((a, kit_id, f"link down until {b:.0f}") for a, b in outages)

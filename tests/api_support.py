@@ -36,7 +36,7 @@ class RecordingPublisher:
     sent: list[tuple[str, bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def publish_command(self, kit_id: str, payload: bytes) -> bool:
+    def publish_command(self, kit_id: str, payload: bytes, version: int = 1) -> bool:
         with self.lock:
             self.sent.append((kit_id, payload))
         return True

@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker_bridge import Bridge
-from cizo import protocol, services
+from cizo import compact, protocol, services
 from cizo.clock import SystemClock
 from cizo.settings import Settings
 from telemetry import InfluxClient, quote_string
@@ -74,11 +74,17 @@ class LoadPublisher:
 
     A reading whose PUBACK does not come (broker down) is published again until it does;
     a copy that went through twice is the same point (same kit, ts and values). ``sent``
-    counts distinct readings confirmed by the broker.
+    counts distinct readings confirmed by the broker. In kit contract v2 (``version``) each
+    message carries ``V2_READINGS`` readings, and ``rate_per_s`` counts messages.
     """
 
-    def __init__(self, port: int, kits: list[str], rate_per_s: float) -> None:
+    V2_READINGS = 4
+
+    def __init__(self, port: int, kits: list[str], rate_per_s: float,
+                 version: int = protocol.PROTOCOL_VERSION) -> None:
         self.kits = kits
+        self.version = version
+        self.per_message = self.V2_READINGS if version == protocol.V2 else 1
         self.interval = 1.0 / rate_per_s
         self.base_ts = int(time.time()) - 86400
         self.sent = 0
@@ -93,12 +99,15 @@ class LoadPublisher:
 
     def message(self, i: int) -> tuple[str, bytes]:
         kit = self.kits[i % len(self.kits)]
-        n = i // len(self.kits)
-        body = {"v": 1, "kit_id": kit, "ts": self.base_ts + n, "seq": n, "boot": 1,
-                "battery_v": 12.5, "soc": float(i % 100), "pv_w": 40.0, "load_w": 5.0,
-                "pv_wh_total": 1000.0 + n, "load_wh_total": 500.0, "locked": False,
-                "credit_until": None, "temp_c": 30.0}
-        return protocol.telemetry_topic(kit), json.dumps(body).encode()
+        first = i // len(self.kits) * self.per_message
+        bodies = [{"v": 1, "kit_id": kit, "ts": self.base_ts + n, "seq": n, "boot": 1,
+                   "battery_v": 12.5, "soc": float(i % 100), "pv_w": 40.0, "load_w": 5.0,
+                   "pv_wh_total": 1000.0 + n, "load_wh_total": 500.0, "locked": False,
+                   "credit_until": None, "temp_c": 30.0}
+                  for n in range(first, first + self.per_message)]
+        payload = (compact.encode_readings(bodies) if self.version == protocol.V2
+                   else json.dumps(bodies[0]).encode())
+        return protocol.telemetry_topic(kit, self.version), payload
 
     def _run(self) -> None:
         i = 0
@@ -116,7 +125,7 @@ class LoadPublisher:
                 self._stop.wait(0.2)
                 continue
             i += 1
-            self.sent = i
+            self.sent = i * self.per_message
             next_at += self.interval
             self._stop.wait(max(0.0, next_at - time.monotonic()))
 
@@ -236,30 +245,35 @@ class FaultRig:
         return process
 
     def bridge_under_load(self, db: str, *, kits: int, rate_per_s: float,
-                          steady_written: int, **over: Any) -> LoadedBridge:
-        """A bridge in this process and ``kits`` kits publishing at ``rate_per_s``,
-        returned once the bridge has written ``steady_written`` points."""
+                          steady_written: int, version: int = protocol.PROTOCOL_VERSION,
+                          **over: Any) -> LoadedBridge:
+        """A bridge in this process and ``kits`` kits publishing at ``rate_per_s`` in kit
+        contract ``version``, returned once the bridge has written ``steady_written``
+        points."""
         settings = self.settings(db, **over)
         kit_ids = [unique(db.upper()) for _ in range(kits)]
         bridge = self.bridge(settings)
-        load = self.load(kit_ids, rate_per_s)
+        load = self.load(kit_ids, rate_per_s, version)
         wait_for(lambda: bridge.stats().written >= steady_written, what="steady writes")
         return LoadedBridge(settings, kit_ids, bridge, load)
 
     def bridge_process_under_load(self, db: str, *, kits: int, rate_per_s: float,
-                                  steady_written: int) -> LoadedBridgeProcess:
-        """A bridge process and ``kits`` kits publishing at ``rate_per_s``, returned once
-        the bridge has written ``steady_written`` points."""
+                                  steady_written: int,
+                                  version: int = protocol.PROTOCOL_VERSION
+                                  ) -> LoadedBridgeProcess:
+        """A bridge process and ``kits`` kits publishing at ``rate_per_s`` in kit contract
+        ``version``, returned once the bridge has written ``steady_written`` points."""
         settings = self.settings(db)
         kit_ids = [unique(db.upper()) for _ in range(kits)]
         process = self.bridge_process(settings)
-        load = self.load(kit_ids, rate_per_s)
+        load = self.load(kit_ids, rate_per_s, version)
         wait_for(lambda: process.metrics().get("cizo_bridge_written_total", 0)
                  >= steady_written, what="steady writes")
         return LoadedBridgeProcess(settings, kit_ids, process, load)
 
-    def load(self, kits: list[str], rate_per_s: float) -> LoadPublisher:
-        load = LoadPublisher(self.broker.port, kits, rate_per_s).start()
+    def load(self, kits: list[str], rate_per_s: float,
+             version: int = protocol.PROTOCOL_VERSION) -> LoadPublisher:
+        load = LoadPublisher(self.broker.port, kits, rate_per_s, version).start()
         self._loads.append(load)
         return load
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -18,7 +19,7 @@ from broker_bridge.metrics import render
 from broker_bridge.rejects import LogLimiter, RejectCounters, Rejects
 from broker_bridge.spool import Spool
 from broker_bridge.stats import BridgeStats
-from cizo import protocol
+from cizo import compact, protocol
 from cizo_cli.main import main as cli_main
 from telemetry.schema import encode_line, line_kit_id
 
@@ -54,14 +55,14 @@ def test_decoding_a_reading_gives_its_line_and_ts() -> None:
     got = decoder().decode(message(b"kits/KIT-1/telemetry", json.dumps(reading()).encode(), 9),
                            epoch=3, received=1.5)
     tele = protocol.parse_telemetry("KIT-1", json.dumps(reading()).encode(), NOW)
-    assert got.line == encode_line(tele) and got.dead is None
+    assert got.lines == (encode_line(tele),) and got.dead == ()
     assert (got.epoch, got.mid, got.qos, got.kit_id, got.ts, got.received) == (
         3, 9, 1, "KIT-1", int(NOW) - 60, 1.5)
 
 
 def test_decoding_a_status_stamps_it_with_the_receipt_time() -> None:
     got = decoder().decode(message(b"kits/K_2/status", b'{"v":1,"online":true}'), 1, 0.0)
-    assert got.line == f"kit_status,kit_id=K_2 online=true {int(NOW)}" and got.dead is None
+    assert got.lines == (f"kit_status,kit_id=K_2 online=true {int(NOW)}",) and got.dead == ()
 
 
 @pytest.mark.parametrize(("topic", "payload", "reason"), [
@@ -79,18 +80,63 @@ def test_decoding_a_status_stamps_it_with_the_receipt_time() -> None:
 def test_decoding_refuses_with_the_reason_as_a_dead_letter(topic: bytes, payload: bytes,
                                                            reason: str) -> None:
     got = decoder().decode(message(topic, payload), 1, 0.0)
-    assert got.line is None and got.dead is not None
-    assert got.dead.reason == reason and got.dead.payload == payload
+    assert got.lines == () and len(got.dead) == 1
+    assert got.dead[0].reason == reason and got.dead[0].payload == payload
 
 
 def test_decoding_refuses_a_conflicting_reading_and_rewrites_a_repeat() -> None:
     d = decoder()
     first = json.dumps(reading()).encode()
-    assert d.decode(message(b"kits/KIT-1/telemetry", first), 1, 0.0).line is not None
-    assert d.decode(message(b"kits/KIT-1/telemetry", first), 1, 0.0).line is not None
+    assert d.decode(message(b"kits/KIT-1/telemetry", first), 1, 0.0).lines
+    assert d.decode(message(b"kits/KIT-1/telemetry", first), 1, 0.0).lines
     other = json.dumps(reading(soc=1.0)).encode()
     got = d.decode(message(b"kits/KIT-1/telemetry", other), 1, 0.0)
-    assert got.line is None and got.dead is not None and got.dead.reason == TS_CONFLICT
+    assert got.lines == () and [x.reason for x in got.dead] == [TS_CONFLICT]
+
+
+def v2_message(count: int = 4, **over: Any) -> list[dict[str, Any]]:
+    return [reading(ts=int(NOW) - 3600 + 900 * i, seq=7 + i, **over) for i in range(count)]
+
+
+def test_a_v2_message_gives_one_line_per_reading_identical_to_v1s() -> None:
+    readings = v2_message()
+    got = decoder().decode(message(b"k/KIT-1/t", compact.encode_readings(readings)), 1, 0.0)
+    v1_lines = tuple(encode_line(protocol.parse_telemetry("KIT-1", json.dumps(r).encode(), NOW))
+                     for r in readings)
+    assert got.lines == v1_lines and got.dead == ()  # a dashboard cannot tell them apart
+    assert got.ts == readings[0]["ts"]
+
+
+def test_a_v2_message_with_one_bad_reading_keeps_the_good_ones() -> None:
+    readings = v2_message()
+    payload = bytearray(compact.encode_readings(readings))
+    rows = cbor2.loads(bytes(payload))
+    rows[5][2][2] = 1500  # soc 150.0 %: out of range
+    payload = bytearray(cbor2.dumps(rows))
+    got = decoder().decode(message(b"k/KIT-1/t", bytes(payload)), 1, 0.0)
+    assert len(got.lines) == 3 and " seq=9i," not in " ".join(got.lines)
+    assert [(d.reason, d.payload) for d in got.dead] == [("invalid_field", bytes(payload))]
+    assert "seq=9" in got.dead[0].detail and "soc" in got.dead[0].detail
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    (b"\xff\x00", "not_cbor"),
+    (cbor2.dumps({"v": 2}), "not_object"),
+    (cbor2.dumps([3, 1, 1, int(NOW), None, [[0] * 8 + [False]]]), "wrong_version"),
+    (cbor2.dumps([2, 1, 1, int(NOW), None, []]), "invalid_field"),
+    (cbor2.dumps(cbor2.CBORTag(9999, 5)), "not_cbor"),
+])
+def test_a_v2_message_with_a_broken_envelope_is_refused_whole(payload: bytes,
+                                                              reason: str) -> None:
+    got = decoder().decode(message(b"k/KIT-1/t", payload), 1, 0.0)
+    assert got.lines == () and [d.reason for d in got.dead] == [reason]
+
+
+def test_a_v2_status_is_stored_like_a_v1_status() -> None:
+    got = decoder().decode(message(b"k/K2/s", cbor2.dumps({"v": 2, "online": True})), 1, 0.0)
+    assert got.lines == (f"kit_status,kit_id=K2 online=true {int(NOW)}",)
+    v1_on_v2 = decoder().decode(message(b"k/K2/s", cbor2.dumps({"v": 1, "online": True})), 1, 0)
+    assert [d.reason for d in v1_on_v2.dead] == ["wrong_version"]
 
 
 def test_line_kit_id_reads_back_escaped_tags() -> None:

@@ -33,7 +33,7 @@ class Recorder:
         self.lock = threading.Lock()
         self.acks_waiting = 0  # as the MQTT link reports it
 
-    def publish_command(self, kit_id: str, payload: bytes) -> bool:
+    def publish_command(self, kit_id: str, payload: bytes, version: int = 1) -> bool:
         with self.lock:
             self.sent.append(json.loads(payload))
         return True

@@ -30,7 +30,7 @@ class Recorder:
         self.sent: list[tuple[str, dict[str, object]]] = []
         self.online = True
 
-    def publish_command(self, kit_id: str, payload: bytes) -> bool:
+    def publish_command(self, kit_id: str, payload: bytes, version: int = 1) -> bool:
         if not self.online:
             return False
         self.sent.append((kit_id, json.loads(payload)))

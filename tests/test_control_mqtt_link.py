@@ -28,16 +28,16 @@ class Handler:
         self.release = threading.Event()
         self.holding = threading.Event()
 
-    def handle_telemetry(self, kit_id: str, payload: bytes) -> None:
+    def handle_telemetry(self, kit_id: str, payload: bytes, version: int = 1) -> None:
         self.seen.append(f"telemetry {payload.decode()}")
         if not self.holding.is_set():
             self.holding.set()
             self.release.wait(10)
 
-    def handle_ack(self, kit_id: str, payload: bytes) -> None:
+    def handle_ack(self, kit_id: str, payload: bytes, version: int = 1) -> None:
         self.seen.append("ack")
 
-    def handle_status(self, kit_id: str, payload: bytes) -> None:
+    def handle_status(self, kit_id: str, payload: bytes, version: int = 1) -> None:
         self.seen.append("status")
 
 

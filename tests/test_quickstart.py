@@ -1,6 +1,8 @@
 """The README's first command, run from a fresh clone: it installs, starts the whole stack,
 answers on its ports, and Ctrl-C stops every process it started. Its broker has the
-production door: anonymous refused, a provisioned kit's own credentials accepted."""
+production door: anonymous refused, a provisioned kit's own credentials accepted, on the
+plain listener and on the TLS one (a local CA generated on first start), which the
+simulated fleet is told to use here."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ports() -> dict[str, int]:
-    return {name: services.free_port() for name in ("mqtt", "api", "influx", "paygate", "momo")}
+    return {name: services.free_port()
+            for name in ("mqtt", "mqtt-tls", "api", "influx", "paygate", "momo")}
 
 
 def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) -> None:
@@ -34,7 +37,7 @@ def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) 
     env["CIZO_ADMIN_API_KEY"] = "quickstart-admin-key-0123456789"
     log = (tmp_path / "up.log").open("wb")
     proc = subprocess.Popen(
-        ["scripts/up", "--kits", "3", "--pay-every", "1",
+        ["scripts/up", "--kits", "3", "--pay-every", "1", "--fleet-tls",
          *[arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))]],
         cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -46,6 +49,7 @@ def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) 
         out = (tmp_path / "up.log").read_text()
         assert proc.poll() is None, out
         assert f"{api}/dashboard" in out and f"mqtt://127.0.0.1:{ports['mqtt']}" in out
+        assert f"mqtts://127.0.0.1:{ports['mqtt-tls']}" in out and "fleet link TLS" in out
         assert httpx.get(f"{api}/readyz").status_code == 200
         assert httpx.get(f"{api}/dashboard").status_code == 200
         assert httpx.get(f"http://127.0.0.1:{ports['influx']}/ping").status_code == 204
@@ -57,6 +61,11 @@ def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) 
                                    timeout_s=10) is False
         assert mqtt_login_accepted(ports["mqtt"], kit1["mqtt_username"], kit1["mqtt_password"],
                                    timeout_s=10) is True
+        ca = clone / "var" / "stack" / "tls" / "ca.crt"
+        assert mqtt_login_accepted(ports["mqtt-tls"], kit1["mqtt_username"],
+                                   kit1["mqtt_password"], timeout_s=10, tls_ca=ca) is True
+        assert mqtt_login_accepted(ports["mqtt-tls"], None, None, timeout_s=10,
+                                   tls_ca=ca) is False
         kit = httpx.get(f"{api}/v1/kits/SIM00001", headers=headers)
         assert kit.status_code == 200, kit.text
         # the simulated kit is online and its telemetry lands in InfluxDB

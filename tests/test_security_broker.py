@@ -30,6 +30,7 @@ from broker_bridge import Bridge
 from cizo import protocol, services
 from cizo.clock import SystemClock
 from cizo.settings import Settings
+from control.gateways.broker_admin import session
 from control.ledger import accounts, credit
 from control.ledger.db import Database, migrate
 from control.ledger.secrets import SecretBox, generate_secret_key
@@ -326,6 +327,75 @@ def test_kit_reads_only_its_own_commands_and_cannot_overwrite_them(
     bridge.publish(protocol.cmd_topic("KIT-A"), b'{"cmd":"from the bridge"}', retain=True)
     time.sleep(0.2)
     assert len(fresh.received) == 1
+
+
+def test_a_kits_role_gives_it_the_same_rights_under_the_v2_topics(
+    broker: Broker, clients: list[Client]
+) -> None:
+    """One role per kit for both contract versions: a kit moved to v2 keeps its account."""
+    bridge = service(broker, clients, broker_auth.BRIDGE_USER, BRIDGE_PW)
+    for topic in (protocol.telemetry_topic("+", protocol.V2),
+                  protocol.status_topic("+", protocol.V2)):
+        (rc,) = bridge.subscribe(topic)
+        assert not rc.is_failure
+    control = service(broker, clients, broker_auth.CONTROL_USER, CONTROL_PW)
+    (rc,) = control.subscribe(protocol.ack_topic("+", protocol.V2))
+    assert not rc.is_failure
+    control.publish(protocol.cmd_topic("KIT-A", protocol.V2), b"\xa0A", retain=True)
+    control.publish(protocol.cmd_topic("KIT-B", protocol.V2), b"\xa0B", retain=True)
+    a = kit(broker, clients, "KIT-A")
+    for topic in (protocol.cmd_topic("KIT-B", protocol.V2), "k/+/c", "k/#"):
+        a.subscribe(topic)
+    (rc,) = a.subscribe(protocol.cmd_topic("KIT-A", protocol.V2))
+    assert not rc.is_failure
+    wait_for(lambda: a.received, 5, "A's retained v2 command")
+    a.publish(protocol.cmd_topic("KIT-A", protocol.V2), b"\xa0forged", retain=True)
+    a.publish(protocol.telemetry_topic("KIT-B", protocol.V2), b"\x80forged")
+    a.publish(protocol.telemetry_topic("KIT-A", protocol.V2), b"\x80own")
+    a.publish(protocol.status_topic("KIT-A", protocol.V2), b"\xa0own")
+    a.publish(protocol.ack_topic("KIT-A", protocol.V2), b"\xa0ack")
+    wait_for(lambda: len(bridge.received) >= 2 and control.received, 5, "A's v2 messages")
+    time.sleep(0.3)  # anything forged would have arrived with or before them
+    assert {(t, p) for t, p, _r in a.received} == {("k/KIT-A/c", b"\xa0A")}
+    assert sorted(bridge.topics()) == ["k/KIT-A/s", "k/KIT-A/t"]
+    assert control.topics() == ["k/KIT-A/a"]
+    fresh = kit(broker, clients, "KIT-A", client_id="v2-session-of-A")
+    fresh.subscribe(protocol.cmd_topic("KIT-A", protocol.V2))
+    wait_for(lambda: fresh.received, 5, "retained v2 command for a new subscriber")
+    assert fresh.received == [("k/KIT-A/c", b"\xa0A", True)]
+
+
+def test_reconcile_rewrites_a_kit_role_made_with_other_rights(
+    broker: Broker, clients: list[Client]
+) -> None:
+    """A role created before the kit's rights changed (v1 topics only) is brought to
+    ``kit_acls`` by the next reconcile, so a kit moved to v2 is not shut out."""
+    kit_id = "KIT-OLDROLE"
+    broker.passwords[kit_id] = provision(broker.db, broker.doors.box, kit_id)
+    assert not broker.doors.converge_kits([kit_id]).failed
+    assert broker.doors.config is not None
+    role = broker_auth.kit_role(kit_id)
+    v1_only = [a for a in broker_auth.kit_acls(kit_id) if a["topic"].startswith("kits/")]
+    with session(broker.doors.config) as dynsec:
+        (answer,) = dynsec.run([{"command": "modifyRole", "rolename": role, "acls": v1_only}])
+        assert "error" not in answer, answer
+    bridge = service(broker, clients, broker_auth.BRIDGE_USER, BRIDGE_PW)
+    bridge.subscribe(protocol.telemetry_topic(kit_id, protocol.V2))
+    k = kit(broker, clients, kit_id)
+    k.publish(protocol.telemetry_topic(kit_id, protocol.V2), b"\x80refused")
+    time.sleep(0.3)
+    assert bridge.received == []  # the stale role refuses v2
+    outcome = broker.doors.reconcile()
+    assert outcome.updated >= 1 and not outcome.failed, outcome
+    with session(broker.doors.config) as dynsec:
+        (answer,) = dynsec.run([{"command": "getRole", "rolename": role}])
+    got = {(a["acltype"], a["topic"]) for a in answer["data"]["role"]["acls"]}
+    assert got == {(a["acltype"], a["topic"]) for a in broker_auth.kit_acls(kit_id)}
+    k = kit(broker, clients, kit_id, client_id=kit_id)  # the role change cut its session
+    k.publish(protocol.telemetry_topic(kit_id, protocol.V2), b"\x80accepted")
+    wait_for(lambda: bridge.received, 5, "v2 telemetry after the reconcile")
+    assert bridge.topics() == [f"k/{kit_id}/t"]
+    assert broker.doors.reconcile().updated == 0  # converged: nothing rewritten again
 
 
 def test_a_kit_claiming_another_kits_client_id_never_takes_its_session(

@@ -230,6 +230,8 @@ GOOD: dict[str, Callable[[Seeded], dict[str, Any]]] = {
                                                 "body": {"reason": "fuzz",
                                                          "send_sms": False}},
     "POST /v1/kits/{kit_id}/rotate-secret": lambda s: {"path_parameters": {"kit_id": "SEED3"}},
+    "POST /v1/kits/{kit_id}/protocol": lambda s: {"path_parameters": {"kit_id": "SEED3"},
+                                                  "body": {"version": 2}},
     "POST /v1/kits/{kit_id}/lock": lambda s: {"path_parameters": {"kit_id": "SEED3"},
                                               "body": {"reason": "fuzz"}},
     "POST /v1/kits/{kit_id}/set-credit-until": lambda s: {

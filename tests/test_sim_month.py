@@ -3,7 +3,8 @@ on one accelerated clock; customers pay (daily, weekly, late, stop, pay off earl
 unlock, run out and lock themselves or are locked; a tenth of the kits have a keypad and type
 the OpenPAYGO code of each receipt (half of them have no modem at all); at the end every kit's
 firmware must hold what its account says. Real Mosquitto, real HTTP, real SQLite; only time is
-accelerated."""
+accelerated. The fleet is mixed: some kits speak kit contract v2 from the start, and some
+v1 kits are moved to v2 by a command in the middle of the month."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ from typing import Any
 
 from firmware_sim.driver import FleetDriver
 from firmware_sim.fleet_summary import summary_text
-from firmware_sim.scenario import KeypadSpec, NetworkSpec, PlanSpec, Scenario, build_plan
+from firmware_sim.scenario import (
+    KeypadSpec,
+    NetworkSpec,
+    PlanSpec,
+    ProtocolSpec,
+    Scenario,
+    build_plan,
+)
 from payment_sim.paygate_wire import PAID, PENDING
 from tests.fleet_support import controlled_fleet, kit_mismatches
 
@@ -49,6 +57,7 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path, caplog) -> None:
         network=NetworkSpec(drop_rate_per_day=0.2, outage_s=(1_800, 6 * 3600),
                             reconnect_base_s=0.2, reconnect_cap_s=3.0),
         keypad=KeypadSpec(share=0.1, with_mqtt=0.5, delay_h=(0.5, 6.0), source="receipt"),
+        protocols=ProtocolSpec(v2_share=0.2, switch_share=0.2),
     )
     plan = build_plan(scenario, seed=2026)
     started = time.monotonic()
@@ -57,11 +66,20 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path, caplog) -> None:
                           paygate_token=PAYGATE_TOKEN, approve_after_s=0.2) as fleet:
         paygate, api = fleet.paygate, fleet.api
         driver_box: list[FleetDriver] = []
+        switched: list[str] = []
 
         async def month() -> str:
             driver = fleet.driver(ramp_s=0.5, outbox=fleet.settings.notify_file)
             driver_box.append(driver)
             await driver.start()
+            await fleet.run_to(scenario.start_ts + DAYS / 2 * 86_400, 1.0)
+            for kit in driver.kits:
+                # connected ones: a payment while a kit is away would supersede its
+                # protocol command before it arrives (docs/commands.md), as it should
+                if kit.plan.switch_to_v2 and kit.conn.connected:
+                    got = api.post(f"/v1/kits/{kit.kit_id}/protocol", json={"version": 2})
+                    assert got.status_code == 200, got.text
+                    switched.append(kit.kit_id)
             await fleet.run_to(scenario.end_ts, 1.0)
 
             def settled() -> bool:
@@ -111,6 +129,17 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path, caplog) -> None:
         print(f"commands issued {sum(issued.values())}, received by the kits "
               f"{s.commands_received}, reconnects {s.reconnects}")
         assert _delivery_problems(driver.kits, issued) == []
+        # the mixed fleet: v2 from the start, and v1 kits moved to v2 mid-month, known as
+        # such by the ledger (the kit announced it); the rest still speak v1
+        versions = {k.kit_id: api.get(f"/v1/kits/{k.kit_id}").json()["protocol_version"]
+                    for k in driver.kits if k.has_modem}
+        moved = [k for k in driver.kits if k.kit_id in switched]
+        born_v2 = [k for k in driver.kits if k.plan.protocol == 2 and k.has_modem]
+        assert len(moved) >= 10 and len(born_v2) >= 10
+        assert all(k.firmware.protocol == 2 and versions[k.kit_id] == 2
+                   for k in moved + born_v2)
+        assert all(versions[k.kit_id] == 1 == k.firmware.protocol for k in driver.kits
+                   if k.has_modem and k.plan.protocol == 1 and k.kit_id not in switched)
         assert s.commands_received <= 2 * sum(issued.values()) + 2 * s.reconnects
         errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records
                   if r.levelno >= logging.ERROR or "UNIQUE constraint" in r.getMessage()

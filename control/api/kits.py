@@ -207,7 +207,8 @@ def get_kit(rt: RuntimeDep, actor: ReaderKey, kit_id: str) -> KitDetail:
             customer_phone=acct.customer_phone if acct else None,
             locked=kit.reported_locked, reported_credit_until=kit.reported_credit_until,
             credit_until=acct.credit_until if acct else None, online=kit.online,
-            last_seen=kit.last_seen, fw=kit.fw, last_telemetry=None,
+            last_seen=kit.last_seen, fw=kit.fw, protocol_version=kit.protocol_version,
+            last_telemetry=None,
             paid_total_fcfa=acct.paid_total_fcfa if acct else 0,
             balance_fcfa=credit.balance_fcfa(plan, accounts.state_of(acct))
             if acct and plan else 0,

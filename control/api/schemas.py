@@ -136,6 +136,7 @@ class KitDetail(BaseModel):
     online: bool
     last_seen: float | None
     fw: str | None
+    protocol_version: int = Field(description="the kit contract version it speaks (1, 2)")
     last_telemetry: dict[str, Any] | None = Field(
         description="latest reading from InfluxDB; null if none or InfluxDB is unreachable"
     )
@@ -387,6 +388,10 @@ class SwapIn(ReasonIn):
 
 class KeypadIn(ReasonIn):
     keypad_only: bool
+
+
+class ProtocolIn(BaseModel):
+    version: Literal[1, 2]
 
 
 class TokenIn(ReasonIn):

@@ -27,6 +27,7 @@ from control.api.schemas import (
     KeypadIn,
     KitCredentials,
     Problem,
+    ProtocolIn,
     ReasonIn,
     SwapIn,
     SwapOut,
@@ -111,6 +112,13 @@ def swap(rt: RuntimeDep, actor: SupportKey, kit_id: str, body: SwapIn, request: 
              summary="Rotate the kit's command secret (admin): a signed rotate with a nonce")
 def rotate_secret(rt: RuntimeDep, actor: AdminKey, kit_id: str) -> CommandOut:
     return command_out(actions.rotate_secret(rt, actor, kit_id))
+
+
+@router.post("/kits/{kit_id}/protocol", response_model=CommandOut, responses=_errors,
+             summary="Move the kit to another kit contract version (admin): a signed command")
+def switch_protocol(rt: RuntimeDep, actor: AdminKey, kit_id: str,
+                    body: ProtocolIn) -> CommandOut:
+    return command_out(actions.switch_protocol(rt, actor, kit_id, body.version))
 
 
 @router.post("/kits/{kit_id}/keypad", response_model=ActionOut, responses=_errors,

@@ -142,12 +142,13 @@ class KitSeq:
     commanded: Desired | None
     lock_due_at: int | None
     secret_enc: str | None  # None: read without it (the sweep queues, it does not sign)
+    protocol_version: int = protocol.PROTOCOL_VERSION
 
     @classmethod
     def of(cls, kit: Kit) -> KitSeq:
         return cls(kit.id, kit.cmd_seq, commanded(kit.commanded_action,
                                                   kit.commanded_credit_until),
-                   kit.lock_due_at, kit.secret_enc)
+                   kit.lock_due_at, kit.secret_enc, kit.protocol_version)
 
 
 def new_command_row(*, kit_id: str, seq: int, action: str, credit_until: int | None,
@@ -292,12 +293,30 @@ def rotation_pending(s: Session, kit: Kit) -> bool:
         Command.status.in_(PENDING)).limit(1)) is not None
 
 
-def command_payload(row: Mapping[str, Any], secret_hex: str) -> bytes:
-    """The signed bytes of a command given as columns (a ``commands`` row or its dict)."""
+def plan_protocol(kit: KitSeq, *, version: int, origin: str, now: float, ttl_s: int
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ``protocol`` command row (move the kit to contract ``version``) and its kit move.
+    The version travels in the row's ``nonce`` column (the action's argument); what is
+    commanded stays, as for a rotate."""
+    if version not in protocol.VERSIONS:
+        raise ValueError(f"unknown kit contract version {version}")
+    row = new_command_row(kit_id=kit.kit_id, seq=kit.cmd_seq + 1, action="protocol",
+                          credit_until=None, origin=origin, now=now, ttl_s=ttl_s,
+                          nonce=str(version))
+    return row, kit_move(kit.kit_id, kit.cmd_seq, row["seq"], None, kit.lock_due_at)
+
+
+def command_payload(row: Mapping[str, Any], secret_hex: str, version: int) -> bytes:
+    """The signed bytes of a command given as columns (a ``commands`` row or its dict), in
+    the contract ``version`` the kit speaks."""
+    argument = row.get("nonce")
+    is_protocol = row["action"] == "protocol"
     return protocol.encode(protocol.build_command(
         kit_id=row["kit_id"], command_id=row["id"], seq=row["seq"], action=row["action"],
         credit_until=row["credit_until"], issued_at=row["issued_at"],
-        expires_at=row["expires_at"], secret_hex=secret_hex, nonce=row.get("nonce")))
+        expires_at=row["expires_at"], secret_hex=secret_hex,
+        nonce=None if is_protocol else argument,
+        protocol=int(argument) if is_protocol and argument else None, version=version))
 
 
 def due_for_lock(s: Session, now: float, limit: int = 10_000) -> list[str]:

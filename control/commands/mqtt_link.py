@@ -30,14 +30,11 @@ from control.commands.service import ControlService
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
-SUBSCRIPTIONS = [
-    (f"{protocol.TOPIC_ROOT}/+/{protocol.CMD_ACK}", 1),
-    (f"{protocol.TOPIC_ROOT}/+/{protocol.STATUS}", 1),
-    (f"{protocol.TOPIC_ROOT}/+/{protocol.TELEMETRY}", 1),
-]
+SUBSCRIPTIONS = [(topic, 1) for kind in (protocol.CMD_ACK, protocol.STATUS, protocol.TELEMETRY)
+                 for topic in protocol.topic_filters(kind)]
 # inbox lanes, read in this order; first come first served within a lane
 ACK_LANE, TELEMETRY_LANE, STOP_LANE = 0, 1, 2
-_TELEMETRY_SUFFIX = f"/{protocol.TELEMETRY}"
+_TELEMETRY_SUFFIXES = tuple(f[f.rindex("/"):] for f in protocol.topic_filters(protocol.TELEMETRY))
 
 
 class MqttLink:
@@ -96,11 +93,13 @@ class MqttLink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def publish_command(self, kit_id: str, payload: bytes) -> bool:
+    def publish_command(self, kit_id: str, payload: bytes,
+                        version: int = protocol.PROTOCOL_VERSION) -> bool:
         """Retained QoS1: a kit that reconnects later still gets its latest command."""
         if not self._connected.is_set():
             return False
-        info = self.client.publish(protocol.cmd_topic(kit_id), payload, qos=1, retain=True)
+        info = self.client.publish(protocol.cmd_topic(kit_id, version), payload, qos=1,
+                                   retain=True)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.warning("command publish failed", extra={"kit_id": kit_id, "rc": info.rc})
             return False
@@ -135,7 +134,7 @@ class MqttLink:
         log.warning("control disconnected from broker: %s", rc)
 
     def _on_message(self, _c: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
-        lane = TELEMETRY_LANE if msg.topic.endswith(_TELEMETRY_SUFFIX) else ACK_LANE
+        lane = TELEMETRY_LANE if msg.topic.endswith(_TELEMETRY_SUFFIXES) else ACK_LANE
         if lane == ACK_LANE:
             with self._acks_lock:
                 self._acks_waiting += 1
@@ -166,8 +165,8 @@ class MqttLink:
             return
         payload = bytes(msg.payload)
         if topic.kind == protocol.CMD_ACK:
-            self.service.handle_ack(topic.kit_id, payload)
+            self.service.handle_ack(topic.kit_id, payload, topic.version)
         elif topic.kind == protocol.STATUS:
-            self.service.handle_status(topic.kit_id, payload)
+            self.service.handle_status(topic.kit_id, payload, topic.version)
         elif topic.kind == protocol.TELEMETRY:
-            self.service.handle_telemetry(topic.kit_id, payload)
+            self.service.handle_telemetry(topic.kit_id, payload, topic.version)

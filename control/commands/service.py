@@ -20,7 +20,6 @@ are issued, so a reconnect or an anomaly seen by both processes is acted on once
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import Iterable, Sequence
@@ -48,8 +47,9 @@ SWEEP_LOCK_KEY = 0x5C120005  # pg advisory lock id of the sweep (any constant, s
 
 
 class CommandPublisher(Protocol):
-    def publish_command(self, kit_id: str, payload: bytes) -> bool:
-        """Publish retained at QoS1 on kits/{kit_id}/cmd; False if the broker is away."""
+    def publish_command(self, kit_id: str, payload: bytes, version: int = 1) -> bool:
+        """Publish retained at QoS1 on the kit's command topic in contract ``version``
+        (kits/{kit_id}/cmd, k/{kit_id}/c); False if the broker is away."""
         ...
 
 
@@ -64,6 +64,7 @@ class Outgoing:
     payload: bytes
     attempts: int
     before: tuple[str, int, float | None]  # status, attempts, sent_at
+    version: int = protocol.PROTOCOL_VERSION  # the contract the payload is in
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,21 +123,25 @@ class ControlService:
     # --- issuing (inside the caller's transaction) -----------------------------------
 
     def plan(self, kit: KitSeq, want: Desired | None, *, origin: str,
-             rotate_nonce: str | None = None, now: float | None = None) -> Planned:
+             rotate_nonce: str | None = None, to_version: int | None = None,
+             now: float | None = None) -> Planned:
         """A command for ``kit`` (held locked by the caller), signed and claimed — the state
         ``want``, or a ``rotate`` with ``rotate_nonce`` — and the writes that record it, for
         the caller's transaction (control.ledger.writes sends them with its own; ``now``:
         the caller's instant, so all its writes carry one)."""
         now = self.clock.now() if now is None else now
         ttl = self.settings.command_ttl_s
-        if rotate_nonce is not None:
+        if to_version is not None:
+            row, move = lifecycle.plan_protocol(kit, version=to_version, origin=origin,
+                                                now=now, ttl_s=ttl)
+        elif rotate_nonce is not None:
             row, move = lifecycle.plan_rotate(kit, nonce=rotate_nonce, origin=origin, now=now,
                                               ttl_s=ttl)
         else:
             assert want is not None
             row, move = lifecycle.plan_state_command(kit, want, origin=origin, now=now,
                                                      ttl_s=ttl)
-        out = self.claim_row(row, kit.secret_enc)
+        out = self.claim_row(row, kit.secret_enc, kit.protocol_version)
         writes = lifecycle.issue_writes([row], [move], now, postgres=self.db.is_postgres)
         return Planned(Issued(row["id"], out), writes, move)
 
@@ -172,6 +177,13 @@ class ControlService:
         return self._write(s, kit, self.plan(KitSeq.of(kit), None, origin=origin,
                                              rotate_nonce=nonce))
 
+    def switch_protocol(self, s: Session, kit: Kit, version: int, *,
+                        origin: str = "support") -> Issued:
+        """A signed ``protocol`` command, in the contract the kit speaks now: once applied,
+        the kit speaks ``version`` and announces it in its status (``handle_status``)."""
+        return self._write(s, kit, self.plan(KitSeq.of(kit), None, origin=origin,
+                                             to_version=version))
+
     @staticmethod
     def _write(s: Session, kit: Kit, planned: Planned) -> Issued:
         """Write a planned command now, and make the session's ``kit`` show its move."""
@@ -181,34 +193,37 @@ class ControlService:
 
     # --- claiming and publishing ------------------------------------------------------
 
-    def claim_row(self, row: dict[str, Any], secret_enc: str | None) -> Outgoing | None:
+    def claim_row(self, row: dict[str, Any], secret_enc: str | None,
+                  version: int = protocol.PROTOCOL_VERSION) -> Outgoing | None:
         """Sign a command not yet written (its row's columns) and mark it sent in place;
         None when no broker link exists (it stays queued for the sweep)."""
         if self.publisher is None or secret_enc is None:
             return None
-        payload = lifecycle.command_payload(row, self.box.decrypt(secret_enc))
+        payload = lifecycle.command_payload(row, self.box.decrypt(secret_enc), version)
         before = (row["status"], row["attempts"], row["sent_at"])
         row.update(self._sent_values(row["attempts"] + 1, self.clock.now()))
-        return Outgoing(row["id"], row["kit_id"], payload, row["attempts"], before)
+        return Outgoing(row["id"], row["kit_id"], payload, row["attempts"], before, version)
 
     def claim(self, s: Session, cmds: Sequence[Command]) -> list[Outgoing]:
         """Sign and mark sent commands already written (due re-sends, a kit back online)."""
         if self.publisher is None or not cmds:
             return []
-        secrets_by_kit: dict[str, str] = {
-            kid: enc for kid, enc in s.execute(select(Kit.id, Kit.secret_enc).where(
-                Kit.id.in_({c.kit_id for c in cmds})))}
+        secrets_by_kit: dict[str, tuple[str, int]] = {
+            kid: (enc, version) for kid, enc, version in s.execute(
+                select(Kit.id, Kit.secret_enc, Kit.protocol_version).where(
+                    Kit.id.in_({c.kit_id for c in cmds})))}
         now = self.clock.now()
         out = []
         for cmd in cmds:
-            enc = secrets_by_kit.get(cmd.kit_id)
-            if enc is None:
+            found = secrets_by_kit.get(cmd.kit_id)
+            if found is None:
                 continue
-            payload = lifecycle.command_payload(_columns(cmd), self.box.decrypt(enc))
+            enc, version = found
+            payload = lifecycle.command_payload(_columns(cmd), self.box.decrypt(enc), version)
             before = (cmd.status, cmd.attempts, cmd.sent_at)
             for name, value in self._sent_values(cmd.attempts + 1, now).items():
                 setattr(cmd, name, value)
-            out.append(Outgoing(cmd.id, cmd.kit_id, payload, cmd.attempts, before))
+            out.append(Outgoing(cmd.id, cmd.kit_id, payload, cmd.attempts, before, version))
         return out
 
     def send(self, outgoing: Iterable[Outgoing | None], *, payment_id: int | None = None
@@ -234,7 +249,7 @@ class ControlService:
     def _publish(self, out: Outgoing, payment_id: int | None) -> bool:
         assert self.publisher is not None
         try:
-            return bool(self.publisher.publish_command(out.kit_id, out.payload))
+            return bool(self.publisher.publish_command(out.kit_id, out.payload, out.version))
         except Exception:
             log.exception("publishing command failed", extra={
                 "kit_id": out.kit_id, "command_id": out.command_id, "payment_id": payment_id})
@@ -320,7 +335,7 @@ class ControlService:
         then adopted: the kit has proved it holds it). Unsigned acks pass unless required."""
         if ack.sig is None:
             return not self.settings.require_ack_sig
-        fields = json.loads(payload)
+        fields = protocol.fields_of(payload, ack.v)
         if protocol.verify(fields, self.box.decrypt(kit.secret_enc)):
             return True
         if kit.secret_next_enc is not None and protocol.verify(
@@ -334,9 +349,10 @@ class ControlService:
             return True
         return False
 
-    def handle_ack(self, kit_id: str, payload: bytes) -> None:
+    def handle_ack(self, kit_id: str, payload: bytes,
+                   version: int = protocol.PROTOCOL_VERSION) -> None:
         try:
-            ack = protocol.parse_ack(payload)
+            ack = protocol.parse_ack(payload, version)
         except protocol.ContractError as exc:
             self.counters.bad(exc.reason)
             log.warning("bad ack", extra={"kit_id": kit_id, "reason": exc.reason})
@@ -368,11 +384,14 @@ class ControlService:
         if follow_up is not None:
             self.send([follow_up.outgoing])
 
-    def handle_status(self, kit_id: str, payload: bytes) -> None:
+    def handle_status(self, kit_id: str, payload: bytes,
+                      version: int = protocol.PROTOCOL_VERSION) -> None:
+        """Presence, and the contract version the kit announces it speaks (after a
+        ``protocol`` command, or a kit provisioned with another version than it runs)."""
         if not payload:
             return  # a cleared retained message
         try:
-            status = protocol.parse_status(payload)
+            status = protocol.parse_status(payload, version)
         except protocol.ContractError as exc:
             self.counters.bad(exc.reason)
             return
@@ -384,6 +403,11 @@ class ControlService:
                 self.counters.bad("unknown_kit")
                 return
             came_online = status.online and not kit.online
+            if status.online and kit.protocol_version != status.v:
+                log.info("kit speaks contract v%d now", status.v,
+                         extra={"kit_id": kit_id, "was": kit.protocol_version})
+                kit.protocol_version = status.v
+                came_online = True  # what is pending goes out again, in the new version
             kit.online = status.online
             kit.fw = status.fw or kit.fw
             kit.last_seen = now
@@ -394,11 +418,13 @@ class ControlService:
                 resend = self.claim(s, s.scalars(lifecycle.skip_locked(pending, s)).all())
         self.send(resend)
 
-    def handle_telemetry(self, kit_id: str, payload: bytes) -> None:
-        """Reported state from telemetry; a kit unlocked without credit is corrected."""
+    def handle_telemetry(self, kit_id: str, payload: bytes,
+                         version: int = protocol.PROTOCOL_VERSION) -> None:
+        """Reported state from telemetry (a v2 message: its latest good reading); a kit
+        unlocked without credit is corrected."""
         now = self.clock.now()
         try:
-            tele = protocol.parse_telemetry(kit_id, payload, now)
+            tele = _latest_reading(kit_id, payload, now, version)
         except protocol.ContractError as exc:
             self.counters.bad(exc.reason)
             return
@@ -451,6 +477,17 @@ class ControlService:
             return False
         result = clear(kit_id)
         return result is not False
+
+
+def _latest_reading(kit_id: str, payload: bytes, now: float,
+                    version: int) -> protocol.Telemetry:
+    if version != protocol.V2:
+        return protocol.parse_telemetry(kit_id, payload, now)
+    readings = protocol.parse_readings(kit_id, payload, now)
+    good = [r for r in readings if isinstance(r, protocol.Telemetry)]
+    if not good:  # every reading refused: the first one's reason
+        raise next(r for r in readings if isinstance(r, protocol.ContractError))
+    return max(good, key=lambda r: r.ts)
 
 
 def _columns(cmd: Command) -> dict[str, Any]:

@@ -94,6 +94,9 @@ class Kit(Base):
     keypad_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     opaygo_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     opaygo_until: Mapped[int | None] = mapped_column(BigInteger)  # token chain position
+    # the kit contract version the kit speaks (provisioned; announced in its status;
+    # changed by a "protocol" command): commands are signed and published in it
+    protocol_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     anomaly_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_anomaly_at: Mapped[float | None] = mapped_column(Float)
     # how the kit talks to us: "mqtt" (the kit contract) or "openpaygo_metrics" (POST /dd,

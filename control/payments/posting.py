@@ -150,7 +150,7 @@ _ACCOUNT_COLS = (A.c.id.label("a_id"), A.c.kit_id, A.c.desco_id.label("a_desco")
                  A.c.paid_total_fcfa, A.c.remainder_fcfa, A.c.credit_until, A.c.owned,
                  K.c.cmd_seq, K.c.commanded_action, K.c.commanded_credit_until,
                  K.c.lock_due_at, K.c.secret_enc, K.c.decommissioned_at, K.c.keypad_only,
-                 K.c.last_seen, K.c.created_at.label("k_created"))
+                 K.c.last_seen, K.c.created_at.label("k_created"), K.c.protocol_version)
 # Built once: constructing a statement per call cost more than executing it. SQLite
 # renders no FOR UPDATE (Database.writing takes its writer lock instead).
 _LOCK_LINKED = (select(*_PAYMENT_COLS, *_ACCOUNT_COLS)
@@ -176,7 +176,7 @@ def _account(r: Any) -> AccountRow:
                                  r.owned),
         kit=KitSeq(r.kit_id, r.cmd_seq, commanded(r.commanded_action,
                                                   r.commanded_credit_until),
-                   r.lock_due_at, r.secret_enc),
+                   r.lock_due_at, r.secret_enc, r.protocol_version),
         decommissioned=r.decommissioned_at is not None, keypad_only=bool(r.keypad_only),
         last_seen=r.last_seen, kit_created_at=r.k_created)
 

@@ -64,7 +64,6 @@ KIT_TEXTNAME = "cizo kit"  # marks the clients this module owns
 KIT_ROLE_PREFIX = "cizo-kit:"
 PAGE = 1000  # clients or roles per listing request
 
-_T = protocol.TOPIC_ROOT
 
 # Anything not granted below is refused, receiving included: a kit granted a wildcard
 # subscription still receives only what its role lets it receive.
@@ -87,23 +86,32 @@ def kit_role(kit_id: str) -> str:
 
 
 def kit_acls(kit_id: str) -> list[dict[str, Any]]:
-    """Its own subtree only; it reads its command but never writes it (a kit cannot
-    replace its own retained command with an old unlock)."""
-    return [
-        _acl("publishClientSend", f"{_T}/{kit_id}/{protocol.TELEMETRY}"),
-        _acl("publishClientSend", f"{_T}/{kit_id}/{protocol.STATUS}"),
-        _acl("publishClientSend", f"{_T}/{kit_id}/{protocol.CMD_ACK}"),
-        *_reads(f"{_T}/{kit_id}/{protocol.CMD}"),
-    ]
+    """Its own topics only, under every contract version (a kit moves between them on a
+    signed command, with the same account); it reads its command but never writes it (a
+    kit cannot replace its own retained command with an old unlock)."""
+    return [acl for v in protocol.VERSIONS for acl in (
+        _acl("publishClientSend", protocol.telemetry_topic(kit_id, v)),
+        _acl("publishClientSend", protocol.status_topic(kit_id, v)),
+        _acl("publishClientSend", protocol.ack_topic(kit_id, v)),
+        *_reads(protocol.cmd_topic(kit_id, v)),
+    )]
 
 
+def _sends(kind: str) -> list[dict[str, Any]]:
+    return [_acl("publishClientSend", f) for f in protocol.topic_filters(kind)]
+
+
+def _reads_all(kind: str) -> list[dict[str, Any]]:
+    return [acl for f in protocol.topic_filters(kind) for acl in _reads(f)]
+
+
+# every kit's topics, under both contract versions (protocol.topic_filters)
 SERVICE_ACLS: dict[str, list[dict[str, Any]]] = {
     # the telemetry bridge ingests readings and presence
-    BRIDGE_USER: [*_reads(f"{_T}/+/{protocol.TELEMETRY}"), *_reads(f"{_T}/+/{protocol.STATUS}")],
+    BRIDGE_USER: [*_reads_all(protocol.TELEMETRY), *_reads_all(protocol.STATUS)],
     # the control service publishes signed retained commands, reads acks, presence, telemetry
-    CONTROL_USER: [_acl("publishClientSend", f"{_T}/+/{protocol.CMD}"),
-                   *_reads(f"{_T}/+/{protocol.CMD_ACK}"), *_reads(f"{_T}/+/{protocol.STATUS}"),
-                   *_reads(f"{_T}/+/{protocol.TELEMETRY}")],
+    CONTROL_USER: [*_sends(protocol.CMD), *_reads_all(protocol.CMD_ACK),
+                   *_reads_all(protocol.STATUS), *_reads_all(protocol.TELEMETRY)],
 }
 
 
@@ -155,10 +163,13 @@ def _roles_of(entry: dict[str, Any]) -> list[str]:
     return sorted(r["rolename"] for r in entry.get("roles", []))
 
 
-def plan_kit(kit: LedgerKit, present: dict[str, Any] | None,
-             box: SecretBox) -> tuple[list[Command], str | None]:
+def plan_kit(kit: LedgerKit, present: dict[str, Any] | None, box: SecretBox,
+             roles: dict[str, dict[str, Any]] | None = None
+             ) -> tuple[list[Command], str | None]:
     """The commands that bring the broker's entry (``present``) to the ledger's kit, and
-    the reason it cannot be converged (None if it can)."""
+    the reason it cannot be converged (None if it can). ``roles``: the broker's roles with
+    their ACLs when known (a reconcile): a kit role whose ACLs differ from ``kit_acls``
+    (made before the kit's rights changed, e.g. before v2's topics) is rewritten."""
     user, role = kit.kit_id, kit_role(kit.kit_id)
     gone: list[Command] = [{"command": "deleteClient", "username": user},
                            {"command": "deleteRole", "rolename": role}]
@@ -176,13 +187,18 @@ def plan_kit(kit: LedgerKit, present: dict[str, Any] | None,
                         f"before it was kept encrypted); rotate it: cizo broker rotate-kit "
                         f"{user}")
         password = {"password": box.decrypt(kit.password_enc)}
-    make_role = {"command": "createRole", "rolename": role, "acls": kit_acls(user)}
+    acls = kit_acls(user)
+    make_role = {"command": "createRole", "rolename": role, "acls": acls}
+    stale = (roles is not None and role in roles
+             and _acl_set(roles[role].get("acls", [])) != _acl_set(acls))
+    fix_role = [{"command": "modifyRole", "rolename": role, "acls": acls}] if stale else []
     if present is None:
-        return [make_role, {"command": "createClient", "username": user, **password,
-                            **wanted}], None
+        return [make_role, *fix_role, {"command": "createClient", "username": user,
+                                       **password, **wanted}], None
     commands: list[Command] = []
     if _roles_of(present) != [role]:
         commands.append(make_role)  # (refused as existing if only the client lost it)
+    commands += fix_role
     if (new_password or present.get("clientid") != user
             or present.get("textname") != KIT_TEXTNAME or _roles_of(present) != [role]):
         commands.append({"command": "modifyClient", "username": user, **password, **wanted})
@@ -257,10 +273,10 @@ class BrokerDoors:
                 {"acltype": t, "allow": v} for t, v in DEFAULT_ACL_ACCESS.items()]}],
                 outcome, "default ACL access")
             clients = _clients(dynsec)
-            roles = _role_names(dynsec)
+            roles = _roles(dynsec)
             self._apply_services(dynsec, clients, roles, outcome)
             kits = ledger_kits(self.db)
-            self._apply_kits(dynsec, kits, clients, outcome)
+            self._apply_kits(dynsec, kits, clients, outcome, roles)
             in_ledger = {k.kit_id for k in kits}
             active = {k.kit_id for k in kits if k.active}
             orphans = [u for u, c in clients.items()
@@ -275,27 +291,25 @@ class BrokerDoors:
         return outcome
 
     def _apply_services(self, dynsec: DynsecSession, clients: dict[str, dict[str, Any]],
-                        roles: set[str], outcome: Outcome) -> None:
+                        roles: dict[str, dict[str, Any]], outcome: Outcome) -> None:
         secrets = {BRIDGE_USER: self.settings.broker_bridge_password,
                    CONTROL_USER: self.settings.broker_control_password}
         for user, secret in secrets.items():
             if secret is None:  # an account this deployment manages by other means
                 continue
-            role = None
-            if user in roles:
-                (answer,) = dynsec.run([{"command": "getRole", "rolename": user}])
-                role = answer.get("data", {}).get("role")
-            plan = _service_plan(user, secret.get_secret_value(), clients.get(user), role)
+            plan = _service_plan(user, secret.get_secret_value(), clients.get(user),
+                                 roles.get(user))
             if plan and not self._send(dynsec, plan, outcome, user):
                 outcome.failed.append(user)
 
     def _apply_kits(self, dynsec: DynsecSession, kits: Iterable[LedgerKit],
-                    present: dict[str, dict[str, Any]], outcome: Outcome) -> None:
+                    present: dict[str, dict[str, Any]], outcome: Outcome,
+                    roles: dict[str, dict[str, Any]] | None = None) -> None:
         batch: list[Command] = []
         owners: list[str] = []
         for kit in kits:
             entry = present.get(kit.kit_id)
-            commands, problem = plan_kit(kit, entry, self.box)
+            commands, problem = plan_kit(kit, entry, self.box, roles)
             if problem is not None:
                 log.error("broker door not converged: %s", problem, extra={"kit_id": kit.kit_id})
                 outcome.failed.append(kit.kit_id)
@@ -356,9 +370,9 @@ def _clients(dynsec: DynsecSession) -> dict[str, dict[str, Any]]:
     return {c["username"]: c for c in _pages(dynsec, "listClients", "clients", True)}
 
 
-def _role_names(dynsec: DynsecSession) -> set[str]:
-    return {r if isinstance(r, str) else r["rolename"]
-            for r in _pages(dynsec, "listRoles", "roles", False)}
+def _roles(dynsec: DynsecSession) -> dict[str, dict[str, Any]]:
+    """Every role with its ACLs."""
+    return {r["rolename"]: r for r in _pages(dynsec, "listRoles", "roles", True)}
 
 
 def converge_now(rt: Runtime, kit_ids: Sequence[str]) -> Outcome | None:

@@ -196,6 +196,26 @@ def swap(rt: Runtime, actor: Actor, kit_id: str, *, new_kit_id: str,
     return SwapResult(kit_id, cid, done.new_kit)
 
 
+def switch_protocol(rt: Runtime, actor: Actor, kit_id: str, version: int) -> Command:
+    """A signed ``protocol`` command moving the kit to contract ``version`` (v1 JSON, v2
+    compact CBOR, docs/protocol.md); the kit announces the new version once applied."""
+    now = rt.clock.now()
+    with rt.db.session() as s:
+        kit, _acct = _locked(s, actor, kit_id)
+        before = kit.protocol_version
+        issued = rt.service.switch_protocol(s, kit, version)
+        cmd = s.get(Command, issued.id)
+        assert cmd is not None
+        accounts.audit(s, actor=actor, action="kit.protocol", now=now, kit_id=kit_id,
+                       desco_id=kit.desco_id, reason=f"kit contract v{version}",
+                       before={"protocol_version": before},
+                       after={"command_id": cmd.id, "seq": cmd.seq, "protocol_version": version})
+        s.flush()
+        s.expunge(cmd)
+    _after_commit(rt, kit_id, issued)
+    return cmd
+
+
 def rotate_secret(rt: Runtime, actor: Actor, kit_id: str) -> Command:
     """A signed ``rotate`` with a fresh nonce (one at a time); returns the command."""
     now = rt.clock.now()
