@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     rollup_chunk_hours: int = Field(default=6, ge=1)
     fleet_summary_interval_s: float = 60.0  # the fleet page's figures are at most this old
     analytics_interval_s: float = 3600.0
+    # how long a silent analytics run keeps other control processes off the job (renewed
+    # at every step; a crashed holder's lease runs out after this)
+    analytics_lease_s: float = Field(default=900.0, gt=0)
     silent_alert_days: float = 3.0
     opendata_min_households: int = Field(default=10, ge=1)
 
