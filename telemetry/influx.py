@@ -203,14 +203,22 @@ class InfluxClient:
         params: Mapping[str, Any] | None = None,
         epoch: str | None = "s",
         db: str | None = None,
+        chunk_size: int | None = None,
     ) -> list[dict[str, Any]]:
         """Run InfluxQL; the series as the server sends them (``tags``, ``columns``,
-        ``values``): for bulk reads that build arrays without a dict per row."""
+        ``values``): for bulk reads that build arrays without a dict per row.
+
+        ``chunk_size``: the server streams the answer in chunks of that many points (one
+        JSON document per line; a series may come in several parts) instead of building
+        it whole, which is several times faster on 1.x for large answers.
+        """
         url_params: dict[str, str] = {"db": self.db if db is None else db}
         if not url_params["db"]:
             del url_params["db"]
         if epoch:
             url_params["epoch"] = epoch
+        if chunk_size:
+            url_params.update(chunked="true", chunk_size=str(chunk_size))
         form = {"q": q}
         if params:
             form["params"] = json.dumps(dict(params))
@@ -223,10 +231,15 @@ class InfluxClient:
         if response.status_code != 200:
             raise InfluxQueryError(response.status_code, _error_text(response))
         try:
-            payload = response.json()
+            if not chunk_size:
+                return _series(response.json(), response.status_code)
+            out: list[dict[str, Any]] = []
+            for line in response.text.splitlines():
+                if line.strip():
+                    out.extend(_series(json.loads(line), response.status_code))
+            return out
         except ValueError as exc:
             raise InfluxQueryError(response.status_code, "response is not JSON") from exc
-        return _series(payload, response.status_code)
 
     def create_database(self) -> None:
         """``CREATE DATABASE`` (idempotent on 1.x; 2.x/3.x refuse it: buckets exist there)."""

@@ -52,6 +52,7 @@ SOLVENCY_WINDOW_DAYS = 90
 MIN_NEIGHBOURS = 4
 HOUR = analytics.HOUR_S
 READ_POINTS_PER_QUERY = 400_000  # hourly points per InfluxQL query: bounds the JSON in memory
+READ_CHUNK_POINTS = 20_000  # influxd streams its answer in chunks of this many points
 STORE_BATCH = 20_000
 ANALYTICS_LEASE = "analytics"
 ANALYTICS_ACTOR = "analytics"  # closed_by of an alert whose condition has cleared
@@ -275,7 +276,8 @@ def _read_day(client: InfluxClient, index: dict[str, int], day_start: int, since
             continue
         series = client.query_series(
             f"SELECT {', '.join(fields)} FROM {quote_ident(rollups.HOURLY_MEASUREMENT)} "
-            f"WHERE time >= {lo}s AND time < {hi}s GROUP BY {quote_ident('kit_id')}")
+            f"WHERE time >= {lo}s AND time < {hi}s GROUP BY {quote_ident('kit_id')}",
+            chunk_size=READ_CHUNK_POINTS)
         rows: list[list[Any]] = []
         kit_of: list[int] = []
         for one in series:
