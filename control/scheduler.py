@@ -2,7 +2,8 @@
 
 The sweep (converge kits, re-send unacked commands, every ``sweep_interval_s``), payments
 still pending re-checked with their provider (control.payments.poll), reminders before
-credit ends, and the jobs behind the dashboards (control.fleet.jobs). Each job runs one
+credit ends, the jobs behind the dashboards (control.fleet.jobs) and the monthly open-data
+release (control.fleet.publication). Each job runs one
 at a time (``max_instances=1``) and a missed run is coalesced, not queued; a job that fails
 is logged and runs again next time.
 """
@@ -14,6 +15,7 @@ import logging
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from control.fleet.jobs import add_jobs as add_fleet_jobs
+from control.fleet.publication import add_publish_job
 from control.payments.poll import add_poll_job
 from control.payments.receipts import send_reminders
 from control.runtime import Runtime
@@ -35,6 +37,7 @@ def start(rt: Runtime) -> BackgroundScheduler:
     )
     add_poll_job(scheduler, rt)
     add_fleet_jobs(scheduler, rt.settings, rt.db, rt.clock.now)
+    add_publish_job(scheduler, rt.settings, rt.db, rt.clock.now)
     scheduler.start()
     return scheduler
 
