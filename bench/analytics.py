@@ -6,14 +6,15 @@ four DESCOs and Togo's five regions, then runs ``control.fleet.jobs.run_analytic
 a child process (read, compute, store metrics and solvency scores, open and close alerts)
 and reports its wall time and peak RSS beside the goals (10 minutes, 2 GiB). Set-up time is
 reported apart. Env: CIZO_BENCH_KITS (default 300000), CIZO_BENCH_DAYS (30),
-CIZO_TEST_PG_ADMIN_URL. The regulator's page is not built: ``regulator_p95_ms`` is null.
+CIZO_TEST_PG_ADMIN_URL; CIZO_BENCH_COMPARE_TREE=<dir> also runs that tree's job first on the
+same data (e.g. ``git archive main | tar -x -C /tmp/main-tree``): an A/B in one run.
+The regulator's page is not built: ``regulator_p95_ms`` is null.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -93,21 +94,21 @@ def load_ledger(url: str, n: int, now: float) -> None:
                 paid += 700
             accounts.append((acct, DESCOS[i % 4], k, k, "+22890000000", 2000, 100, 60000,
                              paid, 0, until, False, created))
-        with conn.cursor().copy(
-                "COPY accounts (id, desco_id, account_number, kit_id, customer_phone, "
-                "deposit_fcfa, daily_rate_fcfa, total_price_fcfa, paid_total_fcfa, "
-                "remainder_fcfa, credit_until, owned, created_at) FROM STDIN") as cp:
-            for row in accounts:
-                cp.write_row(row)
-        with conn.cursor().copy(
-                "COPY ledger_entries (account_id, kind, amount_fcfa, days, "
-                "remainder_after_fcfa, credit_until_before, credit_until_after, created_at) "
-                "FROM STDIN") as cp:
-            for entry in entries:
-                cp.write_row(entry)
+        _copy(conn, "accounts (id, desco_id, account_number, kit_id, customer_phone, "
+              "deposit_fcfa, daily_rate_fcfa, total_price_fcfa, paid_total_fcfa, "
+              "remainder_fcfa, credit_until, owned, created_at)", accounts)
+        _copy(conn, "ledger_entries (account_id, kind, amount_fcfa, days, "
+              "remainder_after_fcfa, credit_until_before, credit_until_after, created_at)",
+              entries)
         conn.execute("SELECT setval('accounts_id_seq', %s)", (n + 1,))
         conn.commit()
         conn.execute("ANALYZE")
+
+
+def _copy(conn: psycopg.Connection[Any], table: str, rows: list[tuple[Any, ...]]) -> None:
+    with conn.cursor().copy(f"COPY {table} FROM STDIN") as cp:
+        for row in rows:
+            cp.write_row(row)
 
 
 def write_rollups(url: str, db: str, n: int, now: float, days: int) -> int:
@@ -159,9 +160,16 @@ def _post(c: httpx.Client, db: str, lines: list[str]) -> int:
     return len(lines)
 
 
-def job(now: float) -> None:
+def job(now: float, tree: str | None = None) -> None:
     """The child: the nightly job, as the control service's scheduler runs it (settings
-    from the CIZO_* environment)."""
+    from the CIZO_* environment), from this tree or from ``tree``."""
+    if tree:
+        sys.path.insert(0, tree)
+        for name in [m for m in sys.modules if m.split(".")[0] in ("control", "telemetry",
+                                                                    "cizo")]:
+            del sys.modules[name]
+    from cizo.settings import Settings
+    from control.fleet import jobs
     from control.ledger.db import Database
 
     settings = Settings()
@@ -174,6 +182,25 @@ def job(now: float) -> None:
         kinds[f.kind] = kinds.get(f.kind, 0) + 1
     print(json.dumps({"job_s": round(time.perf_counter() - t0, 1), "findings": kinds}))
     db.dispose()
+
+
+def run_child(env: dict[str, str], now: float, tree: str | None) -> dict[str, Any]:
+    """One run of the job in a child process of its own: its time and its peak RSS."""
+    t0 = time.perf_counter()
+    argv = [sys.executable, __file__, "--job", str(now), *([tree] if tree else [])]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(argv, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if child.returncode:
+        raise RuntimeError(f"the job failed: {stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    result["rss_mib"] = usage.ru_maxrss / 1024
+    result["wall_s"] = time.perf_counter() - t0
+    return result
 
 
 def main() -> int:
@@ -201,15 +228,16 @@ def main() -> int:
         influx_s = time.perf_counter() - t0
         print(f"influx: {points} hourly points in {influx_s:.1f} s "
               f"({points / influx_s:,.0f}/s)", file=sys.stderr)
-        t0 = time.perf_counter()
         env = {**os.environ, "CIZO_DATABASE_URL": settings.database_url,
                "CIZO_INFLUX_URL": influx_url, "CIZO_INFLUX_DB": settings.influx_db}
-        child = subprocess.run([sys.executable, __file__, "--job", str(now)], env=env,
-                               check=True, capture_output=True, text=True)
-        wall_s = time.perf_counter() - t0
-        sys.stderr.write(child.stderr[-4000:])
-        result = json.loads(child.stdout.strip().splitlines()[-1])
-        rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        compare = os.environ.get("CIZO_BENCH_COMPARE_TREE")
+        before = run_child(env, now, compare) if compare else None
+        if before:
+            print(f"previous tree ({compare}): {before['job_s']} s, peak RSS "
+                  f"{before['rss_mib']:.0f} MiB; findings {before['findings']}",
+                  file=sys.stderr)
+        result = run_child(env, now, None)
+        wall_s, rss_mib = result["wall_s"], result["rss_mib"]
         print(f"job: {result['job_s']} s (goal <= {GOAL_JOB_S:.0f} s), process wall "
               f"{wall_s:.1f} s, peak RSS {rss_mib:.0f} MiB (goal <= {GOAL_RSS_MIB:.0f}); "
               f"findings {result['findings']}", file=sys.stderr)
@@ -217,7 +245,9 @@ def main() -> int:
                "job_s": result["job_s"], "peak_rss_mib": round(rss_mib),
                "regulator_p95_ms": None, "setup_ledger_s": round(ledger_s, 1),
                "setup_influx_s": round(influx_s, 1), "goal_job_s": GOAL_JOB_S,
-               "goal_rss_mib": GOAL_RSS_MIB, "findings": result["findings"]}
+               "goal_rss_mib": GOAL_RSS_MIB, "findings": result["findings"],
+               "previous_tree_job_s": before and before["job_s"],
+               "previous_tree_rss_mib": before and round(before["rss_mib"])}
         print(json.dumps(out))
         return 0 if out["job_s"] <= GOAL_JOB_S and out["peak_rss_mib"] <= GOAL_RSS_MIB else 1
     finally:
@@ -228,7 +258,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--job":
-        job(float(sys.argv[2]))
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "--job":
+        job(float(sys.argv[2]), sys.argv[3] if len(sys.argv) == 4 else None)
         sys.exit(0)
     sys.exit(main())
