@@ -175,7 +175,13 @@ def job(now: float, tree: str | None = None) -> None:
     settings = Settings()
     db = Database(settings.database_url)
     t0 = time.perf_counter()
-    findings = jobs.run_analytics(settings, db, now)
+    def show(info: dict[str, Any]) -> None:
+        print(json.dumps(info), file=sys.stderr, flush=True)
+
+    try:  # the previous tree's job has no progress
+        findings = jobs.run_analytics(settings, db, now, progress=show)
+    except TypeError:
+        findings = jobs.run_analytics(settings, db, now)
     assert findings is not None, "the lease was held by another run"
     kinds: dict[str, int] = {}
     for f in findings:
@@ -197,6 +203,8 @@ def run_child(env: dict[str, str], now: float, tree: str | None) -> dict[str, An
         stdout, stderr = out.read(), err.read()
     if child.returncode:
         raise RuntimeError(f"the job failed: {stderr[-4000:]}")
+    steps = [line for line in stderr.splitlines() if line.startswith('{"job"')]
+    sys.stderr.write("".join(f"  {line}\n" for line in steps[:2] + steps[-4:]))
     result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     result["rss_mib"] = usage.ru_maxrss / 1024
     result["wall_s"] = time.perf_counter() - t0
