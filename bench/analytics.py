@@ -13,6 +13,7 @@ The regulator's page is not built: ``regulator_p95_ms`` is null.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -178,10 +179,9 @@ def job(now: float, tree: str | None = None) -> None:
     def show(info: dict[str, Any]) -> None:
         print(json.dumps(info), file=sys.stderr, flush=True)
 
-    try:  # the previous tree's job has no progress
-        findings = jobs.run_analytics(settings, db, now, progress=show)
-    except TypeError:
-        findings = jobs.run_analytics(settings, db, now)
+    has_progress = "progress" in inspect.signature(jobs.run_analytics).parameters
+    findings = jobs.run_analytics(settings, db, now,  # the previous tree's has no progress
+                                  **({"progress": show} if has_progress else {}))
     assert findings is not None, "the lease was held by another run"
     kinds: dict[str, int] = {}
     for f in findings:
