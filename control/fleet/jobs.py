@@ -345,33 +345,39 @@ def _solvency(db: Database, kits: list[KitRow], w: analytics.Window, now: float
     index = {k.id: i for i, k in enumerate(kits)}
     day0 = (int(now - ANALYTICS_WINDOW_DAYS * DAY) // DAY) * DAY
     out: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def score(acct_id: int, entries: list[Any]) -> None:
+        kit_id, created = accounts[acct_id]
+        i = index.get(kit_id)
+        if i is None:
+            return  # a decommissioned kit
+        payments = [(at, None if kind == "deposit" else float(before or 0.0),
+                     None if after is None else float(after))
+                    for _, at, kind, before, after in entries]
+        daily_load = None
+        if w.reported[i]:
+            daily_load = [(float(day0 + d * DAY), float(v))
+                          for d, v in enumerate(w.daily_load_wh[i]) if np.isfinite(v)]
+        inputs = analytics.solvency_inputs(
+            payments=payments, window_start=max(created, now - SOLVENCY_WINDOW_DAYS * DAY),
+            now=now, daily_load_wh=daily_load)
+        out[kit_id] = (analytics.solvency_score(inputs), asdict(inputs))
+
     with db.session() as s:
-        created = dict(s.execute(select(Account.id, Account.created_at)).all())
-        kit_of = dict(s.execute(select(Account.id, Account.kit_id)).all())
+        accounts = {a: (k, c) for a, k, c in s.execute(
+            select(Account.id, Account.kit_id, Account.created_at)).all()}
         entries = s.execute(
             select(LedgerEntry.account_id, LedgerEntry.created_at, LedgerEntry.kind,
                    LedgerEntry.credit_until_before, LedgerEntry.credit_until_after)
             .order_by(LedgerEntry.account_id, LedgerEntry.created_at, LedgerEntry.id)
             .execution_options(yield_per=20_000))
-        by_account = {acct: list(rows)
-                      for acct, rows in groupby(entries, key=lambda r: r.account_id)}
-    for acct_id, kit_id in kit_of.items():
-        i = index.get(kit_id)
-        if i is None:
-            continue
-        payments = [(at, None if kind == "deposit" else float(before or 0.0),
-                     None if after is None else float(after))
-                    for _, at, kind, before, after in by_account.get(acct_id, [])]
-        daily_load = None
-        if w.reported[i]:
-            loads = w.daily_load_wh[i]
-            daily_load = [(float(day0 + d * DAY), float(v)) for d, v in enumerate(loads)
-                          if np.isfinite(v)]
-        inputs = analytics.solvency_inputs(
-            payments=payments, window_start=max(created[acct_id],
-                                                now - SOLVENCY_WINDOW_DAYS * DAY),
-            now=now, daily_load_wh=daily_load)
-        out[kit_id] = (analytics.solvency_score(inputs), asdict(inputs))
+        seen = set()
+        for acct_id, rows in groupby(entries, key=lambda r: r.account_id):
+            if acct_id in accounts:
+                score(acct_id, list(rows))
+                seen.add(acct_id)
+    for acct_id in accounts.keys() - seen:  # no ledger entry yet
+        score(acct_id, [])
     return out
 
 
