@@ -6,7 +6,8 @@ four DESCOs and Togo's five regions, then runs ``control.fleet.jobs.run_analytic
 a child process (read, compute, store metrics and solvency scores, open and close alerts)
 and reports its wall time and peak RSS beside the goals (10 minutes, 2 GiB). Set-up time is
 reported apart. Env: CIZO_BENCH_KITS (default 300000), CIZO_BENCH_DAYS (30),
-CIZO_TEST_PG_ADMIN_URL; CIZO_BENCH_COMPARE_TREE=<dir> also runs that tree's job first on the
+CIZO_TEST_PG_ADMIN_URL; CIZO_BENCH_COMPUTE_ONLY=1 times only the pure per-day pipeline on
+generated arrays (no servers); CIZO_BENCH_COMPARE_TREE=<dir> also runs that tree's job first on the
 same data (e.g. ``git archive main | tar -x -C /tmp/main-tree``): an A/B in one run.
 The regulator's page is not built: ``regulator_p95_ms`` is null.
 """
@@ -190,10 +191,34 @@ def job(now: float, tree: str | None = None) -> None:
     db.dispose()
 
 
-def run_child(env: dict[str, str], now: float, tree: str | None) -> dict[str, Any]:
+def compute_only(n: int, days: int) -> None:
+    """The child of CIZO_BENCH_COMPUTE_ONLY: the pure per-day pipeline on generated grids
+    for ``n`` kits (no InfluxDB, no ledger), to size the compute apart from the read."""
+    from telemetry import analytics as a
+
+    rng = np.random.default_rng(3)
+    groups = regions_of(n).astype(np.int64)
+    t0 = time.perf_counter()
+    builder = a.WindowBuilder(n)
+    prev_present, prev_last = np.zeros(n, dtype=bool), np.zeros(n)
+    for _ in range(days + 1):
+        fields = {f: rng.uniform(0, 100, (n, 24)) for f in a.HOURLY_FIELDS}
+        fields["n"][:] = 60
+        fields["full_n"] = np.where(rng.random((n, 24)) < 0.2, 60.0, 0.0)
+        grid = a.DayHours(rng.random((n, 24)) > 0.05, fields, prev_present, prev_last)
+        stats = a.day_stats(grid)
+        builder.add(stats, a.pv_ratios_by_group(stats.pv, groups))
+        prev_present, prev_last = grid.present[:, 23], grid.fields["soc_last"][:, 23]
+    w = builder.finish()
+    a.household_patterns(w.profiles[w.reported])
+    print(json.dumps({"job_s": round(time.perf_counter() - t0, 1), "findings": {}}))
+
+
+def run_child(env: dict[str, str], now: float, tree: str | None,
+              mode: str = "--job") -> dict[str, Any]:
     """One run of the job in a child process of its own: its time and its peak RSS."""
     t0 = time.perf_counter()
-    argv = [sys.executable, __file__, "--job", str(now), *([tree] if tree else [])]
+    argv = [sys.executable, __file__, mode, str(now), *([tree] if tree else [])]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen(argv, env=env, stdout=out, stderr=err)
         _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
@@ -212,6 +237,13 @@ def run_child(env: dict[str, str], now: float, tree: str | None) -> dict[str, An
 
 
 def main() -> int:
+    if os.environ.get("CIZO_BENCH_COMPUTE_ONLY"):
+        r = run_child(dict(os.environ), float(KITS), None, mode="--compute")
+        print(f"compute only, {KITS} kits x {DAYS + 1} days: {r['job_s']} s, peak RSS "
+              f"{r['rss_mib']:.0f} MiB", file=sys.stderr)
+        print(json.dumps({"kits": KITS, "compute_s": r["job_s"],
+                          "compute_peak_rss_mib": round(r["rss_mib"])}))
+        return 0
     name = f"cizo_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -266,6 +298,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--compute":
+        compute_only(int(float(sys.argv[2])), DAYS)
+        sys.exit(0)
     if len(sys.argv) in (3, 4) and sys.argv[1] == "--job":
         job(float(sys.argv[2]), sys.argv[3] if len(sys.argv) == 4 else None)
         sys.exit(0)

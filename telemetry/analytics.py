@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -187,11 +187,16 @@ class DayHours:
     prev_present: BoolArray
     prev_soc_last: FloatArray
 
-    @classmethod
-    def empty(cls, kits: int) -> DayHours:
-        return cls(np.zeros((kits, 24), dtype=bool),
-                   {f: np.zeros((kits, 24)) for f in HOURLY_FIELDS},
-                   np.zeros(kits, dtype=bool), np.zeros(kits))
+    def rows(self, sl: slice) -> DayHours:
+        """Some kits' hours (views, not copies)."""
+        return DayHours(self.present[sl], {k: v[sl] for k, v in self.fields.items()},
+                        self.prev_present[sl], self.prev_soc_last[sl])
+
+    def last_hour(self) -> DayHours:
+        """Only the day's last hour (copied): all the next day needs, at 1/24 of the size."""
+        return DayHours(self.present[:, -1:].copy(),
+                        {"soc_last": self.fields["soc_last"][:, -1:].copy()},
+                        self.prev_present, self.prev_soc_last)
 
 
 def day_hours(kit: IntArray, t: Values, values: dict[str, FloatArray], *, kits: int,
@@ -205,16 +210,16 @@ def day_hours(kit: IntArray, t: Values, values: dict[str, FloatArray], *, kits: 
     k, hr = np.asarray(kit, dtype=np.int64)[ok], hour[ok]
     present = np.zeros((kits, 24), dtype=bool)
     present[k, hr] = True
-    fields = {}
+    grids = {}
     for name in HOURLY_FIELDS:
         grid = np.zeros((kits, 24))
         grid[k, hr] = np.nan_to_num(as_float(values[name])[ok], nan=0.0)
-        fields[name] = grid
+        grids[name] = grid
     if before is None:
         prev_present, prev_last = np.zeros(kits, dtype=bool), np.zeros(kits)
     else:
-        prev_present, prev_last = before.present[:, 23], before.fields["soc_last"][:, 23]
-    return DayHours(present, fields, prev_present, prev_last)
+        prev_present, prev_last = before.present[:, -1], before.fields["soc_last"][:, -1]
+    return DayHours(present, grids, prev_present, prev_last)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,8 +241,20 @@ class DayStats:
     pv: FloatArray  # (kits, PV_SLOTS) midday PV with a battery not full (NaN: unusable)
 
 
-def day_stats(h: DayHours) -> DayStats:
-    """Reduce one day of hourly rollups (kits x 24) to the numbers the window needs."""
+def day_stats(h: DayHours, *, rows: int = 50_000) -> DayStats:
+    """Reduce one day of hourly rollups (kits x 24) to the numbers the window needs.
+
+    Kits are taken ``rows`` at a time: the intermediate (kits x 24) arrays stay small.
+    """
+    n = h.present.shape[0]
+    if n <= rows:
+        return _day_stats(h)
+    parts = [_day_stats(h.rows(slice(a, a + rows))) for a in range(0, n, rows)]
+    return DayStats(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                       for f in fields(DayStats)})
+
+
+def _day_stats(h: DayHours) -> DayStats:
     p = h.present
     f = h.fields
     load = np.where(p, f["load_wh"], 0.0)

@@ -198,9 +198,9 @@ def fleet_window(hourly: dict[int, dict[str, np.ndarray]], region: list[str], ki
         sel = (cols["time"] >= day * DAY) & (cols["time"] < (day + 1) * DAY)
         grid = a.day_hours(ids[sel], cols["time"][sel], {f: v[sel] for f, v in cols.items()},
                            kits=kits, day_start=day * DAY, before=before)
-        stats = a.day_stats(grid)
+        stats = a.day_stats(grid, rows=300)  # in several slices of kits, as at scale
         builder.add(stats, a.pv_ratios_by_group(stats.pv, groups))
-        before = grid
+        before = grid.last_hour()
     return builder.finish()
 
 

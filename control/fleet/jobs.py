@@ -248,7 +248,7 @@ def _analytics(settings: Settings, db: Database, now: float, lease: Lease,
             grid = _read_day(client, index, day * DAY, since, before)
             stats = analytics.day_stats(grid)
             builder.add(stats, analytics.pv_ratios_by_group(stats.pv, group))
-            before = grid
+            before = grid.last_hour()
             step("day read", day=n, days=len(days), kits_reporting=int(stats.reported.sum()))
     w = builder.finish()
     del before
