@@ -337,9 +337,16 @@ def pv_ratios(pv: FloatArray) -> FloatArray:
     return out
 
 
-def row_median(x: FloatArray) -> FloatArray:
-    """Median of each row's non-NaN values (NaN for a row without any), like np.median."""
-    a = np.sort(np.asarray(x, dtype=np.float64), axis=1)  # NaN sort last
+def row_median(x: FloatArray, *, overwrite: bool = False) -> FloatArray:
+    """Median of each row's non-NaN values (NaN for a row without any), like np.median.
+
+    ``overwrite``: sort ``x`` itself (a float64 array the caller no longer needs).
+    """
+    if overwrite:
+        x.sort(axis=1)  # NaN sort last
+        a = x
+    else:
+        a = np.sort(np.asarray(x, dtype=np.float64), axis=1)
     n = np.isfinite(a).sum(axis=1)
     lo = np.clip((n - 1) // 2, 0, None)
     hi = np.clip(n // 2, 0, a.shape[1] - 1)
@@ -412,12 +419,13 @@ class WindowBuilder:
             kept.append(pv_ratio if k == "pv_ratio" else getattr(day, k))
 
     def _stack(self, name: str) -> npt.NDArray[Any]:
-        kept = self.days[name]
+        kept = self.days.pop(name)  # the days' arrays go as the stack is built
         if not kept:
             return np.zeros((self.kits, 0))
         return np.stack(kept, axis=1) if kept[0].ndim == 1 else np.concatenate(kept, axis=1)
 
     def finish(self) -> Window:
+        """The window (once: the per-day arrays are given up as it is built)."""
         c = self.counts
         reported = self._stack("reported").astype(bool)
         load = self._stack("load_wh")
@@ -441,7 +449,7 @@ class WindowBuilder:
             sizing=[str(v) for v in verdict],
             health_pct=health, fade_per_year=fade, fade_span_days=span,
             locked_hours=c["locked_hours"], locked_readings=c["locked_readings"],
-            profiles=profiles, pv_ratio=row_median(self._stack("pv_ratio")),
+            profiles=profiles, pv_ratio=row_median(self._stack("pv_ratio"), overwrite=True),
         )
 
 
