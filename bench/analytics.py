@@ -208,7 +208,8 @@ def compute_only(n: int, days: int) -> None:
         grid = a.DayHours(rng.random((n, 24)) > 0.05, fields, prev_present, prev_last)
         stats = a.day_stats(grid)
         builder.add(stats, a.pv_ratios_by_group(stats.pv, groups))
-        prev_present, prev_last = grid.present[:, 23], grid.fields["soc_last"][:, 23]
+        prev_present, prev_last = grid.present[:, 23].copy(), fields["soc_last"][:, 23].copy()
+        del grid, fields, stats
     w = builder.finish()
     a.household_patterns(w.profiles[w.reported])
     print(json.dumps({"job_s": round(time.perf_counter() - t0, 1), "findings": {}}))

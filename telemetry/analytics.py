@@ -419,10 +419,18 @@ class WindowBuilder:
             kept.append(pv_ratio if k == "pv_ratio" else getattr(day, k))
 
     def _stack(self, name: str) -> npt.NDArray[Any]:
-        kept = self.days.pop(name)  # the days' arrays go as the stack is built
-        if not kept:
+        """The days side by side (kits, days[ x width]); each day's array is let go as it is
+        copied in, so the stack never needs twice its size."""
+        kept: list[npt.NDArray[Any] | None] = list(self.days.pop(name))
+        if not kept or kept[0] is None:
             return np.zeros((self.kits, 0))
-        return np.stack(kept, axis=1) if kept[0].ndim == 1 else np.concatenate(kept, axis=1)
+        width = 1 if kept[0].ndim == 1 else kept[0].shape[1]
+        out = np.empty((self.kits, len(kept) * width), dtype=kept[0].dtype)
+        for j, day in enumerate(kept):
+            kept[j] = None
+            assert day is not None
+            out[:, j * width:(j + 1) * width] = day.reshape(self.kits, width)
+        return out
 
     def finish(self) -> Window:
         """The window (once: the per-day arrays are given up as it is built)."""

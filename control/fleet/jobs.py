@@ -249,7 +249,9 @@ def _analytics(settings: Settings, db: Database, now: float, lease: Lease,
             stats = analytics.day_stats(grid)
             builder.add(stats, analytics.pv_ratios_by_group(stats.pv, group))
             before = grid.last_hour()
-            step("day read", day=n, days=len(days), kits_reporting=int(stats.reported.sum()))
+            reporting = int(stats.reported.sum())
+            del grid, stats  # one day's grid at a time: ~1.5 KB a kit
+            step("day read", day=n, days=len(days), kits_reporting=reporting)
     w = builder.finish()
     del before
     findings = _findings(settings, kits, group, w, now)
