@@ -144,9 +144,9 @@ def write_rollups(url: str, db: str, n: int, now: float, days: int) -> int:
                     f"{prefix[i]}soc_min={cols[0][i]},soc_first={cols[1][i]},"
                     f"soc_last={cols[2][i]},pv_wh={cols[3][i]},load_wh={cols[4][i]},n=60i,"
                     f"full_n={cols[5][i]}i,locked_load_n={cols[6][i]}i {t}")
-            if len(lines) >= LINES_PER_POST:
-                written += _post(c, db, lines)
-                lines = []
+                if len(lines) >= LINES_PER_POST:
+                    written += _post(c, db, lines)
+                    lines = []
             if hod == 0:
                 print(f"rollups: day {(t - start) // DAY + 1}/{days}, {written} points",
                       file=sys.stderr, flush=True)
@@ -155,10 +155,17 @@ def write_rollups(url: str, db: str, n: int, now: float, days: int) -> int:
 
 
 def _post(c: httpx.Client, db: str, lines: list[str]) -> int:
-    if lines:
-        r = c.post("/write", params={"db": db, "precision": "s"},
-                   content="\n".join(lines).encode())
-        r.raise_for_status()
+    """One batch; a 5xx (influxd's cache full while it snapshots) is retried after a pause."""
+    body = "\n".join(lines).encode()
+    for attempt in range(8):
+        if not lines:
+            break
+        r = c.post("/write", params={"db": db, "precision": "s"}, content=body)
+        if r.status_code < 500 or attempt == 7:
+            r.raise_for_status()
+            break
+        print(f"influxd {r.status_code}: {r.text[:200]}; retrying", file=sys.stderr)
+        time.sleep(2.0 * (attempt + 1))
     return len(lines)
 
 
