@@ -150,8 +150,17 @@ class Settings(BaseSettings):
     rollup_chunk_hours: int = Field(default=6, ge=1)
     fleet_summary_interval_s: float = 60.0  # the fleet page's figures are at most this old
     analytics_interval_s: float = 3600.0
+    # how long a silent analytics run keeps other control processes off the job (renewed
+    # at every step; a crashed holder's lease runs out after this)
+    analytics_lease_s: float = Field(default=900.0, gt=0)
     silent_alert_days: float = 3.0
     opendata_min_households: int = Field(default=10, ge=1)
+    # the first month of the programme's data: open data is served from it to this month
+    programme_start_month: str = Field(default="2025-01", pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
+    opendata_licence: str = "CC-BY-4.0"
+    opendata_publisher: str = "CIZO national solar home kit programme"
+    opendata_dir: Path | None = None  # where the monthly job publishes; None: <data_dir>/opendata
+    opendata_publish_day: int = Field(default=2, ge=1, le=28)  # of each month, 03:00 UTC
 
     # --- Telemetry bridge durability, dead letters, health ---------------------------
     # Local disk spool used while InfluxDB is down (None: <data_dir>/spool/<client_id>).

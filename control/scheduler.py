@@ -3,8 +3,9 @@
 The sweep (converge kits, re-send unacked commands, every ``sweep_interval_s``), payments
 still pending re-checked with their provider (control.payments.poll), reminders before
 credit ends, the broker's doors reconciled with the ledger (control.security.broker_auth;
-at start too), the jobs behind the dashboards (control.fleet.jobs), and hourly, rate-limit
-counters that no longer count (control.security.shared_limits). Each job runs one
+at start too), the jobs behind the dashboards (control.fleet.jobs), the monthly open-data
+release (control.fleet.publication), and hourly, rate-limit counters that no longer count
+(control.security.shared_limits). Each job runs one
 at a time (``max_instances=1``) and a missed run is coalesced, not queued; a job that fails
 is logged and runs again next time.
 """
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from control.fleet.jobs import add_jobs as add_fleet_jobs
+from control.fleet.publication import add_publish_job
 from control.payments.poll import add_poll_job
 from control.payments.receipts import send_reminders
 from control.runtime import Runtime
@@ -51,6 +53,7 @@ def start(rt: Runtime) -> BackgroundScheduler:
     )
     add_poll_job(scheduler, rt)
     add_fleet_jobs(scheduler, rt.settings, rt.db, rt.clock.now)
+    add_publish_job(scheduler, rt.settings, rt.db, rt.clock.now)
     scheduler.start()
     return scheduler
 

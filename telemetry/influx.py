@@ -194,11 +194,31 @@ class InfluxClient:
         ``params`` are InfluxQL bind parameters (``$name``) where the server supports
         them; ``epoch="s"`` returns ``time`` as unix seconds, like the writes.
         """
+        return _rows(self.query_series(q, params=params, epoch=epoch, db=db))
+
+    def query_series(
+        self,
+        q: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        epoch: str | None = "s",
+        db: str | None = None,
+        chunk_size: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run InfluxQL; the series as the server sends them (``tags``, ``columns``,
+        ``values``): for bulk reads that build arrays without a dict per row.
+
+        ``chunk_size``: the server streams the answer in chunks of that many points (one
+        JSON document per line; a series may come in several parts) instead of building
+        it whole, which is several times faster on 1.x for large answers.
+        """
         url_params: dict[str, str] = {"db": self.db if db is None else db}
         if not url_params["db"]:
             del url_params["db"]
         if epoch:
             url_params["epoch"] = epoch
+        if chunk_size:
+            url_params.update(chunked="true", chunk_size=str(chunk_size))
         form = {"q": q}
         if params:
             form["params"] = json.dumps(dict(params))
@@ -211,10 +231,15 @@ class InfluxClient:
         if response.status_code != 200:
             raise InfluxQueryError(response.status_code, _error_text(response))
         try:
-            payload = response.json()
+            if not chunk_size:
+                return _series(response.json(), response.status_code)
+            out: list[dict[str, Any]] = []
+            for line in response.text.splitlines():
+                if line.strip():
+                    out.extend(_series(json.loads(line), response.status_code))
+            return out
         except ValueError as exc:
             raise InfluxQueryError(response.status_code, "response is not JSON") from exc
-        return _rows(payload, response.status_code)
 
     def create_database(self) -> None:
         """``CREATE DATABASE`` (idempotent on 1.x; 2.x/3.x refuse it: buckets exist there)."""
@@ -290,20 +315,26 @@ def _v2_error_text(body: Any) -> str:
     return text.strip()[:500]
 
 
-def _rows(payload: Any, status_code: int) -> list[dict[str, Any]]:
+def _series(payload: Any, status_code: int) -> list[dict[str, Any]]:
     if not isinstance(payload, dict):
         raise InfluxQueryError(status_code, "unexpected response shape")
     if isinstance(payload.get("error"), str):
         raise InfluxQueryError(status_code, payload["error"])
-    rows: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
     for result in payload.get("results") or []:
         if "error" in result:
             raise InfluxQueryError(status_code, str(result["error"]))
-        for series in result.get("series") or []:
-            tags = series.get("tags") or {}
-            columns = series.get("columns") or []
-            for values in series.get("values") or []:
-                row = dict(zip(columns, values, strict=False))
-                row.update(tags)
-                rows.append(row)
+        out.extend(result.get("series") or [])
+    return out
+
+
+def _rows(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for one in series:
+        tags = one.get("tags") or {}
+        columns = one.get("columns") or []
+        for values in one.get("values") or []:
+            row = dict(zip(columns, values, strict=False))
+            row.update(tags)
+            rows.append(row)
     return rows

@@ -1,9 +1,12 @@
-"""Open data: anonymised aggregates per region and month, as CSV.
+"""Open data: anonymised aggregates per region and month, as CSV plus its metadata.
 
-No kit id, account, phone or place finer than the region leaves here, and every cell is
-built from at least ``min_households`` households: a cell from fewer is left empty
-(suppressed), so no household's figures can be read off the table. ``build_rows`` and
-``to_csv`` are pure; ``gather`` reads the ledger and the daily tier.
+No kit id, account, phone or place finer than the region leaves here. Every cell is built
+from at least ``min_households`` households (primary suppression), and because the table
+also gives the national total, a month whose column has a suppressed cell has at least one
+more suppressed (complementary suppression) so that the suppressed cells together hold at
+least ``min_households`` households: total minus the published cells gives only their sum,
+never one small cell. ``build_rows``, ``to_csv`` and ``metadata`` are pure; the gathering
+of households is in control.fleet.jobs.
 """
 
 from __future__ import annotations
@@ -11,11 +14,17 @@ from __future__ import annotations
 import calendar
 import csv
 import io
+import re
+import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 COLUMNS = ("region", "month", "kits_active", "energy_delivered_kwh", "payments_fcfa",
            "share_days_with_power")
+NATIONAL = "Togo"  # the row that adds up every region of a month
+MONTH_FORMAT = "YYYY-MM"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,26 +39,57 @@ class HouseholdMonth:
     paid_fcfa: int
 
 
-def build_rows(households: list[HouseholdMonth], min_households: int = 10
+# each measure: who counts for it (its households), and the cells it fills
+_MEASURES: tuple[tuple[Callable[[HouseholdMonth], bool], tuple[str, ...]], ...] = (
+    (lambda h: h.days_reported > 0,
+     ("kits_active", "energy_delivered_kwh", "share_days_with_power")),
+    (lambda h: h.paid_fcfa > 0, ("payments_fcfa",)),
+)
+
+
+def _cells(hs: list[HouseholdMonth], columns: tuple[str, ...]) -> dict[str, str]:
+    if "payments_fcfa" in columns:
+        return {"payments_fcfa": str(sum(h.paid_fcfa for h in hs))}
+    days = sum(h.days_reported for h in hs)
+    return {"kits_active": str(len(hs)),
+            "energy_delivered_kwh": f"{sum(h.energy_wh for h in hs) / 1000:.1f}",
+            "share_days_with_power": f"{sum(h.days_powered for h in hs) / days:.3f}"}
+
+
+def suppressed(counts: dict[str, int], min_households: int) -> set[str]:
+    """Which cells of one total's breakdown to leave empty (households per cell).
+
+    Primary: cells from fewer than ``min_households``. Complementary: while the suppressed
+    cells are a single cell, or hold fewer than ``min_households`` together, the smallest
+    published cell is suppressed too, so the total cannot give back a small cell.
+    """
+    out = {k for k, n in counts.items() if n < min_households}
+    rest = sorted((n, k) for k, n in counts.items() if k not in out)
+    while out and rest and (len(out) == 1 or sum(counts[k] for k in out) < min_households):
+        out.add(rest.pop(0)[1])
+    return out
+
+
+def build_rows(households: Iterable[HouseholdMonth], min_households: int = 10
                ) -> list[dict[str, str]]:
-    """One row per (region, month); a cell from fewer than ``min_households`` is empty."""
-    groups: dict[tuple[str, str], list[HouseholdMonth]] = defaultdict(list)
+    """Rows per (region, month) and a national row per month, with cells suppressed."""
+    by_month: dict[str, dict[str, list[HouseholdMonth]]] = defaultdict(lambda: defaultdict(list))
     for h in households:
-        groups[(h.region, h.month)].append(h)
-    rows = []
-    for (region, month), hs in sorted(groups.items()):
-        active = [h for h in hs if h.days_reported > 0]
-        payers = [h for h in hs if h.paid_fcfa > 0]
-        row = {"region": region, "month": month, "kits_active": "",
-               "energy_delivered_kwh": "", "payments_fcfa": "", "share_days_with_power": ""}
-        if len(active) >= min_households:
-            row["kits_active"] = str(len(active))
-            row["energy_delivered_kwh"] = f"{sum(h.energy_wh for h in active) / 1000:.1f}"
-            days = sum(h.days_reported for h in active)
-            row["share_days_with_power"] = f"{sum(h.days_powered for h in active) / days:.3f}"
-        if len(payers) >= min_households:
-            row["payments_fcfa"] = str(sum(h.paid_fcfa for h in payers))
-        rows.append(row)
+        by_month[h.month][h.region].append(h)
+    rows: list[dict[str, str]] = []
+    for month, regions in sorted(by_month.items()):
+        table = {r: {"region": r, "month": month, **dict.fromkeys(COLUMNS[2:], "")}
+                 for r in [*sorted(regions), NATIONAL]}
+        for counts_as, columns in _MEASURES:
+            members = {r: [h for h in hs if counts_as(h)] for r, hs in regions.items()}
+            everyone = [h for hs in members.values() for h in hs]
+            hidden = suppressed({r: len(hs) for r, hs in members.items()}, min_households)
+            for r, hs in members.items():
+                if r not in hidden:
+                    table[r].update(_cells(hs, columns))
+            if len(everyone) >= min_households:
+                table[NATIONAL].update(_cells(everyone, columns))
+        rows.extend(table.values())
     return rows
 
 
@@ -61,11 +101,66 @@ def to_csv(rows: list[dict[str, str]]) -> str:
     return buf.getvalue()
 
 
+def metadata(month: str, *, min_households: int, licence: str, publisher: str,
+             csv_name: str) -> dict[str, Any]:
+    """A machine-readable description of one month's file (a Frictionless Table Schema)."""
+    return {
+        "name": f"cizo-opendata-{month}", "title": f"Solar home kits per region, {month}",
+        "path": csv_name, "format": "csv", "encoding": "utf-8", "publisher": publisher,
+        "licenses": [{"name": licence}], "temporal": month,
+        "schema": {"primaryKey": ["region", "month"], "missingValues": [""], "fields": [
+            {"name": "region", "type": "string",
+             "description": f"Togo's region, or {NATIONAL} for the whole country"},
+            {"name": "month", "type": "yearmonth"},
+            {"name": "kits_active", "type": "integer",
+             "description": "kits that reported telemetry on at least one day of the month"},
+            {"name": "energy_delivered_kwh", "type": "number",
+             "description": "load energy the active kits delivered (kWh)"},
+            {"name": "payments_fcfa", "type": "integer",
+             "description": "mobile-money payments credited in the month (FCFA)"},
+            {"name": "share_days_with_power", "type": "number",
+             "description": "share of the active kits' reported days with energy delivered"},
+        ]},
+        "suppression": {
+            "min_households": min_households,
+            "rule": (f"A cell built from fewer than {min_households} households is empty. "
+                     "In a month where a region's cell is empty, further cells (the smallest) "
+                     "are emptied until the empty cells of that column are at least two and "
+                     f"hold at least {min_households} households together, so the national "
+                     "total minus the published regions never gives a small cell back."),
+        },
+    }
+
+
 def month_bounds(month: str) -> tuple[int, int]:
     """``YYYY-MM`` -> [start, end) in unix seconds (UTC)."""
     year, mon = (int(x) for x in month.split("-", 1))
     if not 1 <= mon <= 12:
-        raise ValueError(f"bad month {month!r}: use YYYY-MM")
+        raise ValueError(f"bad month {month!r}: use {MONTH_FORMAT}")
     start = calendar.timegm((year, mon, 1, 0, 0, 0))
     nxt = calendar.timegm((year + mon // 12, mon % 12 + 1, 1, 0, 0, 0))
     return start, nxt
+
+
+def month_of(t: float) -> str:
+    """The ``YYYY-MM`` (UTC) of a unix time."""
+    y, m = time.gmtime(t)[:2]
+    return f"{y:04d}-{m:02d}"
+
+
+def previous_month(t: float) -> str:
+    y, m = time.gmtime(t)[:2]
+    return f"{y - (m == 1):04d}-{(m - 2) % 12 + 1:02d}"
+
+
+class MonthOutOfRange(ValueError):
+    """A month the programme has no data for (before it started, or not over yet)."""
+
+
+def check_month(month: str, first: str, last: str) -> None:
+    """``month`` must be a ``YYYY-MM`` between ``first`` and ``last`` (inclusive)."""
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
+        raise ValueError(f"bad month {month!r}: use {MONTH_FORMAT}")
+    if not first <= month <= last:
+        raise MonthOutOfRange(
+            f"no open data for {month}: the programme's data covers {first} to {last}")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -18,7 +20,8 @@ from cizo import services
 from cizo.settings import Settings
 from control.fleet import jobs
 from control.ledger.db import Database, migrate
-from control.ledger.models import Alert, Desco, Kit, KitMetrics
+from control.ledger.leases import Lease
+from control.ledger.models import Alert, Desco, JobLease, Kit, KitMetrics
 from telemetry import analytics, rollups
 from telemetry.influx import InfluxClient
 from tests.compose_support import env_of, rendered_services
@@ -73,14 +76,10 @@ def test_daily_tier_matches_the_raw_counters(fleet: tuple[InfluxFleet, Settings]
     assert sum(r["load_wh"] for r in rows2) == pytest.approx(before)
 
 
-def test_analytics_find_each_planted_fault(
-    fleet: tuple[InfluxFleet, Settings], tmp_path: Path
-) -> None:
-    data, settings = fleet
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+def _ledger(url: str, data: InfluxFleet) -> Database:
+    """A ledger with the fleet's kits (kit 6 silent for ten days)."""
     migrate(url)
     db = Database(url)
-    settings = settings.model_copy(update={"database_url": url})
     with db.session() as s:
         if s.get(Desco, "default") is None:  # a migration may seed it
             s.add(Desco(id="default", name="d", created_at=0.0))
@@ -89,7 +88,19 @@ def test_analytics_find_each_planted_fault(
             s.add(Kit(id=k, desco_id="default", mqtt_username=k, mqtt_password_hash="x",
                       secret_enc="x", cmd_seq=0, created_at=data.start, online=True,
                       last_seen=data.now - (10 * 86400 if k == data.spec.kit_ids[6] else 60)))
-    findings = jobs.run_analytics(settings, db, data.now)
+    return db
+
+
+def test_analytics_find_each_planted_fault(
+    fleet: tuple[InfluxFleet, Settings], tmp_path: Path
+) -> None:
+    data, settings = fleet
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    db = _ledger(url, data)
+    settings = settings.model_copy(update={"database_url": url})
+    steps: list[dict[str, Any]] = []
+    findings = jobs.run_analytics(settings, db, data.now, progress=steps.append)
+    assert findings is not None
     ids = data.spec.kit_ids
     found = {(f.kit_id, f.kind) for f in findings}
     assert (ids[2], "pv_below_neighbours") in found
@@ -117,6 +128,86 @@ def test_analytics_find_each_planted_fault(
     jobs.run_analytics(settings, db, data.now + 60)
     with db.session() as s:
         assert s.query(Alert).count() == len(findings)
+    # progress: every day of the window, then the computed, scored and stored steps
+    days = [p for p in steps if p["step"] == "day read"]
+    assert days and days[-1]["day"] == days[-1]["days"] == len(days)
+    assert [p["step"] for p in steps][-3:] == ["computed", "scored", "stored"]
+    db.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_analytics_resume_after_a_crash_without_opening_alerts_twice(
+    fleet: tuple[InfluxFleet, Settings], database_url: str
+) -> None:
+    data, settings = fleet
+    db = _ledger(database_url, data)
+    first = jobs.run_analytics(settings, db, data.now)
+    assert first
+
+    class Crash(Exception):
+        pass
+
+    def crash_at(step: str) -> Any:
+        def progress(info: dict[str, Any]) -> None:
+            if info["step"] == step:
+                raise Crash(step)
+        return progress
+
+    with db.session() as s:  # a kit's alert acknowledged by an operator stays one alert
+        ack = s.query(Alert).filter(Alert.kind == "silent").one()
+        ack.state = "acknowledged"
+    for step in ("day read", "scored"):  # a crash while reading, and just before storing
+        with pytest.raises(Crash):
+            jobs.run_analytics(settings, db, data.now + 3600, progress=crash_at(step))
+    again = jobs.run_analytics(settings, db, data.now + 7200)
+    assert again is not None
+    with db.session() as s:
+        live = [(a.kit_id, a.kind) for a in s.query(Alert).filter(Alert.state != "closed")]
+        assert sorted(live) == sorted({(f.kit_id, f.kind) for f in again})
+        assert len(live) == len(set(live)) == len(first)
+        kept = s.get(Alert, ack.id)
+        assert kept is not None and kept.state == "acknowledged"
+        assert {m.computed_at for m in s.query(KitMetrics)} == {data.now + 7200}
+    db.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_analytics_never_runs_twice_at_once(
+    fleet: tuple[InfluxFleet, Settings], database_url: str
+) -> None:
+    data, settings = fleet
+    db = _ledger(database_url, data)
+    other = Database(database_url)  # a second control process: its own connections
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold(info: dict[str, Any]) -> None:
+        if info["step"] == "start":
+            inside.set()
+            assert leave.wait(60)
+
+    result: list[Any] = []
+    first = threading.Thread(target=lambda: result.append(
+        jobs.run_analytics(settings, db, data.now, progress=hold)))
+    first.start()
+    assert inside.wait(60)
+    try:
+        assert jobs.run_analytics(settings, other, data.now) is None  # skipped: lease held
+        with other.session() as s:
+            assert s.query(KitMetrics).count() == 0 and s.query(Alert).count() == 0
+            lease = s.get(JobLease, "analytics")
+            assert lease is not None and lease.progress and lease.progress["step"] == "start"
+    finally:
+        leave.set()
+        first.join(60)
+    assert result and result[0]
+    # released at the end: the other process runs the next one
+    assert jobs.run_analytics(settings, other, data.now + 60) is not None
+    # a holder that died leaves a lease that runs out
+    dead = Lease(db, "analytics", 30.0, holder="dead-process", wall=lambda: data.now)
+    assert dead.acquire()
+    assert jobs.run_analytics(settings, other, data.now) is None
+    assert Lease(other, "analytics", 30.0, wall=lambda: data.now + 31).acquire()
+    other.dispose()
     db.dispose()
 
 

@@ -31,30 +31,44 @@ def test_household_patterns_separate_evening_and_daytime_habits() -> None:
     assert again.labels.tolist() == p.labels.tolist()  # stable
 
 
+def window_of(days: int, **fields: np.ndarray) -> a.Window:
+    """The window of kits whose hourly fields are given as (kits, days * 24) arrays."""
+    kits = next(iter(fields.values())).shape[0]
+    builder = a.WindowBuilder(kits)
+    prev_present, prev_last = np.zeros(kits, dtype=bool), np.zeros(kits)
+    for d in range(days):
+        day = {f: fields.get(f, np.zeros((kits, days * 24)))[:, d * 24:(d + 1) * 24]
+               for f in a.HOURLY_FIELDS}
+        stats = a.day_stats(a.DayHours(np.ones((kits, 24), dtype=bool), day, prev_present,
+                                       prev_last))
+        builder.add(stats, a.pv_ratios(stats.pv))
+        prev_present, prev_last = np.ones(kits, dtype=bool), day["soc_last"][:, 23]
+    return builder.finish()
+
+
 def test_sizing_verdicts() -> None:
-    t = np.arange(0, 4 * DAY, 3600, dtype=float)
-    hour = (t % DAY) // 3600
+    hour = np.arange(4 * 24) % 24
     empty = np.where(hour >= 20, 2.0, 50.0)
-    assert a.sizing(t, empty, np.zeros_like(t)).verdict == "undersized"
-    full = np.where((hour >= 9) & (hour < 16), 1.0, 0.0)
-    assert a.sizing(t, np.full_like(t, 90.0), full).verdict == "oversized"
-    assert a.sizing(t, np.full_like(t, 40.0), full).verdict == "ok"  # deep use: not oversized
+    full = np.where((hour >= 9) & (hour < 16), 60.0, 0.0)
+    w = window_of(4, soc_min=np.vstack([empty, np.full(96, 90.0), np.full(96, 40.0)]),
+                  full_n=np.vstack([np.zeros(96), full, full]), n=np.full((3, 96), 60.0))
+    assert w.sizing == ["undersized", "oversized", "ok"]  # deep use: not oversized
 
 
 def test_capacity_fade_and_health() -> None:
-    days = np.arange(20) * DAY
-    fast = a.capacity_fade(days, 400 * (1 - 0.01 * np.arange(20)))
-    assert fast.fast and fast.health_pct is not None and fast.health_pct < 90
-    slow = a.capacity_fade(days, np.full(20, 400.0))
-    assert not slow.fast and slow.health_pct == 100.0
+    health, fade, span = a.capacity_fade(np.vstack([400 * (1 - 0.01 * np.arange(20)),
+                                                    np.full(20, 400.0)]))
+    assert health[0] < 90 and fade[0] > a.FAST_FADE_PER_YEAR and span[0] == 19
+    assert health[1] == 100.0 and fade[1] == 0.0
     assert a.health_bucket(85.0) == "80-90" and a.health_bucket(None) == "unknown"
 
 
-def test_pv_ratio_and_locked_power() -> None:
+def test_pv_ratio_against_the_other_kits() -> None:
     m = np.array([[100, 110, np.nan], [90, 100, 95], [20, 22, 19], [100, 105, 98.0]])
-    r = a.pv_neighbour_ratio(m)
+    r = a.row_median(a.pv_ratios(m))
     assert r[2] < a.PV_NEIGHBOUR_RATIO < r[0]
-    assert a.power_while_locked([True, True, False], [5.0, 0.2, 30.0]) == 1
+    # kit 2 against the median of kits 0, 1 and 3 in the first hour: 100
+    assert a.pv_ratios(m)[2, 0] == 20 / 100
 
 
 def test_solvency_score_formula_and_inputs() -> None:

@@ -107,14 +107,19 @@ def test_open_data_suppresses_cells_from_fewer_than_ten_households() -> None:
     hs = [opendata.HouseholdMonth("Kara", "2026-01", 30, 28, 3000.0, 3000 if i < 9 else 0)
           for i in range(12)]
     hs += [opendata.HouseholdMonth("Savanes", "2026-01", 30, 30, 100.0, 100) for _ in range(9)]
+    hs += [opendata.HouseholdMonth("Maritime", "2026-01", 30, 15, 1000.0, 700)
+           for _ in range(20)]
     text = opendata.to_csv(opendata.build_rows(hs, 10))
     rows = list(csv.DictReader(io.StringIO(text)))
     assert list(rows[0]) == list(opendata.COLUMNS)
-    kara, savanes = rows
-    assert kara["kits_active"] == "12" and kara["energy_delivered_kwh"] == "36.0"
-    assert kara["share_days_with_power"] == f"{28 / 30:.3f}"
-    assert kara["payments_fcfa"] == ""  # only 9 paying households
+    kara, maritime, savanes, togo = rows
+    assert togo["region"] == opendata.NATIONAL and togo["kits_active"] == "41"
+    assert maritime["kits_active"] == "20" and maritime["energy_delivered_kwh"] == "20.0"
+    assert maritime["share_days_with_power"] == f"{15 / 30:.3f}"
+    # Savanes (9) is suppressed, and Kara with it: Togo minus Maritime gives only their sum
     assert all(savanes[c] == "" for c in opendata.COLUMNS[2:])
+    assert kara["kits_active"] == "" and kara["payments_fcfa"] == ""  # 9 paying households
+    assert togo["payments_fcfa"] == str(9 * 3000 + 9 * 100 + 20 * 700)
     assert "KIT" not in text and "+228" not in text
 
 

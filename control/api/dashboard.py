@@ -232,14 +232,18 @@ def change_alert(
 
 @router.get("/v1/opendata/{month}.csv", tags=["opendata"], response_class=PlainTextResponse,
             # document the media type actually sent (schemathesis checks it)
-            responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+            responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
+                       404: {"description": "a month outside the programme's data"}},
             summary="Anonymised aggregates per region for one month (YYYY-MM)")
 def opendata_csv(
     rt: RuntimeDep, actor: AggregateKey,
     month: Annotated[str, Path(pattern=r"^\d{4}-\d{2}$")],
 ) -> PlainTextResponse:
     try:
-        opendata.month_bounds(month)
+        opendata.check_month(month, rt.settings.programme_start_month,
+                             opendata.month_of(rt.clock.now()))
+    except opendata.MonthOutOfRange as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     started = time.monotonic()

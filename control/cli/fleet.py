@@ -83,7 +83,8 @@ def _opendata(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     try:
-        opendata.month_bounds(args.month)
+        opendata.check_month(args.month, settings.programme_start_month,
+                             opendata.month_of(time.time()))
     except ValueError as exc:
         print(f"cizo export opendata: {exc}", file=sys.stderr)
         return 2

@@ -12,20 +12,34 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from itertools import groupby
+from typing import Any, cast
 
 import numpy as np
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import and_, case, delete, func, or_, select
+from sqlalchemy import (
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from cizo.settings import Settings
 from control.ledger.db import Database
+from control.ledger.leases import Lease
 from control.ledger.models import Account, Alert, FleetSummary, Kit, KitMetrics, LedgerEntry
 from telemetry import analytics, opendata, rollups
 from telemetry.errors import InfluxQueryError
-from telemetry.influx import InfluxClient, quote_ident, quote_string
+from telemetry.influx import InfluxClient, quote_ident
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +49,13 @@ ALERT_STATES = ("open", "acknowledged", "closed")
 ALERT_KINDS = ("power_while_locked", "capacity_fading", "pv_below_neighbours", "silent")
 ANALYTICS_WINDOW_DAYS = 30
 SOLVENCY_WINDOW_DAYS = 90
-KIT_BATCH = 200
 MIN_NEIGHBOURS = 4
+HOUR = analytics.HOUR_S
+READ_POINTS_PER_QUERY = 400_000  # hourly points per InfluxQL query: bounds the JSON in memory
+READ_CHUNK_POINTS = 20_000  # influxd streams its answer in chunks of this many points
+STORE_BATCH = 20_000
+ANALYTICS_LEASE = "analytics"
+ANALYTICS_ACTOR = "analytics"  # closed_by of an alert whose condition has cleared
 
 
 def _utc_month_start(year: int, month: int) -> int:
@@ -171,156 +190,252 @@ class Finding:
     evidence: dict[str, Any]
 
 
-def _hourly_for(client: InfluxClient, kit_ids: list[str], since: int
-                ) -> dict[str, dict[str, np.ndarray[Any, Any]]]:
-    cond = " OR ".join(f"{quote_ident('kit_id')} = {quote_string(k)}" for k in kit_ids)
-    rows = client.query(
-        "SELECT soc_min, soc_first, soc_last, pv_wh, load_wh, n, full_n, locked_load_n "
-        f"FROM {quote_ident(rollups.HOURLY_MEASUREMENT)} WHERE ({cond}) AND time >= {since}s "
-        f"GROUP BY {quote_ident('kit_id')}")
-    per: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        per[r["kit_id"]].append(r)
-    out = {}
-    for kit_id, rs in per.items():
-        rs.sort(key=lambda r: int(r["time"]))
-        out[kit_id] = {
-            name: np.array([float(r.get(name) or 0.0) for r in rs])
-            for name in ("time", "soc_min", "soc_first", "soc_last", "pv_wh", "load_wh", "n",
-                         "full_n", "locked_load_n")
-        }
-    return out
+@dataclass(frozen=True, slots=True)
+class KitRow:
+    id: str
+    region: str
+    desco_id: str
+    last_seen: float | None
+    created_at: float
 
 
-def _solvency(s: Session, acct: Account, now: float, daily_load: list[tuple[float, float]] | None
-              ) -> tuple[float, dict[str, Any]]:
-    start = max(acct.created_at, now - SOLVENCY_WINDOW_DAYS * DAY)
-    entries = s.execute(
-        select(LedgerEntry.created_at, LedgerEntry.kind, LedgerEntry.credit_until_before,
-               LedgerEntry.credit_until_after)
-        .where(LedgerEntry.account_id == acct.id).order_by(LedgerEntry.created_at)
-    ).all()
-    payments = [(at, None if kind == "deposit" else float(before or 0.0),
-                 None if after is None else float(after))
-                for at, kind, before, after in entries]
-    inputs = analytics.solvency_inputs(payments=payments, window_start=start, now=now,
-                                       daily_load_wh=daily_load)
-    return analytics.solvency_score(inputs), asdict(inputs)
+Progress = Callable[[dict[str, Any]], None]
 
 
-def run_analytics(settings: Settings, db: Database, now: float) -> list[Finding]:
-    """Per-kit metrics and anomaly alerts from the hourly tier and the ledger."""
-    tiers = rollups.Tiers.from_settings(settings)
-    since = int(now - ANALYTICS_WINDOW_DAYS * DAY)
+def run_analytics(settings: Settings, db: Database, now: float, *,
+                  progress: Progress | None = None) -> list[Finding] | None:
+    """Per-kit metrics, solvency scores and alerts for the whole fleet, under a lease.
+
+    Returns the findings, or None when another control process holds the lease (it is
+    running the job now). Nothing is written before the end, in one transaction: a run
+    that crashes leaves the previous results, and the next run starts again from the top
+    (an open alert is refreshed, never opened twice).
+    """
+    with Lease(db, ANALYTICS_LEASE, settings.analytics_lease_s) as lease:
+        if not lease.held:
+            log.info("analytics: another control process is running it; skipped")
+            return None
+        return _analytics(settings, db, now, lease, progress)
+
+
+def _analytics(settings: Settings, db: Database, now: float, lease: Lease,
+               progress: Progress | None) -> list[Finding]:
+    started = time.monotonic()
+
+    def step(event: str, **fields: Any) -> None:
+        info = {"job": "analytics", "step": event,
+                "elapsed_s": round(time.monotonic() - started, 1), **fields}
+        log.info("analytics %s", event, extra=info)
+        lease.renew(info)
+        if progress is not None:
+            progress(info)
+
     with db.session() as s:
-        kits = s.execute(select(Kit.id, Kit.region, Kit.last_seen, Kit.created_at)
-                         .where(Kit.decommissioned_at.is_(None)).order_by(Kit.id)).all()
-    hourly: dict[str, dict[str, np.ndarray[Any, Any]]] = {}
-    with rollups.client_for(settings, tiers.hourly) as client:
-        ids = [k.id for k in kits]
-        for i in range(0, len(ids), KIT_BATCH):
-            hourly.update(_hourly_for(client, ids[i:i + KIT_BATCH], since))
+        kits = [KitRow(*r) for r in s.execute(
+            select(Kit.id, Kit.region, Kit.desco_id, Kit.last_seen, Kit.created_at)
+            .where(Kit.decommissioned_at.is_(None)).order_by(Kit.id)).all()]
+    index = {k.id: i for i, k in enumerate(kits)}
+    regions = sorted({k.region for k in kits})
+    group = np.array([regions.index(k.region) for k in kits], dtype=np.int64)
+    since = int(now - ANALYTICS_WINDOW_DAYS * DAY)
+    days = list(range(since // DAY, int(now // DAY) + 1))
+    step("start", kits=len(kits), days=len(days))
+    builder = analytics.WindowBuilder(len(kits))
+    before: analytics.DayHours | None = None
+    tiers = rollups.Tiers.from_settings(settings)
+    with rollups.client_for(settings, tiers.hourly, timeout_s=300.0) as client:
+        for n, day in enumerate(days, 1):
+            grid = _read_day(client, index, day * DAY, since, before)
+            stats = analytics.day_stats(grid)
+            builder.add(stats, analytics.pv_ratios_by_group(stats.pv, group))
+            before = grid.last_hour()
+            reporting = int(stats.reported.sum())
+            del grid, stats  # one day's grid at a time: ~1.5 KB a kit
+            step("day read", day=n, days=len(days), kits_reporting=reporting)
+    w = builder.finish()
+    del before
+    findings = _findings(settings, kits, group, w, now)
+    patterns = (analytics.household_patterns(w.profiles[w.reported])
+                if w.reported.any() else None)
+    step("computed", findings=len(findings))
+    scores = _solvency(db, kits, w, now)
+    step("scored", accounts=len(scores))
+    _store(db, now, kits, w, patterns, scores, findings)
+    step("stored", findings=len(findings))
+    return findings
+
+
+def _read_day(client: InfluxClient, index: dict[str, int], day_start: int, since: int,
+              before: analytics.DayHours | None) -> analytics.DayHours:
+    """One UTC day of the hourly tier for every kit, a few hours per query (bounded memory)."""
+    fields = analytics.HOURLY_FIELDS
+    per_query = max(1, min(24, READ_POINTS_PER_QUERY // max(1, len(index))))
+    kit_parts: list[np.ndarray[Any, Any]] = []
+    value_parts: list[np.ndarray[Any, Any]] = []
+    for a in range(day_start, day_start + DAY, per_query * HOUR):
+        lo, hi = max(a, since), min(a + per_query * HOUR, day_start + DAY)
+        if lo >= hi:
+            continue
+        series = client.query_series(
+            f"SELECT {', '.join(fields)} FROM {quote_ident(rollups.HOURLY_MEASUREMENT)} "
+            f"WHERE time >= {lo}s AND time < {hi}s GROUP BY {quote_ident('kit_id')}",
+            chunk_size=READ_CHUNK_POINTS)
+        rows: list[list[Any]] = []
+        kit_of: list[int] = []
+        for one in series:
+            i = index.get((one.get("tags") or {}).get("kit_id", ""))
+            values = one.get("values") or []
+            if i is None or not values:
+                continue  # a decommissioned or unknown kit
+            if one.get("columns") != ["time", *fields]:
+                raise InfluxQueryError(200, f"unexpected columns {one.get('columns')}")
+            rows.extend(values)
+            kit_of.extend([i] * len(values))
+        if rows:
+            value_parts.append(np.array(rows, dtype=np.float64))
+            kit_parts.append(np.array(kit_of, dtype=np.int64))
+    values = (np.concatenate(value_parts) if value_parts
+              else np.zeros((0, len(fields) + 1)))
+    kit = np.concatenate(kit_parts) if kit_parts else np.zeros(0, dtype=np.int64)
+    return analytics.day_hours(kit, values[:, 0],
+                               {f: values[:, j + 1] for j, f in enumerate(fields)},
+                               kits=len(index), day_start=day_start, before=before)
+
+
+def _findings(settings: Settings, kits: list[KitRow], group: np.ndarray[Any, Any],
+              w: analytics.Window, now: float) -> list[Finding]:
     findings: list[Finding] = []
-    metrics: dict[str, dict[str, Any]] = {}
-    profiles: list[np.ndarray[Any, Any]] = []
-    profiled: list[str] = []
-    by_region: dict[str, list[str]] = defaultdict(list)
-    for kit in kits:
-        h = hourly.get(kit.id)
+    members = np.bincount(group[w.reported], minlength=int(group.max(initial=0)) + 1)
+    compared = w.reported & (members[group] >= MIN_NEIGHBOURS + 1)
+    for i, kit in enumerate(kits):
         silent = analytics.silent_for_days(kit.last_seen, now)
         if (silent is not None and silent > settings.silent_alert_days) or (
                 silent is None and now - kit.created_at > settings.silent_alert_days * DAY):
             findings.append(Finding(kit.id, "silent",
                                     f"no report for more than {settings.silent_alert_days:g} days",
                                     {"silent_days": None if silent is None else round(silent, 1)}))
-        if h is None:
-            metrics[kit.id] = {}
+        if not w.reported[i]:
             continue
-        by_region[kit.region].append(kit.id)
-        days, daily_load = analytics.sum_by_day(h["time"], h["load_wh"])
-        size = analytics.sizing(h["time"], h["soc_min"], h["full_n"] / np.maximum(h["n"], 1))
-        cap_days, cap = analytics.capacity_by_day(h["time"], h["soc_first"], h["soc_last"],
-                                                  h["pv_wh"], h["load_wh"])
-        fade = analytics.capacity_fade(cap_days, cap)
-        metrics[kit.id] = {
-            "energy_wh_30d": float(h["load_wh"].sum()), "battery_health_pct": fade.health_pct,
-            "sizing": size.verdict, "daily_load": list(zip(days.tolist(), daily_load.tolist(),
-                                                           strict=True)),
-        }
-        profiles.append(analytics.hourly_profile(h["time"], h["load_wh"]))
-        profiled.append(kit.id)
-        locked_hours = int((h["locked_load_n"] > 0).sum())
+        locked_hours = int(w.locked_hours[i])
         if locked_hours >= 2:
             findings.append(Finding(kit.id, "power_while_locked",
                                     f"power drawn while locked in {locked_hours} hours",
                                     {"hours": locked_hours,
-                                     "readings": int(h["locked_load_n"].sum())}))
-        if fade.fast:
+                                     "readings": int(w.locked_readings[i])}))
+        if w.fading_fast[i]:
+            fade = float(w.fade_per_year[i])
             findings.append(Finding(
                 kit.id, "capacity_fading",
-                f"capacity fading {100 * (fade.fade_per_year or 0):.0f} %/year "
+                f"capacity fading {100 * fade:.0f} %/year "
                 f"(expected about {100 * analytics.EXPECTED_FADE_PER_YEAR:.0f} %)",
-                {"fade_per_year": fade.fade_per_year, "health_pct": fade.health_pct}))
-    # PV against neighbours: daylight hours in which the battery was not full
-    for region, members in by_region.items():
-        if len(members) < MIN_NEIGHBOURS + 1:
-            continue
-        hours = sorted({int(t) for k in members for t in hourly[k]["time"]})
-        col = {t: j for j, t in enumerate(hours)}
-        m = np.full((len(members), len(hours)), np.nan)
-        for i, k in enumerate(members):
-            h = hourly[k]
-            hod = (h["time"] % DAY) // 3600
-            ok = (h["full_n"] == 0) & (hod >= 9) & (hod < 15)
-            for t, v in zip(h["time"][ok], h["pv_wh"][ok], strict=True):
-                m[i, col[int(t)]] = v
-        ratio = analytics.pv_neighbour_ratio(m)
-        for k, r in zip(members, ratio, strict=True):
-            if np.isfinite(r) and r < analytics.PV_NEIGHBOUR_RATIO:
-                findings.append(Finding(k, "pv_below_neighbours",
-                                        f"PV at {100 * r:.0f} % of neighbours' in {region}",
-                                        {"ratio": round(float(r), 3), "region": region}))
-    if profiled:
-        patterns = analytics.household_patterns(np.vstack(profiles))
-        for i, k in enumerate(profiled):
-            metrics[k]["load_pattern"] = patterns.name_of(i)
-    _store(db, now, metrics, findings)
-    log.info("analytics: %d kits, %d findings", len(kits), len(findings))
+                {"fade_per_year": fade, "health_pct": _num(w.health_pct[i])}))
+        r = w.pv_ratio[i]
+        if compared[i] and np.isfinite(r) and r < analytics.PV_NEIGHBOUR_RATIO:
+            findings.append(Finding(kit.id, "pv_below_neighbours",
+                                    f"PV at {100 * r:.0f} % of neighbours' in {kit.region}",
+                                    {"ratio": round(float(r), 3), "region": kit.region}))
     return findings
 
 
-def _store(db: Database, now: float, metrics: dict[str, dict[str, Any]],
-           findings: list[Finding]) -> None:
+def _num(x: Any) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _solvency(db: Database, kits: list[KitRow], w: analytics.Window, now: float
+              ) -> dict[str, tuple[float, dict[str, Any]]]:
+    """Every account's score from one ordered read of the ledger (streamed, not one per kit)."""
+    index = {k.id: i for i, k in enumerate(kits)}
+    day0 = (int(now - ANALYTICS_WINDOW_DAYS * DAY) // DAY) * DAY
+    out: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def score(acct_id: int, entries: list[Any]) -> None:
+        kit_id, created = accounts[acct_id]
+        i = index.get(kit_id)
+        if i is None:
+            return  # a decommissioned kit
+        payments = [(at, None if kind == "deposit" else float(before or 0.0),
+                     None if after is None else float(after))
+                    for _, at, kind, before, after in entries]
+        daily_load = None
+        if w.reported[i]:
+            daily_load = [(float(day0 + d * DAY), float(v))
+                          for d, v in enumerate(w.daily_load_wh[i]) if np.isfinite(v)]
+        inputs = analytics.solvency_inputs(
+            payments=payments, window_start=max(created, now - SOLVENCY_WINDOW_DAYS * DAY),
+            now=now, daily_load_wh=daily_load)
+        out[kit_id] = (analytics.solvency_score(inputs), asdict(inputs))
+
     with db.session() as s:
-        accounts = {a.kit_id: a for a in s.scalars(select(Account))}
-        existing = {m.kit_id: m for m in s.scalars(select(KitMetrics))}
-        for kit_id, m in metrics.items():
-            acct = accounts.get(kit_id)
-            score, inputs = (_solvency(s, acct, now, m.get("daily_load"))
-                             if acct is not None else (None, None))
-            row = existing.get(kit_id) or KitMetrics(kit_id=kit_id)
-            row.computed_at = now
-            row.energy_wh_30d = m.get("energy_wh_30d")
-            row.battery_health_pct = m.get("battery_health_pct")
-            row.sizing = m.get("sizing")
-            row.load_pattern = m.get("load_pattern")
-            row.solvency_score = score
-            row.solvency_inputs = inputs
-            s.add(row)
-        kit_desco = dict(s.execute(select(Kit.id, Kit.desco_id)).all())
-        for f in findings:
-            alert = s.scalars(select(Alert).where(Alert.kit_id == f.kit_id,
-                                                  Alert.kind == f.kind,
-                                                  Alert.state != "closed")).first()
-            if alert is None:
-                s.add(Alert(kit_id=f.kit_id, desco_id=kit_desco.get(f.kit_id, ""), kind=f.kind,
-                            state="open", detail=f.detail, evidence=f.evidence,
-                            opened_at=now, last_seen_at=now))
-                log.info("alert opened: %s", f.kind, extra={"kit_id": f.kit_id})
-            else:
-                alert.last_seen_at = now
-                alert.detail = f.detail
-                alert.evidence = f.evidence
+        accounts = {a: (k, c) for a, k, c in s.execute(
+            select(Account.id, Account.kit_id, Account.created_at)).all()}
+        entries = s.execute(
+            select(LedgerEntry.account_id, LedgerEntry.created_at, LedgerEntry.kind,
+                   LedgerEntry.credit_until_before, LedgerEntry.credit_until_after)
+            .order_by(LedgerEntry.account_id, LedgerEntry.created_at, LedgerEntry.id)
+            .execution_options(yield_per=20_000))
+        seen = set()
+        for acct_id, rows in groupby(entries, key=lambda r: r.account_id):
+            if acct_id in accounts:
+                score(acct_id, list(rows))
+                seen.add(acct_id)
+    for acct_id in accounts.keys() - seen:  # no ledger entry yet
+        score(acct_id, [])
+    return out
+
+
+def _store(db: Database, now: float, kits: list[KitRow], w: analytics.Window,
+           patterns: analytics.Patterns | None, scores: dict[str, tuple[float, dict[str, Any]]],
+           findings: list[Finding]) -> None:
+    """Metrics replaced, alerts opened, refreshed and closed: one transaction."""
+    pattern_of: dict[str, str] = {}
+    if patterns is not None:
+        reported = [k.id for k, r in zip(kits, w.reported, strict=True) if r]
+        pattern_of = {k: patterns.name_of(j) for j, k in enumerate(reported)}
+    rows = []
+    for i, k in enumerate(kits):
+        score, inputs = scores.get(k.id, (None, None))
+        has = bool(w.reported[i])
+        rows.append({
+            "kit_id": k.id, "computed_at": now,
+            "energy_wh_30d": float(w.energy_wh[i]) if has else None,
+            "battery_health_pct": _num(w.health_pct[i]) if has else None,
+            "sizing": w.sizing[i] if has else None, "load_pattern": pattern_of.get(k.id),
+            "solvency_score": score, "solvency_inputs": inputs,
+        })
+    desco = {k.id: k.desco_id for k in kits}
+    found = {(f.kit_id, f.kind): f for f in findings}
+    # a kind is judged for a kit only with the evidence for it; no data is no verdict
+    judged = {k.id for k, r in zip(kits, w.reported, strict=True) if r}
+    with db.session() as s:
+        s.execute(delete(KitMetrics).where(KitMetrics.kit_id.in_(select(Kit.id).where(
+            Kit.decommissioned_at.is_(None)))))
+        for a in range(0, len(rows), STORE_BATCH):
+            s.execute(insert(KitMetrics), rows[a:a + STORE_BATCH])
+        current = {(kit_id, kind): alert_id for alert_id, kit_id, kind in s.execute(
+            select(Alert.id, Alert.kit_id, Alert.kind)
+            .where(Alert.state != "closed", Alert.kind.in_(ALERT_KINDS))).all()}
+        opened = [
+            {"kit_id": f.kit_id, "desco_id": desco.get(f.kit_id, ""), "kind": f.kind,
+             "state": "open", "detail": f.detail, "evidence": f.evidence,
+             "opened_at": now, "last_seen_at": now}
+            for key, f in found.items() if key not in current]
+        seen = [{"alert_id": current[key], "detail": f.detail, "evidence": f.evidence}
+                for key, f in found.items() if key in current]
+        cleared = [{"alert_id": alert_id} for (kit_id, kind), alert_id in current.items()
+                   if (kit_id, kind) not in found and (kind == "silent" or kit_id in judged)]
+        if opened:
+            s.execute(insert(Alert), opened)
+        alerts = cast(Table, Alert.__table__)  # Core: an executemany UPDATE keyed by id
+        if seen:
+            s.execute(update(alerts).where(alerts.c.id == bindparam("alert_id"))
+                      .values(last_seen_at=now, detail=bindparam("detail"),
+                              evidence=bindparam("evidence")), seen)
+        if cleared:
+            s.execute(update(alerts).where(alerts.c.id == bindparam("alert_id"))
+                      .values(state="closed", closed_at=now, closed_by=ANALYTICS_ACTOR),
+                      cleared)
+    log.info("analytics stored: %d kits, %d alerts opened, %d refreshed, %d closed",
+             len(rows), len(opened), len(seen), len(cleared))
 
 
 # --- scheduling ---------------------------------------------------------------------------

@@ -304,6 +304,17 @@ class KitMetrics(Base):
     solvency_inputs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
+class JobLease(Base):
+    """Who runs a long job now, until when: one run at a time across control processes."""
+
+    __tablename__ = "job_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[float] = mapped_column(Float)  # wall clock; renewed while it runs
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the holder's last step
+
+
 class FleetSummary(Base):
     """Figures per (DESCO, region), recomputed every minute so the fleet page reads a few rows."""
 

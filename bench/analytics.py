@@ -1,0 +1,315 @@
+"""The nightly analytics job at national size: 300,000 kits, 30 days of hourly rollups.
+
+Starts a private influxd 1.x and a fresh PostgreSQL database, writes the kits, accounts and
+ledgers (COPY) and 30 days of hourly rollups (line protocol, 50,000 lines per POST) across
+four DESCOs and Togo's five regions, then runs ``control.fleet.jobs.run_analytics`` once in
+a child process (read, compute, store metrics and solvency scores, open and close alerts)
+and reports its wall time and peak RSS beside the goals (10 minutes, 2 GiB). Set-up time is
+reported apart. Env: CIZO_BENCH_KITS (default 300000), CIZO_BENCH_DAYS (30),
+CIZO_TEST_PG_ADMIN_URL; CIZO_BENCH_COMPUTE_ONLY=1 times only the pure per-day pipeline on
+generated arrays (no servers); CIZO_BENCH_COMPARE_TREE=<dir> also runs that tree's job first on the
+same data (e.g. ``git archive main | tar -x -C /tmp/main-tree``): an A/B in one run.
+The regulator's page is not built: ``regulator_p95_ms`` is null.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cizo import services
+from cizo.settings import Settings
+from control.fleet import jobs
+from control.ledger.db import migrate
+from telemetry import rollups
+
+ADMIN = os.environ.get("CIZO_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+KITS = int(os.environ.get("CIZO_BENCH_KITS", "300000"))
+DAYS = int(os.environ.get("CIZO_BENCH_DAYS", "30"))
+DESCOS = ("d1", "d2", "d3", "d4")
+REGIONS = jobs.REGIONS
+REGION_SHARE = (0.40, 0.20, 0.15, 0.13, 0.12)  # Maritime (Lomé) holds most households
+GOAL_JOB_S = 600.0
+GOAL_RSS_MIB = 2048.0
+LINES_PER_POST = 50_000
+DAY = 86_400
+HOUR = 3_600
+
+
+def kit_ids(n: int) -> list[str]:
+    return [f"K{i:07d}" for i in range(n)]
+
+
+def regions_of(n: int) -> np.ndarray:
+    rng = np.random.default_rng(11)
+    return rng.choice(len(REGIONS), size=n, p=REGION_SHARE)
+
+
+def load_ledger(url: str, n: int, now: float) -> None:
+    """Kits, accounts and their ledgers: a deposit, then payments every week or so."""
+    rng = np.random.default_rng(5)
+    region = regions_of(n)
+    created = now - 120 * DAY
+    with psycopg.connect(url) as conn:
+        for d in DESCOS:
+            conn.execute("INSERT INTO descos (id, name, created_at) VALUES (%s, %s, 0) "
+                         "ON CONFLICT DO NOTHING", (d, f"DESCO {d}"))
+        with conn.cursor().copy(
+                "COPY kits (id, desco_id, mqtt_username, mqtt_password_hash, secret_enc, "
+                "cmd_seq, created_at, online, reported_locked, region, last_seen) "
+                "FROM STDIN") as cp:
+            for i, k in enumerate(kit_ids(n)):
+                silent = i % 211 == 0
+                cp.write_row((k, DESCOS[i % 4], k, "x", "x", 0, created, not silent, False,
+                              REGIONS[region[i]], now - (6 * DAY if silent else 60)))
+        accounts: list[tuple[Any, ...]] = []
+        entries: list[tuple[Any, ...]] = []
+        for i, k in enumerate(kit_ids(n)):
+            acct = i + 1
+            until = int(created + 7 * DAY)
+            entries.append((acct, "deposit", 2000, 7, 0, None, until, created))
+            at = created
+            paid = 2000
+            gap = 5 + int(rng.integers(0, 6)) if i % 9 else 12  # some pay late
+            while True:
+                at += float(gap * DAY + int(rng.integers(0, DAY)))
+                if at >= now:
+                    break
+                before = until
+                until = int(max(until, at) + 7 * DAY)
+                entries.append((acct, "payment", 700, 7, 0, before, until, at))
+                paid += 700
+            accounts.append((acct, DESCOS[i % 4], k, k, "+22890000000", 2000, 100, 60000,
+                             paid, 0, until, False, created))
+        _copy(conn, "accounts (id, desco_id, account_number, kit_id, customer_phone, "
+              "deposit_fcfa, daily_rate_fcfa, total_price_fcfa, paid_total_fcfa, "
+              "remainder_fcfa, credit_until, owned, created_at)", accounts)
+        _copy(conn, "ledger_entries (account_id, kind, amount_fcfa, days, "
+              "remainder_after_fcfa, credit_until_before, credit_until_after, created_at)",
+              entries)
+        conn.execute("SELECT setval('accounts_id_seq', %s)", (n + 1,))
+        conn.commit()
+        conn.execute("ANALYZE")
+
+
+def _copy(conn: psycopg.Connection[Any], table: str, rows: list[tuple[Any, ...]]) -> None:
+    with conn.cursor().copy(f"COPY {table} FROM STDIN") as cp:
+        for row in rows:
+            cp.write_row(row)
+
+
+def write_rollups(url: str, db: str, n: int, now: float, days: int) -> int:
+    """``days`` of hourly rollups for every kit (5 % of hours missing), as line protocol."""
+    rng = np.random.default_rng(9)
+    prefix = [f"{rollups.HOURLY_MEASUREMENT},kit_id={k} " for k in kit_ids(n)]
+    panel = rng.uniform(60, 90, n)
+    panel[::37] = 25.0  # dirty or broken panels: below their neighbours
+    cap = rng.uniform(300, 600, n)
+    evening_w = rng.uniform(4, 16, n)
+    locked_kit = np.arange(n) % 53 == 0
+    soc = np.full(n, 60.0)
+    start = int(now // HOUR) * HOUR - days * DAY
+    lines: list[str] = []
+    written = 0
+    with httpx.Client(base_url=url, timeout=300) as c:
+        for t in range(start, int(now // HOUR) * HOUR, HOUR):
+            hod = (t % DAY) // HOUR
+            sun = max(0.0, float(np.sin((hod - 6) / 12 * np.pi)))
+            pv = panel * sun * rng.uniform(0.7, 1.0, n)
+            load = (evening_w if 18 <= hod < 23 else evening_w * 0.1) * rng.uniform(0.5, 1.5, n)
+            first = soc.copy()
+            soc = np.clip(soc + 100 * (pv - load) / cap, 0, 100)
+            full_n = np.where(soc >= 98, 60, 0)
+            locked = np.where(locked_kit & (rng.random(n) < 0.02), 3, 0)
+            seen = rng.random(n) > 0.05
+            cols = (np.minimum(first, soc).round(1), first.round(1), soc.round(1),
+                    pv.round(2), load.round(2), full_n, locked)
+            for i in np.flatnonzero(seen).tolist():
+                lines.append(
+                    f"{prefix[i]}soc_min={cols[0][i]},soc_first={cols[1][i]},"
+                    f"soc_last={cols[2][i]},pv_wh={cols[3][i]},load_wh={cols[4][i]},n=60i,"
+                    f"full_n={cols[5][i]}i,locked_load_n={cols[6][i]}i {t}")
+                if len(lines) >= LINES_PER_POST:
+                    written += _post(c, db, lines)
+                    lines = []
+            if hod == 0:
+                print(f"rollups: day {(t - start) // DAY + 1}/{days}, {written} points",
+                      file=sys.stderr, flush=True)
+        written += _post(c, db, lines)
+    return written
+
+
+def _post(c: httpx.Client, db: str, lines: list[str]) -> int:
+    """One batch; a 5xx (influxd's cache full while it snapshots) is retried after a pause."""
+    body = "\n".join(lines).encode()
+    for attempt in range(8):
+        if not lines:
+            break
+        r = c.post("/write", params={"db": db, "precision": "s"}, content=body)
+        if r.status_code < 500 or attempt == 7:
+            r.raise_for_status()
+            break
+        print(f"influxd {r.status_code}: {r.text[:200]}; retrying", file=sys.stderr)
+        time.sleep(2.0 * (attempt + 1))
+    return len(lines)
+
+
+def job(now: float, tree: str | None = None) -> None:
+    """The child: the nightly job, as the control service's scheduler runs it (settings
+    from the CIZO_* environment), from this tree or from ``tree``."""
+    if tree:
+        sys.path.insert(0, tree)
+        for name in [m for m in sys.modules if m.split(".")[0] in ("control", "telemetry",
+                                                                    "cizo")]:
+            del sys.modules[name]
+    from cizo.settings import Settings
+    from control.fleet import jobs
+    from control.ledger.db import Database
+
+    settings = Settings()
+    db = Database(settings.database_url)
+    t0 = time.perf_counter()
+    def show(info: dict[str, Any]) -> None:
+        print(json.dumps(info), file=sys.stderr, flush=True)
+
+    has_progress = "progress" in inspect.signature(jobs.run_analytics).parameters
+    findings = jobs.run_analytics(settings, db, now,  # the previous tree's has no progress
+                                  **({"progress": show} if has_progress else {}))
+    assert findings is not None, "the lease was held by another run"
+    kinds: dict[str, int] = {}
+    for f in findings:
+        kinds[f.kind] = kinds.get(f.kind, 0) + 1
+    print(json.dumps({"job_s": round(time.perf_counter() - t0, 1), "findings": kinds}))
+    db.dispose()
+
+
+def compute_only(n: int, days: int) -> None:
+    """The child of CIZO_BENCH_COMPUTE_ONLY: the pure per-day pipeline on generated grids
+    for ``n`` kits (no InfluxDB, no ledger), to size the compute apart from the read."""
+    from telemetry import analytics as a
+
+    rng = np.random.default_rng(3)
+    groups = regions_of(n).astype(np.int64)
+    t0 = time.perf_counter()
+    builder = a.WindowBuilder(n)
+    prev_present, prev_last = np.zeros(n, dtype=bool), np.zeros(n)
+    for _ in range(days + 1):
+        fields = {f: rng.uniform(0, 100, (n, 24)) for f in a.HOURLY_FIELDS}
+        fields["n"][:] = 60
+        fields["full_n"] = np.where(rng.random((n, 24)) < 0.2, 60.0, 0.0)
+        grid = a.DayHours(rng.random((n, 24)) > 0.05, fields, prev_present, prev_last)
+        stats = a.day_stats(grid)
+        builder.add(stats, a.pv_ratios_by_group(stats.pv, groups))
+        prev_present, prev_last = grid.present[:, 23].copy(), fields["soc_last"][:, 23].copy()
+        del grid, fields, stats
+    w = builder.finish()
+    a.household_patterns(w.profiles[w.reported])
+    print(json.dumps({"job_s": round(time.perf_counter() - t0, 1), "findings": {}}))
+
+
+def run_child(env: dict[str, str], now: float, tree: str | None,
+              mode: str = "--job") -> dict[str, Any]:
+    """One run of the job in a child process of its own: its time and its peak RSS."""
+    t0 = time.perf_counter()
+    argv = [sys.executable, __file__, mode, str(now), *([tree] if tree else [])]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(argv, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if child.returncode:
+        raise RuntimeError(f"the job failed: {stderr[-4000:]}")
+    steps = [line for line in stderr.splitlines() if line.startswith('{"job"')]
+    sys.stderr.write("".join(f"  {line}\n" for line in steps[:2] + steps[-4:]))
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    result["rss_mib"] = usage.ru_maxrss / 1024
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def main() -> int:
+    if os.environ.get("CIZO_BENCH_COMPUTE_ONLY"):
+        r = run_child(dict(os.environ), float(KITS), None, mode="--compute")
+        print(f"compute only, {KITS} kits x {DAYS + 1} days: {r['job_s']} s, peak RSS "
+              f"{r['rss_mib']:.0f} MiB", file=sys.stderr)
+        print(json.dumps({"kits": KITS, "compute_s": r["job_s"],
+                          "compute_peak_rss_mib": round(r["rss_mib"])}))
+        return 0
+    name = f"cizo_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"{ADMIN.rpartition('/')[0]}/{name}"
+    now = float(int(time.time() // DAY) * DAY + 2 * HOUR)  # the nightly run, 02:00 UTC
+    work = Path(tempfile.mkdtemp(prefix="cizo-bench-analytics-"))
+    influx = services.influxd(work / "influx", services.free_port())
+    try:
+        influx.start()
+        t0 = time.perf_counter()
+        migrate(url)
+        load_ledger(url, KITS, now)
+        ledger_s = time.perf_counter() - t0
+        print(f"ledger: {KITS} kits, accounts and ledgers in {ledger_s:.1f} s", file=sys.stderr)
+        influx_url = f"http://127.0.0.1:{influx.port}"
+        settings = Settings(database_url=url.replace("postgresql://", "postgresql+psycopg://"),
+                            influx_url=influx_url, influx_db="bench")
+        assert rollups.ensure_tiers(settings)
+        t0 = time.perf_counter()
+        points = write_rollups(influx_url, rollups.Tiers.from_settings(settings).hourly,
+                               KITS, now, DAYS)
+        influx_s = time.perf_counter() - t0
+        print(f"influx: {points} hourly points in {influx_s:.1f} s "
+              f"({points / influx_s:,.0f}/s)", file=sys.stderr)
+        env = {**os.environ, "CIZO_DATABASE_URL": settings.database_url,
+               "CIZO_INFLUX_URL": influx_url, "CIZO_INFLUX_DB": settings.influx_db}
+        compare = os.environ.get("CIZO_BENCH_COMPARE_TREE")
+        before = run_child(env, now, compare) if compare else None
+        if before:
+            print(f"previous tree ({compare}): {before['job_s']} s, peak RSS "
+                  f"{before['rss_mib']:.0f} MiB; findings {before['findings']}",
+                  file=sys.stderr)
+        result = run_child(env, now, None)
+        wall_s, rss_mib = result["wall_s"], result["rss_mib"]
+        print(f"job: {result['job_s']} s (goal <= {GOAL_JOB_S:.0f} s), process wall "
+              f"{wall_s:.1f} s, peak RSS {rss_mib:.0f} MiB (goal <= {GOAL_RSS_MIB:.0f}); "
+              f"findings {result['findings']}", file=sys.stderr)
+        out = {"kits": KITS, "days": DAYS, "hourly_points": points,
+               "job_s": result["job_s"], "peak_rss_mib": round(rss_mib),
+               "regulator_p95_ms": None, "setup_ledger_s": round(ledger_s, 1),
+               "setup_influx_s": round(influx_s, 1), "goal_job_s": GOAL_JOB_S,
+               "goal_rss_mib": GOAL_RSS_MIB, "findings": result["findings"],
+               "previous_tree_job_s": before and before["job_s"],
+               "previous_tree_rss_mib": before and round(before["rss_mib"])}
+        print(json.dumps(out))
+        return 0 if out["job_s"] <= GOAL_JOB_S and out["peak_rss_mib"] <= GOAL_RSS_MIB else 1
+    finally:
+        influx.stop()
+        with psycopg.connect(ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--compute":
+        compute_only(int(float(sys.argv[2])), DAYS)
+        sys.exit(0)
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "--job":
+        job(float(sys.argv[2]), sys.argv[3] if len(sys.argv) == 4 else None)
+        sys.exit(0)
+    sys.exit(main())

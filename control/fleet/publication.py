@@ -1,0 +1,75 @@
+"""The monthly open-data release: one CSV and its metadata per month, written by a job.
+
+On ``opendata_publish_day`` of each month the scheduler publishes the month before into
+``opendata_dir`` (``cizo-opendata-YYYY-MM.csv`` and ``.json``), the files a portal such as
+data.gouv.tg harvests. Files are replaced whole (written aside, then renamed), so a reader
+never sees half a file; a lease keeps two control processes from writing at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from cizo.settings import Settings
+from control.fleet.jobs import opendata_households
+from control.ledger.db import Database
+from control.ledger.leases import Lease
+from telemetry import opendata
+
+log = logging.getLogger(__name__)
+
+LEASE = "opendata"
+LEASE_S = 900.0
+
+
+def release_dir(settings: Settings) -> Path:
+    return settings.opendata_dir or settings.data_dir / "opendata"
+
+
+def publish(settings: Settings, db: Database, month: str) -> tuple[Path, Path] | None:
+    """Write one month's CSV and metadata; None when another process is publishing."""
+    with Lease(db, LEASE, LEASE_S) as lease:
+        if not lease.held:
+            log.info("open data %s: another control process is publishing it", month)
+            return None
+        rows = opendata.build_rows(opendata_households(settings, db, month),
+                                   settings.opendata_min_households)
+        out = release_dir(settings)
+        out.mkdir(parents=True, exist_ok=True)
+        csv_path = out / f"cizo-opendata-{month}.csv"
+        meta_path = out / f"cizo-opendata-{month}.json"
+        meta = opendata.metadata(month, min_households=settings.opendata_min_households,
+                                 licence=settings.opendata_licence,
+                                 publisher=settings.opendata_publisher,
+                                 csv_name=csv_path.name)
+        _replace(csv_path, opendata.to_csv(rows))
+        _replace(meta_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    log.info("open data %s published: %d rows in %s", month, len(rows), out)
+    return csv_path, meta_path
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def add_publish_job(scheduler: BackgroundScheduler, settings: Settings, db: Database,
+                    clock_now: Callable[[], float]) -> None:
+    """Every month, on ``opendata_publish_day`` at 03:00 UTC: the month before."""
+
+    def job() -> None:
+        try:
+            publish(settings, db, opendata.previous_month(clock_now()))
+        except Exception:
+            log.exception("open data publication failed; it runs again next month "
+                          "(or by hand: cizo export opendata)")
+
+    scheduler.add_job(job, "cron", day=settings.opendata_publish_day, hour=3,
+                      id="opendata", max_instances=1, coalesce=True, misfire_grace_time=86_400)
