@@ -3,7 +3,9 @@
 It behaves like the real kit towards the broker: a retained last will marks it offline
 when the link dies, a retained online status on every connect, QoS1 commands in and
 acks out, telemetry on a timer that keeps running (and is buffered, oldest dropped
-first) while the link is down, then flushed on reconnect.
+first) while the link is down, then flushed on reconnect. It speaks the contract version
+its firmware speaks (docs/protocol.md): v1 at first, v2 after a ``protocol`` command,
+announced at once in the new version's status so that the server follows.
 
 Threads: paho's network thread runs the callbacks, a per-kit timer thread produces
 telemetry. ``_lock`` guards the firmware and the buffer and is never held while
@@ -30,7 +32,10 @@ from firmware_sim.firmware import KitFirmware
 
 log = logging.getLogger(__name__)
 
-OFFLINE = protocol.encode({"v": protocol.PROTOCOL_VERSION, "online": False})
+
+def _offline(version: int) -> bytes:
+    """The retained offline status (and last will) in contract ``version``."""
+    return protocol.encode({"v": version, "online": False})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +81,9 @@ class SimKit:
         self._tick_s = min(tick_s, self.interval_s)
         self._lock = threading.Lock()
         self._stats_lock = threading.Lock()
-        self._buffer: collections.deque[bytes] = collections.deque(maxlen=buffer_limit)
+        # (contract version, payload): a reading goes out on its own version's topic
+        self._buffer: collections.deque[tuple[int, bytes]] = collections.deque(
+            maxlen=buffer_limit)
         self._connected = False
         self._link_failures = 0  # consecutive failed connection attempts
         self._stop = threading.Event()
@@ -98,7 +105,7 @@ class SimKit:
             client.username_pw_set(ident.mqtt_username, ident.mqtt_password)
         if self.settings.mqtt_tls_ca is not None:
             client.tls_set(ca_certs=str(self.settings.mqtt_tls_ca))
-        client.will_set(protocol.status_topic(self.kit_id), OFFLINE, qos=1, retain=True)
+        self._set_will(client)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -106,6 +113,12 @@ class SimKit:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         return client
+
+    def _set_will(self, client: mqtt.Client) -> None:
+        """The last will in the version the kit speaks (paho sends it on the next CONNECT)."""
+        version = self.firmware.protocol
+        client.will_set(protocol.status_topic(self.kit_id, version), _offline(version),
+                        qos=1, retain=True)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -124,9 +137,10 @@ class SimKit:
         """Graceful shutdown: say offline (a clean DISCONNECT suppresses the will)."""
         self._stop_timer()
         if self.connected:
+            version = self.firmware.protocol
             info = self._client.publish(
-                protocol.status_topic(self.kit_id), OFFLINE, qos=1, retain=True
-            )
+                protocol.status_topic(self.kit_id, version), _offline(version), qos=1,
+                retain=True)
             try:
                 info.wait_for_publish(timeout_s)
             except RuntimeError as exc:  # lost the link meanwhile: the will covers it
@@ -167,18 +181,21 @@ class SimKit:
     # --- telemetry -------------------------------------------------------------------
 
     def publish_telemetry(self) -> None:
-        """Take a reading now; send it, or buffer it while the link is down."""
+        """Take a reading now; send it, or buffer it while the link is down (a v2 kit
+        batches its readings, so a reading may wait in the firmware for its batch)."""
         with self._lock:
-            payload = protocol.encode(self.firmware.telemetry())
+            version = self.firmware.protocol
+            payloads = [(version, p) for p in self.firmware.report()]
             if not self._connected:
-                self._buffer.append(payload)
+                self._buffer.extend(payloads)
                 return
-        self._publish_telemetry(payload)
+        for version, payload in payloads:
+            self._publish_telemetry(version, payload)
 
-    def _publish_telemetry(self, payload: bytes) -> None:
+    def _publish_telemetry(self, version: int, payload: bytes) -> None:
         # paho keeps a QoS1 message it could not send and resends it on reconnect,
         # so a link lost between the check above and here loses nothing
-        self._client.publish(protocol.telemetry_topic(self.kit_id), payload, qos=1)
+        self._client.publish(protocol.telemetry_topic(self.kit_id, version), payload, qos=1)
         with self._stats_lock:
             self._telemetry_sent += 1
 
@@ -202,10 +219,7 @@ class SimKit:
             log.warning("kit %s: connect refused: %s", self.kit_id, reason_code)
             return
         self._link_failures = 0
-        online = {"v": protocol.PROTOCOL_VERSION, "online": True, "fw": self.firmware.fw}
-        client.publish(protocol.status_topic(self.kit_id), protocol.encode(online),
-                       qos=1, retain=True)
-        client.subscribe(protocol.cmd_topic(self.kit_id), qos=1)
+        self._announce(client)
         with self._lock:
             self._connected = True
             pending = list(self._buffer)
@@ -213,9 +227,18 @@ class SimKit:
         if pending:
             log.info("kit %s: reconnected, sending %d buffered readings",
                      self.kit_id, len(pending))
-        for payload in pending:
-            self._publish_telemetry(payload)
+        for version, payload in pending:
+            self._publish_telemetry(version, payload)
         self.publish_telemetry()
+
+    def _announce(self, client: mqtt.Client) -> None:
+        """Online in the version the kit speaks (how the server learns it), and listening
+        for commands in it."""
+        version = self.firmware.protocol
+        online = {"v": version, "online": True, "fw": self.firmware.fw}
+        client.publish(protocol.status_topic(self.kit_id, version), protocol.encode(online),
+                       qos=1, retain=True)
+        client.subscribe(protocol.cmd_topic(self.kit_id, version), qos=1)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho retries with backoff; say so once per outage, not once per attempt
@@ -234,10 +257,21 @@ class SimKit:
                         self.kit_id, reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if not msg.payload:
+            return  # the broker clearing a retained command
         try:
             with self._lock:
-                ack = self.firmware.handle_command(bytes(msg.payload))
-            client.publish(protocol.ack_topic(self.kit_id), protocol.encode(ack), qos=1)
+                speaking = self.firmware.protocol
+                ack = self.firmware.handle_command(
+                    bytes(msg.payload), protocol.parse_topic(msg.topic).version)
+                switched = self.firmware.protocol != speaking
+            # acked in the version the command came in, then spoken from now on
+            client.publish(protocol.ack_topic(self.kit_id, ack["v"]), protocol.encode(ack),
+                           qos=1)
+            if switched:
+                client.unsubscribe(protocol.cmd_topic(self.kit_id, speaking))
+                self._set_will(client)
+                self._announce(client)
             with self._stats_lock:
                 if ack["result"] == "applied":
                     self._applied += 1

@@ -164,3 +164,39 @@ def test_kit_reports_customer_pays_kit_unlocks_credit_ends_kit_locks(stack: Stac
         assert locked["paid_total_fcfa"] == 5700
     finally:
         kit.stop()
+
+
+def test_a_kit_moved_to_v2_by_a_command_keeps_reporting_and_obeying(stack: Stack) -> None:
+    """``cizo up``'s fleet (``SimKit``): the ``protocol`` command moves the kit to v2, it
+    says so in its v2 status, its readings arrive through the v2 topic (batched), and the
+    next payment's unlock reaches it as a signed v2 command that it applies."""
+    kit_id = f"E2V{uuid.uuid4().hex[:8].upper()}"
+    kit = SimKit(provision(stack, kit_id), stack.settings, stack.clock)
+    kit.start()
+    try:
+        wait_for(lambda: stack.kit(kit_id)["online"], what="kit online")
+        r = stack.api.post(f"/v1/kits/{kit_id}/protocol", json={"version": 2})
+        assert r.status_code in (200, 201), r.text
+        switch = r.json()["id"]
+        wait_for(lambda: command(stack, switch)["status"] == "applied", what="switch applied")
+        assert kit.firmware.protocol == protocol.V2
+        wait_for(lambda: stack.kit(kit_id)["protocol_version"] == 2,
+                 what="the server follows the kit's v2 status")
+        before = len(stack.influxql(f"SELECT soc FROM kit_telemetry WHERE kit_id = '{kit_id}'"))
+        wait_for(lambda: len(stack.influxql(
+            f"SELECT soc FROM kit_telemetry WHERE kit_id = '{kit_id}'")) >= before + 4,
+            timeout_s=30, what="a v2 batch of readings in InfluxDB")
+
+        r = stack.api.post("/v1/payments/intents", json={
+            "kit_id": kit_id, "amount_fcfa": 300, "phone": "+22890112233",
+            "network": "FLOOZ"})
+        assert r.status_code == 201, r.text
+        wait_for(lambda: stack.kit(kit_id)["locked"] is False, what="kit reports unlocked")
+        unlock = next(c for c in stack.kit(kit_id)["latest_commands"]
+                      if c["action"] == "unlock")
+        wait_for(lambda: command(stack, unlock["id"])["status"] == "applied",
+                 what="v2 unlock applied")
+        assert kit.firmware.credit_until == stack.kit(kit_id)["credit_until"]
+        assert kit.stats().commands_rejected == 0
+    finally:
+        kit.stop()
