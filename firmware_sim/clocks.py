@@ -82,8 +82,10 @@ def clock_speed(clock: Clock) -> float:
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep ``seconds`` of real time, or return True early if ``stop`` is set."""
+    """Sleep ``seconds`` of real time, or return True early if ``stop`` is set. Yields to
+    the event loop even for nothing to wait: a kit's loop must never starve the others."""
     if seconds <= 0:
+        await asyncio.sleep(0)
         return stop.is_set()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)

@@ -202,7 +202,8 @@ class DrivenKit:
             wait = min(wait, (self.metrics.next_post - clock.now()) / speed)
         if outage_end is not None:
             wait = min(wait, (outage_end - clock.now()) / speed)
-        elif self._outage_i < len(self.plan.outages):  # wake for the next link drop too
+        elif not self.fleet.settling and self._outage_i < len(self.plan.outages):
+            # wake for the next link drop too (none while settling: the link stays up)
             wait = min(wait, (self.plan.outages[self._outage_i][0] - clock.now()) / speed)
         if self.fleet.plan.scenario.network.keepalive_clock == "simulated":
             wait = min(wait, self.keepalive_s / speed)  # pings due on the simulated clock

@@ -362,3 +362,36 @@ def test_keypad_kits_type_the_codes_support_reads_out(mosquitto, tmp_path: Path)
         assert s.keypad_kits == 2 and s.tokens_entered == 5 and s.tokens_accepted == 5
         assert "tokens entered     5 (5 accepted, 0 rejected) on 2 keypad kits" \
             in summary_text(s)
+
+
+def test_a_settling_kit_inside_a_planned_outage_sleeps_instead_of_spinning() -> None:
+    """At the end of a run (``settle``, clock paused) an outage no longer applies: a kit
+    planned inside one must still sleep between rounds. It used to compute a wait of 0 from
+    the outage's past start and loop without ever yielding, freezing the whole fleet."""
+    sc = Scenario(kits=1, days=2, keypad=KeypadSpec(share=1.0, with_mqtt=0.0))
+    plan = build_plan(sc, 1)
+    clock = FrozenClock(sc.start_ts + 86_400)
+    driver = FleetDriver(plan, clock, host="127.0.0.1", port=1)
+    kit = driver.kits[0]
+    kit.plan = dataclasses.replace(kit.plan, outages=((sc.start_ts + 80_000,
+                                                       sc.start_ts + 90_000),))
+    driver.settle()
+    rounds = 0
+    in_outage = kit.in_outage
+
+    def counting(t: float) -> float | None:
+        nonlocal rounds
+        rounds += 1
+        return in_outage(t)
+
+    kit.in_outage = counting  # type: ignore[method-assign]
+
+    async def live_a_little() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(kit.run(stop))
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(live_a_little())
+    assert 1 <= rounds <= 3  # one round per TICK_REAL_S (0.5 s), not thousands
