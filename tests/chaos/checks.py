@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
+from cizo import protocol
 from control.ledger import check as accounting
 from control.ledger.db import Database
 from control.ledger.models import Command, LedgerEntry, Payment
@@ -108,8 +112,35 @@ def influx_times(influx_url: str, db: str) -> dict[str, set[int]]:
     return out
 
 
-def dead_letters(bridge_dirs: list[Path]) -> Counter[str]:
-    """Telemetry the bridges refused and kept, per kit (read-only)."""
+def probe_telemetry(port: int, kit_id: str) -> str:
+    """The reason Mosquitto gives an MQTT 5 publish (QoS 1, an empty body) to ``kit_id``'s
+    telemetry topic: "No matching subscribers" while no bridge is subscribed."""
+    reasons: list[str] = []
+    done = threading.Event()
+
+    def on_publish(_c: mqtt.Client, _u: Any, _mid: int, rc: Any, _p: Any) -> None:
+        reasons.append(str(rc))
+        done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{kit_id}-{port}",
+                         protocol=mqtt.MQTTv5)
+    client.on_publish = on_publish
+    try:
+        client.connect("127.0.0.1", port, keepalive=10)
+    except OSError as exc:
+        return f"no connection: {exc}"
+    client.loop_start()
+    try:
+        client.publish(protocol.telemetry_topic(kit_id, 1), b"", qos=1)
+        done.wait(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return reasons[0] if reasons else "no PUBACK"
+
+
+def dead_letters(bridge_dirs: list[Path], exclude: str = "") -> Counter[str]:
+    """Telemetry the bridges refused and kept, per kit (read-only), but ``exclude``'s."""
     out: Counter[str] = Counter()
     for d in bridge_dirs:
         for path in d.rglob("*.db"):
@@ -120,17 +151,19 @@ def dead_letters(bridge_dirs: list[Path]) -> Counter[str]:
                 except sqlite3.OperationalError:
                     continue  # another sqlite file (not the dead letters)
                 for kit_id, n in rows:
-                    out[str(kit_id)] += int(n)
+                    if kit_id != exclude:
+                        out[str(kit_id)] += int(n)
     return out
 
 
 def readings(sent: dict[str, dict[int, float]], stored: dict[str, set[int]],
-             dead: Counter[str], broker_restarts: list[float], window_s: float
+             dead: Counter[str], broker_outages: list[tuple[float, float]]
              ) -> dict[str, Any]:
     """Kit by kit: every reading sent (kit id -> reading ts -> when it was first handed to
     the link, monotonic) is a point in InfluxDB or a dead letter; points no kit sent are
-    doubled. A reading lost that was first sent within ``window_s`` after a Mosquitto
-    restart is counted apart (``readings_lost_broker_restart``): Mosquitto 2.0 does not
+    doubled. A reading lost that was first sent during a Mosquitto outage (from just before
+    its kill, while its last acknowledgements may be unsaved, until a bridge subscribed
+    again) is counted apart (``readings_lost_broker_restart``): Mosquitto 2.0 does not
     restore ``$share`` subscriptions from its persistence, so until a bridge subscribes
     again a kit's reading is acknowledged and dropped (docs/chaos.md, open fault)."""
     lost = doubled = at_restart = 0
@@ -141,7 +174,7 @@ def readings(sent: dict[str, dict[int, float]], stored: dict[str, set[int]],
         extra = len(got - times.keys())
         unexplained = max(0, len(missing) - dead.get(kit_id, 0))
         restart = sum(1 for ts in missing if any(
-            0 <= times[ts] - r <= window_s for r in broker_restarts))
+            start <= times[ts] <= end for start, end in broker_outages))
         at_restart += min(restart, unexplained)
         lost += unexplained
         doubled += extra + max(0, dead.get(kit_id, 0) - len(missing))

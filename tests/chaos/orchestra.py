@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -40,9 +41,10 @@ from firmware_sim.customers import PaymentOptions
 from firmware_sim.driven_kit import DrivenKit
 from firmware_sim.driver import FleetDriver
 from firmware_sim.scenario import KeypadSpec, NetworkSpec, PlanSpec, Scenario, build_plan
+from tests.chaos import checks
 from tests.chaos.proxy import RoundRobinProxy
 from tests.chaos.shared_clock import SharedClock
-from tests.fleet_support import provision_fleet
+from tests.fleet_support import kit_mismatches, provision_fleet
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,10 @@ PAYGATE_TOKEN = "chaos-paygate-token"
 RESEND_AFTER_S = 6 * 3_600  # the control processes' re-send delay (simulated seconds)
 PAY_BACKLOG_S = 1_200.0  # at most this long for the customers' payments due by the end
 HEAL_STEPS = 4  # at the end, at most this many re-send delays pass for the kits to agree
-BROKER_RESTART_WINDOW_S = 5.0  # readings lost this soon after a Mosquitto restart: open fault
+# a reading the broker acknowledged this long before its SIGKILL may not be saved yet
+# (Mosquitto's ``autosave_interval 1``, plus the time a save takes under load)
+BROKER_UNSAVED_S = 2.0
+PROBE_KIT = "CHAOS-PROBE"  # the topic the outage probe publishes to (never a real kit)
 KINDS = ("mosquitto", "influxd", "postgres", "control", "bridge", "paygate", "momo")
 # the simulators' fault modes: slow, failing and hanging status calls, duplicated and
 # late (out-of-order) callbacks, PayGate's drifting formats
@@ -140,7 +145,8 @@ class ChaosRun:
         self.notify_file = self.dir / "sms.jsonl"
         self._stop_chaos = threading.Event()
         self.sent: dict[str, dict[int, float]] = {}  # kit -> reading ts -> first sent
-        self.broker_restarts: list[float] = []  # when Mosquitto came back (monotonic)
+        # each Mosquitto outage (monotonic): from its kill until a bridge subscribed again
+        self.broker_outages: list[list[float]] = []
         self.time_advanced_s = 0.0  # simulated time let pass at the end (re-sends)
 
     # --- the platform -------------------------------------------------------------------
@@ -268,6 +274,8 @@ class ChaosRun:
         c.proc.crash()
         c.kills += 1
         c.down_since = time.monotonic()
+        if c.kind == "mosquitto":
+            self.broker_outages.append([c.down_since, math.inf])
 
     def revive(self, name: str) -> None:
         c = self.components[name]
@@ -284,8 +292,20 @@ class ChaosRun:
                 time.sleep(1)
         c.restarts += 1
         c.down_since = None
-        if c.kind == "mosquitto":
-            self.broker_restarts.append(time.monotonic())
+        if c.kind == "mosquitto" and self.broker_outages:
+            outage = self.broker_outages[-1]
+            threading.Thread(target=self._probe_until_subscribed, args=(outage,),
+                             name="chaos-probe", daemon=True).start()
+
+    def _probe_until_subscribed(self, outage: list[float]) -> None:
+        """Ends ``outage`` when a bridge is subscribed again: an MQTT 5 publish to a kit's
+        telemetry topic is answered "Success" instead of "No matching subscribers"."""
+        while not self._stop_chaos.is_set():
+            reason = checks.probe_telemetry(self.ports["mqtt"], PROBE_KIT)
+            if reason == "Success":
+                outage[1] = time.monotonic()
+                return
+            time.sleep(0.1)
 
     def run_schedule(self, kills: list[Kill], t0: float) -> None:
         """The chaos thread: each kill at its time, its restart after its outage."""
@@ -405,8 +425,6 @@ def run_month(cfg: ChaosConfig, workdir: Path, say: Callable[[str], None] = prin
               ) -> dict[str, Any]:
     """Start everything, play the month with its kills, bring everything back, check.
     Returns the figures (``checks``) with the kills and timings."""
-    from tests.chaos import checks
-    from tests.fleet_support import kit_mismatches
 
     started = time.monotonic()
     run = ChaosRun(cfg, workdir, say)
@@ -482,8 +500,9 @@ def run_month(cfg: ChaosConfig, workdir: Path, say: Callable[[str], None] = prin
 
             def readings_now() -> dict[str, Any]:
                 return checks.readings(run.sent, checks.influx_times(influx_url, "cizo"),
-                                       checks.dead_letters(bridge_dirs), run.broker_restarts,
-                                       BROKER_RESTART_WINDOW_S)
+                                       checks.dead_letters(bridge_dirs, exclude=PROBE_KIT),
+                                       [(a - BROKER_UNSAVED_S, b)
+                                        for a, b in run.broker_outages])
 
             def readings_in() -> bool:
                 # a reading still in a kit's buffer was never sent, one in flight is
