@@ -4,6 +4,10 @@ Pure code: no I/O. The bridge, the control service and the firmware simulator al
 parse and build messages through this module, so the contract lives in one place. v2
 is v1's rules in fewer bytes (``cizo.compact`` holds its CBOR layout): the same fields,
 the same checks, the same signing; only the encoding and the topics differ.
+
+Why one module of about 600 lines: a rule of the contract (a field's bounds, what a
+signature covers, a topic) written in two places would one day differ between the kit,
+the bridge and the control service; here each is written once, for both versions.
 """
 
 from __future__ import annotations

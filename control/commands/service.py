@@ -16,6 +16,10 @@ Two or more control processes may run against one PostgreSQL: the sweep takes a
 transaction-scoped advisory lock (one sweeper at a time, the others skip that round),
 commands are claimed with ``SKIP LOCKED``, and kit rows are locked while a kit's commands
 are issued, so a reconnect or an anomaly seen by both processes is acted on once.
+
+Why about 500 lines in one module: claiming, publishing, the sweep's re-sends and the
+handling of acks and statuses all take the same kit-row locks in the same order; kept
+together, that order can be read (and kept) in one place.
 """
 
 from __future__ import annotations
