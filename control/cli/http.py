@@ -4,11 +4,19 @@ command line or the settings (``CIZO_SUPPORT_API_URL``, ``CIZO_SUPPORT_API_KEY``
 from __future__ import annotations
 
 import argparse
+import os
 
 import httpx
 
+from cizo.i18n import locale_from_environ
 from cizo.settings import load_settings
 from control.fleet.messages import text
+
+
+def cli_locale() -> str:
+    """The language of the CLI's messages: the terminal's (LANG: fr or en), else the
+    settings' ``default_locale``."""
+    return locale_from_environ(os.environ, load_settings().default_locale)
 
 
 def api_client(args: argparse.Namespace, command: str, *,
@@ -17,9 +25,11 @@ def api_client(args: argparse.Namespace, command: str, *,
     key = args.api_key or (st.support_api_key.get_secret_value() if st.support_api_key
                            else None)
     if not key:
-        raise SystemExit(text("no_api_key", command=command))
+        raise SystemExit(text("no_api_key", cli_locale(), command=command))
     url = args.url or st.support_api_url or st.api_base_url
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
+    # the API's error messages come back in the CLI's language
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}",
+                                               "Accept-Language": cli_locale()},
                         timeout=timeout_s)
 
 

@@ -84,8 +84,9 @@ def _print(r: httpx.Response) -> int:
     except ValueError:
         body = {"detail": r.text}
     if r.status_code // 100 != 2:
-        print(f"cizo support: HTTP {r.status_code}: {body.get('detail', body)}",
-              file=sys.stderr)
+        # the API answers in the CLI's language (Accept-Language from api_client)
+        said = body.get("message") or body.get("detail", body) if isinstance(body, dict) else body
+        print(f"cizo support: HTTP {r.status_code}: {said}", file=sys.stderr)
         return 1
     print(json.dumps(body, indent=2, ensure_ascii=False))
     return 0
