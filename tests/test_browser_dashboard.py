@@ -188,3 +188,16 @@ def test_fleet_page_in_french_then_english_with_the_switch(site: dict[str, Any])
     page.wait_for_function("document.getElementById('age').textContent.includes('s old')",
                            timeout=15000)
     ctx.close()
+
+
+def test_kit_list_page_in_french(site: dict[str, Any]) -> None:
+    ctx = site["browser"].new_context(locale="fr-FR")
+    ctx.add_init_script(f"localStorage.setItem('cizo_api_key', {site['keys']['operator']!r});")
+    page: Page = ctx.new_page()
+    page.goto(f"{site['url']}/")
+    page.wait_for_function("document.querySelectorAll('#kits tr').length === "
+                           f"{len(KITS)}", timeout=15000)
+    assert page.title() == "Kits CIZO"
+    assert "Rechercher" in page.inner_text("#filters")
+    assert "Vu pour la dernière fois" in page.inner_text("thead")
+    ctx.close()

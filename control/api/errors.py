@@ -59,6 +59,11 @@ _ACTIONS: dict[type[Exception], tuple[int, str, str]] = {
 }
 
 
+def status_message(status_code: int) -> str:
+    """The msgid of what a status means, for an error without wording of its own."""
+    return _BY_STATUS.get(status_code, _OTHER)[1]
+
+
 class ApiError(HTTPException):
     """An error answer with its stable ``code`` and its English ``msgid`` (marked ``N_``),
     filled with ``params``; ``detail`` replaces the English sentence when a domain error
@@ -137,6 +142,8 @@ def install(app: FastAPI) -> None:
 
     async def _action_refused(request: Request, exc: Exception) -> JSONResponse:
         code, name, msgid = next(v for kind, v in _ACTIONS.items() if isinstance(exc, kind))
+        if isinstance(exc, actions.KitNotFound):  # worded with its kit
+            return problem(request, code, name, exc.msgid, params={"kit_id": exc.kit_id})
         return problem(request, code, name, msgid, detail=str(exc))
 
     for kind in _ACTIONS:

@@ -109,7 +109,9 @@ async def device_data(rt: RuntimeDep, request: Request) -> Response:
         return errors.body_refused(request, exc)
     except MetricsRefused as exc:
         count.inc(REQUESTS, "outcome", exc.code)
-        return errors.problem(request, exc.status, exc.code, exc.message)
+        # the wording is for a device's maintainer: people get their status's message
+        return errors.problem(request, exc.status, exc.code, errors.status_message(exc.status),
+                              detail=exc.message)
     count.inc(REQUESTS, "outcome", "ok")
     count.inc(READINGS, "kind", "openpaygo_metrics", by=answer.readings)
     if encoding == "cbor":

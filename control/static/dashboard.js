@@ -1,42 +1,11 @@
-// The fleet page (#/fleet) and the kit page (#/kit/<id>), over the /v1 API.
-// Texts come from the server's catalog (GET /i18n/dashboard, cizo/locale/*.po) in the
-// language of the FR/EN switch, else the one the browser's Accept-Language gets.
+// The fleet page (#/fleet) and the kit page (#/kit/<id>), over the /v1 API; texts, amounts
+// and dates through i18n.js.
 "use strict";
 const KEY = "cizo_api_key";
-const LANG = "cizo_lang";
 const $ = (id) => document.getElementById(id);
 let me = null;
-let locale = "fr";
-let messages = {};
 
-// msgid -> its text in the chosen language, "{name}" fields filled from params
-function t(msgid, params) {
-  const text = messages[msgid] || msgid;
-  return text.replace(/\{(\w+)\}/g, (all, name) => params && name in params ? String(params[name]) : all);
-}
-
-// FCFA amounts are grouped the French way in either language: "12 500 FCFA"
-const fcfa = (n) => n == null ? "–" : new Intl.NumberFormat("fr-FR").format(Number(n)) + " FCFA";
 const pct = (x) => x == null ? "–" : (100 * x).toFixed(1) + " %";
-// moments in Lomé's time (UTC+0 all year), the zone shown
-const when = (u) => u == null ? "—" : new Intl.DateTimeFormat(locale === "fr" ? "fr-FR" : "en-GB", {
-  timeZone: "Africa/Lome", year: "numeric", month: "2-digit", day: "2-digit",
-  hour: "2-digit", minute: "2-digit", timeZoneName: "short",
-}).format(new Date(u * 1000));
-
-async function loadTexts() {
-  const chosen = localStorage.getItem(LANG);
-  const resp = await fetch("/i18n/dashboard" + (chosen ? "?lang=" + encodeURIComponent(chosen) : ""));
-  const data = await resp.json();
-  locale = data.locale;
-  messages = data.messages;
-  document.documentElement.lang = locale;
-  $("lang").value = locale;
-  for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
-  for (const el of document.querySelectorAll("[data-i18n-placeholder]")) {
-    el.placeholder = t(el.dataset.i18nPlaceholder);
-  }
-}
 
 function cell(tr, text, cls) {
   const td = document.createElement("td");
@@ -49,15 +18,10 @@ function cell(tr, text, cls) {
 async function api(path, opts) {
   const key = localStorage.getItem(KEY);
   if (!key) throw new Error(t("Type an API key."));
-  // the API's error messages in the page's language
-  const headers = Object.assign({ Authorization: "Bearer " + key, "Accept-Language": locale },
-                                (opts && opts.headers) || {});
+  const headers = Object.assign(apiHeaders(key), (opts && opts.headers) || {});
   const resp = await fetch(path, Object.assign({}, opts || {}, { headers }));
   const data = await resp.json().catch(() => ({}));
-  if (!resp.ok) {
-    const said = data.message ?? JSON.stringify(data.detail ?? data);
-    throw new Error(t("Error {status}: {message}", { status: resp.status, message: said }));
-  }
+  if (!resp.ok) throw new Error(problem(resp.status, data));
   return data;
 }
 
@@ -243,10 +207,7 @@ $("filters").addEventListener("submit", (ev) => {
   const k = $("f-kit").value.trim();
   if (k) location.hash = "#/kit/" + encodeURIComponent(k);
 });
-$("lang").addEventListener("change", () => {
-  localStorage.setItem(LANG, $("lang").value);
-  act(() => loadTexts().then(loadMe).then(route));
-});
+onLanguageSwitch(() => act(() => loadMe().then(route)));
 window.addEventListener("hashchange", () => act(route));
 act(() => loadTexts().then(loadMe).then(route).then(() => { window.cizoReady = true; }));
 setInterval(() => { if (!$("fleet-page").hidden) act(loadFleet); }, 30000);
