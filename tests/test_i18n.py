@@ -17,7 +17,7 @@ from babel.messages.pofile import read_po
 
 from cizo import i18n
 from control.api import bodies, errors
-from control.cli import http as cli_http
+from control.cli import words
 from control.fleet import messages
 from tests.api_support import Keys, TestClient
 
@@ -58,8 +58,9 @@ def test_english_catalog_has_the_same_messages() -> None:
 
 def test_every_message_of_the_code_is_in_the_catalog() -> None:
     known = {msgid for ctx, msgid in _entries(_catalog("fr")) if ctx is None}
+    # N_() marks a msgid translated later, say() one the CLI prints now
     used = {msg for d in ("cizo", "control", "cizo_cli")
-            for _, _, msg, _, _ in extract_from_dir(ROOT / d, keywords={"N_": None},
+            for _, _, msg, _, _ in extract_from_dir(ROOT / d, keywords={"N_": None, "say": None},
                                                     method_map=[("**.py", "python")])}
     # the tables of wording, read at run time (one of them is built with an f-string)
     used |= {message for _, message in bodies.REFUSALS.values()}
@@ -190,13 +191,29 @@ def test_cli_language_follows_lang_else_the_settings(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("LC_ALL", raising=False)
     monkeypatch.delenv("LC_MESSAGES", raising=False)
     monkeypatch.delenv("CIZO_DEFAULT_LOCALE", raising=False)
-    assert cli_http.cli_locale() == "fr"
+    assert words.cli_locale() == "fr"
     totals = {"rows": 3, "created": 2, "unchanged": 0, "rejected": 1}
-    assert messages.text("import_totals", cli_http.cli_locale(), **totals) == (
+    assert messages.text("import_totals", words.cli_locale(), **totals) == (
         "3 lignes : 2 créées, 0 déjà présentes, 1 refusées")
+    assert words.say("key {key_id} revoked", key_id=7) == "clé 7 révoquée"
     monkeypatch.setenv("LANG", "en_US.UTF-8")
-    assert messages.text("import_totals", cli_http.cli_locale(), **totals) == (
+    assert messages.text("import_totals", words.cli_locale(), **totals) == (
         "3 rows: 2 created, 0 already there, 1 refused")
+    assert words.say("key {key_id} revoked", key_id=7) == "key 7 revoked"
     monkeypatch.setenv("LANG", "C.UTF-8")
     monkeypatch.setenv("CIZO_DEFAULT_LOCALE", "en")
-    assert cli_http.cli_locale() == "en"
+    assert words.cli_locale() == "en"
+
+
+def test_a_cli_command_speaks_french_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cizo_cli.main import main
+
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LC_MESSAGES", raising=False)
+    monkeypatch.setenv("CIZO_DATABASE_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert main(["migrate"]) == 0
+    assert main(["keys", "revoke", "999"]) == 1
+    assert "cizo keys revoke : pas de clé 999" in capsys.readouterr().err

@@ -148,13 +148,10 @@ def server(rt: Runtime) -> Iterator[str]:
         yield srv.url
 
 
+@pytest.mark.usefixtures("cli_in_english")
 def test_cli_import_writes_credentials_once_and_a_report(
-    server: str, keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    server: str, keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("LANG", "en_US.UTF-8")  # the lines below are read in English
-    monkeypatch.delenv("LC_ALL", raising=False)
-    monkeypatch.delenv("LC_MESSAGES", raising=False)
     src = tmp_path / "factory.csv"
     src.write_text(FILE)
     args = ["kits", "import", str(src), "--url", server, "--api-key", keys.admin,

@@ -4,19 +4,12 @@ command line or the settings (``CIZO_SUPPORT_API_URL``, ``CIZO_SUPPORT_API_KEY``
 from __future__ import annotations
 
 import argparse
-import os
 
 import httpx
 
-from cizo.i18n import locale_from_environ
 from cizo.settings import load_settings
+from control.cli.words import cli_locale
 from control.fleet.messages import text
-
-
-def cli_locale() -> str:
-    """The language of the CLI's messages: the terminal's (LANG: fr or en), else the
-    settings' ``default_locale``."""
-    return locale_from_environ(os.environ, load_settings().default_locale)
 
 
 def api_client(args: argparse.Namespace, command: str, *,

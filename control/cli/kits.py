@@ -32,7 +32,8 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from control.cli.http import add_api_options, api_client, cli_locale
+from control.cli.http import add_api_options, api_client
+from control.cli.words import cli_locale
 from control.fleet.kit_import import ERROR_COLUMNS
 from control.fleet.messages import text
 from control.ledger.models import KIT_KINDS, KIT_MQTT
