@@ -175,6 +175,7 @@ def test_fleet_page_in_french_then_english_with_the_switch(site: dict[str, Any])
     assert "chiffres vieux de" in page.inner_text("#age")
     assert "UTC" in page.inner_text("#age") or "GMT" in page.inner_text("#age")
     assert page.inner_text("#t-month").endswith("FCFA")
+    page.screenshot(path=str(SHOTS / "fleet-fr.png"), full_page=True)
     # an API error comes back in the page's language
     page.goto(f"{site['url']}/dashboard#/kit/NO-SUCH-KIT")
     page.wait_for_function("document.getElementById('msg').textContent.includes('404')",

@@ -5,7 +5,7 @@ const KEY = "cizo_api_key";
 const $ = (id) => document.getElementById(id);
 let me = null;
 
-const pct = (x) => x == null ? "–" : (100 * x).toFixed(1) + " %";
+const pct = (x) => x == null ? "–" : num(100 * x, 1) + " %";
 
 function cell(tr, text, cls) {
   const td = document.createElement("td");
@@ -60,7 +60,7 @@ async function loadFleet() {
   $("t-month").textContent = fcfa(f.payments_month_fcfa);
   $("t-repay").textContent = pct(f.repayment_rate);
   $("t-par30").textContent = pct(f.par30);
-  $("t-energy").textContent = (f.energy_wh_30d / 1000).toFixed(1) + " kWh";
+  $("t-energy").textContent = num(f.energy_wh_30d / 1000, 1) + " kWh";
   $("t-alerts").textContent = f.open_alerts_total;
   barChart($("c-online"), [t("online"), t("offline")], [f.online, f.offline], "#2a9d55");
   barChart($("c-state"), [t("locked"), t("unlocked"), t("owned"), t("unknown")],
@@ -120,7 +120,7 @@ async function loadKit(kitId) {
       `${m.solvency_inputs.locked_days} / ${m.solvency_inputs.window_days}`],
     [t("… days used / credited days"), m.solvency_inputs &&
       `${m.solvency_inputs.used_days ?? t("no data")} / ${m.solvency_inputs.credited_days}`],
-    [t("Energy delivered, 30 days"), m.energy_wh_30d == null ? null : (m.energy_wh_30d / 1000).toFixed(2) + " kWh"],
+    [t("Energy delivered, 30 days"), m.energy_wh_30d == null ? null : num(m.energy_wh_30d / 1000, 2) + " kWh"],
     [t("Battery health"), m.battery_health_pct == null ? null : m.battery_health_pct + " %"],
     [t("Household pattern"), m.load_pattern], [t("Sizing"), m.sizing],
     [t("Computed"), when(m.computed_at)],

@@ -12,6 +12,10 @@ function t(msgid, params) {
   return text.replace(/\{(\w+)\}/g, (all, name) => params && name in params ? String(params[name]) : all);
 }
 
+// a number with the page language's decimal mark ("1,2" in French)
+const num = (x, digits) => new Intl.NumberFormat(locale === "fr" ? "fr-FR" : "en-GB", {
+  minimumFractionDigits: digits, maximumFractionDigits: digits }).format(x);
+
 // FCFA amounts are grouped the French way in either language: "12 500 FCFA"
 const fcfa = (n) => n == null ? "–" : new Intl.NumberFormat("fr-FR").format(Number(n)) + " FCFA";
 // moments in Lomé's time (UTC+0 all year), the zone shown
