@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     # plain-HTTP provider URLs at start (cizo/production.py).
     env: Literal["development", "production"] = "development"
 
+    # --- Language ------------------------------------------------------------------
+    # The language of API error messages, the dashboard and the CLI when the caller names
+    # none it can have (Accept-Language, the dashboard's switch, LANG): staff in Lomé read
+    # French. Catalogs are cizo/locale/<locale>/LC_MESSAGES/cizo.po.
+    default_locale: Literal["fr", "en"] = "fr"
+
     # --- MQTT broker --------------------------------------------------------------
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883

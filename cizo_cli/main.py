@@ -30,6 +30,7 @@ from control.cli import fleet as fleet_cli
 from control.cli import kits as kits_cli
 from control.cli import secret_key as secret_key_cli
 from control.cli import support as support_cli
+from control.cli.words import say
 from payment_sim import commands_cli as payment_sim_cli
 
 log = logging.getLogger("cizo")
@@ -51,7 +52,8 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise SystemExit(f"cizo: {name}={raw!r} is not a port number") from None
+        raise SystemExit(say("cizo: {name}={value!r} is not a port number", name=name,
+                             value=raw)) from None
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -33,6 +33,15 @@ PG_ADMIN_URL = os.environ.get(
 )
 
 
+@pytest.fixture
+def cli_in_english(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI speaks English (LANG), for tests that read its lines in English; without
+    it the CLI follows the terminal, else ``default_locale`` (French)."""
+    monkeypatch.setenv("LANG", "en_US.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LC_MESSAGES", raising=False)
+
+
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.ManagedProcess]:
     """A private broker for the session (restartable: fault tests stop and start it)."""

@@ -28,6 +28,7 @@ PUBLIC: dict[str, str] = {
     "GET /": "the dashboard page (static; it asks for a key)",
     "GET /dashboard": "the dashboard page (static; it asks for a key)",
     "GET /static/{name}": "the dashboard's static files",
+    "GET /i18n/{page}": "the dashboard's wording from the message catalogs, no data",
     "POST /v1/payments/paygate": "PayGate's callback: confirmed with PayGate before crediting",
     "POST /v1/payments/momo/callback/{reference_id}":
         "MTN MoMo's callback: confirmed by a GET to MoMo before any credit",

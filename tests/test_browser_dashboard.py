@@ -161,3 +161,44 @@ def test_kit_page_charts_and_support_unlock(site: dict[str, Any]) -> None:
         timeout=15000)
     page.screenshot(path=str(SHOTS / "kit.png"), full_page=True)
     page.context.close()
+
+
+def test_fleet_page_in_french_then_english_with_the_switch(site: dict[str, Any]) -> None:
+    ctx = site["browser"].new_context(viewport={"width": 1280, "height": 1100}, locale="fr-FR")
+    ctx.add_init_script(f"localStorage.setItem('cizo_api_key', {site['keys']['operator']!r});")
+    page: Page = ctx.new_page()
+    page.goto(f"{site['url']}/dashboard#/fleet")
+    page.wait_for_function("window.cizoReady === true", timeout=15000)
+    assert page.title() == "Tableau de bord CIZO"
+    assert page.evaluate("document.documentElement.lang") == "fr"
+    assert "Paiements du mois" in page.inner_text("#fleet-page")
+    assert "chiffres vieux de" in page.inner_text("#age")
+    assert "UTC" in page.inner_text("#age") or "GMT" in page.inner_text("#age")
+    assert page.inner_text("#t-month").endswith("FCFA")
+    page.screenshot(path=str(SHOTS / "fleet-fr.png"), full_page=True)
+    # an API error comes back in the page's language
+    page.goto(f"{site['url']}/dashboard#/kit/NO-SUCH-KIT")
+    page.wait_for_function("document.getElementById('msg').textContent.includes('404')",
+                           timeout=15000)
+    assert "kit NO-SUCH-KIT introuvable" in page.inner_text("#msg")
+    page.goto(f"{site['url']}/dashboard#/fleet")
+    page.wait_for_function("window.cizoReady === true", timeout=15000)
+    page.select_option("#lang", "en")
+    page.wait_for_function("document.title === 'CIZO dashboard'", timeout=15000)
+    assert "Payments this month" in page.inner_text("#fleet-page")
+    page.wait_for_function("document.getElementById('age').textContent.includes('s old')",
+                           timeout=15000)
+    ctx.close()
+
+
+def test_kit_list_page_in_french(site: dict[str, Any]) -> None:
+    ctx = site["browser"].new_context(locale="fr-FR")
+    ctx.add_init_script(f"localStorage.setItem('cizo_api_key', {site['keys']['operator']!r});")
+    page: Page = ctx.new_page()
+    page.goto(f"{site['url']}/")
+    page.wait_for_function("document.querySelectorAll('#kits tr').length === "
+                           f"{len(KITS)}", timeout=15000)
+    assert page.title() == "Kits CIZO"
+    assert "Rechercher" in page.inner_text("#filters")
+    assert "Vu pour la dernière fois" in page.inner_text("thead")
+    ctx.close()

@@ -148,6 +148,7 @@ def server(rt: Runtime) -> Iterator[str]:
         yield srv.url
 
 
+@pytest.mark.usefixtures("cli_in_english")
 def test_cli_import_writes_credentials_once_and_a_report(
     server: str, keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -49,6 +49,7 @@ def fill_ledger(rt: Runtime, client: TestClient, keys: Keys) -> None:
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.usefixtures("cli_in_english")
 def test_backup_restores_every_row_and_balance(
     rt: Runtime, client: TestClient, keys: Keys, database_url: str,
     another_database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -79,6 +79,7 @@ def test_a_row_neither_key_opens_stops_the_rotation_and_changes_nothing(
     assert stored(rt) == before
 
 
+@pytest.mark.usefixtures("cli_in_english")
 def test_the_cli_takes_the_new_key_from_the_environment(
     rt: Runtime, secrets_at_rest: dict[str, str], monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

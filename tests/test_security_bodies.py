@@ -114,7 +114,12 @@ def test_every_public_route_refuses_a_hostile_body_and_stores_nothing(
         r = client.request(method, url, content=body, headers=headers_for(url, body, ctype,
                                                                           secret))
         assert 400 <= r.status_code < 500, (bad, method, url, r.status_code, r.text)
-        assert r.json() == {"detail": bodies.REFUSALS[code][1], "code": code}, (bad, url)
+        answer = r.json()
+        # the refusal's detail and code as before, and its message in the default French
+        assert {k: answer[k] for k in ("detail", "code")} == {
+            "detail": bodies.REFUSALS[code][1], "code": code}, (bad, url)
+        assert set(answer) == {"detail", "code", "message"}, (bad, url)
+        assert answer["message"] and r.headers["content-language"] == "fr", (bad, url)
         assert r.status_code == bodies.REFUSALS[code][0]
     assert ledger_rows(rt) == before
     assert_answers_normally(client, routes, secret)

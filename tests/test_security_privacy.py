@@ -149,6 +149,7 @@ def test_open_data_export_has_no_personal_data(world: World) -> None:
     assert "KIT-O" not in r.text and LOCAL not in r.text and "228" not in r.text
 
 
+@pytest.mark.usefixtures("cli_in_english")
 def test_admin_cli_keys_broker_and_erasure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"

@@ -6,19 +6,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, status
+from fastapi import FastAPI, Request, status
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy import text
-from sqlalchemy.exc import DataError, OperationalError
 from starlette.types import Lifespan
 
+from cizo.i18n import N_
 from control.api import (
-    bodies,
     dashboard,
+    errors,
     exports,
     finance,
     keys,
     kits,
+    locale,
     openpaygo_metrics,
     payments,
     prometheus,
@@ -26,9 +27,7 @@ from control.api import (
 )
 from control.api.auth import RuntimeDep
 from control.api.schemas import Health, Problem
-from control.fleet.messages import Refused
 from control.runtime import Runtime
-from control.support import actions
 
 log = logging.getLogger(__name__)
 
@@ -50,47 +49,7 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
     app.state.counters.describe(openpaygo_metrics.READINGS,
                                 "Readings stored from OpenPAYGO Metrics devices.")
 
-    @app.exception_handler(OperationalError)
-    async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
-        # the database is away or busy: say so, and let clients and providers retry
-        log.error("database error on %s: %s", request.url.path, type(exc).__name__)
-        return JSONResponse({"detail": "database unavailable; retry later"},
-                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-                            headers={"Retry-After": "30"})
-
-    # an id or number beyond what the database column holds (the API fuzzer sends them) is
-    # the client's error, not a crash: SQLite raises OverflowError, PostgreSQL DataError
-    @app.exception_handler(OverflowError)
-    @app.exception_handler(DataError)
-    async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("value out of range on %s: %s", request.url.path, type(exc).__name__)
-        return JSONResponse({"detail": "a value in the request is out of range"},
-                            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
-
-    @app.exception_handler(bodies.BodyRefused)
-    async def _body_refused(request: Request, exc: bodies.BodyRefused) -> JSONResponse:
-        log.info("body refused on %s: %s", request.url.path, exc.code)
-        return exc.answer()
-
-    # what a support action refuses, as HTTP answers (control.support.actions)
-    errors: dict[type[Exception], int] = {
-        actions.KitNotFound: status.HTTP_404_NOT_FOUND,
-        actions.NeedsAdmin: status.HTTP_403_FORBIDDEN,
-        actions.SupportError: status.HTTP_409_CONFLICT,
-        actions.TokenError: status.HTTP_422_UNPROCESSABLE_CONTENT,
-    }
-
-    async def _refused(request: Request, exc: Exception) -> JSONResponse:
-        code = next(c for kind, c in errors.items() if isinstance(exc, kind))
-        return JSONResponse({"detail": str(exc)}, status_code=code)
-
-    for kind in errors:
-        app.add_exception_handler(kind, _refused)
-
-    # the kit list, import and exports refuse with a stable code (control.fleet.messages)
-    @app.exception_handler(Refused)
-    async def _refused_with_code(request: Request, exc: Refused) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+    errors.install(app)  # every error body: detail, code, message in the caller's language
 
     @app.get("/healthz", response_model=Health, tags=["health"],
              summary="The process is alive")
@@ -99,14 +58,14 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
 
     @app.get("/readyz", response_model=Health, tags=["health"],
              responses={503: {"model": Problem}}, summary="The database answers")
-    def readyz(rt: RuntimeDep) -> Health | JSONResponse:
+    def readyz(rt: RuntimeDep, request: Request) -> Health | JSONResponse:
         try:
             with rt.db.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:
             log.warning("not ready: database does not answer (%s)", type(exc).__name__)
-            return JSONResponse({"detail": "database unavailable"},
-                                status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+            return errors.problem(request, status.HTTP_503_SERVICE_UNAVAILABLE,
+                                  "database_unavailable", N_("database unavailable"))
         return Health(status="ready")
 
     @app.get("/", include_in_schema=False)
@@ -122,13 +81,14 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
     def static_file(name: str) -> FileResponse:
         path = (STATIC / name).resolve()
         if path.parent != STATIC.resolve() or not path.is_file():
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail="not found")
+            raise errors.ApiError(status.HTTP_404_NOT_FOUND, "not_found", N_("not found"))
         return FileResponse(path)
 
     app.include_router(kits.router)
     app.include_router(payments.router)
     app.include_router(finance.router)
     app.include_router(dashboard.router)
+    app.include_router(locale.router)  # the dashboard's texts, from the catalogs
     app.include_router(keys.router)
     app.include_router(exports.router)
     app.include_router(support.router)  # support actions, keypad tokens, secret rotation

@@ -17,10 +17,12 @@ import logging
 import math
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
+from cizo.i18n import N_
+from control.api.errors import ApiError
 from control.ledger.accounts import Actor
 from control.ledger.models import ApiKey
 from control.ledger.secrets import ROLES, hash_api_key
@@ -40,14 +42,14 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail,
-                         headers={"WWW-Authenticate": "Bearer"})
+def _unauthorized(code: str, msgid: str) -> ApiError:
+    return ApiError(status.HTTP_401_UNAUTHORIZED, code, msgid,
+                    headers={"WWW-Authenticate": "Bearer"})
 
 
-def _too_many(detail: str, wait_s: float) -> HTTPException:
-    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=detail,
-                         headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
+def _too_many(code: str, msgid: str, wait_s: float) -> ApiError:
+    return ApiError(status.HTTP_429_TOO_MANY_REQUESTS, code, msgid,
+                    headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
 
 
 def _client(request: Request) -> str:
@@ -69,10 +71,12 @@ def current_actor(
     now = rt.clock.now()
     wait = lim.retry_after(client, now)
     if wait > 0:
-        raise _too_many("too many failed authentications from this address; retry later", wait)
+        raise _too_many("auth_rate_limited", N_("too many failed authentications from this "
+                                                "address; retry later"), wait)
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
         lim.add(client, now)
-        raise _unauthorized("missing API key: send Authorization: Bearer <key>")
+        raise _unauthorized("api_key_missing",
+                            N_("missing API key: send Authorization: Bearer <key>"))
     with rt.db.session() as s:
         key = s.scalars(
             select(ApiKey).where(ApiKey.key_hash == hash_api_key(creds.credentials))
@@ -80,11 +84,11 @@ def current_actor(
         if key is None:
             lim.add(client, now)
             log.info("unknown API key presented", extra={"client": client})
-            raise _unauthorized("unknown API key")
+            raise _unauthorized("api_key_unknown", N_("unknown API key"))
         if key.revoked_at is not None:
             lim.add(client, now)
             log.info("revoked API key used", extra={"api_key_id": key.id, "client": client})
-            raise _unauthorized("API key revoked")
+            raise _unauthorized("api_key_revoked", N_("API key revoked"))
         return Actor(name=key.name, role=key.role, desco_id=key.desco_id, key_id=key.id)
 
 
@@ -110,17 +114,16 @@ class RequireRole:
 
     def __call__(self, rt: RuntimeDep, actor: CurrentKey) -> Actor:
         if actor.role not in self.allowed:
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                detail=f"role {actor.role!r} may not do this "
-                       f"(needs {', '.join(sorted(self.allowed))})",
-            )
+            raise ApiError(status.HTTP_403_FORBIDDEN, "role_forbidden",
+                           N_("role {role!r} may not do this (needs {roles})"),
+                           role=actor.role, roles=", ".join(sorted(self.allowed)))
         if self.limit == "unlock":
             wait = Limits.of(rt).unlocks.hit(f"key:{actor.key_id}", rt.clock.now())
             if wait > 0:
                 log.warning("manual unlock rate limit reached by %s", actor.name,
                             extra={"api_key_id": actor.key_id})
-                raise _too_many("too many manual unlocks with this key; retry later", wait)
+                raise _too_many("unlock_rate_limited",
+                                N_("too many manual unlocks with this key; retry later"), wait)
         return actor
 
     def __repr__(self) -> str:

@@ -1,7 +1,8 @@
 """The one way the public endpoints (provider callbacks, the agents' webhook) read a body.
 
 Anyone on the Internet can send these endpoints anything, so the body is refused with a
-clear 4xx — ``{"detail": <message>, "code": <stable code>}`` — before it costs anything:
+clear 4xx (control.api.errors: ``detail``, a stable ``code``, a translated ``message``)
+before it costs anything:
 a wrong content type, a body larger than ``api_max_body_bytes`` (by its Content-Length,
 unread, or by counting what arrives), one that does not arrive in full within
 ``api_body_timeout_s`` (uvicorn has no body timeout: a client sending a byte a second
@@ -21,48 +22,46 @@ from itertools import accumulate
 from typing import Any
 
 from fastapi import Request, status
-from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
+from cizo.i18n import N_
 from cizo.settings import Settings
 
 # Providers' callbacks are a few levels deep (MoMo's payer object is the deepest).
 MAX_DEPTH = 32
 
-# code -> (HTTP status, message): the answers' wording in one place, ready to translate.
+# code -> (HTTP status, message): the English wording, each a msgid of cizo/locale's
+# catalogs (tests/test_i18n.py checks each is translated)
 REFUSALS: dict[str, tuple[int, str]] = {
     "unsupported_media_type": (status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                               "send the body as Content-Type: application/json"),
-    "body_too_large": (status.HTTP_413_CONTENT_TOO_LARGE, "the body is too large"),
-    "body_timeout": (status.HTTP_408_REQUEST_TIMEOUT, "the body was not received in time"),
-    "body_incomplete": (status.HTTP_400_BAD_REQUEST, "the client left before the body ended"),
-    "body_empty": (status.HTTP_400_BAD_REQUEST, "empty body"),
-    "body_not_utf8": (status.HTTP_400_BAD_REQUEST, "the body is not valid UTF-8"),
+                               N_("send the body as Content-Type: application/json")),
+    "body_too_large": (status.HTTP_413_CONTENT_TOO_LARGE, N_("the body is too large")),
+    "body_timeout": (status.HTTP_408_REQUEST_TIMEOUT, N_("the body was not received in time")),
+    "body_incomplete": (status.HTTP_400_BAD_REQUEST, N_("the client left before the body ended")),
+    "body_empty": (status.HTTP_400_BAD_REQUEST, N_("empty body")),
+    "body_not_utf8": (status.HTTP_400_BAD_REQUEST, N_("the body is not valid UTF-8")),
     "body_too_deep": (status.HTTP_400_BAD_REQUEST,
                       f"the JSON body is nested more than {MAX_DEPTH} levels deep"),
-    "body_not_json": (status.HTTP_400_BAD_REQUEST, "the body is not JSON"),
+    "body_not_json": (status.HTTP_400_BAD_REQUEST, N_("the body is not JSON")),
     "body_not_finite": (status.HTTP_400_BAD_REQUEST,
-                        "the JSON body holds NaN or Infinity, which JSON does not allow"),
-    "body_duplicate_key": (status.HTTP_400_BAD_REQUEST, "the JSON body repeats a key"),
+                        N_("the JSON body holds NaN or Infinity, which JSON does not allow")),
+    "body_duplicate_key": (status.HTTP_400_BAD_REQUEST, N_("the JSON body repeats a key")),
     "body_not_object": (status.HTTP_422_UNPROCESSABLE_CONTENT,
-                        "the body must be a JSON object"),
+                        N_("the body must be a JSON object")),
 }
 # refused before the whole body was read: the connection cannot serve another request
 _UNREAD = frozenset({"body_too_large", "body_timeout", "body_incomplete"})
 
 
 class BodyRefused(Exception):
-    """A request body refused at the door; ``answer()`` is the HTTP response."""
+    """A request body refused at the door; control.api.errors answers it."""
 
     def __init__(self, code: str) -> None:
         self.status, self.message = REFUSALS[code]
         self.code = code
+        # refused unread: the connection cannot serve another request
+        self.headers = {"Connection": "close"} if code in _UNREAD else None
         super().__init__(f"{code}: {self.message}")
-
-    def answer(self) -> JSONResponse:
-        headers = {"Connection": "close"} if self.code in _UNREAD else None
-        return JSONResponse({"detail": self.message, "code": self.code},
-                            status_code=self.status, headers=headers)
 
 
 async def read_raw(request: Request, settings: Settings, *,

@@ -11,11 +11,12 @@ import logging
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+from fastapi import APIRouter, Depends, Path, Query, status
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cizo.i18n import N_
 from control.api.auth import (
     AggregateReaderKey,
     CurrentKey,
@@ -23,6 +24,7 @@ from control.api.auth import (
     RequireRole,
     RuntimeDep,
 )
+from control.api.errors import ApiError
 from control.api.kits import command_out
 from control.fleet import jobs
 from control.ledger import accounts as ledger
@@ -104,7 +106,8 @@ def fleet(
 def _kit(s: Session, actor: Actor, kit_id: str) -> Kit:
     kit = s.get(Kit, kit_id)
     if kit is None or (actor.desco_id is not None and actor.desco_id != kit.desco_id):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"kit {kit_id} not found")
+        raise ApiError(status.HTTP_404_NOT_FOUND, "kit_not_found", N_("kit {kit_id} not found"),
+                       kit_id=kit_id)
     return kit
 
 
@@ -170,8 +173,8 @@ def kit_telemetry(
             rows = client.query(q)
     except InfluxError as exc:
         log.warning("kit telemetry unavailable: %s", exc, extra={"kit_id": kit_id})
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            detail="telemetry store unavailable; retry later") from exc
+        raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "telemetry_unavailable",
+                       N_("telemetry store unavailable; retry later")) from exc
     points = [{"t": int(r["time"]), "soc": _round(r.get("soc")), "pv_w": _round(r.get("pv_w")),
                "load_w": _round(r.get("load_w"))} for r in rows]
     return {"kit_id": kit_id, "step_s": step, "hours": hours, "points": points}
@@ -214,10 +217,12 @@ def change_alert(
     with rt.db.session() as s:
         alert = s.get(Alert, alert_id)
         if alert is None or (actor.desco_id is not None and actor.desco_id != alert.desco_id):
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"alert {alert_id} not found")
+            raise ApiError(status.HTTP_404_NOT_FOUND, "alert_not_found",
+                           N_("alert {alert_id} not found"), alert_id=alert_id)
         if alert.state not in allowed_from:
-            raise HTTPException(status.HTTP_409_CONFLICT,
-                                detail=f"alert is {alert.state}; cannot {action}")
+            raise ApiError(status.HTTP_409_CONFLICT, "alert_state",
+                           N_("alert is {state}; cannot {action}"), state=alert.state,
+                           action=action)
         before = alert.state
         alert.state = new_state
         if new_state == "acknowledged":
@@ -243,15 +248,17 @@ def opendata_csv(
         opendata.check_month(month, rt.settings.programme_start_month,
                              opendata.month_of(rt.clock.now()))
     except opendata.MonthOutOfRange as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+        raise ApiError(status.HTTP_404_NOT_FOUND, "month_out_of_range",
+                       N_("no open data for this month"), detail=str(exc)) from exc
     except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "month_invalid",
+                       N_("the month is not valid (YYYY-MM)"), detail=str(exc)) from exc
     started = time.monotonic()
     try:
         households = jobs.opendata_households(rt.settings, rt.db, month)
     except InfluxUnavailable as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            detail="InfluxDB is unavailable; try again later") from exc
+        raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "telemetry_unavailable",
+                       N_("InfluxDB is unavailable; try again later")) from exc
     rows = opendata.build_rows(households, rt.settings.opendata_min_households)
     log.info("open data %s: %d rows in %.2f s", month, len(rows), time.monotonic() - started)
     return PlainTextResponse(opendata.to_csv(rows), media_type="text/csv")

@@ -8,11 +8,13 @@ import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from cizo.i18n import N_
 from control.api.auth import AdminKey, FinanceKey, RuntimeDep, require_role
+from control.api.errors import ApiError
 from control.api.schemas import (
     DecisionIn,
     ImportOut,
@@ -40,20 +42,25 @@ _errors: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _raise(exc: suspense.SuspenseError) -> HTTPException:
-    return HTTPException(exc.status, detail=str(exc))
+def _raise(exc: suspense.SuspenseError) -> ApiError:
+    return ApiError(exc.status, "suspense_refused",
+                    N_("this step is refused for this payment in suspense"), detail=str(exc))
+
+
+def _desco_not_found(desco_id: str | None) -> ApiError:
+    return ApiError(status.HTTP_404_NOT_FOUND, "desco_not_found",
+                    N_("DESCO {desco_id} not found"), desco_id=desco_id)
 
 
 @router.post("/v1/descos/{desco_id}/webhook-secret", response_model=SecretOut,
              responses=_errors, summary="Create or rotate a DESCO's webhook secret (admin)")
 def rotate_webhook_secret(rt: RuntimeDep, actor: AdminKey, desco_id: str) -> SecretOut:
     if actor.desco_id is not None and actor.desco_id != desco_id:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"DESCO {desco_id} not found")
+        raise _desco_not_found(desco_id)
     try:
         secret = webhook_secrets.rotate_secret(rt, desco_id, actor=actor)
     except webhook_secrets.UnknownDesco as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND,
-                            detail=f"DESCO {desco_id} not found") from exc
+        raise _desco_not_found(desco_id) from exc
     return SecretOut(desco_id=desco_id, secret=secret)
 
 
@@ -138,21 +145,22 @@ async def import_statement(rt: RuntimeDep, actor: FinanceKey, provider: str, req
                            ) -> ImportOut:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("text/csv", "text/plain", "application/csv"):
-        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                            detail="send the statement as Content-Type: text/csv")
+        raise ApiError(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "statement_media_type",
+                       N_("send the statement as Content-Type: text/csv"))
     desco = actor.desco_id or desco_id or rt.settings.default_desco_id
     if actor.desco_id is not None and desco_id not in (None, actor.desco_id):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"DESCO {desco_id} not found")
+        raise _desco_not_found(desco_id)
     try:
         text = (await request.body()).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            detail="the statement is not UTF-8 text") from exc
+        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "statement_not_utf8",
+                       N_("the statement is not UTF-8 text")) from exc
     try:
         imp = await run_in_threadpool(lambda: reconcile.import_statement(
             rt, provider=provider, desco_id=desco, filename=filename, text=text, actor=actor))
     except statements.StatementError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "statement_invalid",
+                       N_("the statement cannot be read"), detail=str(exc)) from exc
     return ImportOut(import_id=imp.id, provider=imp.provider, desco_id=imp.desco_id,
                      imported_by=imp.imported_by, report=imp.report)
 
@@ -163,7 +171,8 @@ def get_import(rt: RuntimeDep, actor: FinanceKey, import_id: int) -> ImportOut:
     with rt.db.session() as s:
         imp = s.get(ReconImport, import_id)
         if imp is None or (actor.desco_id is not None and imp.desco_id != actor.desco_id):
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail="import not found")
+            raise ApiError(status.HTTP_404_NOT_FOUND, "import_not_found",
+                           N_("import not found"))
         return ImportOut(import_id=imp.id, provider=imp.provider, desco_id=imp.desco_id,
                          imported_by=imp.imported_by, report=imp.report)
 
@@ -217,7 +226,8 @@ def settlement_report(rt: RuntimeDep, actor: FinanceKey,
             return settlement.report(s, first_day=first, last_day=last_day or first,
                                      desco_id=desco, provider=provider)
     except ValueError as exc:  # e.g. 2026-02-31 matches the pattern but is no day
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "date_invalid",
+                       N_("a date in the request is not a real day"), detail=str(exc)) from exc
 
 
 @router.get("/v1/ledger/check", responses=_errors,

@@ -13,12 +13,14 @@ import logging
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Header, HTTPException, status
+from fastapi import Header, status
 from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
+from cizo.i18n import N_
+from control.api.errors import ApiError
 from control.ledger.accounts import Actor
 from control.ledger.models import IdempotentRequest
 from control.runtime import Runtime
@@ -79,9 +81,9 @@ def run_idempotent(
     if prior_answer is not None:
         prior_hash, prior_status, prior_body = prior_answer
         if prior_hash != digest:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                detail="Idempotency-Key already used with a different request body",
+            raise ApiError(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, "idempotency_key_reused",
+                N_("Idempotency-Key already used with a different request body"),
             )
         if prior_status == IN_PROGRESS:
             raise _in_progress()
@@ -105,6 +107,6 @@ def run_idempotent(
     return _json_response(status_code, answer, replayed=False)
 
 
-def _in_progress() -> HTTPException:
-    return HTTPException(status.HTTP_409_CONFLICT,
-                         detail="a request with this Idempotency-Key is still in progress")
+def _in_progress() -> ApiError:
+    return ApiError(status.HTTP_409_CONFLICT, "idempotency_in_progress",
+                    N_("a request with this Idempotency-Key is still in progress"))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, Path, Query, status
 from sqlalchemy import select
 
+from cizo.i18n import N_
 from control.api.auth import AdminKey, RuntimeDep
+from control.api.errors import ApiError
 from control.api.schemas import KeyCreate, KeyCreated, KeyOut, KeyPage, Problem
 from control.ledger.models import ApiKey, Desco
 from control.security.api_keys import create_api_key, revoke_api_key
@@ -31,16 +33,17 @@ def _out(row: ApiKey) -> KeyOut:
 def create_key(rt: RuntimeDep, actor: AdminKey, body: KeyCreate) -> KeyCreated:
     desco_id = body.desco_id if body.desco_id is not None else actor.desco_id
     if actor.desco_id is not None and desco_id != actor.desco_id:
-        raise HTTPException(status.HTTP_403_FORBIDDEN,
-                            detail="a DESCO admin may only create keys for its own DESCO")
+        raise ApiError(status.HTTP_403_FORBIDDEN, "desco_forbidden",
+                       N_("a DESCO admin may only create keys for its own DESCO"))
     with rt.db.session() as s:
         if desco_id is not None and s.get(Desco, desco_id) is None:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                                detail=f"unknown DESCO {desco_id}")
+            raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "desco_unknown",
+                           N_("unknown DESCO {desco_id}"), desco_id=desco_id)
     try:
         key_id, key = create_api_key(rt, name=body.name, role=body.role, desco_id=desco_id)
     except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "key_invalid",
+                       N_("the key cannot be made as asked"), detail=str(exc)) from exc
     with rt.db.session() as s:
         row = s.get(ApiKey, key_id)
         assert row is not None
@@ -70,5 +73,6 @@ def revoke_key(
 ) -> KeyOut:
     row = revoke_api_key(rt, key_id, desco_id=actor.desco_id)
     if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"key {key_id} not found")
+        raise ApiError(status.HTTP_404_NOT_FOUND, "key_not_found", N_("key {key_id} not found"),
+                       key_id=key_id)
     return _out(row)

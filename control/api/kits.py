@@ -7,12 +7,14 @@ import dataclasses
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from sqlalchemy import select
 
+from cizo.i18n import N_
 from control.api.auth import AdminKey, ReaderKey, RuntimeDep, UnlockKey
+from control.api.errors import ApiError
 from control.api.idempotency import IdempotencyKey, run_idempotent
 from control.api.schemas import (
     AuditOut,
@@ -255,8 +257,8 @@ def get_command(rt: RuntimeDep, actor: ReaderKey, command_id: str) -> CommandOut
         cmd = s.get(Command, command_id)
         kit = s.get(Kit, cmd.kit_id) if cmd is not None else None
         if cmd is None or kit is None or not actions.in_scope(actor, kit.desco_id):
-            raise HTTPException(status.HTTP_404_NOT_FOUND,
-                                detail=f"command {command_id} not found")
+            raise ApiError(status.HTTP_404_NOT_FOUND, "command_not_found",
+                           N_("command {command_id} not found"), command_id=command_id)
         return command_out(cmd)
 
 

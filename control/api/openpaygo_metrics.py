@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from cizo.settings import Settings
-from control.api import bodies
+from control.api import bodies, errors
 from control.api.auth import RuntimeDep
 from control.api.prometheus import counters
 from control.api.schemas import Problem
@@ -106,10 +106,12 @@ async def device_data(rt: RuntimeDep, request: Request) -> Response:
         answer = await run_in_threadpool(handle, rt, payload)
     except bodies.BodyRefused as exc:
         count.inc(REQUESTS, "outcome", exc.code)
-        return exc.answer()
+        return errors.body_refused(request, exc)
     except MetricsRefused as exc:
         count.inc(REQUESTS, "outcome", exc.code)
-        return JSONResponse({"detail": exc.message, "code": exc.code}, status_code=exc.status)
+        # the wording is for a device's maintainer: people get their status's message
+        return errors.problem(request, exc.status, exc.code, errors.status_message(exc.status),
+                              detail=exc.message)
     count.inc(REQUESTS, "outcome", "ok")
     count.inc(READINGS, "kind", "openpaygo_metrics", by=answer.readings)
     if encoding == "cbor":

@@ -8,14 +8,16 @@ import logging
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Request, status
 from fastapi.responses import Response
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from cizo.i18n import N_
 from control.api import bodies
 from control.api.auth import FinanceKey, ReaderKey, RuntimeDep
+from control.api.errors import ApiError
 from control.api.idempotency import IdempotencyKey, run_idempotent
 from control.api.schemas import (
     AgentPaymentIn,
@@ -47,24 +49,42 @@ _BODY_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _http_error(exc: errors.PaymentError) -> HTTPException:
+def _http_error(exc: errors.PaymentError) -> ApiError:
     if isinstance(exc, errors.PaymentNotFound):
-        return HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc))
+        return ApiError(status.HTTP_404_NOT_FOUND, "payment_not_found",
+                        N_("payment not found"), detail=str(exc))
     if isinstance(exc, errors.PaymentInvalid):
-        return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc))
+        return _invalid(exc)
     if isinstance(exc, errors.PaymentProviderUnavailable):
-        return _unavailable(str(exc))
-    return HTTPException(status.HTTP_502_BAD_GATEWAY, detail=str(exc))
+        return _unavailable("provider_unavailable",
+                            N_("the payment provider is unavailable; retry later"), str(exc))
+    return ApiError(status.HTTP_502_BAD_GATEWAY, "provider_error",
+                    N_("the payment provider failed; retry later"), detail=str(exc))
 
 
-def _unavailable(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=detail,
-                         headers={"Retry-After": "30"})
+def _invalid(exc: errors.PaymentInvalid) -> ApiError:
+    return ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "payment_invalid",
+                    N_("the payment is not valid"), detail=str(exc))
 
 
-def _database_down(what: str, exc: SQLAlchemyError) -> HTTPException:
+def _unavailable(code: str, msgid: str, detail: str | None = None) -> ApiError:
+    return ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, code, msgid, detail=detail,
+                    headers={"Retry-After": "30"})
+
+
+def _database_down(what: str, exc: SQLAlchemyError) -> ApiError:
     log.error("%s not recorded, database error: %s", what, type(exc).__name__)
-    return _unavailable("database unavailable; retry later")
+    return _unavailable("database_unavailable", N_("database unavailable; retry later"))
+
+
+def _conflict(detail: str | None) -> ApiError:
+    return ApiError(status.HTTP_409_CONFLICT, "payment_conflict",
+                    N_("this conflicts with the payment's recorded state"), detail=detail)
+
+
+def _agent_refused(exc: agent.AgentRefused) -> ApiError:
+    return ApiError(exc.status, "agent_refused", N_("the agents' webhook refused the request"),
+                    detail=str(exc))
 
 
 # --- PayGate ----------------------------------------------------------------------------------
@@ -102,8 +122,8 @@ def get_payment(rt: RuntimeDep, actor: ReaderKey, identifier: str) -> PaymentOut
     with rt.db.session() as s:
         p = paygate.get_payment(s, identifier, desco_id=actor.desco_id)
         if p is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND,
-                                detail=f"payment {identifier} not found")
+            raise ApiError(status.HTTP_404_NOT_FOUND, "payment_not_found",
+                           N_("payment {identifier} not found"), identifier=identifier)
         acct = s.get(Account, p.account_id) if p.account_id is not None else None
         return PaymentOut(
             identifier=p.provider_ref, provider=p.provider,
@@ -130,7 +150,7 @@ async def paygate_callback(rt: RuntimeDep, request: Request) -> CallbackAck:
     try:
         outcome = await run_in_threadpool(paygate.handle_paygate_callback, rt, body)
     except errors.PaymentInvalid as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+        raise _invalid(exc) from exc
     except errors.PaymentProviderUnavailable as exc:
         raise _http_error(exc) from exc
     except SQLAlchemyError as exc:
@@ -178,11 +198,12 @@ async def momo_callback(rt: RuntimeDep, reference_id: str, request: Request) -> 
     try:
         uuid.UUID(reference_id)
     except ValueError as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such payment") from exc
+        raise ApiError(status.HTTP_404_NOT_FOUND, "payment_not_found",
+                       N_("no such payment")) from exc
     try:
         outcome = await run_in_threadpool(momo.confirm, rt, reference_id, body)
     except errors.PaymentProviderUnavailable as exc:
-        raise _unavailable(str(exc)) from exc
+        raise _http_error(exc) from exc
     except SQLAlchemyError as exc:
         raise _database_down("MoMo callback", exc) from exc
     return FeedAck(outcome=outcome.outcome, reference=reference_id, credited=outcome.credited,
@@ -204,27 +225,27 @@ async def agent_webhook(rt: RuntimeDep, desco_id: str, request: Request) -> Feed
         await run_in_threadpool(agent.authenticate, rt, desco_id,
                                 request.headers.get(webhook_signature.HEADER), raw)
     except agent.AgentRefused as exc:
-        raise HTTPException(exc.status, detail=str(exc)) from exc
+        raise _agent_refused(exc) from exc
     except SQLAlchemyError as exc:
         raise _database_down("agent webhook", exc) from exc
     body = bodies.json_object(raw)
     try:
         msg = AgentPaymentIn.model_validate(body)
     except ValidationError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            detail=exc.errors(include_url=False, include_context=False)
-                            ) from exc
+        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "request_invalid",
+                       N_("the request is not valid; detail lists what to change"),
+                       detail=exc.errors(include_url=False, include_context=False)) from exc
     try:
         receipt = await run_in_threadpool(functools.partial(
             agent.record, rt, desco_id, agent.AgentPayment(**msg.model_dump())))
     except agent.AgentRefused as exc:
-        raise HTTPException(exc.status, detail=str(exc)) from exc
+        raise _agent_refused(exc) from exc
     except reversals.ReversalConflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+        raise _conflict(str(exc)) from exc
     except SQLAlchemyError as exc:
         raise _database_down("agent webhook", exc) from exc
     if receipt.outcome == "conflict":
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=receipt.detail)
+        raise _conflict(receipt.detail)
     return FeedAck(outcome=receipt.outcome, reference=msg.transaction_id,
                    credited=receipt.credited, payment_id=receipt.payment_id)
 
@@ -241,10 +262,11 @@ def refund(rt: RuntimeDep, actor: FinanceKey, identifier: str, body: RefundIn) -
                                    amount_fcfa=body.amount_fcfa, reason=body.reason,
                                    actor=actor)
     except reversals.ReversalConflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+        raise _conflict(str(exc)) from exc
     if receipt is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"payment {identifier} not found")
+        raise ApiError(status.HTTP_404_NOT_FOUND, "payment_not_found",
+                       N_("payment {identifier} not found"), identifier=identifier)
     if receipt.outcome == "conflict":
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=receipt.detail)
+        raise _conflict(receipt.detail)
     return FeedAck(outcome=receipt.outcome, reference=body.refund_id, credited=False,
                    payment_id=receipt.payment_id)

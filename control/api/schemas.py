@@ -18,10 +18,14 @@ class _In(BaseModel):
 
 
 class Problem(BaseModel):
-    """Every error answer: ``{"detail": ...}``, with a stable ``code`` where one is given."""
+    """Every error answer (control.api.errors): ``detail`` in English (or the validation
+    errors' list), a stable ``code`` and the ``message`` in the caller's language."""
 
     detail: Any
     code: str | None = Field(default=None, description="machine-readable, stable")
+    message: str | None = Field(
+        default=None, description="for people, in the language Accept-Language asks for "
+                                  "(fr or en; fr by default)")
 
 
 class Health(BaseModel):

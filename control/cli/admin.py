@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import select
 
 from cizo.settings import Settings
+from control.cli.words import say
 from control.ledger.accounts import Actor
 from control.ledger.secrets import ROLES
 
@@ -105,7 +106,7 @@ def keys_create(args: argparse.Namespace) -> int:
     try:
         key_id, key = create_api_key(rt, name=args.name, role=args.role, desco_id=args.desco)
     except ValueError as exc:
-        print(f"cizo keys create: {exc}", file=sys.stderr)
+        print(say("cizo keys create: {error}", error=exc), file=sys.stderr)
         return 2
     finally:
         rt.paygate.close()
@@ -137,12 +138,12 @@ def keys_revoke(args: argparse.Namespace) -> int:
     with db.session() as s:
         k = s.get(ApiKey, args.key_id)
         if k is None:
-            print(f"cizo keys revoke: no key {args.key_id}", file=sys.stderr)
+            print(say("cizo keys revoke: no key {key_id}", key_id=args.key_id), file=sys.stderr)
             return 1
         if k.revoked_at is None:
             k.revoked_at = time.time()
     db.dispose()
-    print(f"key {args.key_id} revoked")
+    print(say("key {key_id} revoked", key_id=args.key_id))
     return 0
 
 
@@ -155,8 +156,8 @@ def _doors(settings: Settings, db: Any) -> Any:
 
     doors = BrokerDoors(settings, db, SecretBox(settings.require_secret_key()))
     if not doors.enabled:
-        raise SystemExit("cizo broker: CIZO_BROKER_ADMIN_PASSWORD is not set, so the broker "
-                         "cannot be driven (docs/security.md, the broker's doors)")
+        raise SystemExit(say("cizo broker: CIZO_BROKER_ADMIN_PASSWORD is not set, so the "
+                             "broker cannot be driven (docs/security.md, the broker's doors)"))
     return doors
 
 
@@ -166,12 +167,13 @@ def _converge(settings: Settings, db: Any, kit_id: str) -> int:
     try:
         outcome = _doors(settings, db).converge_kits([kit_id])
     except BrokerAdminError as exc:
-        print(f"cizo broker: the ledger is changed but the broker was not reached ({exc}); "
-              "the control service's next reconcile applies it, or run `cizo broker sync`",
-              file=sys.stderr)
+        print(say("cizo broker: the ledger is changed but the broker was not reached ({error}); "
+                  "the control service's next reconcile applies it, or run `cizo broker sync`",
+                  error=exc), file=sys.stderr)
         return 1
     if outcome.failed:
-        print(f"cizo broker: the broker refused kit {kit_id} (see the log)", file=sys.stderr)
+        print(say("cizo broker: the broker refused kit {kit_id} (see the log)", kit_id=kit_id),
+              file=sys.stderr)
         return 1
     return 0
 
@@ -194,7 +196,8 @@ def broker_revoke_kit(args: argparse.Namespace) -> int:
     db = _runtime_db(settings)
     try:
         if not revoke_kit(db, args.kit_id, time.time()):
-            print(f"cizo broker revoke-kit: no kit {args.kit_id}", file=sys.stderr)
+            print(say("cizo broker revoke-kit: no kit {kit_id}", kit_id=args.kit_id),
+                  file=sys.stderr)
             return 1
         return _converge(settings, db, args.kit_id)
     finally:
@@ -211,7 +214,8 @@ def broker_rotate_kit(args: argparse.Namespace) -> int:
         password = rotate_kit_password(db, SecretBox(settings.require_secret_key()),
                                        args.kit_id)
         if password is None:
-            print(f"cizo broker rotate-kit: no kit {args.kit_id} in service", file=sys.stderr)
+            print(say("cizo broker rotate-kit: no kit {kit_id} in service", kit_id=args.kit_id),
+                  file=sys.stderr)
             return 1
         print(json.dumps({"kit_id": args.kit_id, "mqtt_password": password}))
         return _converge(settings, db, args.kit_id)
@@ -227,7 +231,8 @@ def broker_certs(args: argparse.Namespace) -> int:
     pki.make_server_cert(ca, args.host or ["127.0.0.1"]).write(args.out, "server")
     for kit in args.kit:
         pki.make_client_cert(ca, kit).write(args.out / "kits", kit)
-    print(f"CA, server and {len(args.kit)} kit certificate(s) written to {args.out}")
+    print(say("CA, server and {count} kit certificate(s) written to {path}",
+              count=len(args.kit), path=args.out))
     return 0
 
 
@@ -241,11 +246,11 @@ def erase_close(args: argparse.Namespace) -> int:
     try:
         close_account(db, args.account, now=time.time(), actor=CLI_ACTOR, reason=args.reason)
     except PrivacyError as exc:
-        print(f"cizo erase-personal-data close: {exc}", file=sys.stderr)
+        print(say("cizo erase-personal-data close: {error}", error=exc), file=sys.stderr)
         return 1
     finally:
         db.dispose()
-    print(f"account {args.account} closed")
+    print(say("account {account} closed", account=args.account))
     return 0
 
 
@@ -257,7 +262,7 @@ def erase_account(args: argparse.Namespace) -> int:
     try:
         result = erase(db, args.account, now=time.time(), actor=CLI_ACTOR)
     except PrivacyError as exc:
-        print(f"cizo erase-personal-data account: {exc}", file=sys.stderr)
+        print(say("cizo erase-personal-data account: {error}", error=exc), file=sys.stderr)
         return 1
     finally:
         db.dispose()

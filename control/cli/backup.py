@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cizo.settings import load_settings
+from control.cli.words import say
 from control.ledger import backup as ledger_backup
 
 
@@ -43,24 +44,27 @@ def _progress(line: str) -> None:
 
 def backup(args: argparse.Namespace) -> int:
     url = args.database_url or load_settings().database_url
-    print(f"backing up the ledger to {args.output} ...", file=sys.stderr, flush=True)
+    print(say("backing up the ledger to {path} ...", path=args.output), file=sys.stderr,
+          flush=True)
     try:
         done = ledger_backup.backup(url, args.output, progress=_progress)
     except ledger_backup.BackupError as exc:
-        print(f"cizo backup: {exc}", file=sys.stderr)
+        print(say("cizo backup: {error}", error=exc), file=sys.stderr)
         return 1
-    print(f"backup written: {done.path} ({done.engine}, {done.size_bytes} bytes)")
+    print(say("backup written: {path} ({engine}, {size} bytes)", path=done.path,
+              engine=done.engine, size=done.size_bytes))
     return 0
 
 
 def restore(args: argparse.Namespace) -> int:
     url = args.database_url or load_settings().database_url
-    print(f"restoring {args.input} into the ledger ...", file=sys.stderr, flush=True)
+    print(say("restoring {path} into the ledger ...", path=args.input), file=sys.stderr,
+          flush=True)
     try:
         done = ledger_backup.restore(url, args.input, force=args.force, progress=_progress)
     except ledger_backup.BackupError as exc:
-        print(f"cizo restore: {exc}", file=sys.stderr)
+        print(say("cizo restore: {error}", error=exc), file=sys.stderr)
         return 1
-    print(f"restored {done.path} ({done.engine}); run `cizo migrate` if this release is "
-          "newer than the backup")
+    print(say("restored {path} ({engine}); run `cizo migrate` if this release is newer than "
+              "the backup", path=done.path, engine=done.engine))
     return 0

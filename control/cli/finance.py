@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from control.cli.words import say
 from control.ledger.accounts import Actor
 from control.runtime import Runtime
 
@@ -71,7 +72,7 @@ def _import(args: argparse.Namespace) -> int:
             rt, provider=args.provider, desco_id=args.desco or rt.settings.default_desco_id,
             filename=args.file.name, text=text, actor=_actor(args.user))
     except (OSError, UnicodeDecodeError, statements.StatementError) as exc:
-        print(f"cizo reconcile: {exc}", file=sys.stderr)
+        print(say("cizo reconcile: {error}", error=exc), file=sys.stderr)
         return 2
     finally:
         rt.db.dispose()
@@ -89,7 +90,7 @@ def _decide(args: argparse.Namespace) -> int:
                                                   approve=args.approve,
                                                   actor=_actor(args.user), reason=args.reason)
     except SuspenseError as exc:
-        print(f"cizo reconcile: {exc}", file=sys.stderr)
+        print(say("cizo reconcile: {error}", error=exc), file=sys.stderr)
         return 1
     finally:
         rt.db.dispose()

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from control.cli.words import say
+
 if TYPE_CHECKING:
     from cizo.settings import Settings
 
@@ -48,7 +50,8 @@ def _rollup(args: argparse.Namespace) -> int:
             time.sleep(args.every)
             continue
         result = run_rollups(settings, time.time())
-        print(f"rollup: {result.hourly_points} hourly, {result.daily_points} daily points")
+        print(say("rollup: {hourly} hourly, {daily} daily points",
+                  hourly=result.hourly_points, daily=result.daily_points))
         if args.every <= 0:
             return 0
         db = Database(settings.database_url)
@@ -70,8 +73,8 @@ def _rollup_or_retry(settings: Settings) -> bool:
     except Exception:
         log.exception("rollup failed; the next run will retry")
         return False
-    print(f"rollup: {result.hourly_points} hourly, {result.daily_points} daily points",
-          flush=True)
+    print(say("rollup: {hourly} hourly, {daily} daily points",
+              hourly=result.hourly_points, daily=result.daily_points), flush=True)
     return True
 
 
@@ -86,7 +89,7 @@ def _opendata(args: argparse.Namespace) -> int:
         opendata.check_month(args.month, settings.programme_start_month,
                              opendata.month_of(time.time()))
     except ValueError as exc:
-        print(f"cizo export opendata: {exc}", file=sys.stderr)
+        print(say("cizo export opendata: {error}", error=exc), file=sys.stderr)
         return 2
     db = Database(settings.database_url)
     try:

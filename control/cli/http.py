@@ -8,6 +8,7 @@ import argparse
 import httpx
 
 from cizo.settings import load_settings
+from control.cli.words import cli_locale
 from control.fleet.messages import text
 
 
@@ -17,9 +18,11 @@ def api_client(args: argparse.Namespace, command: str, *,
     key = args.api_key or (st.support_api_key.get_secret_value() if st.support_api_key
                            else None)
     if not key:
-        raise SystemExit(text("no_api_key", command=command))
+        raise SystemExit(text("no_api_key", cli_locale(), command=command))
     url = args.url or st.support_api_url or st.api_base_url
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
+    # the API's error messages come back in the CLI's language
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}",
+                                               "Accept-Language": cli_locale()},
                         timeout=timeout_s)
 
 

@@ -33,6 +33,7 @@ import httpx
 from tqdm import tqdm
 
 from control.cli.http import add_api_options, api_client
+from control.cli.words import cli_locale
 from control.fleet.kit_import import ERROR_COLUMNS
 from control.fleet.messages import text
 from control.ledger.models import KIT_KINDS, KIT_MQTT
@@ -125,8 +126,9 @@ def _count_rows(path: Path) -> int:
 
 def _http_error(command: str, r: httpx.Response) -> str:
     body = r.json() if "json" in r.headers.get("content-type", "") else {}
-    return text("http_error", command=command, status=r.status_code,
-                code=body.get("code", "-"), detail=body.get("detail", r.text))
+    return text("http_error", cli_locale(), command=command, status=r.status_code,
+                code=body.get("code", "-"),
+                detail=body.get("message") or body.get("detail", r.text))
 
 
 def provision(args: argparse.Namespace) -> int:
@@ -145,13 +147,14 @@ def provision(args: argparse.Namespace) -> int:
 
 
 def import_kits(args: argparse.Namespace) -> int:
+    locale = cli_locale()
     creds_path = args.credentials_out or args.file.with_suffix(".credentials.csv")
     errors_path = args.errors_out or args.file.with_suffix(".errors.csv")
     if not args.file.is_file():
-        print(text("no_file", path=args.file), file=sys.stderr)
+        print(text("no_file", locale, path=args.file), file=sys.stderr)
         return 2
     if creds_path.exists():
-        print(text("credentials_exist", path=creds_path), file=sys.stderr)
+        print(text("credentials_exist", locale, path=creds_path), file=sys.stderr)
         return 2
     totals = {"rows": 0, "created": 0, "unchanged": 0, "rejected": 0}
     errors: list[dict[str, Any]] = []
@@ -179,10 +182,10 @@ def import_kits(args: argparse.Namespace) -> int:
             w = csv.DictWriter(fh, ERROR_COLUMNS)  # as GET /v1/kits/imports/{id}/errors.csv
             w.writeheader()
             w.writerows(errors)
-    print(text("import_totals", **totals))
-    print(text("credentials_file", path=creds_path))
+    print(text("import_totals", locale, **totals))
+    print(text("credentials_file", locale, path=creds_path))
     if errors:
-        print(text("errors_file", path=errors_path))
+        print(text("errors_file", locale, path=errors_path))
     return 1 if errors else 0
 
 

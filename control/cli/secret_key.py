@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from control.cli.words import say
+
 NEW_KEY_VAR = "CIZO_NEW_SECRET_KEY"
 
 
@@ -36,24 +38,24 @@ def _rotate(args: argparse.Namespace) -> int:
     settings = load_settings()
     new_key = os.environ.get(NEW_KEY_VAR, "").strip()
     if not new_key:
-        raise SystemExit(f"cizo secret-key rotate: set {NEW_KEY_VAR} to the new key "
-                         "(generate one with `cizo keygen`)")
+        raise SystemExit(say("cizo secret-key rotate: set {variable} to the new key "
+                             "(generate one with `cizo keygen`)", variable=NEW_KEY_VAR))
     # the new key must pass the same production check as the one it replaces
     problems = [p.replace("CIZO_SECRET_KEY", NEW_KEY_VAR) for p in production_problems(
         settings.model_copy(update={"secret_key": SecretStr(new_key)}), uses={Part.KEYS})
         if p.startswith("CIZO_SECRET_KEY")]
     if problems:
-        raise SystemExit("cizo secret-key rotate: " + "; ".join(problems))
+        raise SystemExit(say("cizo secret-key rotate: {error}", error="; ".join(problems)))
     db = Database(settings.database_url, pool_size=1, max_overflow=0)
     try:
         done = rotate_secret_key(db, current_key=settings.require_secret_key(),
                                  new_key=new_key, actor=CLI_ACTOR, now=time.time())
     except ValueError as exc:
-        raise SystemExit(f"cizo secret-key rotate: {exc}") from None
+        raise SystemExit(say("cizo secret-key rotate: {error}", error=exc)) from None
     finally:
         db.dispose()
     detail = ", ".join(f"{n} in {where}" for where, n in sorted(done.rewritten.items()))
-    print(f"re-encrypted {done.total} secret(s) ({detail or 'none'}); {done.already_new} "
-          "already used the new key. Now set CIZO_SECRET_KEY to the new key and start the "
-          "control service.")
+    print(say("re-encrypted {total} secret(s) ({detail}); {already_new} already used the new "
+              "key. Now set CIZO_SECRET_KEY to the new key and start the control service.",
+              total=done.total, detail=detail or say("none"), already_new=done.already_new))
     return 0

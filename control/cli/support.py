@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from control.cli.http import add_api_options, api_client
+from control.cli.words import say
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -84,7 +85,9 @@ def _print(r: httpx.Response) -> int:
     except ValueError:
         body = {"detail": r.text}
     if r.status_code // 100 != 2:
-        print(f"cizo support: HTTP {r.status_code}: {body.get('detail', body)}",
+        # the API answers in the CLI's language (Accept-Language from api_client)
+        said = body.get("message") or body.get("detail", body) if isinstance(body, dict) else body
+        print(say("cizo support: HTTP {status}: {message}", status=r.status_code, message=said),
               file=sys.stderr)
         return 1
     print(json.dumps(body, indent=2, ensure_ascii=False))
@@ -104,7 +107,7 @@ def set_credit_until(args: argparse.Namespace) -> int:
     try:
         until = parse_until(args.until)
     except ValueError as exc:
-        print(f"cizo support: --until: {exc}", file=sys.stderr)
+        print(say("cizo support: --until: {error}", error=exc), file=sys.stderr)
         return 2
     return _post(args, f"/v1/kits/{args.kit_id}/set-credit-until",
                  {"credit_until": until, "reason": args.reason})

@@ -1,12 +1,11 @@
-// The fleet page (#/fleet) and the kit page (#/kit/<id>), over the /v1 API.
+// The fleet page (#/fleet) and the kit page (#/kit/<id>), over the /v1 API; texts, amounts
+// and dates through i18n.js.
 "use strict";
 const KEY = "cizo_api_key";
 const $ = (id) => document.getElementById(id);
 let me = null;
 
-const fcfa = (n) => n == null ? "–" : Number(n).toLocaleString("fr-FR") + " FCFA";
-const pct = (x) => x == null ? "–" : (100 * x).toFixed(1) + " %";
-const when = (u) => u == null ? "—" : new Date(u * 1000).toISOString().replace("T", " ").slice(0, 16);
+const pct = (x) => x == null ? "–" : num(100 * x, 1) + " %";
 
 function cell(tr, text, cls) {
   const td = document.createElement("td");
@@ -18,11 +17,11 @@ function cell(tr, text, cls) {
 
 async function api(path, opts) {
   const key = localStorage.getItem(KEY);
-  if (!key) throw new Error("Type an API key.");
-  const headers = Object.assign({ Authorization: "Bearer " + key }, (opts && opts.headers) || {});
+  if (!key) throw new Error(t("Type an API key."));
+  const headers = Object.assign(apiHeaders(key), (opts && opts.headers) || {});
   const resp = await fetch(path, Object.assign({}, opts || {}, { headers }));
   const data = await resp.json().catch(() => ({}));
-  if (!resp.ok) throw new Error(`Error ${resp.status}: ${JSON.stringify(data.detail ?? data)}`);
+  if (!resp.ok) throw new Error(problem(resp.status, data));
   return data;
 }
 
@@ -41,7 +40,7 @@ async function loadMe() {
 
 function fillSelect(sel, values) {
   const current = sel.value;
-  sel.replaceChildren(new Option("all", ""));
+  sel.replaceChildren(new Option(t("all"), ""));
   for (const v of values) sel.appendChild(new Option(v, v));
   sel.value = values.includes(current) ? current : "";
 }
@@ -54,21 +53,22 @@ async function loadFleet() {
   window.cizoFleet = f;
   fillSelect($("f-desco"), f.descos);
   fillSelect($("f-region"), f.regions);
-  $("age").textContent = `figures ${Math.round(f.age_s)} s old (computed ${when(f.computed_at)} UTC)`;
+  $("age").textContent = t("figures {age} s old (computed {when})",
+                           { age: Math.round(f.age_s), when: when(f.computed_at) });
   $("t-kits").textContent = f.kits;
   $("t-today").textContent = fcfa(f.payments_today_fcfa);
   $("t-month").textContent = fcfa(f.payments_month_fcfa);
   $("t-repay").textContent = pct(f.repayment_rate);
   $("t-par30").textContent = pct(f.par30);
-  $("t-energy").textContent = (f.energy_wh_30d / 1000).toFixed(1) + " kWh";
+  $("t-energy").textContent = num(f.energy_wh_30d / 1000, 1) + " kWh";
   $("t-alerts").textContent = f.open_alerts_total;
-  barChart($("c-online"), ["online", "offline"], [f.online, f.offline], "#2a9d55");
-  barChart($("c-state"), ["locked", "unlocked", "owned", "unknown"],
+  barChart($("c-online"), [t("online"), t("offline")], [f.online, f.offline], "#2a9d55");
+  barChart($("c-state"), [t("locked"), t("unlocked"), t("owned"), t("unknown")],
            [f.locked, f.unlocked, f.owned, f.unknown], "#3b7dd8");
   const hb = ["90-100", "80-90", "70-80", "<70", "unknown"];
-  barChart($("c-health"), hb, hb.map((b) => f.battery_health[b] || 0), "#8e6bd8");
+  barChart($("c-health"), hb.map((b) => b === "unknown" ? t("unknown") : b), hb.map((b) => f.battery_health[b] || 0), "#8e6bd8");
   const kinds = ["power_while_locked", "capacity_fading", "pv_below_neighbours", "silent"];
-  barChart($("c-alerts"), ["locked power", "fading", "low PV", "silent"],
+  barChart($("c-alerts"), [t("locked power"), t("fading"), t("low PV"), t("silent")],
            kinds.map((k) => f.open_alerts[k] || 0), "#d8563b");
   if (me && me.role !== "regulator") {
     const alerts = await api("/v1/alerts?state=open&limit=50");
@@ -95,10 +95,12 @@ async function loadKit(kitId) {
     api("/v1/kits/" + encodeURIComponent(kitId) + "/audit?limit=50"),
   ]);
   window.cizoKit = { kit: k, telemetry: tel, audit };
-  $("k-title").textContent = `Kit ${k.kit_id}`;
+  $("k-title").textContent = t("Kit {kit_id}", { kit_id: k.kit_id });
   const state = k.owned ? "owned" : k.locked == null ? "state unknown" : k.locked ? "locked" : "unlocked";
-  $("k-facts").textContent = `${k.desco_id} · ${k.region} · ${k.online ? "online" : "offline"} · ${state}` +
-    ` · credit until ${when(k.credit_until)} · paid ${fcfa(k.paid_total_fcfa)} of ${fcfa(k.total_price_fcfa)}`;
+  $("k-facts").textContent = [k.desco_id, k.region, t(k.online ? "online" : "offline"), t(state),
+    t("credit until {when}", { when: when(k.credit_until) }),
+    t("paid {paid} of {total}", { paid: fcfa(k.paid_total_fcfa), total: fcfa(k.total_price_fcfa) }),
+  ].join(" · ");
   const x = tel.points.map((p) => p.t);
   lineChart($("c-soc"), x, [{ name: "soc", values: tel.points.map((p) => p.soc), color: "#2a9d55" }],
             { ymin: 0, ymax: 100 });
@@ -111,18 +113,18 @@ async function loadKit(kitId) {
   const mt = $("k-metrics");
   mt.replaceChildren();
   const rows = m ? [
-    ["Solvency score (0–100)", m.solvency_score],
-    ["… payments in window", m.solvency_inputs && m.solvency_inputs.payments],
-    ["… paid before credit ran out", m.solvency_inputs && pct(m.solvency_inputs.on_time_share)],
-    ["… days locked / window days", m.solvency_inputs &&
+    [t("Solvency score (0–100)"), m.solvency_score],
+    [t("… payments in window"), m.solvency_inputs && m.solvency_inputs.payments],
+    [t("… paid before credit ran out"), m.solvency_inputs && pct(m.solvency_inputs.on_time_share)],
+    [t("… days locked / window days"), m.solvency_inputs &&
       `${m.solvency_inputs.locked_days} / ${m.solvency_inputs.window_days}`],
-    ["… days used / credited days", m.solvency_inputs &&
-      `${m.solvency_inputs.used_days ?? "no data"} / ${m.solvency_inputs.credited_days}`],
-    ["Energy delivered, 30 days", m.energy_wh_30d == null ? null : (m.energy_wh_30d / 1000).toFixed(2) + " kWh"],
-    ["Battery health", m.battery_health_pct == null ? null : m.battery_health_pct + " %"],
-    ["Household pattern", m.load_pattern], ["Sizing", m.sizing],
-    ["Computed", when(m.computed_at)],
-  ] : [["Analytics", "not computed yet"]];
+    [t("… days used / credited days"), m.solvency_inputs &&
+      `${m.solvency_inputs.used_days ?? t("no data")} / ${m.solvency_inputs.credited_days}`],
+    [t("Energy delivered, 30 days"), m.energy_wh_30d == null ? null : num(m.energy_wh_30d / 1000, 2) + " kWh"],
+    [t("Battery health"), m.battery_health_pct == null ? null : m.battery_health_pct + " %"],
+    [t("Household pattern"), m.load_pattern], [t("Sizing"), m.sizing],
+    [t("Computed"), when(m.computed_at)],
+  ] : [[t("Analytics"), t("not computed yet")]];
   for (const [name, value] of rows) {
     const tr = document.createElement("tr");
     cell(tr, name); cell(tr, value);
@@ -139,7 +141,7 @@ async function loadKit(kitId) {
                                            ["close", "Close", ["open", "acknowledged"]]]) {
         if (!from.includes(a.state)) continue;
         const b = document.createElement("button");
-        b.textContent = label;
+        b.textContent = t(label);
         b.dataset.alert = a.id;
         b.addEventListener("click", () => act(() => api(`/v1/alerts/${a.id}/${action}`, { method: "POST" })
           .then(() => loadKit(kitId))));
@@ -186,8 +188,8 @@ $("unlock-form").addEventListener("submit", (ev) => {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ days: Number($("u-days").value), reason: $("u-reason").value }),
     });
-    $("u-result").textContent = `unlocked: credit until ${when(out.credit_until)}` +
-      (out.command_id ? `, command ${out.command_id}` : "");
+    $("u-result").textContent = t("unlocked: credit until {when}", { when: when(out.credit_until) }) +
+      (out.command_id ? t(", command {command_id}", { command_id: out.command_id }) : "");
     await loadKit(kitId);
   });
 });
@@ -205,6 +207,7 @@ $("filters").addEventListener("submit", (ev) => {
   const k = $("f-kit").value.trim();
   if (k) location.hash = "#/kit/" + encodeURIComponent(k);
 });
+onLanguageSwitch(() => act(() => loadMe().then(route)));
 window.addEventListener("hashchange", () => act(route));
-act(() => loadMe().then(route).then(() => { window.cizoReady = true; }));
+act(() => loadTexts().then(loadMe).then(route).then(() => { window.cizoReady = true; }));
 setInterval(() => { if (!$("fleet-page").hidden) act(loadFleet); }, 30000);

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cizo.i18n import N_
 from control.commands import lifecycle, tokens
 from control.commands.service import Issued
 from control.ledger import accounts
@@ -39,7 +40,13 @@ TokenError = tokens.TokenError
 
 
 class KitNotFound(LookupError):
-    """No such kit (or account) in the actor's scope."""
+    """No such kit (or account) in the actor's scope; ``msgid`` is the English wording
+    (cizo/locale's catalogs translate it), filled with ``kit_id``."""
+
+    def __init__(self, kit_id: str, msgid: str = N_("kit {kit_id} not found")) -> None:
+        super().__init__(msgid.format(kit_id=kit_id))
+        self.kit_id = kit_id
+        self.msgid = msgid
 
 
 class NeedsAdmin(PermissionError):
@@ -80,7 +87,7 @@ def kit_in_scope(s: Session, actor: Actor, kit_id: str) -> Kit:
     """The kit, or ``KitNotFound`` when it does not exist in the actor's DESCO."""
     kit = s.get(Kit, kit_id)
     if kit is None or not in_scope(actor, kit.desco_id):
-        raise KitNotFound(f"kit {kit_id} not found")
+        raise KitNotFound(kit_id)
     return kit
 
 
@@ -93,7 +100,7 @@ def _locked(s: Session, actor: Actor, kit_id: str, *, live: bool = True
         raise SupportError(f"kit {kit_id} is decommissioned")
     acct = accounts.account_for_kit(s, kit_id, for_update=True)
     if acct is None:
-        raise KitNotFound(f"kit {kit_id} has no account")
+        raise KitNotFound(kit_id, N_("kit {kit_id} has no account"))
     return kit, acct
 
 
