@@ -32,7 +32,13 @@ _SUFFIX = ".spool"
 
 
 class Spool:
-    """Oldest-first queue of byte records on disk; single-threaded (the bridge's writer)."""
+    """Oldest-first queue of byte records on disk; single-threaded (the bridge's writer).
+
+    Other threads read ``records`` and ``size_bytes`` (the bridge's stats): each is one
+    counter changed by a single assignment, never a sum over state being changed, so a
+    reader never sees a figure that was never true (records 0 with a segment still to
+    replay, or below 0).
+    """
 
     def __init__(self, directory: Path, max_bytes: int, segment_bytes: int = 16 << 20) -> None:
         self.dir = directory
@@ -46,6 +52,8 @@ class Spool:
         self._read_off = 0
         self._read_index = 0  # records already replayed from the read segment
         self._append_fh: int | None = None  # fd of the newest segment, open for append
+        self._pending = 0  # records not yet replayed
+        self._bytes = 0  # bytes of the segments on disk
         self._recover()
 
     # --- opening --------------------------------------------------------------------
@@ -70,6 +78,8 @@ class Spool:
             self._segments.append(seg)
             self._sizes[seg] = good
             self._records[seg] = count
+            self._pending += count
+            self._bytes += good
         if self._segments:
             log.info("spool %s holds %d records (%d bytes) to replay", self.dir,
                      self.records, self.size_bytes)
@@ -78,12 +88,12 @@ class Spool:
 
     @property
     def size_bytes(self) -> int:
-        return sum(self._sizes.values())
+        return self._bytes
 
     @property
     def records(self) -> int:
         """Records not yet replayed."""
-        return sum(self._records.values()) - self._read_index
+        return self._pending
 
     def __bool__(self) -> bool:
         return self.records > 0
@@ -103,6 +113,8 @@ class Spool:
         os.fsync(self._append_fh)
         self._sizes[seg] += len(record)
         self._records[seg] += 1
+        self._bytes += len(record)
+        self._pending += 1
         return True
 
     def _new_segment(self) -> int:
@@ -148,6 +160,7 @@ class Spool:
             length, _ = _HEADER.unpack(fh.read(_HEADER.size))
         self._read_off += _HEADER.size + length
         self._read_index += 1
+        self._pending -= 1
         if self._read_index >= self._records[seg]:
             self._drop_segment(seg)
 
@@ -156,7 +169,9 @@ class Spool:
             self._close_append()
         self._path(seg).unlink(missing_ok=True)
         self._segments.remove(seg)
-        del self._sizes[seg], self._records[seg]
+        self._bytes -= self._sizes.pop(seg)
+        self._pending -= self._records.pop(seg) - (self._read_index
+                                                   if self._read_seg == seg else 0)
         self._read_seg, self._read_off, self._read_index = None, 0, 0
 
     def close(self) -> None:

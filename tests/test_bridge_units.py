@@ -167,6 +167,26 @@ def test_spool_replays_oldest_first_across_segments_and_reopen(tmp_path: Path) -
     assert again.records == 0 and again.size_bytes == 0 and not list(tmp_path.glob("*.spool"))
 
 
+def test_spool_counts_match_its_segments_at_every_step(tmp_path: Path) -> None:
+    """``records`` and ``size_bytes`` are read by the stats thread while the writer
+    replays: each must be the truth after every step, a segment dropped included
+    (read as sums over half-changed state they once showed 0 records with a segment of
+    records still on disk)."""
+    spool = Spool(tmp_path, max_bytes=10_000, segment_bytes=30)
+    for i in range(7):
+        assert spool.append(f"reading {i}".encode())
+
+    def on_disk() -> tuple[int, int]:
+        files = list(tmp_path.glob("*.spool"))
+        return len(files), sum(f.stat().st_size for f in files)
+
+    for left in range(7, 0, -1):
+        assert spool.records == left and spool.size_bytes == on_disk()[1]
+        assert spool.peek() is not None
+        spool.commit()
+    assert spool.records == 0 and spool.size_bytes == 0 and on_disk() == (0, 0)
+
+
 def test_spool_is_bounded_and_says_so(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=100)
     assert spool.append(b"x" * 80)
