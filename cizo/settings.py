@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     # simulated, before the fleet goes live (cizo_cli/history.py)
     history_days: float = Field(default=7.0, ge=0)
     history_real_s: float = Field(default=30.0, gt=0)
-    history_telemetry_interval_s: float = Field(default=1800.0, gt=0)
+    history_telemetry_interval_s: float = Field(default=3600.0, gt=0)
 
     # --- Dashboards, rollups and analytics -------------------------------------------
     influx_hourly_db: str | None = None  # hourly aggregates tier; default <influx_db>_hourly

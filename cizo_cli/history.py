@@ -115,6 +115,7 @@ def _serving(settings: Settings, clock: AcceleratedClock) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+        log.info("history: control stopped")
 
 
 @contextmanager
@@ -188,6 +189,7 @@ def play(opts: HistoryOptions, *, env: dict[str, str], data_dir: Path, mqtt_port
             summary = asyncio.run(_run(sc, clock, mqtt_port, identities, tls_ca,
                                        PaymentOptions(api, env["CIZO_ADMIN_API_KEY"]),
                                        settled, progress_every_s))
+        log.info("history: the kits and the history's control service are stopped")
     finally:
         paygate.stop()
     return HistoryResult(summary, sc.start_ts, sc.end_ts, time.monotonic() - started)
@@ -213,14 +215,17 @@ async def _run(sc: Scenario, clock: AcceleratedClock, mqtt_port: int,
                 last = time.monotonic()
                 _show(progress_line(driver.summary(), sc.days))
         clock.pause()  # never past now: the live services take over from here
+        log.info("history: the week is played; settling its last payments")
         # the week's last payments: made, approved and credited before the services change
         if driver.pay_task is not None:
             await asyncio.wait([driver.pay_task], timeout=20)
         deadline = time.monotonic() + 20
         while not settled() and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
+        log.info("history: payments settled=%s; stopping the kits", settled())
         summary = driver.summary()
         _show(progress_line(summary, sc.days), final=True)
         return summary
     finally:
         await driver.stop()
+        log.info("history: kits stopped")

@@ -73,6 +73,8 @@ DEV_DEFAULTS = {
     "CIZO_SIM_TELEMETRY_INTERVAL_S": "10",
     # rollups and analytics once at start: the dashboard has every figure at first open
     "CIZO_ANALYTICS_AT_START": "1",
+    # the fleet page's figures at most 15 s old: the live fleet shows online within that
+    "CIZO_FLEET_SUMMARY_INTERVAL_S": "15",
 }
 # the simulated kits' plan: 5,000 FCFA down, 100 FCFA a day for a year
 SIM_PLAN = {"deposit_fcfa": 5000, "daily_rate_fcfa": 100, "total_price_fcfa": 5000 + 365 * 100}
