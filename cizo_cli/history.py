@@ -70,12 +70,13 @@ class HistoryOptions:
 
 def scenario(opts: HistoryOptions, kits: int, plan: PlanSpec, now: float) -> Scenario:
     """The week as a firmware-simulator scenario ending at ``now``: the default mix of
-    customers (daily, weekly, late, stopping, early, never), no link drops."""
+    customers (daily, weekly, late, stopping, early, never), no link drops, and about one
+    kit in twenty bypassed (load while locked), so the alerts table has an anomaly too."""
     return Scenario(
         name="history", kits=kits, kit_id_prefix="SIM",
         start=datetime.fromtimestamp(now - opts.days * DAY_S, UTC), days=opts.days,
         speed=opts.speed, telemetry_interval_s=opts.telemetry_interval_s, keepalive_s=60,
-        drift_ppm=0.0, plan=plan,
+        drift_ppm=0.0, plan=plan, misbehaviour={"tamper": 0.05},
         network=NetworkSpec(reconnect_base_s=0.2, reconnect_cap_s=2.0))
 
 
