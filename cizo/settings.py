@@ -144,6 +144,12 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     sim_kits: int = Field(default=50, ge=0)
     sim_telemetry_interval_s: float = 10.0
+    # cizo up's first start plays this many simulated days of history (0: none) in about
+    # history_real_s real seconds, one reading per kit every history_telemetry_interval_s
+    # simulated, before the fleet goes live (cizo_cli/history.py)
+    history_days: float = Field(default=7.0, ge=0)
+    history_real_s: float = Field(default=30.0, gt=0)
+    history_telemetry_interval_s: float = Field(default=3600.0, gt=0)
 
     # --- Dashboards, rollups and analytics -------------------------------------------
     influx_hourly_db: str | None = None  # hourly aggregates tier; default <influx_db>_hourly
@@ -156,6 +162,10 @@ class Settings(BaseSettings):
     rollup_chunk_hours: int = Field(default=6, ge=1)
     fleet_summary_interval_s: float = 60.0  # the fleet page's figures are at most this old
     analytics_interval_s: float = 3600.0
+    # rollups, analytics and the fleet summary once when the control service starts (cizo up:
+    # its dashboard has every figure at first open); off in production, where a restart of a
+    # large fleet's control process should not cost a full analytics run
+    analytics_at_start: bool = False
     # how long a silent analytics run keeps other control processes off the job (renewed
     # at every step; a crashed holder's lease runs out after this)
     analytics_lease_s: float = Field(default=900.0, gt=0)

@@ -142,14 +142,17 @@ def _run(args: argparse.Namespace) -> int:
         print(generate_secret_key())
         return 0
     if args.command == "up":
+        from cizo_cli.history import HistoryOptions
         from cizo_cli.stack import StackOptions, run_stack
 
-        require_development(load_settings())
+        settings = load_settings()
+        require_development(settings)
         return run_stack(StackOptions(
             mqtt_port=args.mqtt_port, api_port=args.api_port, influx_port=args.influx_port,
             paygate_port=args.paygate_port, momo_port=args.momo_port, kits=args.kits,
             data_dir=args.data_dir, fresh=args.fresh, pay_every_s=args.pay_every,
             mqtt_tls_port=args.mqtt_tls_port, fleet_tls=args.fleet_tls,
+            history=HistoryOptions.from_settings(settings),
         ))
     if args.command == "paygate-sim":
         from payment_sim.paygate import PayGateSimConfig, serve

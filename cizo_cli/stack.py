@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -42,6 +43,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cizo import services
 from cizo.production import development_secret_key, development_token
 from cizo.settings import Settings
+
+if TYPE_CHECKING:
+    from cizo_cli.history import HistoryOptions
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,7 @@ class StackOptions:
     pay_every_s: float = 15.0
     mqtt_tls_port: int = 18883
     fleet_tls: bool = False  # the simulated fleet connects through the TLS listener
+    history: HistoryOptions | None = None  # a first start's simulated week (None: none)
 
 
 # tunables a developer may override from the environment when running the local stack
@@ -66,7 +71,13 @@ DEV_DEFAULTS = {
     "CIZO_PAYGATE_AUTH_TOKEN": "dev-paygate-token",
     "CIZO_SWEEP_INTERVAL_S": "2",
     "CIZO_SIM_TELEMETRY_INTERVAL_S": "10",
+    # rollups and analytics once at start: the dashboard has every figure at first open
+    "CIZO_ANALYTICS_AT_START": "1",
+    # the fleet page's figures at most 15 s old: the live fleet shows online within that
+    "CIZO_FLEET_SUMMARY_INTERVAL_S": "15",
 }
+# the simulated kits' plan: 5,000 FCFA down, 100 FCFA a day for a year
+SIM_PLAN = {"deposit_fcfa": 5000, "daily_rate_fcfa": 100, "total_price_fcfa": 5000 + 365 * 100}
 
 
 class StackError(RuntimeError):
@@ -285,13 +296,17 @@ class Stack:
             self.procs.append(p)
         self.reconcile_broker(broker, env["CIZO_SECRET_KEY"])
         api = f"http://127.0.0.1:{o.api_port}"
+        logins = {name: {**env, "CIZO_MQTT_USERNAME": user,
+                         "CIZO_MQTT_PASSWORD": env[f"CIZO_BROKER_{name.upper()}_PASSWORD"]}
+                  for name, user in (("bridge", BRIDGE_USER), ("control", CONTROL_USER))}
+        # the bridge first: the history's readings go through it
+        self.spawn("bridge", ["bridge"], logins["bridge"])
+        if self.history_due():
+            self.play_history(logins["control"])
         self.spawn("paygate-sim", ["paygate-sim", "--port", str(o.paygate_port),
                                    "--callback-url", f"{api}/v1/payments/paygate"], env)
         self.spawn("momo-sim", ["momo-sim", "--port", str(o.momo_port)], env)
-        for name, user in (("bridge", BRIDGE_USER), ("control", CONTROL_USER)):
-            self.spawn(name, [name], {
-                **env, "CIZO_MQTT_USERNAME": user,
-                "CIZO_MQTT_PASSWORD": env[f"CIZO_BROKER_{name.upper()}_PASSWORD"]})
+        self.spawn("control", ["control"], logins["control"])
         self.wait_http(f"{api}/readyz", "control", timeout_s=60)
         self.wait_http(f"http://127.0.0.1:{o.paygate_port}/_sim/transactions", "paygate-sim")
         self.wait_http(f"http://127.0.0.1:{o.momo_port}/_sim/transactions", "momo-sim")
@@ -300,6 +315,42 @@ class Stack:
             self.wait_kit_login(fleet)
             self.spawn("sim", ["sim", "--fleet", str(fleet)], self.fleet_env(env))
         return env
+
+    def history_due(self) -> bool:
+        """Only on a fresh state: kits provisioned by an earlier run have no past week."""
+        h = self.opts.history
+        return (h is not None and h.days > 0 and self.opts.kits > 0
+                and not (self.dir / "fleet.json").exists())
+
+    def play_history(self, control_env: dict[str, str]) -> None:
+        """A simulated week before the fleet goes live (cizo_cli/history.py); its summary
+        is kept in history.json."""
+        from cizo_cli import history
+        from firmware_sim.scenario import PlanSpec
+
+        opts = self.opts
+        assert opts.history is not None
+        print(f"cizo up: playing {opts.history.days:g} simulated days of history for "
+              f"{opts.kits} kits (about {opts.history.real_s:.0f} s)...", flush=True)
+        fleet = self.fleet_env(control_env)
+        tls_ca = self.tls.ca if opts.fleet_tls else None
+        try:
+            result = history.play(
+                opts.history, env=control_env, data_dir=self.dir,
+                mqtt_port=int(fleet["CIZO_MQTT_PORT"]), kits=opts.kits,
+                plan=PlanSpec(**SIM_PLAN), tls_ca=tls_ca,
+                provision=lambda api: self.provision(api, control_env["CIZO_ADMIN_API_KEY"])
+                or self.dir / "fleet.json")
+        except Exception as exc:
+            raise StackError(f"the history run failed: {exc!r} "
+                             f"(see {self.dir / 'logs' / 'history.log'})") from exc
+        s = result.summary
+        (self.dir / "history.json").write_text(json.dumps({
+            "start": result.start, "end": result.end, "real_s": round(result.real_s, 1),
+            "summary": s.as_dict()}, indent=1))
+        print(f"cizo up: history played in {result.real_s:.0f} s: {s.telemetry_sent} "
+              f"readings, {s.payments_made} payments, {s.commands_applied} commands applied",
+              flush=True)
 
     def fleet_env(self, env: dict[str, str]) -> dict[str, str]:
         """The simulated fleet's environment: through the TLS listener if asked."""
@@ -344,8 +395,7 @@ class Stack:
                 r = client.post("/v1/kits", json={
                     "kit_id": kit_id,
                     "phone": phone,
-                    "plan": {"deposit_fcfa": 5000, "daily_rate_fcfa": 100,
-                             "total_price_fcfa": 5000 + 365 * 100},
+                    "plan": SIM_PLAN,
                 })
                 if r.status_code != 201:
                     raise StackError(f"provisioning {kit_id} failed: {r.status_code} {r.text}")

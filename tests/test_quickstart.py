@@ -35,6 +35,7 @@ def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) 
     ports = _ports()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIZO_")}
     env["CIZO_ADMIN_API_KEY"] = "quickstart-admin-key-0123456789"
+    env["CIZO_HISTORY_REAL_S"] = "15"  # the first start's simulated week, faster here
     log = (tmp_path / "up.log").open("wb")
     proc = subprocess.Popen(
         ["scripts/up", "--kits", "3", "--pay-every", "1", "--fleet-tls",
@@ -75,6 +76,13 @@ def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) 
         wait_for(lambda: "series" in httpx.get(
             f"http://127.0.0.1:{ports['influx']}/query", params=query).json()["results"][0],
             timeout_s=30, what="telemetry in InfluxDB")
+        # a first start played a week of history: the dashboard has a past at once
+        assert "7.0/7 | 3 kits" in out and "history played in" in out
+        chart = httpx.get(f"{api}/v1/dashboard/kits/SIM00001/telemetry",
+                          params={"hours": 168}, headers=headers).json()
+        assert min(p["t"] for p in chart["points"]) < time.time() - 5 * 86_400
+        wait_for(lambda: httpx.get(f"{api}/v1/dashboard/kits/SIM00001", headers=headers)
+                 .json()["metrics"] is not None, timeout_s=60, what="the start-up analytics")
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does in a terminal
         try:

@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from cizo.settings import Settings
+from control.fleet import figures as derived
 from control.ledger.db import Database
 from control.ledger.leases import Lease
 from control.ledger.models import Account, Alert, FleetSummary, Kit, KitMetrics, LedgerEntry
@@ -90,7 +91,9 @@ def compute_fleet_summary(s: Session, now: float) -> dict[tuple[str, str], dict[
                  owned=int(n_owned or 0), locked=int(locked or 0), unlocked=int(unlocked or 0))
         f["unknown"] = f["kits"] - f["owned"] - f["locked"] - f["unlocked"]
     # money: what was paid against what the plan expected by now; PAR30
-    days_held = func.floor((now - Account.created_at) / DAY)
+    # an account opened after ``now`` (a refresh racing a sale) owes its deposit, not less
+    held = func.floor((now - Account.created_at) / DAY)
+    days_held = case((held < 0, 0), else_=held)
     expected = Account.deposit_fcfa + Account.daily_rate_fcfa * days_held
     expected_capped = case((expected > Account.total_price_fcfa, Account.total_price_fcfa),
                            else_=expected)
@@ -99,13 +102,18 @@ def compute_fleet_summary(s: Session, now: float) -> dict[tuple[str, str], dict[
     behind = and_(~Account.owned, or_(
         Account.credit_until < now - 30 * DAY,
         and_(Account.credit_until.is_(None), Account.created_at < now - 30 * DAY)))
-    for desco, region, paid, exp, out, par in s.execute(
-        select(*key, func.sum(Account.paid_total_fcfa), func.sum(expected_capped),
+    # the rate's numerator counts per account at most what was due (figures.paid_towards_due)
+    paid_due = case((Account.paid_total_fcfa > expected_capped, expected_capped),
+                    else_=Account.paid_total_fcfa)
+    for desco, region, paid, due_paid, exp, out, par in s.execute(
+        select(*key, func.sum(Account.paid_total_fcfa), func.sum(paid_due),
+               func.sum(expected_capped),
                func.sum(outstanding), func.sum(case((behind, outstanding), else_=0)))
         .select_from(Account).join(Kit, Kit.id == Account.kit_id).where(alive).group_by(*key)
     ).all():
         f = figures[(desco, region)]
-        f.update(paid_fcfa=int(paid or 0), expected_fcfa=int(exp or 0),
+        f.update(paid_fcfa=int(paid or 0), paid_due_fcfa=int(due_paid or 0),
+                 expected_fcfa=int(exp or 0),
                  outstanding_fcfa=int(out or 0), par30_outstanding_fcfa=int(par or 0))
     for desco, region, today, month in s.execute(
         select(*key,
@@ -124,14 +132,17 @@ def compute_fleet_summary(s: Session, now: float) -> dict[tuple[str, str], dict[
         *[(KitMetrics.battery_health_pct >= floor, name)
           for floor, name in analytics.HEALTH_BUCKETS[:-1]],
         else_=analytics.HEALTH_BUCKETS[-1][1])
+    # every kit, with or without a metrics row (none yet: "unknown"), so the bins sum to kits
     for desco, region, name, n, energy in s.execute(
         select(*key, bucket, func.count(), func.sum(KitMetrics.energy_wh_30d))
-        .select_from(KitMetrics).join(Kit, Kit.id == KitMetrics.kit_id).where(alive)
-        .group_by(*key, bucket)
+        .select_from(Kit).join(KitMetrics, KitMetrics.kit_id == Kit.id, isouter=True)
+        .where(alive).group_by(*key, bucket)
     ).all():
         f = figures[(desco, region)]
         f["battery_health"][str(name)] = f["battery_health"].get(str(name), 0) + int(n)
         f["energy_wh_30d"] += float(energy or 0.0)
+    for f in figures.values():
+        f["battery_health"] = derived.complete_health_bins(f["battery_health"], f["kits"])
     for desco, region, kind, n in s.execute(
         select(*key, Alert.kind, func.count()).select_from(Alert)
         .join(Kit, Kit.id == Alert.kit_id).where(Alert.state != "closed")
@@ -145,7 +156,8 @@ def compute_fleet_summary(s: Session, now: float) -> dict[tuple[str, str], dict[
 def _empty_figures() -> dict[str, Any]:
     return {
         "kits": 0, "online": 0, "offline": 0, "owned": 0, "locked": 0, "unlocked": 0,
-        "unknown": 0, "paid_fcfa": 0, "expected_fcfa": 0, "outstanding_fcfa": 0,
+        "unknown": 0, "paid_fcfa": 0, "paid_due_fcfa": 0, "expected_fcfa": 0,
+        "outstanding_fcfa": 0,
         "par30_outstanding_fcfa": 0, "payments_today_fcfa": 0, "payments_month_fcfa": 0,
         "energy_wh_30d": 0.0, "battery_health": {}, "open_alerts": {},
     }
@@ -171,8 +183,11 @@ def combine(rows: list[FleetSummary]) -> dict[str, Any]:
                     total[k][kk] = total[k].get(kk, 0) + vv
             else:
                 total[k] += v
-    total["repayment_rate"] = (round(total["paid_fcfa"] / total["expected_fcfa"], 4)
-                               if total["expected_fcfa"] else None)
+    # rows from before paid_due_fcfa existed lack it: the next refresh (a minute) adds it
+    total["repayment_rate"] = derived.repayment_rate(total["paid_due_fcfa"],
+                                                     total["expected_fcfa"])
+    total["battery_health"] = derived.complete_health_bins(total["battery_health"],
+                                                           total["kits"])
     total["par30"] = (round(total["par30_outstanding_fcfa"] / total["outstanding_fcfa"], 4)
                       if total["outstanding_fcfa"] else None)
     total["open_alerts_total"] = sum(total["open_alerts"].values())
@@ -471,6 +486,23 @@ def add_jobs(scheduler: BackgroundScheduler, settings: Settings, db: Database,
                           id="rollup", max_instances=1, coalesce=True)
     scheduler.add_job(analytics_job, "interval", seconds=settings.analytics_interval_s,
                       id="analytics", max_instances=1, coalesce=True)
+    if settings.analytics_at_start:
+        scheduler.add_job(lambda: run_at_start(settings, db, clock_now()), id="at_start",
+                          next_run_time=_soon())
+
+
+def run_at_start(settings: Settings, db: Database, now: float) -> None:
+    """Rollups, analytics and the fleet summary once, in that order (each reads what the
+    one before wrote), so a stack started on existing telemetry shows every figure at
+    once instead of after the first interval of each job (an hour for analytics)."""
+    try:
+        if settings.rollup_interval_s > 0:
+            rollups.ensure_tiers(settings)  # a fresh InfluxDB: the tiers do not exist yet
+            rollups.run_rollups(settings, now)
+        run_analytics(settings, db, now)
+        refresh_fleet_summary(db, now)
+    except Exception:
+        log.exception("the start-up analytics failed; the scheduled runs will retry")
 
 
 def _soon() -> Any:

@@ -129,9 +129,23 @@ class DynsecSession:
             return [self._responses.pop(k) for k in keys]
 
 
+# A broker that takes the username as client id (use_username_as_clientid: cizo up's, and
+# any listener configured so) gives two admin sessions the same id, and the second takes the
+# first over: a kit provisioned while the start-up reconcile ran failed that reconcile
+# ("the broker closed the admin session"). One admin session at a time in a process.
+_ONE_SESSION = threading.RLock()
+
+
 @contextmanager
 def session(config: BrokerAdminConfig) -> Iterator[DynsecSession]:
-    """Connect as the admin user, subscribe to the responses, yield; always disconnect."""
+    """Connect as the admin user, subscribe to the responses, yield; always disconnect
+    (one session at a time in this process: see ``_ONE_SESSION``)."""
+    with _ONE_SESSION, _session(config) as dynsec:
+        yield dynsec
+
+
+@contextmanager
+def _session(config: BrokerAdminConfig) -> Iterator[DynsecSession]:
     client = mqtt.Client(CallbackAPIVersion.VERSION2,
                          client_id=f"{config.username}-{secrets.token_hex(4)}",
                          protocol=mqtt.MQTTv5)
