@@ -202,6 +202,7 @@ def compute_only(n: int, days: int) -> None:
     """The child of CIZO_BENCH_COMPUTE_ONLY: the pure per-day pipeline on generated grids
     for ``n`` kits (no InfluxDB, no ledger), to size the compute apart from the read."""
     from telemetry import analytics as a
+    from telemetry import habits
 
     rng = np.random.default_rng(3)
     groups = regions_of(n).astype(np.int64)
@@ -218,7 +219,7 @@ def compute_only(n: int, days: int) -> None:
         prev_present, prev_last = grid.present[:, 23].copy(), fields["soc_last"][:, 23].copy()
         del grid, fields, stats
     w = builder.finish()
-    a.household_patterns(w.profiles[w.reported])
+    habits.household_patterns(w.profiles[w.reported])
     print(json.dumps({"job_s": round(time.perf_counter() - t0, 1), "findings": {}}))
 
 

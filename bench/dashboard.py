@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cizo.clock import SystemClock
 from cizo.settings import Settings
 from control.api import create_app
-from control.fleet import jobs, kit_list
+from control.fleet import jobs, kit_list, summary
 from control.ledger.accounts import Actor
 from control.ledger.db import migrate
 from control.ledger.secrets import generate_secret_key
@@ -241,7 +241,7 @@ def main() -> int:
                             influx_url="http://127.0.0.1:9")
         rt = Runtime.build(settings, SystemClock())
         t0 = time.perf_counter()
-        jobs.refresh_fleet_summary(rt.db, rt.clock.now())
+        summary.refresh_fleet_summary(rt.db, rt.clock.now())
         job_ms = (time.perf_counter() - t0) * 1000
         key = create_api_key(rt, name="bench", role="operator")[1]
         server = serve_in_thread(create_app(rt))
@@ -259,7 +259,7 @@ def main() -> int:
         server.stop()
         t0 = time.perf_counter()
         with rt.db.session() as s:
-            jobs.compute_fleet_summary(s, rt.clock.now())
+            summary.compute_fleet_summary(s, rt.clock.now())
         live_ms = (time.perf_counter() - t0) * 1000
         lists = kit_list_figures(url, rt, KITS)
         rt.db.dispose()

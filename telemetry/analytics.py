@@ -1,4 +1,6 @@
-"""What the programme wants to learn from each household: energy, habits, solvency. Pure numpy.
+"""What the programme wants to learn from each household: energy and the battery's life,
+the fleet a day at a time, anomalies. Pure numpy. Habits (daily load patterns) are in
+``telemetry.habits``, the solvency score in ``telemetry.solvency``.
 
 No I/O here: callers (control.fleet.jobs, telemetry.rollups, telemetry.opendata) fetch
 arrays from InfluxDB and the ledger and pass them in, so every rule below is tested on
@@ -37,13 +39,7 @@ EXPECTED_FADE_PER_YEAR = 0.05  # LiFePO4 loses a few percent a year
 FAST_FADE_PER_YEAR = 0.20  # four times that is "fading fast"
 MIN_FADE_SPAN_DAYS = 7
 PV_NEIGHBOUR_RATIO = 0.4  # below 40 % of what neighbours' panels gave on the same days
-USED_DAY_WH = 20.0  # a day with at least this much load energy counts as "used"
 
-# the solvency score's weights (docs/analytics.md): they sum to 1
-W_ON_TIME = 0.5
-W_UNLOCKED = 0.3
-W_USAGE = 0.2
-NEUTRAL = 0.5  # an input with no evidence yet (new account, no telemetry)
 
 
 def as_float(values: Values) -> FloatArray:
@@ -83,77 +79,6 @@ def daily_energy(
     uniq, idx = np.unique(days, return_inverse=True)
     sums: FloatArray = np.bincount(idx, weights=d, minlength=uniq.size).astype(np.float64)
     return uniq * DAY_S, sums
-
-
-# --- habits: daily load profiles and household patterns ------------------------------------
-
-
-def normalise_profiles(profiles: FloatArray) -> FloatArray:
-    """Each row as shares of its day's energy: patterns compare habits, not kit sizes."""
-    p = np.nan_to_num(np.asarray(profiles, dtype=np.float64), nan=0.0)
-    totals = p.sum(axis=1, keepdims=True)
-    out: FloatArray = np.divide(p, totals, out=np.full_like(p, 1.0 / 24), where=totals > 0)
-    return out
-
-
-def kmeans(x: FloatArray, k: int, *, seed: int = 7, iterations: int = 50
-           ) -> tuple[IntArray, FloatArray]:
-    """Plain k-means with k-means++ seeding from a fixed seed: same input, same groups."""
-    n = x.shape[0]
-    if n == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, x.shape[1] if x.ndim == 2 else 0))
-    k = max(1, min(k, n))
-    rng = np.random.default_rng(seed)
-    centres = [x[int(rng.integers(n))]]
-    for _ in range(1, k):
-        d2 = np.min(((x[:, None, :] - np.asarray(centres)[None, :, :]) ** 2).sum(-1), axis=1)
-        total = d2.sum()
-        pick = int(rng.choice(n, p=d2 / total)) if total > 0 else int(rng.integers(n))
-        centres.append(x[pick])
-    c = np.asarray(centres, dtype=np.float64)
-    labels = np.zeros(n, dtype=np.int64)
-    for _ in range(iterations):
-        new = np.argmin(((x[:, None, :] - c[None, :, :]) ** 2).sum(-1), axis=1).astype(np.int64)
-        if _ > 0 and np.array_equal(new, labels):
-            break
-        labels = new
-        for j in range(k):
-            members = x[labels == j]
-            if len(members):
-                c[j] = members.mean(axis=0)
-    return labels, c
-
-
-def pattern_name(centroid: FloatArray) -> str:
-    """A plain name for a normalised 24-hour profile, from where its energy goes."""
-    share = np.asarray(centroid, dtype=np.float64)
-    evening = float(share[18:23].sum())
-    night = float(share[23:].sum() + share[:6].sum())
-    day = float(share[6:18].sum())
-    if evening >= 0.55:
-        return "evening-peak"
-    if night >= 0.45:
-        return "night-long"
-    if day >= 0.5:
-        return "daytime"
-    return "spread"
-
-
-@dataclass(frozen=True, slots=True)
-class Patterns:
-    labels: IntArray  # one group index per kit
-    centroids: FloatArray  # (k, 24) normalised profiles
-    names: list[str]  # one name per group
-
-    def name_of(self, i: int) -> str:
-        return self.names[int(self.labels[i])]
-
-
-def household_patterns(profiles: FloatArray, k: int = 4) -> Patterns:
-    """Group kits by the shape of their daily load profile (rows of 24 hourly means)."""
-    x = normalise_profiles(profiles)
-    labels, centroids = kmeans(x, k)
-    return Patterns(labels, centroids, [pattern_name(c) for c in centroids])
 
 
 # --- the fleet, one day at a time ----------------------------------------------------------
@@ -510,75 +435,3 @@ def health_bucket(health_pct: float | None) -> str:
 
 def silent_for_days(last_seen: float | None, now: float) -> float | None:
     return None if last_seen is None else max(0.0, (now - last_seen) / DAY_S)
-
-
-# --- solvency -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SolvencyInputs:
-    """What the score is made of, shown as is on the kit page."""
-
-    payments: int  # payments in the window (deposits excluded)
-    on_time_share: float | None  # payments made before the paid credit ran out
-    window_days: int
-    locked_days: int  # days in the window without credit (output locked)
-    used_days: int | None  # credited days with at least USED_DAY_WH of load (None: no data)
-    credited_days: int
-
-
-def solvency_inputs(
-    *,
-    payments: Sequence[tuple[float, float | None, float | None]],
-    window_start: float,
-    now: float,
-    daily_load_wh: Sequence[tuple[float, float]] | None = None,
-) -> SolvencyInputs:
-    """Inputs from ledger entries ``(at, credit_until_before, credit_until_after)``.
-
-    The first entry may be the deposit (counted for coverage, not for regularity: callers
-    pass ``credit_until_before=None`` for it, and such entries are not counted as payments).
-    """
-    start_day = int(window_start // DAY_S)
-    n_days = max(1, math.ceil((now - start_day * DAY_S) / DAY_S))
-    covered = np.zeros(n_days, dtype=bool)
-    paid = 0
-    on_time = 0
-    for at, before, after in payments:
-        if before is not None:
-            paid += 1
-            if before >= at:  # credit was still running when the money came
-                on_time += 1
-        if after is None:
-            continue
-        lo = max(0, int(at // DAY_S) - start_day)
-        hi = min(n_days, math.ceil(after / DAY_S) - start_day)
-        if hi > lo:
-            covered[lo:hi] = True
-    credited = int(covered.sum())
-    used: int | None = None
-    if daily_load_wh is not None:
-        used = 0
-        for day_t, wh in daily_load_wh:
-            i = int(day_t // DAY_S) - start_day
-            if 0 <= i < n_days and covered[i] and wh >= USED_DAY_WH:
-                used += 1
-    return SolvencyInputs(
-        payments=paid, on_time_share=(on_time / paid) if paid else None,
-        window_days=n_days, locked_days=n_days - credited, used_days=used,
-        credited_days=credited,
-    )
-
-
-def solvency_score(x: SolvencyInputs) -> float:
-    """0..100 = 100 * (0.5*on-time share + 0.3*(1 - locked share) + 0.2*usage share).
-
-    A missing input counts as NEUTRAL (0.5): no evidence neither helps nor hurts.
-    """
-    on_time = NEUTRAL if x.on_time_share is None else x.on_time_share
-    unlocked = 1.0 - x.locked_days / x.window_days if x.window_days else NEUTRAL
-    if x.used_days is None or x.credited_days == 0:
-        usage = NEUTRAL
-    else:
-        usage = x.used_days / x.credited_days
-    return round(100.0 * (W_ON_TIME * on_time + W_UNLOCKED * unlocked + W_USAGE * usage), 1)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from telemetry import analytics as a
+from telemetry import habits
 
 DAY = a.DAY_S
 HOUR = a.HOUR_S
@@ -242,8 +243,8 @@ def test_fleet_analytics_match_the_per_kit_rules(kits: int) -> None:
     assert sum(r["locked_hours"] >= 2 for r in ref.values()) > 10
     low = {i for i, r in ref.items() if r["pv_ratio"] < 0.6}
     assert low and all(i % 23 == 0 for i in low)  # the 40 W panels among 60-90 W ones
-    ref_labels = a.household_patterns(np.vstack([ref[i]["profile"] for i in sorted(ref)]))
-    labels = a.household_patterns(w.profiles[w.reported])
+    ref_labels = habits.household_patterns(np.vstack([ref[i]["profile"] for i in sorted(ref)]))
+    labels = habits.household_patterns(w.profiles[w.reported])
     assert labels.labels.tolist() == ref_labels.labels.tolist()
 
 

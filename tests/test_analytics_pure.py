@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from telemetry import analytics as a
+from telemetry import habits, solvency
 
 DAY = 86_400
 
@@ -24,10 +25,10 @@ def test_household_patterns_separate_evening_and_daytime_habits() -> None:
     daytime = np.zeros(24)
     daytime[8:16] = 10
     rows = [evening * s for s in (1, 1.5, 2)] + [daytime * s for s in (1, 3)]
-    p = a.household_patterns(np.vstack(rows), k=2)
+    p = habits.household_patterns(np.vstack(rows), k=2)
     assert p.labels[0] == p.labels[1] == p.labels[2] != p.labels[3] == p.labels[4]
     assert p.name_of(0) == "evening-peak" and p.name_of(3) == "daytime"
-    again = a.household_patterns(np.vstack(rows), k=2)
+    again = habits.household_patterns(np.vstack(rows), k=2)
     assert again.labels.tolist() == p.labels.tolist()  # stable
 
 
@@ -73,15 +74,16 @@ def test_pv_ratio_against_the_other_kits() -> None:
 
 def test_solvency_score_formula_and_inputs() -> None:
     now = 100 * DAY
-    good = a.solvency_inputs(
+    good = solvency.solvency_inputs(
         payments=[(10 * DAY, None, 40 * DAY), (35 * DAY, 40 * DAY, 70 * DAY),
                   (65 * DAY, 70 * DAY, 101 * DAY)],
         window_start=10 * DAY, now=now,
         daily_load_wh=[(d * DAY, 50.0) for d in range(10, 100)])
     assert good.payments == 2 and good.on_time_share == 1.0 and good.locked_days == 0
-    assert a.solvency_score(good) == 100.0
-    late = a.solvency_inputs(payments=[(10 * DAY, None, 20 * DAY), (50 * DAY, 20 * DAY, 60 * DAY)],
-                             window_start=10 * DAY, now=now)
+    assert solvency.solvency_score(good) == 100.0
+    late = solvency.solvency_inputs(
+        payments=[(10 * DAY, None, 20 * DAY), (50 * DAY, 20 * DAY, 60 * DAY)],
+        window_start=10 * DAY, now=now)
     assert late.on_time_share == 0.0 and late.locked_days == 30 + 40 and late.used_days is None
     expected = 100 * (0.5 * 0 + 0.3 * (1 - 70 / 90) + 0.2 * 0.5)
-    assert a.solvency_score(late) == pytest.approx(round(expected, 1))
+    assert solvency.solvency_score(late) == pytest.approx(round(expected, 1))

@@ -20,7 +20,7 @@ from cizo import services
 from cizo.clock import ManualClock
 from cizo.settings import Settings
 from control.api import create_app
-from control.fleet import jobs
+from control.fleet import jobs, summary
 from control.ledger.db import migrate
 from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
@@ -64,7 +64,7 @@ def site(influxd: services.InfluxProcess, tmp_path_factory: pytest.TempPathFacto
     rollups.ensure_tiers(settings)
     rollups.run_rollups(settings, now)
     jobs.run_analytics(settings, rt.db, now)
-    jobs.refresh_fleet_summary(rt.db, rt.clock.now())
+    summary.refresh_fleet_summary(rt.db, rt.clock.now())
     keys = {"operator": create_api_key(rt, name="ops", role="operator")[1],
             "support": create_api_key(rt, name="support-ama", role="support")[1]}
     with sync_playwright() as pw:

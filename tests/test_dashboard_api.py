@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from control.fleet import jobs
+from control.fleet import summary
 from control.ledger.models import Account, Alert, Kit, KitMetrics, LedgerEntry
 from control.runtime import Runtime
 from control.security.api_keys import create_api_key
@@ -40,7 +40,7 @@ def _setup(client: TestClient, rt: Runtime, keys: Keys) -> float:
                          battery_health_pct=75.0))
         s.add(Alert(kit_id="KIT-1", desco_id="default", kind="silent", state="open",
                     detail="x", opened_at=now, last_seen_at=now))
-    jobs.refresh_fleet_summary(rt.db, now)
+    summary.refresh_fleet_summary(rt.db, now)
     return now
 
 

@@ -26,7 +26,7 @@ from control.api.auth import (
 )
 from control.api.errors import ApiError
 from control.api.kits import command_out
-from control.fleet import jobs
+from control.fleet import jobs, summary
 from control.ledger import accounts as ledger
 from control.ledger.accounts import Actor
 from control.ledger.models import (
@@ -85,13 +85,13 @@ def fleet(
     with rt.db.session() as s:
         rows = list(s.scalars(select(FleetSummary)))
     if not rows:  # first start: the scheduled job has not run yet
-        jobs.refresh_fleet_summary(rt.db, rt.clock.now())
+        summary.refresh_fleet_summary(rt.db, rt.clock.now())
         with rt.db.session() as s:
             rows = list(s.scalars(select(FleetSummary)))
     visible = [r for r in rows if actor.desco_id is None or r.desco_id == actor.desco_id]
     chosen = [r for r in visible if (desco is None or r.desco_id == desco)
               and (region is None or r.region == region)]
-    figures = jobs.combine(chosen)
+    figures = summary.combine(chosen)
     computed_at = min((r.computed_at for r in rows), default=None)
     figures.update(
         computed_at=computed_at,

@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _rollup(args: argparse.Namespace) -> int:
     from cizo.settings import load_settings
-    from control.fleet.jobs import refresh_fleet_summary, run_analytics
+    from control.fleet.jobs import run_analytics
+    from control.fleet.summary import refresh_fleet_summary
     from control.ledger.db import Database
     from telemetry.rollups import ensure_tiers, run_rollups
 
