@@ -34,13 +34,20 @@ from typing import Any
 import httpx
 import psycopg
 
-from cizo import services
+from cizo import compact, services
 from control.ledger.db import migrate
 from control.ledger.secrets import generate_secret_key
 from firmware_sim.customers import PaymentOptions
 from firmware_sim.driven_kit import DrivenKit
 from firmware_sim.driver import FleetDriver
-from firmware_sim.scenario import KeypadSpec, NetworkSpec, PlanSpec, Scenario, build_plan
+from firmware_sim.scenario import (
+    KeypadSpec,
+    NetworkSpec,
+    PlanSpec,
+    ProtocolSpec,
+    Scenario,
+    build_plan,
+)
 from tests.chaos import checks
 from tests.chaos.proxy import RoundRobinProxy
 from tests.chaos.shared_clock import SharedClock
@@ -78,6 +85,7 @@ class ChaosConfig:
     kills: int = 36
     seed: int = 2026
     keypad_share: float = 0.1
+    v2_share: float = 0.2  # kits provisioned with kit contract v2 (docs/protocol.md)
     momo_share: float = 0.3
     telemetry_interval_h: float = 6.0
     down_s: tuple[float, float] = (0.5, 4.0)  # how long a killed component stays down
@@ -136,6 +144,7 @@ class ChaosRun:
                                 reconnect_base_s=0.2, reconnect_cap_s=3.0),
             keypad=KeypadSpec(share=cfg.keypad_share, with_mqtt=0.5, delay_h=(0.5, 6.0),
                               source="receipt"),
+            protocols=ProtocolSpec(v2_share=cfg.v2_share),
         )
         self.plan = build_plan(self.scenario, cfg.seed)
         self.clock: SharedClock | None = None
@@ -360,6 +369,15 @@ class ChaosRun:
         return driver
 
 
+def reading_times(payload: bytes) -> list[int]:
+    """The timestamps of the readings in one telemetry message: a v1 JSON object, or a v2
+    CBOR message of several readings."""
+    if payload[:1] == b"{":
+        return [int(json.loads(payload)["ts"])]
+    _header, readings = compact.decode_readings(payload)
+    return [int(r["ts"]) for r in readings if isinstance(r, dict)]
+
+
 def track_sends(kit: DrivenKit, times: dict[int, float]) -> None:
     """Note when each of the kit's readings (by its timestamp) is first handed to the link:
     the readings the checks expect, and when they went out."""
@@ -369,7 +387,9 @@ def track_sends(kit: DrivenKit, times: dict[int, float]) -> None:
         before = kit.counters.telemetry_sent
         send(payload)
         if kit.counters.telemetry_sent > before:
-            times.setdefault(int(json.loads(payload)["ts"]), time.monotonic())
+            now = time.monotonic()
+            for ts in reading_times(payload):
+                times.setdefault(ts, now)
 
     kit._send_telemetry = tracked  # type: ignore[method-assign]
 
