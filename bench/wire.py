@@ -108,7 +108,9 @@ class ForgetfulTLS(ResumingTLS):
 
 
 def start_stack(work: Path, ports: dict[str, int]) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CIZO_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CIZO_") and k not in ("LC_ALL", "LC_MESSAGES")}
+    env["LANG"] = "en_US.UTF-8"  # the line waited for below is cizo up's English one
     env["CIZO_ADMIN_API_KEY"] = ADMIN_KEY
     log = (work / "up.log").open("wb")
     proc = subprocess.Popen(

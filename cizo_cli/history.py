@@ -28,6 +28,7 @@ import uvicorn
 
 from cizo import services
 from cizo.settings import Settings
+from control.cli.words import say
 from control.main import build_app
 from firmware_sim.clocks import AcceleratedClock
 from firmware_sim.customers import PaymentOptions
@@ -142,8 +143,10 @@ def _quiet_console(log_file: Path) -> Iterator[None]:
 
 def progress_line(s: FleetSummary, days: float) -> str:
     day = min(days, (s.sim_now - s.sim_start) / DAY_S)
-    return (f"history: day {day:4.1f}/{days:g} | {s.kits} kits | {s.telemetry_sent} readings "
-            f"| {s.payments_made} payments | {s.commands_applied} commands applied")
+    return say("history: day {day}/{days} | {kits} kits | {readings} readings | {payments} "
+               "payments | {commands} commands applied", day=f"{day:4.1f}", days=f"{days:g}",
+               kits=s.kits, readings=s.telemetry_sent, payments=s.payments_made,
+               commands=s.commands_applied)
 
 
 def _show(line: str, *, final: bool = False) -> None:

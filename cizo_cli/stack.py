@@ -43,6 +43,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cizo import services
 from cizo.production import development_secret_key, development_token
 from cizo.settings import Settings
+from control.cli.words import say
 
 if TYPE_CHECKING:
     from cizo_cli.history import HistoryOptions
@@ -330,8 +331,9 @@ class Stack:
 
         opts = self.opts
         assert opts.history is not None
-        print(f"cizo up: playing {opts.history.days:g} simulated days of history for "
-              f"{opts.kits} kits (about {opts.history.real_s:.0f} s)...", flush=True)
+        print(say("cizo up: playing {days} simulated days of history for {kits} kits "
+                  "(about {seconds} s)...", days=f"{opts.history.days:g}", kits=opts.kits,
+                  seconds=f"{opts.history.real_s:.0f}"), flush=True)
         fleet = self.fleet_env(control_env)
         tls_ca = self.tls.ca if opts.fleet_tls else None
         try:
@@ -348,9 +350,10 @@ class Stack:
         (self.dir / "history.json").write_text(json.dumps({
             "start": result.start, "end": result.end, "real_s": round(result.real_s, 1),
             "summary": s.as_dict()}, indent=1))
-        print(f"cizo up: history played in {result.real_s:.0f} s: {s.telemetry_sent} "
-              f"readings, {s.payments_made} payments, {s.commands_applied} commands applied",
-              flush=True)
+        print(say("cizo up: history played in {seconds} s: {readings} readings, "
+                  "{payments} payments, {commands} commands applied",
+                  seconds=f"{result.real_s:.0f}", readings=s.telemetry_sent,
+                  payments=s.payments_made, commands=s.commands_applied), flush=True)
 
     def fleet_env(self, env: dict[str, str]) -> dict[str, str]:
         """The simulated fleet's environment: through the TLS listener if asked."""
@@ -457,24 +460,27 @@ def run_stack(opts: StackOptions) -> int:
         api = f"http://127.0.0.1:{opts.api_port}"
         admin_key_source = (
             "$CIZO_ADMIN_API_KEY" if os.environ.get("CIZO_ADMIN_API_KEY")
-            else f"in {stack.dir / 'admin_api_key'}"
+            else say("in {path}", path=stack.dir / "admin_api_key")
         )
-        print(
-            "\nCIZO stack is up\n"
-            f"  API        {api}/v1   (docs {api}/docs)\n"
-            f"  dashboard  {api}/dashboard\n"
-            f"  broker     mqtt://127.0.0.1:{opts.mqtt_port}\n"
-            f"             mqtts://127.0.0.1:{opts.mqtt_tls_port}  (CA {stack.tls.ca})\n"
-            f"  fleet link {'TLS' if opts.fleet_tls else 'plain'}\n"
-            f"  influxdb   http://127.0.0.1:{opts.influx_port}  (database cizo)\n"
-            f"  paygate    http://127.0.0.1:{opts.paygate_port}  (simulator; MTN MoMo on "
-            f"{opts.momo_port})\n"
-            f"  fleet      {opts.kits} simulated kits\n"
-            f"  admin key  {admin_key_source}\n"
-            f"  logs       {stack.dir / 'logs'}\n"
+        print("\n" + say(
+            "CIZO stack is up\n"
+            "  API        {api}/v1   (docs {api}/docs)\n"
+            "  dashboard  {api}/dashboard\n"
+            "  broker     mqtt://127.0.0.1:{mqtt_port}\n"
+            "             mqtts://127.0.0.1:{mqtt_tls_port}  (CA {ca})\n"
+            "  fleet link {link}\n"
+            "  influxdb   http://127.0.0.1:{influx_port}  (database cizo)\n"
+            "  paygate    http://127.0.0.1:{paygate_port}  (simulator; MTN MoMo on "
+            "{momo_port})\n"
+            "  fleet      {kits} simulated kits\n"
+            "  admin key  {admin_key}\n"
+            "  logs       {logs}\n"
             "Press Ctrl-C to stop.",
-            flush=True,
-        )
+            api=api, mqtt_port=opts.mqtt_port, mqtt_tls_port=opts.mqtt_tls_port,
+            ca=stack.tls.ca, link="TLS" if opts.fleet_tls else say("plain"),
+            influx_port=opts.influx_port, paygate_port=opts.paygate_port,
+            momo_port=opts.momo_port, kits=opts.kits, admin_key=admin_key_source,
+            logs=stack.dir / "logs"), flush=True)
         payer = threading.Thread(target=stack.customers, args=(api, env["CIZO_ADMIN_API_KEY"]),
                                  name="customers", daemon=True)
         payer.start()
@@ -482,11 +488,11 @@ def run_stack(opts: StackOptions) -> int:
             stack.check_children()
             time.sleep(1)
     except KeyboardInterrupt:
-        print("\nstopping...", flush=True)
+        print("\n" + say("stopping..."), flush=True)
         return 0
     except (StackError, services.PortInUseError, services.ServiceStartError) as exc:
         print(f"cizo up: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
         stack.stop()
-        print("stopped every process cizo up started", flush=True)
+        print(say("stopped every process cizo up started"), flush=True)

@@ -33,7 +33,9 @@ def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) 
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
     ports = _ports()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CIZO_")}
+    # French is the local stack's language when the terminal names none
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CIZO_") and k not in ("LANG", "LC_ALL", "LC_MESSAGES")}
     env["CIZO_ADMIN_API_KEY"] = "quickstart-admin-key-0123456789"
     env["CIZO_HISTORY_REAL_S"] = "15"  # the first start's simulated week, faster here
     log = (tmp_path / "up.log").open("wb")
@@ -45,12 +47,13 @@ def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) 
     api = f"http://127.0.0.1:{ports['api']}"
     headers = {"Authorization": "Bearer quickstart-admin-key-0123456789"}
     try:
-        wait_for(lambda: b"CIZO stack is up" in (tmp_path / "up.log").read_bytes()
+        wait_for(lambda: "La pile CIZO est démarrée".encode() in (tmp_path / "up.log")
+                 .read_bytes()
                  or proc.poll() is not None, timeout_s=420, what="the stack to come up")
         out = (tmp_path / "up.log").read_text()
         assert proc.poll() is None, out
         assert f"{api}/dashboard" in out and f"mqtt://127.0.0.1:{ports['mqtt']}" in out
-        assert f"mqtts://127.0.0.1:{ports['mqtt-tls']}" in out and "fleet link TLS" in out
+        assert f"mqtts://127.0.0.1:{ports['mqtt-tls']}" in out and "lien parc  TLS" in out
         assert httpx.get(f"{api}/readyz").status_code == 200
         assert httpx.get(f"{api}/dashboard").status_code == 200
         assert httpx.get(f"http://127.0.0.1:{ports['influx']}/ping").status_code == 204
@@ -77,7 +80,7 @@ def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) 
             f"http://127.0.0.1:{ports['influx']}/query", params=query).json()["results"][0],
             timeout_s=30, what="telemetry in InfluxDB")
         # a first start played a week of history: the dashboard has a past at once
-        assert "7.0/7 | 3 kits" in out and "history played in" in out
+        assert "7.0/7 | 3 kits" in out and "historique joué en" in out
         chart = httpx.get(f"{api}/v1/dashboard/kits/SIM00001/telemetry",
                           params={"hours": 168}, headers=headers).json()
         assert min(p["t"] for p in chart["points"]) < time.time() - 5 * 86_400
@@ -92,7 +95,7 @@ def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) 
                 os.killpg(proc.pid, signal.SIGKILL)
     out = (tmp_path / "up.log").read_text()
     assert code == 0, out
-    assert "stopped every process" in out
+    assert "tous les processus lancés par cizo up sont arrêtés" in out
     time.sleep(0.5)
     for name, port in ports.items():
         assert services.port_is_free(port), f"{name} port {port} still held after Ctrl-C"
