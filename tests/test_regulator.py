@@ -79,6 +79,10 @@ def test_published_figures_are_the_cells_of_the_latest_month_and_the_national_tr
     assert by["Plateaux"] == dict.fromkeys(["region", *national.OPEN_COLUMNS]) | {
         "region": "Plateaux"}
     assert got["trend"][1]["kits_active"] == 59
+    # nothing published yet (a fresh deployment): the map has regions, no figures
+    empty = national.published_figures([], jobs.REGIONS)
+    assert empty["month"] is None and empty["trend"] == []
+    assert all(r["kits_active"] is None for r in empty["regions"])
 
 
 def test_the_boundary_file_is_togo_s_five_regions_small_with_its_licence() -> None:
