@@ -101,6 +101,19 @@ def to_csv(rows: list[dict[str, str]]) -> str:
     return buf.getvalue()
 
 
+def from_csv(text: str) -> list[dict[str, str]]:
+    """A published file's rows, as ``build_rows`` made them (empty cells: suppressed)."""
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def cell(row: dict[str, str], column: str) -> int | float | None:
+    """One published cell as a number; ``None`` for a suppressed (empty) cell."""
+    text = row.get(column, "")
+    if text == "":
+        return None
+    return int(text) if column in ("kits_active", "payments_fcfa") else float(text)
+
+
 def metadata(month: str, *, min_households: int, licence: str, publisher: str,
              csv_name: str) -> dict[str, Any]:
     """A machine-readable description of one month's file (a Frictionless Table Schema)."""

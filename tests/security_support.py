@@ -27,7 +27,9 @@ PUBLIC: dict[str, str] = {
     "GET /readyz": "readiness probe, says nothing",
     "GET /": "the dashboard page (static; it asks for a key)",
     "GET /dashboard": "the dashboard page (static; it asks for a key)",
+    "GET /regulator": "the regulator's page (static; it asks for a key)",
     "GET /static/{name}": "the dashboard's static files",
+    "GET /static/geo/{name}": "Togo's region boundaries (public domain), for the map",
     "GET /i18n/{page}": "the dashboard's wording from the message catalogs, no data",
     "POST /v1/payments/paygate": "PayGate's callback: confirmed with PayGate before crediting",
     "POST /v1/payments/momo/callback/{reference_id}":

@@ -23,6 +23,7 @@ from control.api import (
     openpaygo_metrics,
     payments,
     prometheus,
+    regulator,
     support,
 )
 from control.api.auth import RuntimeDep
@@ -32,6 +33,15 @@ from control.runtime import Runtime
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+def _static(folder: Path, name: str) -> FileResponse:
+    """A file directly in ``folder``; nothing above or below it."""
+    path = (folder / name).resolve()
+    if path.parent != folder.resolve() or not path.is_file():
+        raise errors.ApiError(status.HTTP_404_NOT_FOUND, "not_found", N_("not found"))
+    media = "application/geo+json" if path.suffix == ".geojson" else None
+    return FileResponse(path, media_type=media)
 
 
 def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> FastAPI:
@@ -77,17 +87,25 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
         # the fleet and kit pages (charts); "/" serves the plain kit list
         return FileResponse(STATIC / "dashboard.html", media_type="text/html")
 
+    @app.get("/regulator", include_in_schema=False)
+    def regulator_page() -> FileResponse:
+        # the national view: per DESCO, the map of the regions, the monthly trend
+        return FileResponse(STATIC / "regulator.html", media_type="text/html")
+
     @app.get("/static/{name}", include_in_schema=False)
     def static_file(name: str) -> FileResponse:
-        path = (STATIC / name).resolve()
-        if path.parent != STATIC.resolve() or not path.is_file():
-            raise errors.ApiError(status.HTTP_404_NOT_FOUND, "not_found", N_("not found"))
-        return FileResponse(path)
+        return _static(STATIC, name)
+
+    @app.get("/static/geo/{name}", include_in_schema=False)
+    def geo_file(name: str) -> FileResponse:
+        # boundary files (their source and licence: control/static/geo/README.md)
+        return _static(STATIC / "geo", name)
 
     app.include_router(kits.router)
     app.include_router(payments.router)
     app.include_router(finance.router)
     app.include_router(dashboard.router)
+    app.include_router(regulator.router)  # the regulator's national view
     app.include_router(locale.router)  # the dashboard's texts, from the catalogs
     app.include_router(keys.router)
     app.include_router(exports.router)

@@ -32,7 +32,6 @@ from control.ledger.accounts import Actor
 from control.ledger.models import (
     Alert,
     Command,
-    FleetSummary,
     Kit,
     KitMetrics,
     LedgerEntry,
@@ -82,12 +81,7 @@ def fleet(
     region: Annotated[str | None, Query(max_length=32)] = None,
 ) -> dict[str, Any]:
     desco = _scope(actor, desco_id)
-    with rt.db.session() as s:
-        rows = list(s.scalars(select(FleetSummary)))
-    if not rows:  # first start: the scheduled job has not run yet
-        summary.refresh_fleet_summary(rt.db, rt.clock.now())
-        with rt.db.session() as s:
-            rows = list(s.scalars(select(FleetSummary)))
+    rows = summary.current_rows(rt.db, rt.clock.now())
     visible = [r for r in rows if actor.desco_id is None or r.desco_id == actor.desco_id]
     chosen = [r for r in visible if (desco is None or r.desco_id == desco)
               and (region is None or r.region == region)]

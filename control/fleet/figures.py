@@ -1,5 +1,6 @@
-"""The fleet page's derived figures, as pure functions: the battery-health histogram and the
-repayment rate (docs/analytics.md, "Pre-aggregation").
+"""The fleet page's derived figures, as pure functions: the battery-health histogram, the
+repayment rate and the portfolio-at-risk shares, PAR30 and the default rate
+(docs/analytics.md, "Pre-aggregation" and "The regulator's view").
 
 Both must stay consistent however the parts were summed: every kit counted lands in exactly
 one histogram bin ("unknown" when no analytics figure exists for it), and a rate is a share
@@ -67,3 +68,15 @@ def accounts_repayment_rate(accounts: Iterable[tuple[int, int]]) -> float | None
         due += e
         paid += paid_towards_due(p, e)
     return repayment_rate(paid, due)
+
+
+# Days without credit after which an unpaid balance counts as in default (PAR90 by value).
+DEFAULT_AFTER_DAYS = 90
+
+
+def portfolio_share(at_risk_fcfa: int, outstanding_fcfa: int) -> float | None:
+    """Σ outstanding of the accounts at risk / Σ outstanding, in [0, 1]; ``None`` when
+    nothing is outstanding. PAR30 and the default rate are both this share."""
+    if outstanding_fcfa <= 0:
+        return None
+    return round(min(1.0, max(0.0, at_risk_fcfa / outstanding_fcfa)), 4)

@@ -40,18 +40,34 @@ def publish(settings: Settings, db: Database, month: str) -> tuple[Path, Path] |
             return None
         rows = opendata.build_rows(opendata_households(settings, db, month),
                                    settings.opendata_min_households)
-        out = release_dir(settings)
-        out.mkdir(parents=True, exist_ok=True)
-        csv_path = out / f"cizo-opendata-{month}.csv"
-        meta_path = out / f"cizo-opendata-{month}.json"
-        meta = opendata.metadata(month, min_households=settings.opendata_min_households,
-                                 licence=settings.opendata_licence,
-                                 publisher=settings.opendata_publisher,
-                                 csv_name=csv_path.name)
-        _replace(csv_path, opendata.to_csv(rows))
-        _replace(meta_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        return write_release(settings, month, rows)
+
+
+def write_release(settings: Settings, month: str, rows: list[dict[str, str]]
+                  ) -> tuple[Path, Path]:
+    """One month's CSV and metadata files from its rows (``opendata.build_rows``)."""
+    out = release_dir(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / f"cizo-opendata-{month}.csv"
+    meta_path = out / f"cizo-opendata-{month}.json"
+    meta = opendata.metadata(month, min_households=settings.opendata_min_households,
+                             licence=settings.opendata_licence,
+                             publisher=settings.opendata_publisher,
+                             csv_name=csv_path.name)
+    _replace(csv_path, opendata.to_csv(rows))
+    _replace(meta_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     log.info("open data %s published: %d rows in %s", month, len(rows), out)
     return csv_path, meta_path
+
+
+def published_rows(settings: Settings, months: int) -> list[dict[str, str]]:
+    """The rows of the last ``months`` published files, oldest first: exactly what a
+    portal harvested, so a figure shown from them is the published figure."""
+    paths = sorted(release_dir(settings).glob("cizo-opendata-[0-9][0-9][0-9][0-9]-[0-9][0-9].csv"))
+    rows: list[dict[str, str]] = []
+    for path in paths[-months:] if months > 0 else []:
+        rows.extend(opendata.from_csv(path.read_text(encoding="utf-8")))
+    return rows
 
 
 def _replace(path: Path, text: str) -> None:

@@ -63,22 +63,27 @@ def compute_fleet_summary(s: Session, now: float) -> dict[tuple[str, str], dict[
                            else_=expected)
     outstanding = case((Account.owned, 0),
                        else_=Account.total_price_fcfa - Account.paid_total_fcfa)
-    behind = and_(~Account.owned, or_(
-        Account.credit_until < now - 30 * DAY,
-        and_(Account.credit_until.is_(None), Account.created_at < now - 30 * DAY)))
+
+    def behind(days: int) -> Any:
+        return and_(~Account.owned, or_(
+            Account.credit_until < now - days * DAY,
+            and_(Account.credit_until.is_(None), Account.created_at < now - days * DAY)))
+
     # the rate's numerator counts per account at most what was due (figures.paid_towards_due)
     paid_due = case((Account.paid_total_fcfa > expected_capped, expected_capped),
                     else_=Account.paid_total_fcfa)
-    for desco, region, paid, due_paid, exp, out, par in s.execute(
+    for desco, region, paid, due_paid, exp, out, par, dflt in s.execute(
         select(*key, func.sum(Account.paid_total_fcfa), func.sum(paid_due),
                func.sum(expected_capped),
-               func.sum(outstanding), func.sum(case((behind, outstanding), else_=0)))
+               func.sum(outstanding), func.sum(case((behind(30), outstanding), else_=0)),
+               func.sum(case((behind(derived.DEFAULT_AFTER_DAYS), outstanding), else_=0)))
         .select_from(Account).join(Kit, Kit.id == Account.kit_id).where(alive).group_by(*key)
     ).all():
         f = figures[(desco, region)]
         f.update(paid_fcfa=int(paid or 0), paid_due_fcfa=int(due_paid or 0),
                  expected_fcfa=int(exp or 0),
-                 outstanding_fcfa=int(out or 0), par30_outstanding_fcfa=int(par or 0))
+                 outstanding_fcfa=int(out or 0), par30_outstanding_fcfa=int(par or 0),
+                 default_outstanding_fcfa=int(dflt or 0))
     for desco, region, today, month in s.execute(
         select(*key,
                func.sum(case((LedgerEntry.created_at >= day0, LedgerEntry.amount_fcfa),
@@ -121,8 +126,8 @@ def _empty_figures() -> dict[str, Any]:
     return {
         "kits": 0, "online": 0, "offline": 0, "owned": 0, "locked": 0, "unlocked": 0,
         "unknown": 0, "paid_fcfa": 0, "paid_due_fcfa": 0, "expected_fcfa": 0,
-        "outstanding_fcfa": 0,
-        "par30_outstanding_fcfa": 0, "payments_today_fcfa": 0, "payments_month_fcfa": 0,
+        "outstanding_fcfa": 0, "par30_outstanding_fcfa": 0, "default_outstanding_fcfa": 0,
+        "payments_today_fcfa": 0, "payments_month_fcfa": 0,
         "energy_wh_30d": 0.0, "battery_health": {}, "open_alerts": {},
     }
 
@@ -135,6 +140,18 @@ def refresh_fleet_summary(db: Database, now: float) -> int:
         s.add_all(FleetSummary(desco_id=d, region=r, computed_at=now, figures=f)
                   for (d, r), f in figures.items())
     return len(figures)
+
+
+def current_rows(db: Database, now: float) -> list[FleetSummary]:
+    """The pre-aggregated rows; on a first start, before the scheduled job ran, computed
+    now so the first page is not empty."""
+    with db.session() as s:
+        rows = list(s.scalars(select(FleetSummary)))
+    if not rows:
+        refresh_fleet_summary(db, now)
+        with db.session() as s:
+            rows = list(s.scalars(select(FleetSummary)))
+    return rows
 
 
 def combine(rows: list[FleetSummary]) -> dict[str, Any]:
@@ -152,7 +169,10 @@ def combine(rows: list[FleetSummary]) -> dict[str, Any]:
                                                      total["expected_fcfa"])
     total["battery_health"] = derived.complete_health_bins(total["battery_health"],
                                                            total["kits"])
-    total["par30"] = (round(total["par30_outstanding_fcfa"] / total["outstanding_fcfa"], 4)
-                      if total["outstanding_fcfa"] else None)
+    # rows from before default_outstanding_fcfa existed count 0 until the next refresh
+    total["par30"] = derived.portfolio_share(total["par30_outstanding_fcfa"],
+                                             total["outstanding_fcfa"])
+    total["default_rate"] = derived.portfolio_share(total["default_outstanding_fcfa"],
+                                                    total["outstanding_fcfa"])
     total["open_alerts_total"] = sum(total["open_alerts"].values())
     return total

@@ -1,8 +1,6 @@
-// The fleet page (#/fleet) and the kit page (#/kit/<id>), over the /v1 API; texts, amounts
-// and dates through i18n.js.
+// The fleet page (#/fleet) and the kit page (#/kit/<id>), over the /v1 API (api.js); texts,
+// amounts and dates through i18n.js.
 "use strict";
-const KEY = "cizo_api_key";
-const $ = (id) => document.getElementById(id);
 let me = null;
 
 const pct = (x) => x == null ? "–" : num(100 * x, 1) + " %";
@@ -13,16 +11,6 @@ function cell(tr, text, cls) {
   if (cls) td.className = cls;
   tr.appendChild(td);
   return td;
-}
-
-async function api(path, opts) {
-  const key = localStorage.getItem(KEY);
-  if (!key) throw new Error(t("Type an API key."));
-  const headers = Object.assign(apiHeaders(key), (opts && opts.headers) || {});
-  const resp = await fetch(path, Object.assign({}, opts || {}, { headers }));
-  const data = await resp.json().catch(() => ({}));
-  if (!resp.ok) throw new Error(problem(resp.status, data));
-  return data;
 }
 
 function route() {
@@ -175,11 +163,6 @@ async function loadKit(kitId) {
   }
 }
 
-async function act(fn) {
-  $("msg").textContent = "";
-  try { await fn(); } catch (err) { $("msg").textContent = String(err.message || err); }
-}
-
 $("unlock-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const kitId = decodeURIComponent(location.hash.replace(/^#\/kit\//, ""));
@@ -193,14 +176,7 @@ $("unlock-form").addEventListener("submit", (ev) => {
     await loadKit(kitId);
   });
 });
-$("keyform").addEventListener("submit", (ev) => {
-  ev.preventDefault();
-  const v = $("apikey").value.trim();
-  if (v) localStorage.setItem(KEY, v);
-  $("apikey").value = "";
-  act(() => loadMe().then(route));
-});
-$("forget").addEventListener("click", () => { localStorage.removeItem(KEY); location.reload(); });
+keyForm(() => loadMe().then(route));
 $("filters").addEventListener("change", () => act(loadFleet));
 $("filters").addEventListener("submit", (ev) => {
   ev.preventDefault();
