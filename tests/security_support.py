@@ -27,6 +27,7 @@ PUBLIC: dict[str, str] = {
     "GET /readyz": "readiness probe, says nothing",
     "GET /": "the dashboard page (static; it asks for a key)",
     "GET /dashboard": "the dashboard page (static; it asks for a key)",
+    "GET /finance": "the finance page (static; it asks for a key, the API checks every call)",
     "GET /static/{name}": "the dashboard's static files",
     "GET /i18n/{page}": "the dashboard's wording from the message catalogs, no data",
     "POST /v1/payments/paygate": "PayGate's callback: confirmed with PayGate before crediting",

@@ -77,6 +77,11 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
         # the fleet and kit pages (charts); "/" serves the plain kit list
         return FileResponse(STATIC / "dashboard.html", media_type="text/html")
 
+    @app.get("/finance", include_in_schema=False)
+    def finance_page() -> FileResponse:
+        # the suspense queue (maker-checker) and the payments list
+        return FileResponse(STATIC / "finance.html", media_type="text/html")
+
     @app.get("/static/{name}", include_in_schema=False)
     def static_file(name: str) -> FileResponse:
         path = (STATIC / name).resolve()
