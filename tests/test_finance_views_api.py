@@ -64,6 +64,18 @@ def test_suspense_queue_shows_who_proposed_and_who_decided(client: TestClient, r
     assert [(x["link_id"], x["status"], x["proposed_by"], x["decided_by"], x["kit_id"])
             for x in row["links"]] == [(link["link_id"], "proposed", "support-ama", None, "KIT-Q1")]
     assert row["links"][0]["reason"] == "customer called"
+    # another DESCO's admin can neither see, propose on nor decide this DESCO's payment
+    north = Keys.auth(keys.north_admin)
+    assert pid not in {q["payment_id"] for q in client.get("/v1/suspense", headers=north).json()}
+    assert client.post(f"/v1/suspense/{pid}/links", headers=north,
+                       json={"account": "KIT-Q1", "reason": "seen at the desk"}).status_code == 404
+    assert client.post(f"/v1/suspense/links/{link['link_id']}/approve", headers=north,
+                       json={}).status_code == 404
+    # operators read payments but take no part in the queue, as the page shows them
+    for path in (f"/v1/suspense/links/{link['link_id']}/approve",
+                 f"/v1/suspense/links/{link['link_id']}/reject"):
+        r = client.post(path, headers=Keys.auth(keys.operator), json={})
+        assert r.status_code == 403 and r.json()["code"] == "role_forbidden"
     r = client.post(f"/v1/suspense/links/{link['link_id']}/approve", headers=fin, json={})
     assert r.status_code == 200, r.text
     decided = client.get("/v1/suspense/links?status=approved", headers=sup).json()
