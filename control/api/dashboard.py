@@ -183,10 +183,12 @@ def kit_timeline(
     now = int(rt.clock.now())
     start = now - hours * 3600
     with rt.db.session() as s:
-        _kit(s, actor, kit_id)
+        # no reading is owed before the kit joined the fleet
+        joined = int(_kit(s, actor, kit_id).created_at)
         events = timeline_sources.database_events(s, kit_id, since=start, limit=limit)
     # outside the transaction: InfluxDB may be slow or away
-    gaps = timeline_sources.gap_events(rt.settings, kit_id, start=start, end=now)
+    gaps = timeline_sources.gap_events(rt.settings, kit_id, start=min(now, max(start, joined)),
+                                       end=now)
     items = timeline.merge(events, gaps or [], limit=limit)
     return {"kit_id": kit_id, "hours": hours, "telemetry_checked": gaps is not None,
             "items": [e.as_dict() for e in items]}
