@@ -28,6 +28,7 @@ PUBLIC: dict[str, str] = {
     "GET /": "the dashboard page (static; it asks for a key)",
     "GET /dashboard": "the dashboard page (static; it asks for a key)",
     "GET /regulator": "the regulator's page (static; it asks for a key)",
+    "GET /finance": "the finance page (static; it asks for a key, the API checks every call)",
     "GET /static/{name}": "the dashboard's static files",
     "GET /static/geo/{name}": "Togo's region boundaries (public domain), for the map",
     "GET /i18n/{page}": "the dashboard's wording from the message catalogs, no data",

@@ -27,6 +27,7 @@ from control.runtime import Runtime
 from control.security.api_keys import create_api_key
 from tests.api_support import ADMIN_KEY, PLAN, RecordingPublisher, serve_in_thread
 from tests.dashboard_support import FleetSpec, simulate, write_readings
+from tests.payments_support import WEBHOOK_URL, agent_payment, signed, webhook_secret
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
@@ -66,7 +67,9 @@ def site(influxd: services.InfluxProcess, tmp_path_factory: pytest.TempPathFacto
     jobs.run_analytics(settings, rt.db, now)
     summary.refresh_fleet_summary(rt.db, rt.clock.now())
     keys = {"operator": create_api_key(rt, name="ops", role="operator")[1],
-            "support": create_api_key(rt, name="support-ama", role="support")[1]}
+            "support": create_api_key(rt, name="support-ama", role="support")[1],
+            "finance": create_api_key(rt, name="finance-kofi", role="finance")[1],
+            "admin": ADMIN_KEY}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         yield {"url": server.url, "keys": keys, "browser": browser, "rt": rt}
@@ -202,3 +205,87 @@ def test_kit_list_page_in_french(site: dict[str, Any]) -> None:
     assert "Rechercher" in page.inner_text("#filters")
     assert "Vu pour la dernière fois" in page.inner_text("thead")
     ctx.close()
+
+
+def _finance_page(site: dict[str, Any], role: str) -> Page:
+    ctx = site["browser"].new_context(viewport={"width": 1280, "height": 1100}, locale="fr-FR")
+    ctx.add_init_script(f"localStorage.setItem('cizo_api_key', {site['keys'][role]!r});")
+    page: Page = ctx.new_page()
+    page.goto(f"{site['url']}/finance")
+    page.wait_for_function("window.cizoReady === true", timeout=15000)
+    return page
+
+
+def test_finance_page_propose_then_approve_by_two_keys(site: dict[str, Any]) -> None:
+    secret = webhook_secret(site["rt"])
+    for tx, ref in (("BR-1", "typo-b1"), ("BR-2", "typo-b2")):
+        raw, headers = signed(secret, agent_payment(tx, 12_500, reference=ref))
+        r = httpx.post(site["url"] + WEBHOOK_URL, content=raw, headers=headers)
+        assert r.status_code == 200, r.text
+    queue = _api(site, "finance", "/v1/suspense")
+    first, second = (next(p["payment_id"] for p in queue if p["reference"] == ref)
+                     for ref in ("typo-b1", "typo-b2"))
+
+    page = _finance_page(site, "support")
+    assert page.title() == "Finance CIZO"
+    assert "Paiements en suspens" in page.inner_text("main")
+    row = page.locator(f"#suspense-rows tr[data-payment='{first}']")
+    assert "12 500 FCFA" in row.inner_text().replace("\u202f", " ")
+    assert "GMT" in row.inner_text() or "UTC" in row.inner_text()
+    assert row.locator("text=Approuver").count() == 0  # support proposes, never decides
+    row.locator("input.p-kit").fill(KITS[1])
+    row.locator("input.p-reason").fill("le client a appelé")
+    row.locator("button", has_text="Proposer").click()
+    page.wait_for_function(f"document.querySelector(\"#suspense-rows tr[data-payment='{first}']\")"
+                           ".textContent.includes('proposé par support-ama')", timeout=15000)
+    page.context.close()
+
+    page = _finance_page(site, "finance")
+    row = page.locator(f"#suspense-rows tr[data-payment='{first}']")
+    assert row.locator("input.p-kit").count() == 0  # finance decides, never proposes
+    row.locator("button", has_text="Approuver").click()
+    page.wait_for_function(
+        "document.getElementById('decision-rows').textContent.includes('finance-kofi')",
+        timeout=15000)
+    decided = page.inner_text("#decision-rows")
+    assert "support-ama" in decided and "approuvé" in decided
+    assert page.locator(f"#suspense-rows tr[data-payment='{first}']").count() == 0
+    assert _api(site, "finance", "/v1/suspense/links?status=approved")[0]["kit_id"] == KITS[1]
+    # the payments list, filtered by kit, shows the money now credited
+    page.fill("#p-kit", KITS[1])
+    page.click("#p-search")
+    page.wait_for_function("document.getElementById('payment-rows').textContent"
+                           ".includes('crédité')", timeout=15000)
+    page.context.close()
+
+    # the API refuses what the rule refuses, and the page says it in French
+    page = _finance_page(site, "admin")
+    row = page.locator(f"#suspense-rows tr[data-payment='{second}']")
+    row.locator("input.p-kit").fill(KITS[2])
+    row.locator("input.p-reason").fill("vu au guichet")
+    row.locator("button", has_text="Proposer").click()
+    page.wait_for_function(f"document.querySelector(\"#suspense-rows tr[data-payment='{second}']"
+                           " button\") && document.querySelector(\"#suspense-rows "
+                           f"tr[data-payment='{second}']\").textContent.includes('proposé par')",
+                           timeout=15000)
+    row.locator("button", has_text="Approuver").click()
+    page.wait_for_function("document.getElementById('msg').textContent.includes('403')",
+                           timeout=15000)
+    assert "cette étape est refusée" in page.inner_text("#msg")
+    assert "[suspense_refused]" in page.inner_text("#msg")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "finance.png"), full_page=True)
+    page.context.close()
+
+
+def test_kit_page_timeline_lists_events_newest_first(site: dict[str, Any]) -> None:
+    kit = KITS[1]
+    page = _page(site, "operator", f"#/kit/{kit}")
+    page.wait_for_function(f"window.cizoKit && window.cizoKit.kit.kit_id === '{kit}' "
+                           "&& window.cizoKit.timeline", timeout=15000)
+    tl = page.evaluate("window.cizoKit.timeline")
+    assert tl["items"] and tl["telemetry_checked"] is True
+    assert page.locator("#k-timeline tr").count() == len(tl["items"])
+    times = [e["at"] for e in tl["items"]]
+    assert times == sorted(times, reverse=True)
+    page.context.close()

@@ -92,6 +92,11 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
         # the national view: per DESCO, the map of the regions, the monthly trend
         return FileResponse(STATIC / "regulator.html", media_type="text/html")
 
+    @app.get("/finance", include_in_schema=False)
+    def finance_page() -> FileResponse:
+        # the suspense queue (maker-checker) and the payments list
+        return FileResponse(STATIC / "finance.html", media_type="text/html")
+
     @app.get("/static/{name}", include_in_schema=False)
     def static_file(name: str) -> FileResponse:
         return _static(STATIC, name)

@@ -26,7 +26,7 @@ from control.api.auth import (
 )
 from control.api.errors import ApiError
 from control.api.kits import command_out
-from control.fleet import jobs, summary
+from control.fleet import jobs, readings, summary, timeline, timeline_sources
 from control.ledger import accounts as ledger
 from control.ledger.accounts import Actor
 from control.ledger.models import (
@@ -39,9 +39,6 @@ from control.ledger.models import (
 )
 from telemetry import opendata
 from telemetry.errors import InfluxError, InfluxUnavailable
-from telemetry.influx import quote_ident, quote_string
-from telemetry.rollups import client_for
-from telemetry.schema import TELEMETRY_MEASUREMENT
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +154,9 @@ def kit_telemetry(
         _kit(s, actor, kit_id)
     now = int(rt.clock.now())
     step = max(600, (hours * 3600 // MAX_POINTS) // 60 * 60)
-    q = (f"SELECT mean(soc) AS soc, mean(pv_w) AS pv_w, mean(load_w) AS load_w "
-         f"FROM {quote_ident(TELEMETRY_MEASUREMENT)} "
-         f"WHERE {quote_ident('kit_id')} = {quote_string(kit_id)} "
-         f"AND time >= {now - hours * 3600}s AND time <= {now}s "
-         f"GROUP BY time({step}s) fill(none)")
     try:
-        with client_for(rt.settings, rt.settings.influx_db, timeout_s=5.0) as client:
-            rows = client.query(q)
+        rows = readings.series(rt.settings, kit_id, start=now - hours * 3600, end=now,
+                              step_s=step)
     except InfluxError as exc:
         log.warning("kit telemetry unavailable: %s", exc, extra={"kit_id": kit_id})
         raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "telemetry_unavailable",
@@ -172,6 +164,28 @@ def kit_telemetry(
     points = [{"t": int(r["time"]), "soc": _round(r.get("soc")), "pv_w": _round(r.get("pv_w")),
                "load_w": _round(r.get("load_w"))} for r in rows]
     return {"kit_id": kit_id, "step_s": step, "hours": hours, "points": points}
+
+
+@router.get("/v1/kits/{kit_id}/timeline", tags=["kits"],
+            summary="One kit's payments, commands, support actions, alerts and telemetry gaps "
+                    "in one time order, newest first")
+def kit_timeline(
+    rt: RuntimeDep, actor: ReaderKey, kit_id: str,
+    hours: Annotated[int, Query(ge=1, le=24 * 31)] = 72,
+    limit: Annotated[int, Query(ge=1, le=500)] = 200,
+) -> dict[str, Any]:
+    now = int(rt.clock.now())
+    start = now - hours * 3600
+    with rt.db.session() as s:
+        # no reading is owed before the kit joined the fleet
+        joined = int(_kit(s, actor, kit_id).created_at)
+        events = timeline_sources.database_events(s, kit_id, since=start, limit=limit)
+    # outside the transaction: InfluxDB may be slow or away
+    gaps = timeline_sources.gap_events(rt.settings, kit_id, start=min(now, max(start, joined)),
+                                       end=now)
+    items = timeline.merge(events, gaps or [], limit=limit)
+    return {"kit_id": kit_id, "hours": hours, "telemetry_checked": gaps is not None,
+            "items": [e.as_dict() for e in items]}
 
 
 def _round(v: Any) -> float | None:

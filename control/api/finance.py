@@ -27,7 +27,7 @@ from control.api.schemas import (
 )
 from control.ledger import check as accounting
 from control.ledger.accounts import Actor
-from control.ledger.models import Account, ReconImport, ReconProposal
+from control.ledger.models import Account, ReconImport, ReconProposal, SuspenseLink
 from control.payments import reconcile, settlement, statements, suspense
 from control.payments.providers import webhook_secrets
 
@@ -67,18 +67,45 @@ def rotate_webhook_secret(rt: RuntimeDep, actor: AdminKey, desco_id: str) -> Sec
 # --- suspense ----------------------------------------------------------------------------
 
 
+def _link_out(link: SuspenseLink, kit_id: str | None, credited: bool = False) -> LinkOut:
+    return LinkOut(link_id=link.id, payment_id=link.payment_id, account_id=link.account_id,
+                   status=link.status, proposed_by=link.proposed_by,
+                   decided_by=link.decided_by, credited=credited, kit_id=kit_id,
+                   reason=link.reason, proposed_at=link.proposed_at,
+                   decided_at=link.decided_at)
+
+
 @router.get("/v1/suspense", response_model=list[SuspenseOut], responses=_errors,
-            summary="Payments held but not credited (support, finance)")
+            summary="Payments held but not credited, with their link proposals (support, "
+                    "finance)")
 def list_suspense(rt: RuntimeDep, actor: SupportOrFinance,
                   limit: Annotated[int, Query(ge=1, le=500)] = 100,
                   offset: Annotated[int, Query(ge=0)] = 0) -> list[SuspenseOut]:
     with rt.db.session() as s:
         rows = suspense.list_suspense(s, desco_id=actor.desco_id, limit=limit, offset=offset)
+        by_payment: dict[int, list[LinkOut]] = {}
+        for link, kit in suspense.links(s, desco_id=actor.desco_id,
+                                        payment_ids=[p.id for p in rows], limit=10 * limit):
+            by_payment.setdefault(link.payment_id, []).insert(0, _link_out(link, kit))
         return [SuspenseOut(payment_id=p.id, desco_id=p.desco_id, provider=p.provider,
                             provider_ref=p.provider_ref, kind=p.kind, amount_fcfa=p.amount_fcfa,
                             currency=p.currency, reference=p.reference, phone=p.phone,
                             reason=p.reason, hint_account_id=p.account_id,
-                            received_at=p.paid_at or p.updated_at) for p in rows]
+                            received_at=p.paid_at or p.updated_at,
+                            links=by_payment.get(p.id, [])) for p in rows]
+
+
+@router.get("/v1/suspense/links", response_model=list[LinkOut], responses=_errors,
+            summary="Link proposals and decisions, newest first: who proposed, who decided "
+                    "(support, finance)")
+def list_links(rt: RuntimeDep, actor: SupportOrFinance,
+               link_status: Annotated[str | None, Query(alias="status",
+                                                        pattern="^(proposed|approved|rejected)$")]
+               = None,
+               limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[LinkOut]:
+    with rt.db.session() as s:
+        return [_link_out(link, kit) for link, kit in
+                suspense.links(s, desco_id=actor.desco_id, status=link_status, limit=limit)]
 
 
 @router.post("/v1/suspense/{payment_id}/links", status_code=status.HTTP_201_CREATED,
@@ -91,8 +118,7 @@ def propose_link(rt: RuntimeDep, actor: Annotated[Actor, Depends(require_role("s
                                      reason=body.reason, actor=actor)
     except suspense.SuspenseError as exc:
         raise _raise(exc) from exc
-    return LinkOut(link_id=link.id, payment_id=link.payment_id, account_id=link.account_id,
-                   status=link.status, proposed_by=link.proposed_by, decided_by=None)
+    return _link_out(link, None)
 
 
 def _decide_link(rt: RuntimeDep, actor: Actor, link_id: int, approve: bool,
@@ -102,10 +128,8 @@ def _decide_link(rt: RuntimeDep, actor: Actor, link_id: int, approve: bool,
                                              reason=body.reason)
     except suspense.SuspenseError as exc:
         raise _raise(exc) from exc
-    return LinkOut(link_id=link.id, payment_id=link.payment_id, account_id=link.account_id,
-                   status=link.status, proposed_by=link.proposed_by,
-                   decided_by=link.decided_by, credited=bool(receipt and receipt.credited),
-                   kit_id=receipt.kit_id if receipt else None)
+    return _link_out(link, receipt.kit_id if receipt else None,
+                     credited=bool(receipt and receipt.credited))
 
 
 @router.post("/v1/suspense/links/{link_id}/approve", response_model=LinkOut, responses=_errors,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import Response
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,11 +29,12 @@ from control.api.schemas import (
     MoMoIntentOut,
     PayGateCallbackIn,
     PaymentOut,
+    PaymentPage,
     Problem,
     RefundIn,
 )
-from control.ledger.models import Account
-from control.payments import errors, reversals
+from control.ledger.models import Account, Payment
+from control.payments import errors, listing, reversals
 from control.payments.providers import agent, momo, paygate, webhook_signature
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,38 @@ def create_intent(
                           status_code=status.HTTP_201_CREATED, action=act)
 
 
+def _payment_out(p: Payment, kit_id: str | None) -> PaymentOut:
+    return PaymentOut(
+        identifier=p.provider_ref, payment_id=p.id, provider=p.provider, kit_id=kit_id,
+        desco_id=p.desco_id, status=p.status, requested_fcfa=p.requested_fcfa,
+        amount_fcfa=p.amount_fcfa, network=p.network, phone=p.phone, reason=p.reason,
+        tx_reference=p.tx_reference, payment_reference=p.payment_reference,
+        created_at=p.created_at, updated_at=p.updated_at, credited_at=p.credited_at,
+    )
+
+
+@router.get("", response_model=PaymentPage, responses={**_errors, 422: {"model": Problem}},
+            summary="Payments, newest first, filtered; keyset pages (?before=next_before)")
+def list_payments(
+    rt: RuntimeDep, actor: ReaderKey,
+    payment_status: Annotated[str | None, Query(
+        alias="status", pattern="^[a-z_]{1,16}$",
+        description="initiated, pending, received, credited, suspense, failed, ...")] = None,
+    provider: Annotated[str | None, Query(max_length=32)] = None,
+    kit_id: Annotated[str | None, Query(max_length=64)] = None,
+    since: Annotated[float | None, Query(ge=0, le=1e11, description="unix seconds")] = None,
+    until: Annotated[float | None, Query(ge=0, le=1e11, description="unix seconds")] = None,
+    before: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> PaymentPage:
+    f = listing.PaymentFilter(desco_id=actor.desco_id, status=payment_status,
+                              provider=provider, kit_id=kit_id, since=since, until=until)
+    with rt.db.session() as s:
+        rows, next_before = listing.list_payments(s, f, before_id=before, limit=limit)
+        return PaymentPage(items=[_payment_out(p, kit) for p, kit in rows],
+                           next_before=next_before)
+
+
 @router.get("/{identifier}", response_model=PaymentOut, responses=_errors,
             summary="A payment's state by its PayGate identifier")
 def get_payment(rt: RuntimeDep, actor: ReaderKey, identifier: str) -> PaymentOut:
@@ -125,14 +158,7 @@ def get_payment(rt: RuntimeDep, actor: ReaderKey, identifier: str) -> PaymentOut
             raise ApiError(status.HTTP_404_NOT_FOUND, "payment_not_found",
                            N_("payment {identifier} not found"), identifier=identifier)
         acct = s.get(Account, p.account_id) if p.account_id is not None else None
-        return PaymentOut(
-            identifier=p.provider_ref, provider=p.provider,
-            kit_id=acct.kit_id if acct else None, desco_id=p.desco_id, status=p.status,
-            requested_fcfa=p.requested_fcfa, amount_fcfa=p.amount_fcfa, network=p.network,
-            phone=p.phone, reason=p.reason, tx_reference=p.tx_reference,
-            payment_reference=p.payment_reference, created_at=p.created_at,
-            updated_at=p.updated_at, credited_at=p.credited_at,
-        )
+        return _payment_out(p, acct.kit_id if acct else None)
 
 
 @router.post(

@@ -218,6 +218,7 @@ class IntentOut(BaseModel):
 
 class PaymentOut(BaseModel):
     identifier: str
+    payment_id: int | None = None
     provider: str
     kit_id: str | None
     desco_id: str
@@ -232,6 +233,12 @@ class PaymentOut(BaseModel):
     created_at: float
     updated_at: float
     credited_at: float | None
+
+
+class PaymentPage(BaseModel):
+    items: list[PaymentOut]
+    next_before: int | None = Field(description="pass as ?before= for the next page; null on "
+                                                "the last one")
 
 
 class PayGateCallbackIn(BaseModel):
@@ -318,21 +325,6 @@ class SecretOut(BaseModel):
     secret: str = Field(description="shown once: sign with HMAC-SHA256 over '<t>.<raw body>'")
 
 
-class SuspenseOut(BaseModel):
-    payment_id: int
-    desco_id: str
-    provider: str
-    provider_ref: str
-    kind: str
-    amount_fcfa: int | None
-    currency: str | None
-    reference: str | None
-    phone: str | None
-    reason: str | None
-    hint_account_id: int | None
-    received_at: float
-
-
 class LinkIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -355,6 +347,26 @@ class LinkOut(BaseModel):
     decided_by: str | None
     credited: bool = False
     kit_id: str | None = None
+    reason: str | None = None
+    proposed_at: float | None = None
+    decided_at: float | None = None
+
+
+class SuspenseOut(BaseModel):
+    payment_id: int
+    desco_id: str
+    provider: str
+    provider_ref: str
+    kind: str
+    amount_fcfa: int | None
+    currency: str | None
+    reference: str | None
+    phone: str | None
+    reason: str | None
+    hint_account_id: int | None
+    received_at: float
+    links: list[LinkOut] = Field(default_factory=list,
+                                 description="proposals, oldest first: who proposed, who decided")
 
 
 class ImportOut(BaseModel):

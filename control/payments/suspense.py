@@ -67,6 +67,23 @@ def list_suspense(s: Session, *, desco_id: str | None, limit: int = 100,
     return list(s.scalars(q.limit(limit).offset(offset)))
 
 
+def links(s: Session, *, desco_id: str | None, payment_ids: list[int] | None = None,
+          status: str | None = None, limit: int = 100) -> list[tuple[SuspenseLink, str | None]]:
+    """Links with their account's kit, newest first: of these payments, or the latest
+    decisions of a DESCO (who proposed, who decided)."""
+    q = (select(SuspenseLink, Account.kit_id)
+         .join(Account, SuspenseLink.account_id == Account.id)
+         .join(Payment, SuspenseLink.payment_id == Payment.id)
+         .order_by(SuspenseLink.id.desc()).limit(limit))
+    if desco_id is not None:
+        q = q.where(Payment.desco_id == desco_id)
+    if payment_ids is not None:
+        q = q.where(SuspenseLink.payment_id.in_(payment_ids))
+    if status is not None:
+        q = q.where(SuspenseLink.status == status)
+    return [(link, kit) for link, kit in s.execute(q)]
+
+
 def _account(s: Session, account: str, desco_id: str | None) -> Account:
     q = select(Account).where((Account.account_number == account) | (Account.kit_id == account))
     acct = s.scalars(q).first()

@@ -5,12 +5,28 @@ let me = null;
 
 const pct = (x) => x == null ? "–" : num(100 * x, 1) + " %";
 
-function cell(tr, text, cls) {
-  const td = document.createElement("td");
-  td.textContent = text == null ? "—" : String(text); // never innerHTML: data from the API
-  if (cls) td.className = cls;
-  tr.appendChild(td);
-  return td;
+// one row per event of the kit's timeline, newest first
+function showTimeline(tl) {
+  const kinds = { payment: t("Payment"), command_issued: t("Command issued"),
+                  command_applied: t("Command applied"), audit: t("Staff action"),
+                  alert_opened: t("Alert opened"), alert_closed: t("Alert closed"),
+                  telemetry_gap: t("No telemetry") };
+  $("k-timeline-note").textContent = tl.telemetry_checked ? ""
+    : t("Telemetry store unavailable: gaps in the readings are not shown.");
+  const body = $("k-timeline");
+  body.replaceChildren();
+  for (const e of tl.items) {
+    const tr = document.createElement("tr");
+    tr.dataset.kind = e.kind;
+    const d = e.detail || {};
+    const detail = e.kind === "payment" ? `${fcfa(d.amount_fcfa)} · ${d.provider}`
+      : e.kind === "telemetry_gap" ? t("until {when} ({hours} h)", { when: when(e.until), hours: num(d.seconds / 3600, 1) })
+      : e.kind === "audit" ? [d.actor, d.reason].filter(Boolean).join(" · ")
+      : e.kind.startsWith("command") ? `#${d.seq} · ${d.origin}` : d.by || d.state;
+    cell(tr, when(e.at)); cell(tr, kinds[e.kind] || e.kind);
+    cell(tr, e.kind === "telemetry_gap" ? "" : e.summary); cell(tr, detail);
+    body.appendChild(tr);
+  }
 }
 
 function route() {
@@ -77,12 +93,14 @@ async function loadFleet() {
 }
 
 async function loadKit(kitId) {
-  const [k, tel, audit] = await Promise.all([
+  const [k, tel, audit, timeline] = await Promise.all([
     api("/v1/dashboard/kits/" + encodeURIComponent(kitId)),
     api("/v1/dashboard/kits/" + encodeURIComponent(kitId) + "/telemetry?hours=72"),
     api("/v1/kits/" + encodeURIComponent(kitId) + "/audit?limit=50"),
+    api("/v1/kits/" + encodeURIComponent(kitId) + "/timeline?hours=72"),
   ]);
-  window.cizoKit = { kit: k, telemetry: tel, audit };
+  window.cizoKit = { kit: k, telemetry: tel, audit, timeline };
+  showTimeline(timeline);
   $("k-title").textContent = t("Kit {kit_id}", { kit_id: k.kit_id });
   const state = k.owned ? "owned" : k.locked == null ? "state unknown" : k.locked ? "locked" : "unlocked";
   $("k-facts").textContent = [k.desco_id, k.region, t(k.online ? "online" : "offline"), t(state),
@@ -167,16 +185,14 @@ $("unlock-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const kitId = decodeURIComponent(location.hash.replace(/^#\/kit\//, ""));
   act(async () => {
-    const out = await api("/v1/kits/" + encodeURIComponent(kitId) + "/unlock", {
-      method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ days: Number($("u-days").value), reason: $("u-reason").value }),
-    });
+    const out = await post("/v1/kits/" + encodeURIComponent(kitId) + "/unlock",
+                           { days: Number($("u-days").value), reason: $("u-reason").value });
     $("u-result").textContent = t("unlocked: credit until {when}", { when: when(out.credit_until) }) +
       (out.command_id ? t(", command {command_id}", { command_id: out.command_id }) : "");
     await loadKit(kitId);
   });
 });
-keyForm(() => loadMe().then(route));
+onKeyForm(() => loadMe().then(route));
 $("filters").addEventListener("change", () => act(loadFleet));
 $("filters").addEventListener("submit", (ev) => {
   ev.preventDefault();

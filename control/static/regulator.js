@@ -9,12 +9,6 @@ const kwh = (x) => x == null ? "–" : num(x, 1) + " kWh";
 const count = (x) => x == null ? "–" : new Intl.NumberFormat("fr-FR").format(x);
 let regionsGeo = null;
 
-function cell(tr, text) {
-  const td = document.createElement("td");
-  td.textContent = text; // never innerHTML: data from the API
-  tr.appendChild(td);
-}
-
 async function loadMe() {
   const me = await api("/v1/dashboard/me");
   $("who").textContent = `${me.name} (${me.role})`;
@@ -122,7 +116,7 @@ async function loadNational() {
   barChart($("c-trend-paid"), months, v.open_data.trend.map((m) => m.payments_fcfa || 0), "#8e6bd8");
 }
 
-keyForm(() => loadMe().then(loadNational));
+onKeyForm(() => loadMe().then(loadNational));
 onLanguageSwitch(() => act(() => loadMe().then(loadNational)));
 act(() => loadTexts().then(loadMe).then(loadNational).then(() => { window.cizoReady = true; }));
 setInterval(() => act(loadNational), 60000);
