@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,22 @@ from control.runtime import Runtime
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+# The pages, static files that ask for a key; the API checks every call they make.
+PAGES = {
+    "/": "index.html",  # the kit list
+    "/dashboard": "dashboard.html",  # the fleet and kit pages (charts)
+    "/finance": "finance.html",  # the suspense queue (maker-checker) and the payments list
+    "/regulator": "regulator.html",  # the national view: DESCOs, the regions' map, the trend
+}
+
+
+def _page(name: str) -> Callable[[], FileResponse]:
+    def page() -> FileResponse:
+        return FileResponse(STATIC / name, media_type="text/html")
+    page.__name__ = f"page_{name.split('.')[0]}"
+    return page
 
 
 def _static(folder: Path, name: str) -> FileResponse:
@@ -78,24 +95,8 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
                                   "database_unavailable", N_("database unavailable"))
         return Health(status="ready")
 
-    @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
-
-    @app.get("/dashboard", include_in_schema=False)
-    def dashboard_page() -> FileResponse:
-        # the fleet and kit pages (charts); "/" serves the plain kit list
-        return FileResponse(STATIC / "dashboard.html", media_type="text/html")
-
-    @app.get("/regulator", include_in_schema=False)
-    def regulator_page() -> FileResponse:
-        # the national view: per DESCO, the map of the regions, the monthly trend
-        return FileResponse(STATIC / "regulator.html", media_type="text/html")
-
-    @app.get("/finance", include_in_schema=False)
-    def finance_page() -> FileResponse:
-        # the suspense queue (maker-checker) and the payments list
-        return FileResponse(STATIC / "finance.html", media_type="text/html")
+    for path, page in PAGES.items():
+        app.add_api_route(path, _page(page), methods=["GET"], include_in_schema=False)
 
     @app.get("/static/{name}", include_in_schema=False)
     def static_file(name: str) -> FileResponse:
