@@ -20,8 +20,10 @@ def test_health_ready_dashboard_and_openapi(client: TestClient) -> None:
         page = client.get(path)
         assert page.status_code == 200
         assert "text/html" in page.headers["content-type"]
-        script = client.get("/static/dashboard.js").text if path == "/dashboard" else page.text
-        # the kit list's script is inline; the dashboard's is served from /static
+        # the kit list's script is inline; the dashboard's are served from /static (its key
+        # and API calls in api.js, shared with the other pages)
+        script = ("".join(client.get(f"/static/{js}").text for js in ("api.js", "dashboard.js"))
+                  if path == "/dashboard" else page.text)
         assert "localStorage" in script and "/v1/kits" in script
     spec = client.get("/openapi.json").json()
     for path in ("/v1/kits", "/v1/kits/{kit_id}", "/v1/kits/{kit_id}/unlock",
