@@ -140,6 +140,10 @@ class Settings(BaseSettings):
     command_resend_after_s: float = 30.0
     default_desco_id: str = "default"
 
+    # how often kits report a reading (the contract's 15 minutes): the kit timeline calls a
+    # silence of three intervals or more a telemetry gap
+    kit_report_interval_s: float = Field(default=900.0, gt=0)
+
     # --- Local stack (cizo up) -------------------------------------------------------
     data_dir: Path = Path("./var")
     sim_kits: int = Field(default=50, ge=0)

@@ -76,6 +76,9 @@ DEV_DEFAULTS = {
     "CIZO_ANALYTICS_AT_START": "1",
     # the fleet page's figures at most 15 s old: the live fleet shows online within that
     "CIZO_FLEET_SUMMARY_INTERVAL_S": "15",
+    # the first start's week of history has a reading an hour per kit
+    # (history_telemetry_interval_s): no telemetry gap on every kit's timeline for it
+    "CIZO_KIT_REPORT_INTERVAL_S": "3600",
 }
 # the simulated kits' plan: 5,000 FCFA down, 100 FCFA a day for a year
 SIM_PLAN = {"deposit_fcfa": 5000, "daily_rate_fcfa": 100, "total_price_fcfa": 5000 + 365 * 100}

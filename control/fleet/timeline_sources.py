@@ -17,9 +17,7 @@ from telemetry.errors import InfluxError
 
 log = logging.getLogger(__name__)
 
-# readings come every 15 minutes: a quiet hour (three missed readings and more) is a gap
-REPORTING_INTERVAL_S = 900
-GAP_FACTOR = 3
+GAP_FACTOR = 3  # three missed readings and more make a gap (one or two are the radio)
 
 
 def database_events(s: Session, kit_id: str, *, since: float, limit: int) -> list[Event]:
@@ -63,9 +61,9 @@ def gap_events(settings: Settings, kit_id: str, *, start: int, end: int) -> list
     so rather than showing a false hole)."""
     try:
         rows = readings.series(settings, kit_id, start=start, end=end,
-                                    step_s=REPORTING_INTERVAL_S)
+                                    step_s=int(settings.kit_report_interval_s))
     except InfluxError as exc:
         log.warning("timeline without telemetry gaps: %s", exc, extra={"kit_id": kit_id})
         return None
     return telemetry_gaps([float(r["time"]) for r in rows], start=start, end=end,
-                          max_silence_s=GAP_FACTOR * REPORTING_INTERVAL_S)
+                          max_silence_s=GAP_FACTOR * settings.kit_report_interval_s)
