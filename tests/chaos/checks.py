@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
-from cizo import protocol
 from control.ledger import check as accounting
 from control.ledger.db import Database
 from control.ledger.models import Command, LedgerEntry, Payment
@@ -112,35 +108,8 @@ def influx_times(influx_url: str, db: str) -> dict[str, set[int]]:
     return out
 
 
-def probe_telemetry(port: int, kit_id: str) -> str:
-    """The reason Mosquitto gives an MQTT 5 publish (QoS 1, an empty body) to ``kit_id``'s
-    telemetry topic: "No matching subscribers" while no bridge is subscribed."""
-    reasons: list[str] = []
-    done = threading.Event()
-
-    def on_publish(_c: mqtt.Client, _u: Any, _mid: int, rc: Any, _p: Any) -> None:
-        reasons.append(str(rc))
-        done.set()
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{kit_id}-{port}",
-                         protocol=mqtt.MQTTv5)
-    client.on_publish = on_publish
-    try:
-        client.connect("127.0.0.1", port, keepalive=10)
-    except OSError as exc:
-        return f"no connection: {exc}"
-    client.loop_start()
-    try:
-        client.publish(protocol.telemetry_topic(kit_id, 1), b"", qos=1)
-        done.wait(5)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return reasons[0] if reasons else "no PUBACK"
-
-
-def dead_letters(bridge_dirs: list[Path], exclude: str = "") -> Counter[str]:
-    """Telemetry the bridges refused and kept, per kit (read-only), but ``exclude``'s."""
+def dead_letters(bridge_dirs: list[Path]) -> Counter[str]:
+    """Telemetry the bridges refused and kept, per kit (read-only)."""
     out: Counter[str] = Counter()
     for d in bridge_dirs:
         for path in d.rglob("*.db"):
@@ -151,8 +120,7 @@ def dead_letters(bridge_dirs: list[Path], exclude: str = "") -> Counter[str]:
                 except sqlite3.OperationalError:
                     continue  # another sqlite file (not the dead letters)
                 for kit_id, n in rows:
-                    if kit_id != exclude:
-                        out[str(kit_id)] += int(n)
+                    out[str(kit_id)] += int(n)
     return out
 
 

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -63,7 +64,7 @@ HEAL_STEPS = 4  # at the end, at most this many re-send delays pass for the kits
 # a reading the broker acknowledged this long before its SIGKILL may not be saved yet
 # (Mosquitto's ``autosave_interval 1``, plus the time a save takes under load)
 BROKER_UNSAVED_S = 2.0
-PROBE_KIT = "CHAOS-PROBE"  # the topic the outage probe publishes to (never a real kit)
+SUBSCRIBE_MARGIN_S = 0.5  # from a bridge's CONNACK to its SUBACK, on a loaded machine
 KINDS = ("mosquitto", "influxd", "postgres", "control", "bridge", "paygate", "momo")
 # the simulators' fault modes: slow, failing and hanging status calls, duplicated and
 # late (out-of-order) callbacks, PayGate's drifting formats
@@ -156,6 +157,7 @@ class ChaosRun:
         self.sent: dict[str, dict[int, float]] = {}  # kit -> reading ts -> first sent
         # each Mosquitto outage (monotonic): from its kill until a bridge subscribed again
         self.broker_outages: list[list[float]] = []
+        self._bridges_at_kill: dict[str, tuple[int, bool, int]] = {}
         self.time_advanced_s = 0.0  # simulated time let pass at the end (re-sends)
 
     # --- the platform -------------------------------------------------------------------
@@ -285,6 +287,7 @@ class ChaosRun:
         c.down_since = time.monotonic()
         if c.kind == "mosquitto":
             self.broker_outages.append([c.down_since, math.inf])
+            self._bridges_at_kill = self._bridges()
 
     def revive(self, name: str) -> None:
         c = self.components[name]
@@ -302,18 +305,38 @@ class ChaosRun:
         c.restarts += 1
         c.down_since = None
         if c.kind == "mosquitto" and self.broker_outages:
-            outage = self.broker_outages[-1]
-            threading.Thread(target=self._probe_until_subscribed, args=(outage,),
-                             name="chaos-probe", daemon=True).start()
+            outage, before = self.broker_outages[-1], self._bridges_at_kill
+            threading.Thread(target=self._until_a_bridge_is_back, args=(outage, before),
+                             name="chaos-bridges-back", daemon=True).start()
 
-    def _probe_until_subscribed(self, outage: list[float]) -> None:
-        """Ends ``outage`` when a bridge is subscribed again: an MQTT 5 publish to a kit's
-        telemetry topic is answered "Success" instead of "No matching subscribers"."""
+    def _bridges(self) -> dict[str, tuple[int, bool, int]]:
+        """Each live bridge's (restarts, connected, broker connections so far), read from
+        its /metrics (a bridge that does not answer is left out)."""
+        out = {}
+        for name, c in self.components.items():
+            if c.kind != "bridge":
+                continue
+            try:
+                text = httpx.get(f"http://127.0.0.1:{self.ports[name]}/metrics",
+                                 timeout=1).text
+            except httpx.HTTPError:
+                continue
+            found = re.search(r"^cizo_bridge_connects_total (\d+)", text, re.M)
+            out[name] = (c.restarts, "\ncizo_bridge_connected 1" in text,
+                         int(found.group(1)) if found else 0)
+        return out
+
+    def _until_a_bridge_is_back(self, outage: list[float],
+                                before: dict[str, tuple[int, bool, int]]) -> None:
+        """Ends ``outage`` when a bridge has connected to the restarted broker (a new
+        connection, or a bridge restarted since the kill), plus the moment its SUBSCRIBE
+        takes: the ``$share`` group is subscribed again from then on."""
         while not self._stop_chaos.is_set():
-            reason = checks.probe_telemetry(self.ports["mqtt"], PROBE_KIT)
-            if reason == "Success":
-                outage[1] = time.monotonic()
-                return
+            for name, (restarts, connected, connects) in self._bridges().items():
+                was = before.get(name)
+                if connected and (was is None or restarts != was[0] or connects > was[2]):
+                    outage[1] = time.monotonic() + SUBSCRIBE_MARGIN_S
+                    return
             time.sleep(0.1)
 
     def run_schedule(self, kills: list[Kill], t0: float) -> None:
@@ -520,7 +543,7 @@ def run_month(cfg: ChaosConfig, workdir: Path, say: Callable[[str], None] = prin
 
             def readings_now() -> dict[str, Any]:
                 return checks.readings(run.sent, checks.influx_times(influx_url, "cizo"),
-                                       checks.dead_letters(bridge_dirs, exclude=PROBE_KIT),
+                                       checks.dead_letters(bridge_dirs),
                                        [(a - BROKER_UNSAVED_S, b)
                                         for a, b in run.broker_outages])
 
