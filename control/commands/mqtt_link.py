@@ -63,6 +63,7 @@ class MqttLink:
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
 
     def start(self) -> None:
@@ -123,9 +124,18 @@ class MqttLink:
         group = self.settings.control_shared_group
         client.subscribe(SUBSCRIPTIONS if group is None else
                          [(f"$share/{group}/{topic}", qos) for topic, qos in SUBSCRIPTIONS])
-        self._connected.set()
         log.info("control connected to broker",
                  extra={"host": self.settings.mqtt_host, "port": self.settings.mqtt_port})
+
+    def _on_subscribe(self, _c: mqtt.Client, _ud: object, _mid: int,
+                      codes: list[ReasonCode], _p: object) -> None:
+        # "connected" once the broker has the subscriptions: an ack or a reading sent from
+        # then on reaches us, and a command published from then on has its ack heard
+        failed = [str(rc) for rc in codes if rc.is_failure]
+        if failed:
+            log.error("broker refused the control service's subscriptions: %s", failed)
+            return
+        self._connected.set()
 
     def _on_disconnect(
         self, _c: mqtt.Client, _ud: object, _flags: object, rc: ReasonCode, _p: object
