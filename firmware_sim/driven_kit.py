@@ -109,7 +109,7 @@ class DrivenKit:
             fleet.host, fleet.port, identity.mqtt_username or self.kit_id,
             username=identity.mqtt_username, password=identity.mqtt_password,
             keepalive=sc.keepalive_s, clean_session=False,
-            will=_offline(self.kit_id, plan.protocol),
+            will=self._offline(),
             on_message=self._on_message, counters=self.wire, local_addr=fleet.local_addr,
             tls=ResumingTLS.trusting(str(fleet.tls_ca)) if fleet.tls_ca else None,
             keepalive_clock=self.clock.now if sc.network.keepalive_clock == "simulated"
@@ -257,7 +257,7 @@ class DrivenKit:
 
     async def connect(self) -> None:
         first = self.counters.reconnects == 0 and self.wire.connects == 0
-        self.conn.will = _offline(self.kit_id, self.firmware.protocol)
+        self.conn.will = self._offline()
         self.conn.keepalive = self.keepalive_s
         await self.conn.connect()
         # v2 leans on its persistent session: the broker kept the subscription (and queued
@@ -281,12 +281,16 @@ class DrivenKit:
         """Online, in the version the kit speaks (how the server learns it), and listening
         for commands in it."""
         version = self.firmware.protocol
-        online = {"v": version, "online": True, "fw": self.firmware.fw}
-        self.conn.publish(protocol.status_topic(self.kit_id, version), protocol.encode(online),
-                          1, True)
+        self.conn.publish(protocol.status_topic(self.kit_id, version),
+                          self.firmware.status(online=True), 1, True)
         if subscribe:
             await self.conn.subscribe(protocol.cmd_topic(self.kit_id, version), 1,
                                       timeout_s=SUBSCRIBE_TIMEOUT_S)
+
+    def _offline(self) -> tuple[str, bytes, int, bool]:
+        """The retained offline status (the last will), in the version the kit speaks."""
+        return (protocol.status_topic(self.kit_id, self.firmware.protocol),
+                self.firmware.status(online=False), 1, True)
 
     async def _announce_once(self) -> None:
         with contextlib.suppress(MqttError, TimeoutError):
@@ -296,7 +300,7 @@ class DrivenKit:
         """Clean shutdown: offline status, DISCONNECT (the will is not sent then)."""
         if self.conn.connected:
             with contextlib.suppress(MqttError):
-                topic, offline, _qos, _retain = _offline(self.kit_id, self.firmware.protocol)
+                topic, offline, _qos, _retain = self._offline()
                 self.conn.publish(topic, offline, 1, True)
                 deadline = time.monotonic() + 5
                 while self.conn.inflight and self.conn.connected and \
@@ -425,9 +429,3 @@ class DrivenKit:
         with contextlib.suppress(MqttError):
             self.conn.publish(protocol.ack_topic(self.kit_id, ack["v"]), protocol.encode(ack), 1)
             self.counters.acks_sent += 1
-
-
-def _offline(kit_id: str, version: int) -> tuple[str, bytes, int, bool]:
-    """The retained offline status (the last will), in the version the kit speaks."""
-    return (protocol.status_topic(kit_id, version),
-            protocol.encode({"v": version, "online": False}), 1, True)

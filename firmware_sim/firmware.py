@@ -211,6 +211,14 @@ class KitFirmware:
         """Power reaches the loads: unlocked, or locked but tampered with (bypassed)."""
         return not self.locked or self.tamper
 
+    def status(self, *, online: bool) -> bytes:
+        """The kit's presence message, in the version it speaks (retained on its status
+        topic; the offline one is also its last will): how the server learns the version."""
+        message: dict[str, Any] = {"v": self.protocol, "online": online}
+        if online:
+            message["fw"] = self.fw
+        return protocol.encode(message)
+
     def telemetry(self) -> dict[str, Any]:
         """The next v1 telemetry payload (advances the physics to now)."""
         now = self.clock.now()

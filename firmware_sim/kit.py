@@ -33,10 +33,6 @@ from firmware_sim.firmware import KitFirmware
 log = logging.getLogger(__name__)
 
 
-def _offline(version: int) -> bytes:
-    """The retained offline status (and last will) in contract ``version``."""
-    return protocol.encode({"v": version, "online": False})
-
 
 @dataclass(frozen=True, slots=True)
 class KitIdentity:
@@ -116,9 +112,8 @@ class SimKit:
 
     def _set_will(self, client: mqtt.Client) -> None:
         """The last will in the version the kit speaks (paho sends it on the next CONNECT)."""
-        version = self.firmware.protocol
-        client.will_set(protocol.status_topic(self.kit_id, version), _offline(version),
-                        qos=1, retain=True)
+        client.will_set(protocol.status_topic(self.kit_id, self.firmware.protocol),
+                        self.firmware.status(online=False), qos=1, retain=True)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -137,10 +132,9 @@ class SimKit:
         """Graceful shutdown: say offline (a clean DISCONNECT suppresses the will)."""
         self._stop_timer()
         if self.connected:
-            version = self.firmware.protocol
             info = self._client.publish(
-                protocol.status_topic(self.kit_id, version), _offline(version), qos=1,
-                retain=True)
+                protocol.status_topic(self.kit_id, self.firmware.protocol),
+                self.firmware.status(online=False), qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout_s)
             except RuntimeError as exc:  # lost the link meanwhile: the will covers it
@@ -235,9 +229,8 @@ class SimKit:
         """Online in the version the kit speaks (how the server learns it), and listening
         for commands in it."""
         version = self.firmware.protocol
-        online = {"v": version, "online": True, "fw": self.firmware.fw}
-        client.publish(protocol.status_topic(self.kit_id, version), protocol.encode(online),
-                       qos=1, retain=True)
+        client.publish(protocol.status_topic(self.kit_id, version),
+                       self.firmware.status(online=True), qos=1, retain=True)
         client.subscribe(protocol.cmd_topic(self.kit_id, version), qos=1)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
