@@ -60,8 +60,10 @@ def main() -> int:
         f"{result['kills_by_kind']}; payments {result['payments']} confirmed, "
         f"{result['credited_once']} credited once; readings sent {result['readings_sent']}, "
         f"stored {result['readings_stored']} + {result['dead_letters']} dead letters; "
-        f"lost {result['lost']} ({result['readings_lost_broker_restart']} readings right "
-        f"after a Mosquitto restart: open fault, docs/chaos.md), doubled {result['doubled']}, "
+        f"lost {result['lost']} ({result['readings_lost_broker_restart']} of them readings "
+        f"first sent right after a Mosquitto restart), "
+        f"{result['telemetry_replayed']} messages sent again on the bridges' replay requests, "
+        f"doubled {result['doubled']}, "
         f"unconverged {result['unconverged']}")
     if ok and not given:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -107,7 +107,8 @@ class Bridge:
         self._decoder = Decoder(clock, self._rejects,
                                 RecentReadings(settings.bridge_dedup_entries))
         self.session = MqttSession(
-            settings, self._on_message, client_id=client_id, shared_group=shared_group,
+            settings, self._on_message, clock=clock, client_id=client_id,
+            shared_group=shared_group,
             session_expiry_s=session_expiry_s, receive_maximum=self.receive_maximum,
             reconnect_max_s=reconnect_max_s)
         self._influx_writer = InfluxWriter(self.influx, self._rejects, self._write_stats,
@@ -219,6 +220,7 @@ class Bridge:
             spool_records=spool.records if spool is not None else 0,
             write_latency_sum_s=w.write_latency_sum_s, lag_s=w.lag_s,
             influx_up=self._influx_writer.up, connects=self.session.epoch,
+            replay_requests=self.session.replay_requests,
         )
 
 

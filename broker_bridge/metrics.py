@@ -64,6 +64,9 @@ def render(stats: BridgeStats, prefix: str = "cizo_bridge") -> str:
     metric("influx_up", "gauge", "1 while InfluxDB takes writes.", int(stats.influx_up))
     metric("connected", "gauge", "1 while connected to the broker.", int(stats.connected))
     metric("connects_total", "counter", "Successful broker connections.", stats.connects)
+    metric("kit_replay_requests_total", "counter",
+           "Requests to every kit to publish again what a lost broker may have dropped.",
+           stats.replay_requests)
     return "\n".join(out) + "\n"
 
 

@@ -9,6 +9,12 @@ on an earlier epoch are dropped (``purge_before``) instead of being written twic
 
 Receive Maximum bounds the unacknowledged messages in flight to us, and so the bridge's
 memory under a reconnect storm (backpressure).
+
+Subscribed again after losing the broker, the session asks every kit to publish again
+what it sent since shortly before the loss (``protocol.replay_topic``): a restarted
+Mosquitto forgets ``$share`` subscriptions, so until a bridge is back what kits publish is
+acknowledged to them and dropped. Their copies make the gap whole; the writes are
+idempotent (same kit, same time: same point), so a reading that did arrive costs nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker_bridge.puback import check_paho, send_pubacks
 from cizo import protocol
+from cizo.clock import Clock
 from cizo.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,11 +62,12 @@ class MqttSession:
     only while it returns promptly.
     """
 
-    def __init__(self, settings: Settings, on_message: MessageHandler, *, client_id: str,
-                 shared_group: str | None, session_expiry_s: int, receive_maximum: int,
-                 reconnect_max_s: int) -> None:
+    def __init__(self, settings: Settings, on_message: MessageHandler, *, clock: Clock,
+                 client_id: str, shared_group: str | None, session_expiry_s: int,
+                 receive_maximum: int, reconnect_max_s: int) -> None:
         check_paho()  # the batched PUBACKs need it: refuse to start on a changed paho
         self.settings = settings
+        self.clock = clock
         self.client_id = client_id
         self.shared_group = shared_group
         self.session_expiry_s = session_expiry_s
@@ -72,6 +80,10 @@ class MqttSession:
         self._reconnect_attempt = 0
         self._subscribed = threading.Event()
         self._stopping = threading.Event()
+        # When the broker was lost, until the replay request is made. A starting bridge
+        # cannot know whether the broker restarted while it was not running: it asks too.
+        self._lost_at: float | None = clock.now()
+        self.replay_requests = 0  # replay requests published (both versions count as one)
         self.client = self._make_client(on_message)
 
     def _make_client(self, on_message: MessageHandler) -> mqtt.Client:
@@ -188,6 +200,19 @@ class MqttSession:
             return
         log.info("subscribed to %s", self.filters)
         self._subscribed.set()
+        if self._lost_at is not None:
+            self._ask_replay(client, self._lost_at)
+            self._lost_at = None
+
+    def _ask_replay(self, client: mqtt.Client, lost_at: float) -> None:
+        """Ask every kit, in each contract version, for what it published from the
+        margin before ``lost_at`` on (QoS 1: a kit offline now gets it when back)."""
+        since = max(protocol.EARLIEST_TS, int(lost_at - self.settings.bridge_replay_margin_s))
+        for version in protocol.VERSIONS:
+            client.publish(protocol.replay_topic(version),
+                           protocol.replay_request(since, version), qos=1)
+        self.replay_requests += 1
+        log.info("asked the kits to publish again what they sent since %d", since)
 
     def _next_reconnect_delay(self, client: mqtt.Client) -> int:
         with self._lock:
@@ -207,6 +232,8 @@ class MqttSession:
         if self._stopping.is_set():
             log.info("disconnected from broker (stopping)")
             return
+        if self._lost_at is None:  # still unanswered from an earlier loss: keep the earliest
+            self._lost_at = self.clock.now()
         delay = self._next_reconnect_delay(client)
         log.warning("disconnected from broker: %s; reconnecting in %d s", reason_code, delay)
 

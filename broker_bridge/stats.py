@@ -34,6 +34,7 @@ class BridgeStats:
     lag_s: float | None = None
     influx_up: bool = True
     connects: int = 0  # successful broker connections since start
+    replay_requests: int = 0  # kits asked to publish again what a broker may have dropped
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,23 @@ def ack_topic(kit_id: str, version: int = PROTOCOL_VERSION) -> str:
     return _topic(kit_id, CMD_ACK, version)
 
 
+def replay_topic(version: int = PROTOCOL_VERSION) -> str:
+    """The fleet-wide topic on which the bridges ask every kit to send again what it
+    published since a time (``ReplayRequest``): one topic per version, outside every
+    kit's own ``{root}/{kit_id}/...`` levels."""
+    if version == V2:
+        return f"{compact.TOPIC_ROOT}/r"
+    return f"{TOPIC_ROOT}/replay"
+
+
+def replay_version(topic: str) -> int | None:
+    """The contract version of a replay topic; None for every other topic."""
+    for version in VERSIONS:
+        if topic == replay_topic(version):
+            return version
+    return None
+
+
 def topic_filters(kind: str) -> list[str]:
     """Every kit's ``kind`` topic, one MQTT filter per version."""
     return [_topic("+", kind, version) for version in VERSIONS]
@@ -211,6 +228,30 @@ class Ack(_Strict):
     locked: bool
     credit_until: int | None
     sig: str | bytes | None = None  # optional in v1: HMAC of the ack under the kit's secret
+
+
+class ReplayRequest(_Strict):
+    """"Publish again every telemetry message you published at or after ``since``."
+
+    Sent by a bridge when it is subscribed again after losing the broker: a Mosquitto
+    restart forgets ``$share`` subscriptions, so what kits published before the bridges
+    were back was acknowledged and dropped (docs/protocol.md, "Replay"). Not signed: it
+    changes nothing on the kit, only the broker's ACL lets the bridges publish it, and a
+    kit answers one per connection from a bounded log, so a forged one costs a few bytes
+    at most."""
+
+    v: Literal[1, 2]
+    since: int = Field(ge=EARLIEST_TS)
+
+
+def parse_replay(payload: bytes, version: int = PROTOCOL_VERSION) -> ReplayRequest:
+    request: ReplayRequest = _model(ReplayRequest, _load(payload, version), version)
+    return request
+
+
+def replay_request(since: int, version: int = PROTOCOL_VERSION) -> bytes:
+    """The request's bytes for kits speaking ``version``."""
+    return encode({"v": version, "since": int(since)})
 
 
 def _loads(payload: bytes) -> Any:

@@ -196,6 +196,10 @@ class Settings(BaseSettings):
     # readings from before a kit was provisioned (minus the slack) are dead-lettered.
     bridge_kit_registry: bool = False
     bridge_kit_ts_slack_s: int = Field(default=86_400, ge=0)
+    # Subscribed again after losing the broker, a bridge asks every kit to publish again
+    # what it sent from this long before the loss (kit clock): it covers the broker's
+    # unsaved acknowledgements (autosave_interval) and the kits' clock error.
+    bridge_replay_margin_s: int = Field(default=60, ge=0)
     # MQTT v5 Receive Maximum the bridge asks for (None: 2 x influx_batch_lines, >= 1000).
     bridge_receive_maximum: int | None = Field(default=None, ge=1, le=65_535)
     bridge_metrics_host: str = "127.0.0.1"

@@ -79,6 +79,7 @@ class KitCounters:
     reconnects: int = 0
     connect_failures: int = 0
     misbehaviours: int = 0
+    replayed: int = 0  # telemetry messages published again on a bridge's request
     tokens_entered: int = 0  # keypad codes typed (activation code included)
     tokens_accepted: int = 0
     tokens_rejected: int = 0
@@ -260,6 +261,7 @@ class DrivenKit:
         self.conn.will = self._offline()
         self.conn.keepalive = self.keepalive_s
         await self.conn.connect()
+        self.firmware.link_up()
         # v2 leans on its persistent session: the broker kept the subscription (and queued
         # the commands meanwhile), so a reconnect does not re-subscribe (nor get the
         # retained command again); v1 kits always re-subscribe
@@ -284,7 +286,8 @@ class DrivenKit:
         self.conn.publish(protocol.status_topic(self.kit_id, version),
                           self.firmware.status(online=True), 1, True)
         if subscribe:
-            await self.conn.subscribe(protocol.cmd_topic(self.kit_id, version), 1,
+            await self.conn.subscribe([protocol.cmd_topic(self.kit_id, version),
+                                       protocol.replay_topic(version)], 1,
                                       timeout_s=SUBSCRIBE_TIMEOUT_S)
 
     def _offline(self) -> tuple[str, bytes, int, bool]:
@@ -323,11 +326,14 @@ class DrivenKit:
                 self.buffer.append(payload)
                 self.counters.buffered_total += 1
 
-    def _send_telemetry(self, payload: bytes) -> None:
+    def _send_telemetry(self, payload: bytes, version: int | None = None) -> None:
+        """Publish one telemetry message on the topic of ``version`` (default: the version
+        the kit speaks), logged for a later replay request."""
+        version = self.firmware.protocol if version is None else version
         try:
-            self.conn.publish(protocol.telemetry_topic(self.kit_id, self.firmware.protocol),
-                              payload, 1)
+            self.conn.publish(protocol.telemetry_topic(self.kit_id, version), payload, 1)
             self.counters.telemetry_sent += 1
+            self.firmware.published(payload, version)
         except MqttError:
             self.buffer.append(payload)
 
@@ -408,6 +414,12 @@ class DrivenKit:
     async def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         if not payload:
             return  # the broker clearing the retained command
+        replay = protocol.replay_version(topic)
+        if replay is not None:
+            for version, message in self.firmware.replay(payload, replay):
+                self._send_telemetry(message, version)
+                self.counters.replayed += 1
+            return
         speaking = self.firmware.protocol
         self._handle_command(payload, protocol.parse_topic(topic).version)
         if self.firmware.protocol != speaking:  # a "protocol" command: say so, listen there

@@ -23,6 +23,11 @@ command still applies: the server stays the authority (e.g. after a reversed pay
 The kit speaks contract v1 or v2 (``protocol``): a command is read and acked in the
 version of the topic it came on, and a ``protocol`` command moves the kit to another
 version. In v2 readings are held and sent several to a message (``report``).
+
+Every telemetry message the kit publishes is kept in a bounded log (``published``), and
+a bridge's replay request makes the kit publish again those sent since a time
+(``replay``): the end-to-end answer to a broker that acknowledged a message and then had
+no subscriber to give it to (docs/protocol.md, "Replay").
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ log = logging.getLogger(__name__)
 _MAX_SUBSTEPS = 500
 _MIN_SUBSTEP_S = 300.0
 V2_BATCH = 4  # readings per v2 message: the hour's four 15-minute readings
+# Telemetry messages kept to publish again on request: about five days of v1's 15-minute
+# readings, three weeks of v2's hourly messages (a few hundred KB of a kit's flash).
+REPLAY_LOG = 500
 
 
 class KitFirmware:
@@ -84,6 +92,10 @@ class KitFirmware:
         self.protocol = protocol_version  # the contract version the kit speaks
         self._batch: list[dict[str, Any]] = []  # v2 readings not yet sent
         self._ack_version = protocol_version  # the version of the command being handled
+        # telemetry published, oldest first: payload -> (kit time, topic version)
+        self._published: collections.OrderedDict[bytes, tuple[float, int]] = \
+            collections.OrderedDict()
+        self._replay_answered = False  # a replay request was answered on this connection
 
     # --- commands ------------------------------------------------------------------
 
@@ -274,6 +286,40 @@ class KitFirmware:
         if len(batch) >= V2_BATCH or (len(batch) > 1 and tele["locked"] != batch[-2]["locked"]):
             out.append(compact.encode_readings(batch))
             batch.clear()
+        return out
+
+    # --- replay ----------------------------------------------------------------------
+
+    def published(self, payload: bytes, version: int) -> None:
+        """A telemetry message just went out on the ``version`` topic: logged with the
+        time, so a replay request can send it again (a message sent again moves to the end
+        with its new time)."""
+        log_ = self._published
+        log_[payload] = (self.clock.now(), version)
+        log_.move_to_end(payload)
+        while len(log_) > REPLAY_LOG:
+            log_.popitem(last=False)
+
+    def link_up(self) -> None:
+        """A new broker connection: the next replay request on it is answered."""
+        self._replay_answered = False
+
+    def replay(self, payload: bytes, version: int) -> list[tuple[int, bytes]]:
+        """The telemetry messages to publish again, ``(topic version, payload)``, for a
+        replay request received on the ``version`` replay topic. One request per
+        connection is answered: every bridge asks after the same broker restart, and what
+        the kit publishes after answering reaches a subscribed bridge."""
+        try:
+            since = protocol.parse_replay(payload, version).since
+        except protocol.ContractError as exc:
+            log.warning("kit %s: ignored a malformed replay request: %s", self.kit_id, exc)
+            return []
+        if self._replay_answered:
+            return []
+        self._replay_answered = True
+        out = [(v, p) for p, (at, v) in self._published.items() if at >= since]
+        log.info("kit %s: replaying %d telemetry messages published since %d",
+                 self.kit_id, len(out), since)
         return out
 
     def reboot(self) -> None:

@@ -44,6 +44,7 @@ class FleetSummary:
     metrics_kits: int = 0  # OpenPAYGO Metrics devices (HTTP, not MQTT)
     metrics_requests: int = 0  # their posts answered
     metrics_refused: int = 0  # their posts refused or unanswered
+    replayed: int = 0  # telemetry messages published again on a bridge's replay request
     budget: MonthlyBudget | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -33,7 +33,6 @@ from firmware_sim.firmware import KitFirmware
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True, slots=True)
 class KitIdentity:
     """What a kit is provisioned with at the factory."""
@@ -190,6 +189,8 @@ class SimKit:
         # paho keeps a QoS1 message it could not send and resends it on reconnect,
         # so a link lost between the check above and here loses nothing
         self._client.publish(protocol.telemetry_topic(self.kit_id, version), payload, qos=1)
+        with self._lock:
+            self.firmware.published(payload, version)
         with self._stats_lock:
             self._telemetry_sent += 1
 
@@ -216,6 +217,7 @@ class SimKit:
         self._announce(client)
         with self._lock:
             self._connected = True
+            self.firmware.link_up()
             pending = list(self._buffer)
             self._buffer.clear()
         if pending:
@@ -231,7 +233,8 @@ class SimKit:
         version = self.firmware.protocol
         client.publish(protocol.status_topic(self.kit_id, version),
                        self.firmware.status(online=True), qos=1, retain=True)
-        client.subscribe(protocol.cmd_topic(self.kit_id, version), qos=1)
+        client.subscribe([(protocol.cmd_topic(self.kit_id, version), 1),
+                          (protocol.replay_topic(version), 1)])
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho retries with backoff; say so once per outage, not once per attempt
@@ -252,6 +255,13 @@ class SimKit:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if not msg.payload:
             return  # the broker clearing a retained command
+        replay = protocol.replay_version(msg.topic)
+        if replay is not None:
+            with self._lock:
+                again = self.firmware.replay(bytes(msg.payload), replay)
+            for version, payload in again:
+                self._publish_telemetry(version, payload)
+            return
         try:
             with self._lock:
                 speaking = self.firmware.protocol
@@ -262,7 +272,8 @@ class SimKit:
             client.publish(protocol.ack_topic(self.kit_id, ack["v"]), protocol.encode(ack),
                            qos=1)
             if switched:
-                client.unsubscribe(protocol.cmd_topic(self.kit_id, speaking))
+                client.unsubscribe([protocol.cmd_topic(self.kit_id, speaking),
+                                    protocol.replay_topic(speaking)])
                 self._set_will(client)
                 self._announce(client)
             with self._stats_lock:

@@ -11,8 +11,10 @@ and the first bridge's reconnect, a kit's reading matches no subscriber: the bro
 acknowledges it (PUBACK) and drops it. A reading queued for the group *before* the
 restart survives. MQTT 5 publishers are told ("No matching subscribers", reason 0x10),
 which is what a kit needs to keep the reading and send it again; v1 kits speak MQTT 3.1.1
-and cannot know. This test pins both facts, so that a broker upgrade that changes either
-shows up here.
+and cannot know. A test pins both facts, so that a broker upgrade that changes either
+shows up here; the next one shows what closes the gap end to end: the bridge, subscribed
+again, asks every kit to publish again what it sent since just before the loss
+(``protocol.replay_topic``), and the kit does from its log.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cizo import protocol
+from cizo.clock import ManualClock
 from firmware_sim import driven_kit
 from firmware_sim.clocks import AcceleratedClock
 from firmware_sim.driver import FleetDriver
+from firmware_sim.kit import KitIdentity, SimKit
 from firmware_sim.mqtt_async import MqttConnection, MqttError
 from firmware_sim.scenario import Scenario, build_plan
 from telemetry.influx import InfluxClient
@@ -80,6 +84,54 @@ def test_a_restarted_broker_drops_readings_until_a_shared_bridge_is_back(
                 f"SELECT seq FROM kit_telemetry WHERE kit_id = '{kit}'"))
         wait_for(lambda: 4 in seqs(), timeout_s=20, what="the reading after the restart")
         assert seqs() == [1, 2, 4]  # 3 went to no one
+
+
+def test_kits_send_again_what_a_restarted_broker_dropped_before_a_bridge_was_back(
+    fault_rig: FaultRig,
+) -> None:
+    settings = fault_rig.settings("replay", sim_telemetry_interval_s=3_600)
+    bridge = fault_rig.bridge(settings, shared_group="bridges", client_id=unique("bridge"))
+    kit_id = unique("REPLAY")
+    clock = ManualClock()  # moved 2 s per reading: one reading, one timestamp
+    kit = SimKit(KitIdentity(kit_id, None, None, protocol.new_command_secret()),
+                 settings, clock)
+
+    def reading() -> None:
+        clock.advance(2)
+        kit.publish_telemetry()
+
+    with InfluxClient.from_settings(settings) as influx:
+        def seqs() -> list[int]:
+            return sorted(int(r["seq"]) for r in influx.query(
+                f"SELECT seq FROM kit_telemetry WHERE kit_id = '{kit_id}'"))
+
+        kit.start()
+        try:
+            wait_for(lambda: kit.connected, timeout_s=10, what="the kit connected")
+            reading()  # seq 1 went out on connect
+            wait_for(lambda: seqs() == [1, 2], timeout_s=20, what="two readings stored")
+
+            fault_rig.broker.stop()
+            wait_for(lambda: not bridge.stats().connected, timeout_s=10,
+                     what="the bridge noticing the broker gone")
+            bridge.session.client.loop_stop()  # the bridge stays away until told
+            fault_rig.broker.start()
+            wait_for(lambda: kit.connected, timeout_s=20, what="the kit back (seq 3 on connect)")
+            reading()
+            # both acknowledged by the broker, and no subscriber to give them to
+            wait_for(lambda: kit.stats().telemetry_sent == 4 and kit.stats().messages_sent >= 4,
+                     timeout_s=10, what="seq 3 and 4 acknowledged")
+            assert seqs() == [1, 2]
+
+            asked = bridge.stats().replay_requests
+            bridge.session.client.loop_start()
+            wait_for(lambda: seqs() == [1, 2, 3, 4], timeout_s=30,
+                     what="the dropped readings sent again and stored")
+            assert bridge.stats().replay_requests == asked + 1
+            reading()  # and life goes on: a later reading is not held back
+            wait_for(lambda: seqs() == [1, 2, 3, 4, 5], timeout_s=20, what="seq 5")
+        finally:
+            kit.stop()
 
 
 class DeafBroker:

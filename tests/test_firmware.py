@@ -194,3 +194,73 @@ def test_physics_pv_is_zero_at_night_and_battery_stays_in_range() -> None:
     for i in range(1, 2000):
         state.step(profile, t0 + i * 300, 300, load_enabled=True)
         assert 0.0 <= state.soc <= 100.0
+
+
+# --- replay: the telemetry log a bridge's request draws on ----------------------------
+
+
+V1 = p.PROTOCOL_VERSION
+
+
+def _publish(kit: KitFirmware, clock: FrozenClock, n: int) -> list[bytes]:
+    sent = []
+    for _ in range(n):
+        clock.advance(900)
+        payload = p.encode(kit.telemetry())
+        kit.published(payload, V1)
+        sent.append(payload)
+    return sent
+
+
+def _ask(kit: KitFirmware, since: float) -> list[tuple[int, bytes]]:
+    return kit.replay(p.replay_request(int(since), V1), V1)
+
+
+def test_a_replay_request_sends_again_what_went_out_since_its_time(
+        kit: KitFirmware, clock: FrozenClock) -> None:
+    before = _publish(kit, clock, 3)
+    since = int(clock.now()) + 1
+    after = _publish(kit, clock, 2)
+    kit.link_up()
+    again = _ask(kit, since)
+    assert again == [(V1, m) for m in after]
+    assert not set(before) & {m for _v, m in again}
+
+
+def test_one_replay_request_is_answered_per_connection(
+        kit: KitFirmware, clock: FrozenClock) -> None:
+    sent = _publish(kit, clock, 2)
+    kit.link_up()
+    assert len(_ask(kit, NOW)) == 2
+    # the second bridge's request after the same broker restart: nothing more to send
+    assert _ask(kit, NOW) == []
+    kit.link_up()  # a new connection (the broker restarted again): answered again
+    assert [m for _v, m in _ask(kit, NOW)] == sent
+
+
+def test_the_replay_log_keeps_each_message_once_with_its_topic_version_and_is_bounded(
+        kit: KitFirmware, clock: FrozenClock) -> None:
+    from firmware_sim.firmware import REPLAY_LOG
+
+    first = _publish(kit, clock, 1)[0]
+    clock.advance(60)
+    kit.published(first, V1)  # sent again: once in the log, at its new time
+    v2 = b"\xa1\x61v\x02"
+    kit.published(v2, p.V2)
+    kit.link_up()
+    assert _ask(kit, int(clock.now())) == [
+        (V1, first), (p.V2, v2)]
+    _publish(kit, clock, REPLAY_LOG + 5)
+    kit.link_up()
+    assert len(_ask(kit, NOW)) == REPLAY_LOG
+
+
+@pytest.mark.parametrize("payload", [b"", b"{}", b'{"v":1,"since":"yesterday"}',
+                                     b'{"v":2,"since":1800000000}', b'{"v":1,"since":5}',
+                                     b"\xff"])
+def test_a_malformed_replay_request_sends_nothing_and_is_not_counted(
+        kit: KitFirmware, clock: FrozenClock, payload: bytes) -> None:
+    _publish(kit, clock, 2)
+    kit.link_up()
+    assert kit.replay(payload, V1) == []
+    assert len(_ask(kit, NOW)) == 2  # still answered

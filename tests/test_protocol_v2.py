@@ -206,3 +206,17 @@ def _wrapped(text: str) -> str:
 @pytest.mark.parametrize("name", list(doc_example()))
 def test_the_doc_shows_the_bytes_the_code_makes(name: str) -> None:
     assert _wrapped(doc_example()[name]) in _wrapped(DOC.read_text()), name
+
+
+@pytest.mark.parametrize("version", protocol.VERSIONS)
+def test_a_replay_request_round_trips_on_its_own_topic_in_each_version(version: int) -> None:
+    topic = protocol.replay_topic(version)
+    assert protocol.replay_version(topic) == version
+    assert protocol.replay_version(protocol.cmd_topic("KIT1", version)) is None
+    with pytest.raises(protocol.ContractError):  # outside every kit's own topics
+        protocol.parse_topic(topic)
+    payload = protocol.replay_request(1_800_000_000, version)
+    assert protocol.parse_replay(payload, version).since == 1_800_000_000
+    other = protocol.VERSIONS[1 - protocol.VERSIONS.index(version)]
+    with pytest.raises(protocol.ContractError):
+        protocol.parse_replay(payload, other)

@@ -94,6 +94,7 @@ def kit_acls(kit_id: str) -> list[dict[str, Any]]:
         _acl("publishClientSend", protocol.status_topic(kit_id, v)),
         _acl("publishClientSend", protocol.ack_topic(kit_id, v)),
         *_reads(protocol.cmd_topic(kit_id, v)),
+        *_reads(protocol.replay_topic(v)),
     )]
 
 
@@ -107,8 +108,10 @@ def _reads_all(kind: str) -> list[dict[str, Any]]:
 
 # every kit's topics, under both contract versions (protocol.topic_filters)
 SERVICE_ACLS: dict[str, list[dict[str, Any]]] = {
-    # the telemetry bridge ingests readings and presence
-    BRIDGE_USER: [*_reads_all(protocol.TELEMETRY), *_reads_all(protocol.STATUS)],
+    # the telemetry bridge ingests readings and presence, and asks kits for a replay
+    BRIDGE_USER: [*_reads_all(protocol.TELEMETRY), *_reads_all(protocol.STATUS),
+                  *(_acl("publishClientSend", protocol.replay_topic(v))
+                    for v in protocol.VERSIONS)],
     # the control service publishes signed retained commands, reads acks, presence, telemetry
     CONTROL_USER: [*_sends(protocol.CMD), *_reads_all(protocol.CMD_ACK),
                    *_reads_all(protocol.STATUS), *_reads_all(protocol.TELEMETRY)],

@@ -65,6 +65,9 @@ HEAL_STEPS = 4  # at the end, at most this many re-send delays pass for the kits
 # (Mosquitto's ``autosave_interval 1``, plus the time a save takes under load)
 BROKER_UNSAVED_S = 2.0
 SUBSCRIBE_MARGIN_S = 0.5  # from a bridge's CONNACK to its SUBACK, on a loaded machine
+# Real seconds before a bridge saw the broker go that its replay request reaches back:
+# Mosquitto's unsaved acknowledgements (BROKER_UNSAVED_S) and the time to notice the loss.
+REPLAY_MARGIN_REAL_S = 5.0
 KINDS = ("mosquitto", "influxd", "postgres", "control", "bridge", "paygate", "momo")
 # the simulators' fault modes: slow, failing and hanging status calls, duplicated and
 # late (out-of-order) callbacks, PayGate's drifting formats
@@ -234,6 +237,8 @@ class ChaosRun:
             "CIZO_NOTIFY_FILE": str(self.notify_file),
             "CIZO_SWEEP_INTERVAL_S": "0.5", "CIZO_COMMAND_RESEND_AFTER_S": str(RESEND_AFTER_S),
             "CIZO_PAYMENT_POLL_INTERVAL_S": "1",
+            # the bridges' replay request reaches back this far on the accelerated clock
+            "CIZO_BRIDGE_REPLAY_MARGIN_S": str(int(self.scenario.speed * REPLAY_MARGIN_REAL_S)),
         }
 
     def _secret_key(self) -> str:
@@ -406,9 +411,9 @@ def track_sends(kit: DrivenKit, times: dict[int, float]) -> None:
     the readings the checks expect, and when they went out."""
     send = kit._send_telemetry
 
-    def tracked(payload: bytes) -> None:
+    def tracked(payload: bytes, version: int | None = None) -> None:
         before = kit.counters.telemetry_sent
-        send(payload)
+        send(payload, version)
         if kit.counters.telemetry_sent > before:
             now = time.monotonic()
             for ts in reading_times(payload):
@@ -551,7 +556,7 @@ def run_month(cfg: ChaosConfig, workdir: Path, say: Callable[[str], None] = prin
                 # a reading still in a kit's buffer was never sent, one in flight is
                 # counted as sent: either way the comparison below stays exact
                 got = readings_now()
-                return bool(got["readings_lost_other"] == 0 and got["readings_doubled"] == 0)
+                return bool(got["readings_lost"] == 0 and got["readings_doubled"] == 0)
 
             stored_ok = await _until("every reading stored", readings_in, cfg.settle_s, say)
             settle_s = time.monotonic() - t1
@@ -574,7 +579,8 @@ def run_month(cfg: ChaosConfig, workdir: Path, say: Callable[[str], None] = prin
                        "payments_made": summary.payments_made,
                        "payments_failed": summary.payments_failed,
                        "commands_applied": summary.commands_applied,
-                       "link_drops": summary.link_drops, "reconnects": summary.reconnects}
+                       "link_drops": summary.link_drops, "reconnects": summary.reconnects,
+                       "telemetry_replayed": summary.replayed}
             await driver.stop()
             return result
 
