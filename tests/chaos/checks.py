@@ -133,7 +133,8 @@ def readings(sent: dict[str, dict[int, float]], stored: dict[str, set[int]],
     its kill, while its last acknowledgements may be unsaved, until a bridge subscribed
     again) is counted apart (``readings_lost_broker_restart``): Mosquitto 2.0 does not
     restore ``$share`` subscriptions from its persistence, so until a bridge subscribes
-    again a kit's reading is acknowledged and dropped (docs/chaos.md, open fault)."""
+    again a kit's reading is acknowledged and dropped unless the kits send it again on the
+    bridges' replay request (docs/chaos.md): counted apart to tell what a failure was."""
     lost = doubled = at_restart = 0
     worst: list[str] = []
     for kit_id, times in sent.items():
