@@ -237,8 +237,7 @@ class ReplayRequest(_Strict):
     restart forgets ``$share`` subscriptions, so what kits published before the bridges
     were back was acknowledged and dropped (docs/protocol.md, "Replay"). Not signed: it
     changes nothing on the kit, only the broker's ACL lets the bridges publish it, and a
-    kit answers one per connection from a bounded log, so a forged one costs a few bytes
-    at most."""
+    kit answers from a bounded log, so a forged one costs a few messages at most."""
 
     v: Literal[1, 2]
     since: int = Field(ge=EARLIEST_TS)

@@ -261,7 +261,6 @@ class DrivenKit:
         self.conn.will = self._offline()
         self.conn.keepalive = self.keepalive_s
         await self.conn.connect()
-        self.firmware.link_up()
         # v2 leans on its persistent session: the broker kept the subscription (and queued
         # the commands meanwhile), so a reconnect does not re-subscribe (nor get the
         # retained command again); v1 kits always re-subscribe

@@ -217,7 +217,6 @@ class SimKit:
         self._announce(client)
         with self._lock:
             self._connected = True
-            self.firmware.link_up()
             pending = list(self._buffer)
             self._buffer.clear()
         if pending:

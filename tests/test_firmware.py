@@ -221,20 +221,17 @@ def test_a_replay_request_sends_again_what_went_out_since_its_time(
     before = _publish(kit, clock, 3)
     since = int(clock.now()) + 1
     after = _publish(kit, clock, 2)
-    kit.link_up()
     again = _ask(kit, since)
     assert again == [(V1, m) for m in after]
     assert not set(before) & {m for _v, m in again}
 
 
-def test_one_replay_request_is_answered_per_connection(
+def test_every_replay_request_is_answered_the_second_bridges_too(
         kit: KitFirmware, clock: FrozenClock) -> None:
     sent = _publish(kit, clock, 2)
-    kit.link_up()
-    assert len(_ask(kit, NOW)) == 2
-    # the second bridge's request after the same broker restart: nothing more to send
-    assert _ask(kit, NOW) == []
-    kit.link_up()  # a new connection (the broker restarted again): answered again
+    # the first may be an old request queued while the kit was away, answered before any
+    # bridge is back (and so dropped): the one sent once a bridge is back must work too
+    assert [m for _v, m in _ask(kit, NOW)] == sent
     assert [m for _v, m in _ask(kit, NOW)] == sent
 
 
@@ -247,20 +244,17 @@ def test_the_replay_log_keeps_each_message_once_with_its_topic_version_and_is_bo
     kit.published(first, V1)  # sent again: once in the log, at its new time
     v2 = b"\xa1\x61v\x02"
     kit.published(v2, p.V2)
-    kit.link_up()
     assert _ask(kit, int(clock.now())) == [
         (V1, first), (p.V2, v2)]
     _publish(kit, clock, REPLAY_LOG + 5)
-    kit.link_up()
     assert len(_ask(kit, NOW)) == REPLAY_LOG
 
 
 @pytest.mark.parametrize("payload", [b"", b"{}", b'{"v":1,"since":"yesterday"}',
                                      b'{"v":2,"since":1800000000}', b'{"v":1,"since":5}',
                                      b"\xff"])
-def test_a_malformed_replay_request_sends_nothing_and_is_not_counted(
+def test_a_malformed_replay_request_sends_nothing(
         kit: KitFirmware, clock: FrozenClock, payload: bytes) -> None:
     _publish(kit, clock, 2)
-    kit.link_up()
     assert kit.replay(payload, V1) == []
-    assert len(_ask(kit, NOW)) == 2  # still answered
+    assert len(_ask(kit, NOW)) == 2  # and a good one still works
