@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import random
 import uuid
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from firmware_sim.firmware import KitFirmware
 from firmware_sim.fleet_summary import summary_text
 from firmware_sim.keypad import token_in_text
 from firmware_sim.scenario import (
+    DAY,
+    FADE_STOP_DAYS,
     KeypadSpec,
     NetworkSpec,
     PlanSpec,
@@ -33,6 +36,7 @@ from firmware_sim.scenario import (
     Scenario,
     build_plan,
     load_scenario,
+    payment_schedule,
 )
 from firmware_sim.wire import OPENPAYGO_METRICS_KB, monthly_budget, pings_per_month
 from payment_sim.paygate_wire import PAID
@@ -106,6 +110,61 @@ def test_keypad_kits_come_from_their_own_stream() -> None:
     picked_ten = {k.kit_id for k in ten.kits if k.keypad}
     picked_half = {k.kit_id for k in half.kits if k.keypad}
     assert 5 <= len(picked_ten) <= 40 and picked_ten < picked_half
+
+
+def fading(seed: int, days: float = 120) -> list[tuple[float, int]]:
+    """One "fades" customer's payments as (day, days bought), from a sale at 0."""
+    plan = PlanSpec()
+    out = payment_schedule("fades", plan, 0.0, days * DAY, random.Random(seed))
+    return [(p.at / DAY, p.amount_fcfa // plan.daily_rate_fcfa) for p in out]
+
+
+def test_a_fading_customer_is_seeded_and_each_seed_its_own() -> None:
+    assert fading(5) == fading(5)
+    assert len({tuple(fading(s)) for s in range(20)}) == 20
+    # the fixed point of one seed: a week at a time, then shorter top-ups paid later
+    assert [(round(d, 1), n) for d, n in fading(0)] == [
+        (0.7, 7), (7.7, 7), (14.7, 7), (21.7, 7), (28.7, 7), (35.7, 7), (42.7, 7),
+        (49.7, 5), (57.7, 4), (64.7, 3)]
+
+
+def test_a_fading_customer_pays_less_and_later_then_stops() -> None:
+    """Weekly and on time at first; once strained, the k-th top-up buys 5-k to 7-k days
+    (at least 1) and the next payment comes k to k+2 days after it ran out; nothing is paid
+    from a day in [35, 80), and the strain lasts 14 to 35 days before that."""
+    first_strained = []
+    for seed in range(300):
+        pays = fading(seed)
+        days = [d for d, _ in pays]
+        assert days[0] < 1 and days[-1] < FADE_STOP_DAYS[1]
+        k = 0
+        for i, (day, bought) in enumerate(pays):
+            if k == 0 and bought == 7 and (i + 1 == len(pays) or abs(days[i + 1] - day - 7) < 1e-6):
+                continue  # still a week at a time, on time
+            k += 1
+            if k == 1:
+                first_strained.append(day)
+            assert max(1, 5 - k) <= bought <= max(1, 7 - k)
+            if i + 1 < len(pays):
+                late = days[i + 1] - day - bought
+                assert k - 1e-9 <= late <= k + 2 + 1e-9
+        assert k >= 1, f"seed {seed}: never strained"
+        # the payment that did not come was due on or after the earliest stop day
+        assert days[-1] + pays[-1][1] + k + 2 >= FADE_STOP_DAYS[0]
+    # the first strained top-up comes anywhere from the second week to about day 65
+    assert min(first_strained) < 14 and max(first_strained) > 50
+
+
+def test_fades_is_offered_but_not_in_the_default_mix() -> None:
+    """A scenario may ask for it; the default mix (and so every seeded fleet built on it) is
+    unchanged."""
+    assert "fades" not in Scenario().payments
+    sc = Scenario(kits=60, days=90, payments={"weekly": 1.0, "fades": 1.0})
+    plan = build_plan(sc, 4)
+    faders = [k for k in plan.kits if k.behaviour == "fades"]
+    assert 15 <= len(faders) <= 45
+    for k in faders:
+        assert k.payments and k.payments[-1].at < sc.start_ts + FADE_STOP_DAYS[1] * DAY
 
 
 def test_the_code_is_read_from_each_kind_of_sms() -> None:
