@@ -9,6 +9,7 @@ import dataclasses
 import json
 import random
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import openpaygo
@@ -122,37 +123,45 @@ def fading(seed: int, days: float = 120) -> list[tuple[float, int]]:
 def test_a_fading_customer_is_seeded_and_each_seed_its_own() -> None:
     assert fading(5) == fading(5)
     assert len({tuple(fading(s)) for s in range(20)}) == 20
-    # the fixed point of one seed: a week at a time, then shorter top-ups paid later
+    # fixed points: a weekly payer whose strain began at once (top-ups of 5, 4, 3, 3 days,
+    # paid 2, 3, 5 days after the last ran out), and a daily payer strained from day 24
     assert [(round(d, 1), n) for d, n in fading(0)] == [
-        (0.7, 7), (7.7, 7), (14.7, 7), (21.7, 7), (28.7, 7), (35.7, 7), (42.7, 7),
-        (49.7, 5), (57.7, 4), (64.7, 3)]
+        (0.7, 7), (7.7, 5), (14.7, 4), (21.7, 3), (29.7, 3)]
+    assert [(round(d, 1), n) for d, n in fading(1)] == [
+        *((d + 0.4, 1) for d in range(24)), (26.4, 1), (30.4, 1), (34.4, 1), (39.4, 1),
+        (46.4, 1)]
 
 
 def test_a_fading_customer_pays_less_and_later_then_stops() -> None:
-    """Weekly and on time at first; once strained, the k-th top-up buys 5-k to 7-k days
-    (at least 1) and the next payment comes k to k+2 days after it ran out; nothing is paid
-    from a day in [35, 80), and the strain lasts 14 to 35 days before that."""
+    """A day or a week at a time and on time at first; once strained, the k-th top-up buys
+    habit-2-k to habit-k days (at least 1) and the next payment comes k to k+2 days after it
+    ran out; nothing is paid from a day in [35, 80)."""
     first_strained = []
+    habits = Counter()
     for seed in range(300):
         pays = fading(seed)
         days = [d for d, _ in pays]
+        habit = pays[0][1]
+        habits[habit] += 1
         assert days[0] < 1 and days[-1] < FADE_STOP_DAYS[1]
         k = 0
         for i, (day, bought) in enumerate(pays):
-            if k == 0 and bought == 7 and (i + 1 == len(pays) or abs(days[i + 1] - day - 7) < 1e-6):
-                continue  # still a week at a time, on time
+            on_time = i + 1 == len(pays) or abs(days[i + 1] - day - bought) < 1e-6
+            if k == 0 and bought == habit and on_time:
+                continue  # still paying its habit, on time
             k += 1
             if k == 1:
                 first_strained.append(day)
-            assert max(1, 5 - k) <= bought <= max(1, 7 - k)
+            assert max(1, habit - 2 - k) <= bought <= max(1, habit - k)
             if i + 1 < len(pays):
                 late = days[i + 1] - day - bought
                 assert k - 1e-9 <= late <= k + 2 + 1e-9
         assert k >= 1, f"seed {seed}: never strained"
         # the payment that did not come was due on or after the earliest stop day
         assert days[-1] + pays[-1][1] + k + 2 >= FADE_STOP_DAYS[0]
-    # the first strained top-up comes anywhere from the second week to about day 65
-    assert min(first_strained) < 14 and max(first_strained) > 50
+    assert set(habits) == {1, 7} and min(habits.values()) > 100
+    # the first strained top-up comes anywhere from the first days to about day 65
+    assert min(first_strained) < 7 and max(first_strained) > 50
 
 
 def test_fades_is_offered_but_not_in_the_default_mix() -> None:
