@@ -137,7 +137,7 @@ def test_a_fading_customer_pays_less_and_later_then_stops() -> None:
     habit-2-k to habit-k days (at least 1) and the next payment comes k to k+2 days after it
     ran out; nothing is paid from a day in [35, 80)."""
     first_strained = []
-    habits = Counter()
+    habits: Counter[int] = Counter()
     for seed in range(300):
         pays = fading(seed)
         days = [d for d, _ in pays]
