@@ -26,8 +26,14 @@ from firmware_sim.physics import HOUSEHOLDS, KIT_SIZES, Household
 DAY = 86_400
 HOUR = 3_600
 
-PaymentBehaviour = Literal["daily", "weekly", "late", "stops", "early", "never"]
-BEHAVIOURS: tuple[PaymentBehaviour, ...] = ("daily", "weekly", "late", "stops", "early", "never")
+PaymentBehaviour = Literal["daily", "weekly", "late", "stops", "early", "never", "fades"]
+BEHAVIOURS: tuple[PaymentBehaviour, ...] = ("daily", "weekly", "late", "stops", "early", "never",
+                                            "fades")
+# "fades": a household under growing strain (docs/simulation.md). It stops paying at a day
+# drawn in FADE_STOP_DAYS; FADE_LENGTH_DAYS before that it starts topping up fewer days at a
+# time (a weekly payer) and paying later after each top-up has run out.
+FADE_STOP_DAYS = (35.0, 80.0)
+FADE_LENGTH_DAYS = (14.0, 35.0)
 Misbehaviour = Literal["malformed", "wrong_kit_id", "replay", "tamper", "stuck_sensor",
                        "never_ack"]
 MISBEHAVIOURS: tuple[Misbehaviour, ...] = ("malformed", "wrong_kit_id", "replay", "tamper",
@@ -258,6 +264,20 @@ def payment_schedule(behaviour: PaymentBehaviour, plan: PlanSpec, start: float, 
         while at(day) < end and day < stop_day:
             out.append(Payment(at(day), 7 * rate))
             day += 7 + (rng.randint(1, 3) if behaviour == "late" else 0)
+    elif behaviour == "fades":
+        habit = rng.choice((1, 7))  # paid a day or a week at a time, like "daily"/"weekly"
+        stop_day = rng.uniform(*FADE_STOP_DAYS)
+        fade_day = stop_day - rng.uniform(*FADE_LENGTH_DAYS)
+        day, strained = 0.0, 0  # strained: top-ups made since the strain began
+        while at(day) < end and day < stop_day:
+            if day < fade_day:
+                bought = habit  # on the day the last top-up runs out
+            else:
+                strained += 1  # the k-th top-up buys habit-2-k to habit-k days (>= 1)...
+                bought = max(1, habit - strained - rng.randint(0, 2))
+            out.append(Payment(at(day), bought * rate))
+            # ...and the next one comes k to k+2 days after it has run out
+            day += bought + (strained + rng.randint(0, 2) if strained else 0)
     elif behaviour == "early":
         out.append(Payment(at(0), 7 * rate))
         payoff_day = rng.uniform(3, 10)

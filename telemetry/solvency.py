@@ -7,7 +7,7 @@ credit they bought) as much as the kit's; docs/analytics.md gives the formula an
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +20,7 @@ W_ON_TIME = 0.5
 W_UNLOCKED = 0.3
 W_USAGE = 0.2
 NEUTRAL = 0.5  # an input with no evidence yet (new account, no telemetry)
+WINDOW_DAYS = 90  # the score looks back this far, or to the sale
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,25 @@ class SolvencyInputs:
     locked_days: int  # days in the window without credit (output locked)
     used_days: int | None  # credited days with at least USED_DAY_WH of load (None: no data)
     credited_days: int
+
+
+def window_start(created_at: float, now: float) -> float:
+    """Where an account's score window starts: WINDOW_DAYS back, or at the sale."""
+    return max(created_at, now - WINDOW_DAYS * DAY_S)
+
+
+def ledger_payments(
+    entries: Iterable[tuple[float, str, float | None, float | None]],
+) -> list[tuple[float, float | None, float | None]]:
+    """An account's ledger entries ``(created_at, kind, credit_until_before,
+    credit_until_after)``, in ledger order, as ``solvency_inputs`` reads them.
+
+    The deposit is not a payment (``before`` None). Any other entry with no credit before
+    it (the account's first top-up) counts as made after the credit ran out (``before`` 0).
+    """
+    return [(at, None if kind == "deposit" else float(before or 0.0),
+             None if after is None else float(after))
+            for at, kind, before, after in entries]
 
 
 def solvency_inputs(

@@ -87,3 +87,19 @@ def test_solvency_score_formula_and_inputs() -> None:
     assert late.on_time_share == 0.0 and late.locked_days == 30 + 40 and late.used_days is None
     expected = 100 * (0.5 * 0 + 0.3 * (1 - 70 / 90) + 0.2 * 0.5)
     assert solvency.solvency_score(late) == pytest.approx(round(expected, 1))
+
+
+def test_solvency_reads_the_ledger_as_the_nightly_job_does() -> None:
+    """The deposit (no credit bought) is not a payment; the first top-up has no credit
+    before it and counts as late; the window is 90 days or since the sale."""
+    entries = [(0.0, "deposit", None, None), (3600.0, "payment", None, 7 * DAY + 3600),
+               (7 * DAY, "payment", 7 * DAY + 3600, 14 * DAY + 3600)]
+    assert solvency.ledger_payments(entries) == [
+        (0.0, None, None), (3600.0, 0.0, 7 * DAY + 3600.0),
+        (7 * DAY, 7 * DAY + 3600.0, 14 * DAY + 3600.0)]
+    x = solvency.solvency_inputs(payments=solvency.ledger_payments(entries),
+                                 window_start=solvency.window_start(0.0, 10 * DAY),
+                                 now=10 * DAY)
+    assert (x.payments, x.on_time_share, x.window_days, x.locked_days) == (2, 0.5, 10, 0)
+    assert solvency.window_start(0.0, 200 * DAY) == 110 * DAY
+    assert solvency.window_start(150 * DAY, 200 * DAY) == 150 * DAY

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import random
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import openpaygo
@@ -26,6 +28,8 @@ from firmware_sim.firmware import KitFirmware
 from firmware_sim.fleet_summary import summary_text
 from firmware_sim.keypad import token_in_text
 from firmware_sim.scenario import (
+    DAY,
+    FADE_STOP_DAYS,
     KeypadSpec,
     NetworkSpec,
     PlanSpec,
@@ -33,6 +37,7 @@ from firmware_sim.scenario import (
     Scenario,
     build_plan,
     load_scenario,
+    payment_schedule,
 )
 from firmware_sim.wire import OPENPAYGO_METRICS_KB, monthly_budget, pings_per_month
 from payment_sim.paygate_wire import PAID
@@ -106,6 +111,69 @@ def test_keypad_kits_come_from_their_own_stream() -> None:
     picked_ten = {k.kit_id for k in ten.kits if k.keypad}
     picked_half = {k.kit_id for k in half.kits if k.keypad}
     assert 5 <= len(picked_ten) <= 40 and picked_ten < picked_half
+
+
+def fading(seed: int, days: float = 120) -> list[tuple[float, int]]:
+    """One "fades" customer's payments as (day, days bought), from a sale at 0."""
+    plan = PlanSpec()
+    out = payment_schedule("fades", plan, 0.0, days * DAY, random.Random(seed))
+    return [(p.at / DAY, p.amount_fcfa // plan.daily_rate_fcfa) for p in out]
+
+
+def test_a_fading_customer_is_seeded_and_each_seed_its_own() -> None:
+    assert fading(5) == fading(5)
+    assert len({tuple(fading(s)) for s in range(20)}) == 20
+    # fixed points: a weekly payer whose strain began at once (top-ups of 5, 4, 3, 3 days,
+    # paid 2, 3, 5 days after the last ran out), and a daily payer strained from day 24
+    assert [(round(d, 1), n) for d, n in fading(0)] == [
+        (0.7, 7), (7.7, 5), (14.7, 4), (21.7, 3), (29.7, 3)]
+    assert [(round(d, 1), n) for d, n in fading(1)] == [
+        *((d + 0.4, 1) for d in range(24)), (26.4, 1), (30.4, 1), (34.4, 1), (39.4, 1),
+        (46.4, 1)]
+
+
+def test_a_fading_customer_pays_less_and_later_then_stops() -> None:
+    """A day or a week at a time and on time at first; once strained, the k-th top-up buys
+    habit-2-k to habit-k days (at least 1) and the next payment comes k to k+2 days after it
+    ran out; nothing is paid from a day in [35, 80)."""
+    first_strained = []
+    habits: Counter[int] = Counter()
+    for seed in range(300):
+        pays = fading(seed)
+        days = [d for d, _ in pays]
+        habit = pays[0][1]
+        habits[habit] += 1
+        assert days[0] < 1 and days[-1] < FADE_STOP_DAYS[1]
+        k = 0
+        for i, (day, bought) in enumerate(pays):
+            on_time = i + 1 == len(pays) or abs(days[i + 1] - day - bought) < 1e-6
+            if k == 0 and bought == habit and on_time:
+                continue  # still paying its habit, on time
+            k += 1
+            if k == 1:
+                first_strained.append(day)
+            assert max(1, habit - 2 - k) <= bought <= max(1, habit - k)
+            if i + 1 < len(pays):
+                late = days[i + 1] - day - bought
+                assert k - 1e-9 <= late <= k + 2 + 1e-9
+        assert k >= 1, f"seed {seed}: never strained"
+        # the payment that did not come was due on or after the earliest stop day
+        assert days[-1] + pays[-1][1] + k + 2 >= FADE_STOP_DAYS[0]
+    assert set(habits) == {1, 7} and min(habits.values()) > 100
+    # the first strained top-up comes anywhere from the first days to about day 65
+    assert min(first_strained) < 7 and max(first_strained) > 50
+
+
+def test_fades_is_offered_but_not_in_the_default_mix() -> None:
+    """A scenario may ask for it; the default mix (and so every seeded fleet built on it) is
+    unchanged."""
+    assert "fades" not in Scenario().payments
+    sc = Scenario(kits=60, days=90, payments={"weekly": 1.0, "fades": 1.0})
+    plan = build_plan(sc, 4)
+    faders = [k for k in plan.kits if k.behaviour == "fades"]
+    assert 15 <= len(faders) <= 45
+    for k in faders:
+        assert k.payments and k.payments[-1].at < sc.start_ts + FADE_STOP_DAYS[1] * DAY
 
 
 def test_the_code_is_read_from_each_kind_of_sms() -> None:

@@ -44,7 +44,6 @@ REGIONS = ("Maritime", "Plateaux", "Centrale", "Kara", "Savanes")
 ALERT_STATES = ("open", "acknowledged", "closed")
 ALERT_KINDS = ("power_while_locked", "capacity_fading", "pv_below_neighbours", "silent")
 ANALYTICS_WINDOW_DAYS = 30
-SOLVENCY_WINDOW_DAYS = 90
 MIN_NEIGHBOURS = 4
 HOUR = analytics.HOUR_S
 READ_POINTS_PER_QUERY = 400_000  # hourly points per InfluxQL query: bounds the JSON in memory
@@ -228,15 +227,14 @@ def _solvency(db: Database, kits: list[KitRow], w: analytics.Window, now: float
         i = index.get(kit_id)
         if i is None:
             return  # a decommissioned kit
-        payments = [(at, None if kind == "deposit" else float(before or 0.0),
-                     None if after is None else float(after))
-                    for _, at, kind, before, after in entries]
+        payments = solvency.ledger_payments(
+            (at, kind, before, after) for _, at, kind, before, after in entries)
         daily_load = None
         if w.reported[i]:
             daily_load = [(float(day0 + d * DAY), float(v))
                           for d, v in enumerate(w.daily_load_wh[i]) if np.isfinite(v)]
         inputs = solvency.solvency_inputs(
-            payments=payments, window_start=max(created, now - SOLVENCY_WINDOW_DAYS * DAY),
+            payments=payments, window_start=solvency.window_start(created, now),
             now=now, daily_load_wh=daily_load)
         out[kit_id] = (solvency.solvency_score(inputs), asdict(inputs))
 
