@@ -37,10 +37,7 @@ function route() {
   return m ? loadKit(decodeURIComponent(m[1])) : loadFleet();
 }
 
-async function loadMe() {
-  me = await api("/v1/dashboard/me");
-  $("who").textContent = `${me.name} (${me.role}${me.desco_id ? ", " + me.desco_id : ""})`;
-}
+async function loadMe() { me = await whoAmI(); }
 
 function fillSelect(sel, values) {
   const current = sel.value;

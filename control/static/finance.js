@@ -16,10 +16,7 @@ function statusText(s) {
            failed: t("failed") }[s] || s;
 }
 
-async function loadMe() {
-  me = await api("/v1/dashboard/me");
-  $("who").textContent = `${me.name} (${me.role}${me.desco_id ? ", " + me.desco_id : ""})`;
-}
+async function loadMe() { me = await whoAmI(); }
 
 function button(label, onClick) {
   const b = document.createElement("button");
