@@ -217,6 +217,12 @@ def test_kit_list_in_french_finds_a_kit_by_phone_and_exports_the_kits(
     page.click("#filters button[type=submit]")
     page.wait_for_function("document.querySelectorAll('#kits tr').length === 1", timeout=15000)
     assert page.inner_text("#kits tr td:first-child") == KITS[2]
+    page.click(f"#kits a:text-is('{KITS[2]}')")  # its page on the dashboard
+    page.wait_for_function(f"window.cizoKit && window.cizoKit.kit.kit_id === '{KITS[2]}'",
+                           timeout=15000)
+    assert page.inner_text("#k-title") == f"Kit {KITS[2]}"
+    page.go_back()
+    page.wait_for_function("document.querySelectorAll('#kits tr').length", timeout=15000)
     page.fill("#q", "")
     page.click("#filters button[type=submit]")
     page.wait_for_function(f"document.querySelectorAll('#kits tr').length === {len(KITS)}",
