@@ -1,11 +1,11 @@
 """The regulator's page in a real headless Chromium (Debian's), driven by Playwright: the
 map of Togo's five regions drawn from the boundary file, the figures of the published
-open data on it, each DESCO's repayment health, in French by default."""
+open data on it, each DESCO's repayment health, in French by default (the user guide's
+picture of the page)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +22,7 @@ from control.runtime import Runtime
 from control.security.api_keys import create_api_key, ensure_admin_key
 from telemetry import opendata
 from tests.api_support import ADMIN_KEY, PLAN, RecordingPublisher, serve_in_thread
-from tests.test_browser_dashboard import CHROMIUM_ARGS, SHOTS
+from tests.browser_support import CHROMIUM_ARGS, french_page, guide_shot
 
 SIZES = {"Maritime": 40, "Plateaux": 25, "Centrale": 18, "Kara": 15, "Savanes": 4}
 
@@ -64,11 +64,7 @@ def test_the_national_page_draws_the_regions_with_the_open_data_in_french(
     site: dict[str, Any]
 ) -> None:
     # a browser in Togo asks for French (Playwright's own default is en-US)
-    ctx = site["browser"].new_context(viewport={"width": 1280, "height": 1400},
-                                      locale="fr-TG")
-    ctx.add_init_script(f"localStorage.setItem('cizo_api_key', {site['key']!r});")
-    page = ctx.new_page()
-    page.goto(f"{site['url']}/regulator")
+    page = french_page(site["browser"], f"{site['url']}/regulator", site["key"])
     page.wait_for_function("window.cizoReady && window.cizoMap", timeout=15000)
     assert page.locator("#map path").count() == 5
     assert sorted(page.eval_on_selector_all("#map path", "ps => ps.map(p => p.dataset.region)")
@@ -90,11 +86,9 @@ def test_the_national_page_draws_the_regions_with_the_open_data_in_french(
     trend = page.evaluate("window.cizoCharts['c-trend-kits']")
     assert trend["labels"] == ["2026-02", "2026-03"]
     assert trend["series"][0]["values"] == [m["kits_active"] for m in api["open_data"]["trend"]]
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "regulator.png"), full_page=True)
+    assert guide_shot(page, "vue-nationale.png").stat().st_size > 0
     page.select_option("#lang", "en")
     page.wait_for_function("document.querySelector('h1').textContent === 'CIZO national view'",
                            timeout=15000)
     assert page.locator("#map path").count() == 5
-    ctx.close()
-    assert Path(SHOTS / "regulator.png").stat().st_size > 0
+    page.context.close()

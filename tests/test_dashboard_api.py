@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 
+from control.api.dashboard import PAGE_ACTIONS
 from control.fleet import summary
 from control.ledger.models import Account, Alert, Kit, KitMetrics, LedgerEntry
 from control.runtime import Runtime
 from control.security.api_keys import create_api_key
 from telemetry import opendata
 from tests.api_support import DAY, Keys, TestClient, provision
+from tests.security_support import endpoints
 
 
 def _setup(client: TestClient, rt: Runtime, keys: Keys) -> float:
@@ -107,6 +109,28 @@ def test_alert_lifecycle_is_audited_and_kit_page_lists_it(client: TestClient, rt
     assert me["can_unlock"] is True
     assert client.get("/v1/dashboard/me",
                       headers=Keys.auth(keys.operator)).json()["can_unlock"] is False
+
+
+def test_me_says_what_the_pages_may_offer_as_each_endpoint_admits(
+    client: TestClient, rt: Runtime, keys: Keys
+) -> None:
+    roles = {e.key: e.roles for e in endpoints(client.app)}  # type: ignore[arg-type]
+    by_role = {"admin": keys.admin, "operator": keys.operator, "support": keys.support,
+               "finance": keys.finance,
+               "regulator": create_api_key(rt, name="arse", role="regulator")[1]}
+    may = {role: client.get("/v1/dashboard/me", headers=Keys.auth(key)).json()["may"]
+           for role, key in by_role.items()}
+    for role, offered in may.items():
+        assert set(offered) == set(PAGE_ACTIONS)
+        for name, (method, path) in PAGE_ACTIONS.items():
+            assert offered[name] == (role in (roles[f"{method} {path}"] or ())), (role, name)
+    assert may["support"]["unlock"] and may["support"]["propose"] and not may["support"]["decide"]
+    assert may["finance"]["decide"] and may["finance"]["export_payments"]
+    assert may["operator"]["export_kits"] and not may["operator"]["export_payments"]
+    assert not any(may["regulator"].values())
+    # the page shows Approve and Reject together: the same keys decide both ways
+    assert (roles["POST /v1/suspense/links/{link_id}/approve"]
+            == roles["POST /v1/suspense/links/{link_id}/reject"])
 
 
 def test_open_data_suppresses_cells_from_fewer_than_ten_households() -> None:

@@ -77,7 +77,7 @@ def test_every_web_page_text_is_in_the_catalog() -> None:
                  re.findall(r'data-i18n(?:-placeholder)?="([^"]*)"', source)}
         used |= set(re.findall(r'\bt\("((?:[^"\\]|\\.)*)"', source))
     known = set(i18n.texts("fr", "dashboard"))
-    assert {"CIZO dashboard", "CIZO kits", "Save & load", "Error {status}: {message}"} <= used
+    assert {"CIZO dashboard", "CIZO kits", "Use key", "Error {status}: {message}"} <= used
     assert not sorted(used - known), f"web page texts not in the catalog: {used - known}"
 
 

@@ -27,7 +27,7 @@ from control.api import (
     regulator,
     support,
 )
-from control.api.auth import RuntimeDep
+from control.api.auth import RuntimeDep, roles_by_endpoint
 from control.api.schemas import Health, Problem
 from control.runtime import Runtime
 
@@ -107,17 +107,23 @@ def create_app(rt: Runtime, *, lifespan: Lifespan[FastAPI] | None = None) -> Fas
         # boundary files (their source and licence: control/static/geo/README.md)
         return _static(STATIC / "geo", name)
 
-    app.include_router(kits.router)
-    app.include_router(payments.router)
-    app.include_router(finance.router)
-    app.include_router(dashboard.router)
-    app.include_router(regulator.router)  # the regulator's national view
-    app.include_router(locale.router)  # the dashboard's texts, from the catalogs
-    app.include_router(keys.router)
-    app.include_router(exports.router)
-    app.include_router(support.router)  # support actions, keypad tokens, secret rotation
-    app.include_router(openpaygo_metrics.router)  # POST /dd: OpenPAYGO Metrics devices
-    app.include_router(prometheus.router)  # GET /metrics
+    routers = (
+        kits.router,
+        payments.router,
+        finance.router,
+        dashboard.router,
+        regulator.router,  # the regulator's national view
+        locale.router,  # the dashboard's texts, from the catalogs
+        keys.router,
+        exports.router,
+        support.router,  # support actions, keypad tokens, secret rotation
+        openpaygo_metrics.router,  # POST /dd: OpenPAYGO Metrics devices
+        prometheus.router,  # GET /metrics
+    )
+    for router in routers:
+        app.include_router(router)
+    # who may call each endpoint, for GET /v1/dashboard/me (what the pages may offer)
+    app.state.roles = roles_by_endpoint(routers)
     _document_problem_422(app)
     return app
 

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from typing import Annotated
 
-from fastapi import Depends, Request, status
+from fastapi import APIRouter, Depends, Request, status
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
@@ -128,6 +131,28 @@ class RequireRole:
 
     def __repr__(self) -> str:
         return f"RequireRole({', '.join(sorted(self.allowed))})"
+
+
+def roles_by_endpoint(routers: Iterable[APIRouter]) -> dict[str, frozenset[str]]:
+    """``"METHOD /path"`` -> the roles its RequireRole dependencies admit (all must pass);
+    every role for an endpoint that takes any valid key, or none.
+
+    The pages ask this, through GET /v1/dashboard/me, before they offer an action: they keep
+    no list of roles of their own.
+    """
+    out = {}
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute):
+                found = [d.call.allowed for d in _tree(route.dependant)
+                         if isinstance(d.call, RequireRole)]
+                for method in route.methods or ():
+                    out[f"{method} {route.path}"] = frozenset(ROLES).intersection(*found)
+    return out
+
+
+def _tree(d: Dependant) -> list[Dependant]:
+    return [d] + [sub for dep in d.dependencies for sub in _tree(dep)]
 
 
 def require_role(*roles: str) -> RequireRole:

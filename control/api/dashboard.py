@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, status
+from fastapi import APIRouter, Depends, Path, Query, Request, status
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -65,10 +65,28 @@ def _scope(actor: Actor, desco_id: str | None) -> str | None:
     return desco_id
 
 
-@router.get("/v1/dashboard/me", summary="Who this key is (the pages show what it may do)")
-def me(actor: CurrentKey) -> dict[str, Any]:
+# What the pages offer, each named after the endpoint that does it. A page shows a control
+# only when /v1/dashboard/me says the key may: it offers what the API admits, no more.
+PAGE_ACTIONS = {
+    "unlock": ("POST", "/v1/kits/{kit_id}/unlock"),
+    "alerts": ("GET", "/v1/alerts"),
+    "alert_change": ("POST", "/v1/alerts/{alert_id}/{action}"),
+    "suspense": ("GET", "/v1/suspense"),
+    "propose": ("POST", "/v1/suspense/{payment_id}/links"),
+    "decide": ("POST", "/v1/suspense/links/{link_id}/approve"),
+    "export_kits": ("GET", "/v1/exports/kits.csv"),
+    "export_payments": ("GET", "/v1/exports/payments.csv"),
+    "export_commands": ("GET", "/v1/exports/commands.csv"),
+}
+
+
+@router.get("/v1/dashboard/me", summary="Who this key is and what the pages may offer it")
+def me(actor: CurrentKey, request: Request) -> dict[str, Any]:
+    roles = request.app.state.roles  # control/api/app.py: from every router's endpoints
+    may = {name: actor.role in roles[f"{method} {path}"]
+           for name, (method, path) in PAGE_ACTIONS.items()}
     return {"name": actor.name, "role": actor.role, "desco_id": actor.desco_id,
-            "can_unlock": actor.role in ("support", "admin")}
+            "can_unlock": may["unlock"], "may": may}
 
 
 @router.get("/v1/dashboard/fleet", summary="Fleet figures, pre-aggregated (at most a minute old)")

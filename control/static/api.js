@@ -1,8 +1,31 @@
-// What the dashboard and finance pages share: the stored key, calls to the /v1 API (errors
-// as the API words them, in the page's language) and table cells that never take HTML.
+// What every page shares: its header (the links between the pages, the key form, the FR/EN
+// switch), the stored key, calls to the /v1 API (errors as the API words them, in the
+// page's language) and table cells that never take HTML.
 "use strict";
 const KEY = "cizo_api_key";
 const $ = (id) => document.getElementById(id);
+
+// The header under the page's own <h1>: a page says only where it is. Drawn as this file
+// loads, so it is there before the page's script binds the key form and i18n.js
+// translates its texts. Constant markup: nothing from the API goes in.
+function drawHeader() {
+  const header = document.querySelector("body > header");
+  header.insertAdjacentHTML("beforeend", `
+  <nav class="pages"><a href="/" data-i18n="Kits">Kits</a> <a href="/dashboard" data-i18n="Dashboard">Dashboard</a> <a href="/finance" data-i18n="Finance">Finance</a> <a href="/regulator" data-i18n="National view">National view</a></nav>
+  <form id="keyform">
+    <input id="apikey" type="password" autocomplete="off" placeholder="API key (cizo_...)" data-i18n-placeholder="API key (cizo_...)">
+    <button type="submit" data-i18n="Use key">Use key</button>
+    <button type="button" id="forget" data-i18n="Forget key">Forget key</button>
+    <span id="who" class="muted"></span>
+    <select id="lang" aria-label="Language / Langue">
+      <option value="fr">FR</option><option value="en">EN</option>
+    </select>
+  </form>`);
+  for (const a of header.querySelectorAll("nav.pages a")) {
+    if (a.getAttribute("href") === location.pathname) a.setAttribute("aria-current", "page");
+  }
+}
+drawHeader();
 
 function cell(tr, text, cls) {
   const td = document.createElement("td");
@@ -30,6 +53,13 @@ const post = (path, body) => api(path, { method: "POST", headers: { "Content-Typ
 async function act(fn) {
   $("msg").textContent = "";
   try { await fn(); } catch (err) { $("msg").textContent = String(err.message || err); }
+}
+
+// who the key is (GET /v1/dashboard/me), shown in the header; the page reads its role here
+async function whoAmI() {
+  const me = await api("/v1/dashboard/me");
+  $("who").textContent = `${me.name} (${me.role}${me.desco_id ? ", " + me.desco_id : ""})`;
+  return me;
 }
 
 // the key form and the "forget" button, then a reload of the page's data

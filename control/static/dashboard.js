@@ -37,10 +37,7 @@ function route() {
   return m ? loadKit(decodeURIComponent(m[1])) : loadFleet();
 }
 
-async function loadMe() {
-  me = await api("/v1/dashboard/me");
-  $("who").textContent = `${me.name} (${me.role}${me.desco_id ? ", " + me.desco_id : ""})`;
-}
+async function loadMe() { me = await whoAmI(); }
 
 function fillSelect(sel, values) {
   const current = sel.value;
@@ -74,7 +71,7 @@ async function loadFleet() {
   const kinds = ["power_while_locked", "capacity_fading", "pv_below_neighbours", "silent"];
   barChart($("c-alerts"), [t("locked power"), t("fading"), t("low PV"), t("silent")],
            kinds.map((k) => f.open_alerts[k] || 0), "#d8563b");
-  if (me && me.role !== "regulator") {
+  if (me && me.may.alerts) {
     const alerts = await api("/v1/alerts?state=open&limit=50");
     const body = $("alert-rows");
     body.replaceChildren();
@@ -114,7 +111,7 @@ async function loadKit(kitId) {
     { name: "pv_w", values: tel.points.map((p) => p.pv_w), color: "#e08a00" },
     { name: "load_w", values: tel.points.map((p) => p.load_w), color: "#3b7dd8" },
   ], { ymin: 0 });
-  $("unlock-box").hidden = !(me && me.can_unlock);
+  $("unlock-box").hidden = !(me && me.may.unlock);
   const m = k.metrics;
   const mt = $("k-metrics");
   mt.replaceChildren();
@@ -142,7 +139,7 @@ async function loadKit(kitId) {
     const tr = document.createElement("tr");
     cell(tr, a.kind); cell(tr, a.detail); cell(tr, a.state, "state-" + a.state); cell(tr, when(a.opened_at));
     const td = cell(tr, "");
-    if (me && ["operator", "support", "admin"].includes(me.role)) {
+    if (me && me.may.alert_change) {
       for (const [action, label, from] of [["acknowledge", "Acknowledge", ["open"]],
                                            ["close", "Close", ["open", "acknowledged"]]]) {
         if (!from.includes(a.state)) continue;

@@ -1,13 +1,14 @@
 // The finance page (/finance): the suspense queue under maker-checker and the payments list.
-// Buttons follow the key's role as the API checks it (support proposes, finance decides);
-// the API still decides, and its refusal is shown as it words it.
+// Buttons follow what GET /v1/dashboard/me says the key may do, read from the endpoints'
+// own roles (support proposes, finance decides); the API still decides each call, and its
+// refusal (maker-checker: never one's own proposal) is shown as it words it.
 "use strict";
 let me = null;
 let paymentsBefore = null;
 
-const canPropose = () => me && ["support", "admin"].includes(me.role);
-const canDecide = () => me && ["finance", "admin"].includes(me.role);
-const seesSuspense = () => me && ["support", "finance", "admin"].includes(me.role);
+const canPropose = () => me && me.may.propose;
+const canDecide = () => me && me.may.decide;
+const seesSuspense = () => me && me.may.suspense;
 
 // a status as the page words it
 function statusText(s) {
@@ -16,10 +17,7 @@ function statusText(s) {
            failed: t("failed") }[s] || s;
 }
 
-async function loadMe() {
-  me = await api("/v1/dashboard/me");
-  $("who").textContent = `${me.name} (${me.role}${me.desco_id ? ", " + me.desco_id : ""})`;
-}
+async function loadMe() { me = await whoAmI(); }
 
 function button(label, onClick) {
   const b = document.createElement("button");

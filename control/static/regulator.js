@@ -9,11 +9,6 @@ const kwh = (x) => x == null ? "–" : num(x, 1) + " kWh";
 const count = (x) => x == null ? "–" : new Intl.NumberFormat("fr-FR").format(x);
 let regionsGeo = null;
 
-async function loadMe() {
-  const me = await api("/v1/dashboard/me");
-  $("who").textContent = `${me.name} (${me.role})`;
-}
-
 // lon/lat to the SVG's box, east-west shrunk by cos(latitude) so the shapes keep their form
 function projection(features, w, h, pad) {
   const pts = features.flatMap((f) => f.geometry.coordinates.flat());
@@ -116,7 +111,7 @@ async function loadNational() {
   barChart($("c-trend-paid"), months, v.open_data.trend.map((m) => m.payments_fcfa || 0), "#8e6bd8");
 }
 
-onKeyForm(() => loadMe().then(loadNational));
-onLanguageSwitch(() => act(() => loadMe().then(loadNational)));
-act(() => loadTexts().then(loadMe).then(loadNational).then(() => { window.cizoReady = true; }));
+onKeyForm(() => whoAmI().then(loadNational));
+onLanguageSwitch(() => act(() => whoAmI().then(loadNational)));
+act(() => loadTexts().then(whoAmI).then(loadNational).then(() => { window.cizoReady = true; }));
 setInterval(() => act(loadNational), 60000);
