@@ -1,6 +1,8 @@
 """What the browser tests share: Debian's Chromium, pages opened in French with a stored key,
 and the screenshots of the French user guide (docs/guide-fr.md), which the tests take anew
-on every run. No tests live in this module.
+on every run into var/guide-fr/; ``scripts/guide-pictures`` runs them and copies the
+pictures into docs/guide-fr/, so a test run never changes a file git tracks. No tests live
+in this module.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--no-first-run"]
 SHOTS = ROOT / "var" / "screenshots"  # the tests' own pictures, not kept in git
 GUIDE = ROOT / "docs" / "guide-fr.md"
-GUIDE_IMAGES = ROOT / "docs" / "guide-fr"
+GUIDE_IMAGES = ROOT / "docs" / "guide-fr"  # the guide's pictures, as last copied
+TAKEN = ROOT / "var" / "guide-fr"  # where the browser tests take them, on every run
 # a laptop's screen; the guide's pictures are this wide, the whole page cut at MAX_HEIGHT
 # (a kit page's tables run long, and each picture stays under 250 KB)
 VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
@@ -40,13 +43,13 @@ def french_page(browser: Browser, url: str, key: str) -> Page:
 
 
 def guide_shot(page: Page, name: str) -> Path:
-    """``page`` as docs/guide-fr/``name``: a French page at VIEWPORT, from its top down to
-    its end or MAX_HEIGHT."""
+    """``page`` as var/guide-fr/``name`` (docs/guide-fr/ once copied): a French page at
+    VIEWPORT, from its top down to its end or MAX_HEIGHT."""
     assert name in {n for names in GUIDE_SHOTS.values() for n in names}, name
     assert page.evaluate("document.documentElement.lang") == "fr"
     assert page.viewport_size == VIEWPORT
-    GUIDE_IMAGES.mkdir(parents=True, exist_ok=True)
-    path = GUIDE_IMAGES / name
+    TAKEN.mkdir(parents=True, exist_ok=True)
+    path = TAKEN / name
     height = page.evaluate("document.documentElement.scrollHeight")
     page.screenshot(path=str(path), full_page=True, animations="disabled",
                     clip={"x": 0, "y": 0, "width": VIEWPORT["width"],
