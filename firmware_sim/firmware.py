@@ -291,11 +291,13 @@ class KitFirmware:
 
     def published(self, payload: bytes, version: int) -> None:
         """A telemetry message just went out on the ``version`` topic: logged with the
-        time, so a replay request can send it again (a message sent again moves to the end
-        with its new time)."""
+        time, so a replay request can send it again. A message sent again keeps the time it
+        first went out: requests close together (two bridges, several restarts) would
+        otherwise keep re-sending the same messages, each answer making them new again."""
         log_ = self._published
+        if payload in log_:
+            return
         log_[payload] = (self.clock.now(), version)
-        log_.move_to_end(payload)
         while len(log_) > REPLAY_LOG:
             log_.popitem(last=False)
 

@@ -36,6 +36,7 @@ import httpx
 import psycopg
 
 from cizo import compact, services
+from cizo.settings import Settings
 from control.ledger.db import migrate
 from control.ledger.secrets import generate_secret_key
 from firmware_sim.customers import PaymentOptions
@@ -61,6 +62,8 @@ PAYGATE_TOKEN = "chaos-paygate-token"
 RESEND_AFTER_S = 6 * 3_600  # the control processes' re-send delay (simulated seconds)
 PAY_BACKLOG_S = 1_200.0  # at most this long for the customers' payments due by the end
 HEAL_STEPS = 4  # at the end, at most this many re-send delays pass for the kits to agree
+# the control processes' default (the chaos run does not set it)
+POLL_BACKOFF_MAX_S = float(Settings.model_fields["payment_poll_max_backoff_s"].default)
 # a reading the broker acknowledged this long before its SIGKILL may not be saved yet
 # (Mosquitto's ``autosave_interval 1``, plus the time a save takes under load)
 BROKER_UNSAVED_S = 2.0
@@ -518,10 +521,23 @@ def run_month(cfg: ChaosConfig, workdir: Path, say: Callable[[str], None] = prin
                 await asyncio.wait({driver.pay_task}, timeout=10)
                 say(f"chaos: settling: customers paid {driver.payments_made}/{planned} "
                     f"payments due by the month's end")
-            paid = await _until(
-                "every confirmed payment credited",
-                lambda: checks.pending_at_simulators(run.dir) == 0 and checks.payments(
-                    run.database_url, run.dir)["payments_lost"] == 0, cfg.settle_s, say)
+            def all_credited() -> bool:
+                return bool(checks.pending_at_simulators(run.dir) == 0 and checks.payments(
+                    run.database_url, run.dir)["payments_lost"] == 0)
+
+            # A payment whose callback was lost is found by the poll job, whose next check
+            # backs off in simulated time (up to payment_poll_max_backoff_s): with the clock
+            # frozen it may never come, so that delay is let pass, a few times at most.
+            paid = False
+            for _ in range(HEAL_STEPS):
+                paid = await _until("every confirmed payment credited", all_credited,
+                                    cfg.settle_s / HEAL_STEPS, say)
+                if paid:
+                    break
+                run.clock.advance(POLL_BACKOFF_MAX_S + 60)
+                run.time_advanced_s += POLL_BACKOFF_MAX_S + 60
+                say("chaos: confirmed payments not yet credited; the clock moves on by the "
+                    "payment poll's longest back-off")
             driver.settle()
 
             def kits_wrong() -> list[str]:
