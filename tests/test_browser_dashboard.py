@@ -9,6 +9,7 @@ French, what it may not. The French pages are the user guide's pictures (docs/gu
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -329,13 +330,16 @@ def staged(site: dict[str, Any]) -> dict[str, Any]:
     now = time.time()
     alerts = {}
     with site["rt"].db.session() as s:
-        for name, kit, kind, detail in (
-                ("kept", KITS[0], "pv_below_neighbours", "PV at 41 % of neighbours' in Maritime"),
-                ("acknowledge", KITS[2], "silent", "no report for more than 2 days"),
+        for name, kit, kind, detail, evidence in (
+                ("kept", KITS[0], "pv_below_neighbours", "PV at 41 % of neighbours' in Maritime",
+                 {"ratio": 0.41, "region": "Maritime"}),
+                ("acknowledge", KITS[2], "silent", "no report for more than 2 days",
+                 {"silent_days": 2.5}),
                 ("close", KITS[2], "capacity_fading",
-                 "capacity fading 9 %/year (expected about 3 %)")):
-            alert = Alert(kit_id=kit, desco_id="default", kind=kind, state="open",
-                          detail=detail, opened_at=now - 3600, last_seen_at=now)
+                 "capacity fading 9 %/year (expected about 5 %)",
+                 {"fade_per_year": 0.092, "health_pct": 91.0})):
+            alert = Alert(kit_id=kit, desco_id="default", kind=kind, state="open", detail=detail,
+                          evidence=evidence, opened_at=now - 3600, last_seen_at=now)
             s.add(alert)
             s.flush()
             alerts[name] = alert.id
@@ -438,6 +442,13 @@ def _support_unlocks_a_kit_with_a_reason(site: dict[str, Any], staged: dict[str,
     assert after["commands"][0]["origin"] == "support"
     unlocks = _audit(site, kit, "kit.unlock")
     assert unlocks and (unlocks[0]["actor"], unlocks[0]["reason"]) == ("support-ama", reason)
+    # the API's codes and the analytics' sentences are worded in French, the codes in titles
+    shown = page.inner_text("#kit-page")
+    for french in ("kit débloqué par le personnel", "jours offerts", "déblocage", "support client",
+                   "aucun relevé depuis 2,5 jours", "muet"):
+        assert french in shown, french
+    _no_raw_codes(shown)
+    assert page.locator("#k-audit td[title='kit.unlock']").count() >= 1
     guide_shot(page, "fiche-kit.png")
     page.context.close()
 
@@ -453,12 +464,28 @@ def _finance_rejects_a_proposal(site: dict[str, Any], staged: dict[str, Any]) ->
     page.wait_for_function(f"document.querySelector(\"{decision}\")"
                            ".textContent.includes('finance-kofi')", timeout=15000)
     assert "rejeté" in page.inner_text(decision)
+    queue = page.inner_text("#suspense-rows")
+    assert "aucun compte ne correspond" in queue
+    _no_raw_codes(queue + page.inner_text("#decision-rows") + page.inner_text("#payment-rows"))
     decided = next(x for x in _api(site, "finance", "/v1/suspense/links?status=rejected")
                    if x["link_id"] == held["link"])
     assert (decided["proposed_by"], decided["decided_by"]) == ("support-ama", "finance-kofi")
     # rejected, the money stays held for another proposal
     assert held["payment"] in [p["payment_id"] for p in _api(site, "finance", "/v1/suspense")]
     page.context.close()
+
+
+# codes the API writes that a French page must never show as they are
+RAW_CODES = ("power_while_locked", "capacity_fading", "pv_below_neighbours", "silent",
+             "acknowledged", "closed", "free_days", "deposit", "kit.unlock", "alert.acknowledge",
+             "alert.close", "queued", "sent", "applied", "superseded", "sweep", "unlock",
+             "suspense", "rejected", "no account matches", "evening-peak", "night-long",
+             "undersized", "oversized")
+
+
+def _no_raw_codes(text: str) -> None:
+    raw = [c for c in RAW_CODES if re.search(rf"(?<![\w.-]){re.escape(c)}(?![\w.-])", text)]
+    assert not raw, f"raw codes on a French page: {raw}"
 
 
 def _admin_closes_an_alert(site: dict[str, Any], staged: dict[str, Any]) -> None:

@@ -75,10 +75,50 @@ def test_every_web_page_text_is_in_the_catalog() -> None:
         source = page.read_text()
         used |= {html.unescape(m) for m in
                  re.findall(r'data-i18n(?:-placeholder)?="([^"]*)"', source)}
-        used |= set(re.findall(r'\bt\("((?:[^"\\]|\\.)*)"', source))
+        # t("...") shows a text now, N_("...") marks one of i18n.js's tables of codes
+        used |= set(re.findall(r'\b(?:t|N_)\("((?:[^"\\]|\\.)*)"', source))
     known = set(i18n.texts("fr", "dashboard"))
     assert {"CIZO dashboard", "CIZO kits", "Use key", "Error {status}: {message}"} <= used
     assert not sorted(used - known), f"web page texts not in the catalog: {used - known}"
+
+
+def _codes(kind: str) -> set[str]:
+    """The codes of one of i18n.js's CODES tables (``kind: { code: N_("..."), ... }``)."""
+    source = (STATIC / "i18n.js").read_text()
+    table = re.search(rf"\b{kind}: \{{(.*?)\}},?\n", source, re.S)
+    assert table, kind
+    return set(re.findall(r'"?([\w.-]+)"?: N_\(', table.group(1)))
+
+
+def _written(pattern: str, *dirs: str) -> set[str]:
+    """What ``pattern``'s group matches in the Python source of ``dirs``."""
+    return {m for d in dirs for f in (ROOT / d).rglob("*.py")
+            for m in re.findall(pattern, f.read_text())}
+
+
+def test_the_pages_word_every_code_the_backend_writes() -> None:
+    """A code the pages have no word for would be shown raw to French readers."""
+    assert _written(r'Finding\(\s*kit\.id, "(\w+)"', "control") == _codes("alert_kind")
+    audits = _written(r'action="([a-z_]+\.[a-z_]+)"', "control")
+    audits |= _written(r'"((?:kit|payment)\.[a-z_]+)"', "control")
+    audits |= {f"{what}.{status}" for what in ("suspense", "reconcile")
+               for status in ("approved", "rejected")} | {"alert.acknowledge", "alert.close"}
+    assert audits <= _codes("audit_action"), sorted(audits - _codes("audit_action"))
+    assert _written(r'origin="(\w+)"', "control") <= _codes("command_origin")
+    assert _written(r'kind="(\w+)"', "control/ledger", "control/support") <= (
+        _codes("ledger_kind"))
+    assert {"queued", "sent", "applied", "rejected", "expired", "superseded"} == (
+        _codes("command_status"))
+    habits = (ROOT / "telemetry" / "habits.py").read_text()
+    assert set(re.findall(r'return "([a-z-]+)"', habits)) == _codes("load_pattern")
+    assert {"ok", "undersized", "oversized", "unknown"} == _codes("sizing")
+
+
+def test_alert_descriptions_use_the_analytics_expected_fade() -> None:
+    from telemetry import analytics
+
+    source = (STATIC / "i18n.js").read_text()
+    assert f"const EXPECTED_FADE_PER_YEAR = {analytics.EXPECTED_FADE_PER_YEAR:g};" in source
 
 
 # --- the pure parts -------------------------------------------------------------------------

@@ -35,6 +35,14 @@ function cell(tr, text, cls) {
   return td;
 }
 
+// a cell showing a code of the API as the page words it (i18n.js label()); the code itself
+// stays in the cell's title, for staff who read the logs
+function codeCell(tr, kind, code, cls) {
+  const td = cell(tr, label(kind, code), cls);
+  if (code != null) { td.title = code; td.dataset.code = code; }
+  return td;
+}
+
 async function api(path, opts) {
   const key = localStorage.getItem(KEY);
   if (!key) throw new Error(t("Type an API key."));

@@ -7,10 +7,10 @@ const pct = (x) => x == null ? "–" : num(100 * x, 1) + " %";
 
 // one row per event of the kit's timeline, newest first
 function showTimeline(tl) {
-  const kinds = { payment: t("Payment"), command_issued: t("Command issued"),
-                  command_applied: t("Command applied"), audit: t("Staff action"),
-                  alert_opened: t("Alert opened"), alert_closed: t("Alert closed"),
-                  telemetry_gap: t("No telemetry") };
+  // what an event's summary is, by the event's kind
+  const summaryKind = { payment: "payment_status", command_issued: "command_action",
+                        command_applied: "command_action", audit: "audit_action",
+                        alert_opened: "alert_kind", alert_closed: "alert_kind" };
   $("k-timeline-note").textContent = tl.telemetry_checked ? ""
     : t("Telemetry store unavailable: gaps in the readings are not shown.");
   const body = $("k-timeline");
@@ -22,11 +22,22 @@ function showTimeline(tl) {
     const detail = e.kind === "payment" ? `${fcfa(d.amount_fcfa)} · ${d.provider}`
       : e.kind === "telemetry_gap" ? t("until {when} ({hours} h)", { when: when(e.until), hours: num(d.seconds / 3600, 1) })
       : e.kind === "audit" ? [d.actor, d.reason].filter(Boolean).join(" · ")
-      : e.kind.startsWith("command") ? `#${d.seq} · ${d.origin}` : d.by || d.state;
-    cell(tr, when(e.at)); cell(tr, kinds[e.kind] || e.kind);
-    cell(tr, e.kind === "telemetry_gap" ? "" : e.summary); cell(tr, detail);
+      : e.kind.startsWith("command") ? `#${d.seq} · ${label("command_origin", d.origin)}`
+      : d.by || label("alert_state", d.state);
+    cell(tr, when(e.at)); codeCell(tr, "timeline_kind", e.kind);
+    if (e.kind === "telemetry_gap") cell(tr, "");
+    else codeCell(tr, summaryKind[e.kind], e.summary);
+    cell(tr, detail);
     body.appendChild(tr);
   }
+}
+
+// an alert's kind, description and state, in the page's language (the codes in titles)
+function alertCells(tr, a) {
+  codeCell(tr, "alert_kind", a.kind);
+  const td = cell(tr, alertText(a));
+  if (a.detail) td.title = a.detail;
+  codeCell(tr, "alert_state", a.state, "state-" + a.state);
 }
 
 function route() {
@@ -82,7 +93,7 @@ async function loadFleet() {
       link.href = "#/kit/" + encodeURIComponent(a.kit_id);
       link.textContent = a.kit_id;
       td.appendChild(link);
-      cell(tr, a.kind); cell(tr, a.detail); cell(tr, a.state, "state-" + a.state);
+      alertCells(tr, a);
       cell(tr, when(a.opened_at));
       body.appendChild(tr);
     }
@@ -125,19 +136,20 @@ async function loadKit(kitId) {
       `${m.solvency_inputs.used_days ?? t("no data")} / ${m.solvency_inputs.credited_days}`],
     [t("Energy delivered, 30 days"), m.energy_wh_30d == null ? null : num(m.energy_wh_30d / 1000, 2) + " kWh"],
     [t("Battery health"), m.battery_health_pct == null ? null : m.battery_health_pct + " %"],
-    [t("Household pattern"), m.load_pattern], [t("Sizing"), m.sizing],
+    [t("Household pattern"), m.load_pattern, "load_pattern"], [t("Sizing"), m.sizing, "sizing"],
     [t("Computed"), when(m.computed_at)],
   ] : [[t("Analytics"), t("not computed yet")]];
-  for (const [name, value] of rows) {
+  for (const [name, value, kind] of rows) {
     const tr = document.createElement("tr");
-    cell(tr, name); cell(tr, value);
+    cell(tr, name);
+    if (kind) codeCell(tr, kind, value); else cell(tr, value);
     mt.appendChild(tr);
   }
   const at = $("k-alerts");
   at.replaceChildren();
   for (const a of k.alerts) {
     const tr = document.createElement("tr");
-    cell(tr, a.kind); cell(tr, a.detail); cell(tr, a.state, "state-" + a.state); cell(tr, when(a.opened_at));
+    alertCells(tr, a); cell(tr, when(a.opened_at));
     const td = cell(tr, "");
     if (me && me.may.alert_change) {
       for (const [action, label, from] of [["acknowledge", "Acknowledge", ["open"]],
@@ -157,7 +169,7 @@ async function loadKit(kitId) {
   lt.replaceChildren();
   for (const e of k.ledger) {
     const tr = document.createElement("tr");
-    cell(tr, when(e.created_at)); cell(tr, e.kind); cell(tr, fcfa(e.amount_fcfa)); cell(tr, e.days);
+    cell(tr, when(e.created_at)); codeCell(tr, "ledger_kind", e.kind); cell(tr, fcfa(e.amount_fcfa)); cell(tr, e.days);
     cell(tr, when(e.credit_until_after));
     lt.appendChild(tr);
   }
@@ -165,7 +177,8 @@ async function loadKit(kitId) {
   ct.replaceChildren();
   for (const c of k.commands) {
     const tr = document.createElement("tr");
-    cell(tr, c.seq); cell(tr, c.action); cell(tr, c.origin); cell(tr, c.status);
+    cell(tr, c.seq); codeCell(tr, "command_action", c.action);
+    codeCell(tr, "command_origin", c.origin); codeCell(tr, "command_status", c.status);
     cell(tr, when(c.created_at)); cell(tr, when(c.sent_at)); cell(tr, when(c.finished_at)); cell(tr, c.attempts);
     ct.appendChild(tr);
   }
@@ -173,7 +186,7 @@ async function loadKit(kitId) {
   au.replaceChildren();
   for (const e of audit.items) {
     const tr = document.createElement("tr");
-    cell(tr, when(e.at)); cell(tr, e.actor); cell(tr, e.role); cell(tr, e.action); cell(tr, e.reason);
+    cell(tr, when(e.at)); cell(tr, e.actor); cell(tr, e.role); codeCell(tr, "audit_action", e.action); cell(tr, e.reason);
     au.appendChild(tr);
   }
 }

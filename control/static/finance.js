@@ -10,12 +10,8 @@ const canPropose = () => me && me.may.propose;
 const canDecide = () => me && me.may.decide;
 const seesSuspense = () => me && me.may.suspense;
 
-// a status as the page words it
-function statusText(s) {
-  return { proposed: t("proposed"), approved: t("approved"), rejected: t("rejected"),
-           credited: t("credited"), suspense: t("in suspense"), pending: t("pending"),
-           failed: t("failed") }[s] || s;
-}
+// a status as the page words it (i18n.js CODES)
+const statusText = (s) => label("payment_status", s);
 
 async function loadMe() { me = await whoAmI(); }
 
@@ -76,7 +72,8 @@ async function loadSuspense() {
     const tr = document.createElement("tr");
     tr.dataset.payment = p.payment_id;
     cell(tr, when(p.received_at)); cell(tr, fcfa(p.amount_fcfa)); cell(tr, p.provider);
-    cell(tr, p.reference); cell(tr, p.phone); cell(tr, p.reason);
+    cell(tr, p.reference); cell(tr, p.phone);
+    cell(tr, reasonText(p.reason)).title = p.reason ?? "";
     proposalsCell(cell(tr, ""), p.links);
     proposeCell(cell(tr, ""), p.payment_id);
     body.appendChild(tr);
@@ -87,7 +84,7 @@ async function loadSuspense() {
     const tr = document.createElement("tr");
     tr.dataset.link = l.link_id;
     cell(tr, when(l.proposed_at)); cell(tr, l.kit_id); cell(tr, l.proposed_by); cell(tr, l.reason);
-    cell(tr, statusText(l.status), "status-" + l.status); cell(tr, l.decided_by); cell(tr, when(l.decided_at));
+    codeCell(tr, "payment_status", l.status, "status-" + l.status); cell(tr, l.decided_by); cell(tr, when(l.decided_at));
     db.appendChild(tr);
   }
 }
@@ -111,7 +108,7 @@ async function loadPayments(fromStart) {
   for (const p of page.items) {
     const tr = document.createElement("tr");
     cell(tr, when(p.created_at)); cell(tr, p.kit_id); cell(tr, fcfa(p.amount_fcfa ?? p.requested_fcfa));
-    cell(tr, p.provider); cell(tr, statusText(p.status)); cell(tr, p.phone); cell(tr, when(p.credited_at));
+    cell(tr, p.provider); codeCell(tr, "payment_status", p.status); cell(tr, p.phone); cell(tr, when(p.credited_at));
     body.appendChild(tr);
   }
   paymentsBefore = page.next_before;
