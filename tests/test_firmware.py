@@ -248,6 +248,10 @@ def test_the_replay_log_keeps_each_message_once_with_its_topic_version_and_is_bo
     assert _ask(kit, NOW) == [(V1, first), (p.V2, v2)]
     _publish(kit, clock, REPLAY_LOG + 5)
     assert len(_ask(kit, NOW)) == REPLAY_LOG
+    # a kit moved to v2 still hears v1's request (its old subscription): it answers v2's
+    kit.protocol = p.V2
+    assert _ask(kit, NOW) == []
+    assert len(kit.replay(p.replay_request(NOW, p.V2), p.V2)) == REPLAY_LOG
 
 
 @pytest.mark.parametrize("payload", [b"", b"{}", b'{"v":1,"since":"yesterday"}',
