@@ -410,19 +410,28 @@ def test_each_role_is_offered_what_the_api_admits_and_nothing_else(
     page.context.close()
 
 
-def _operator_acknowledges_an_alert(site: dict[str, Any], staged: dict[str, Any]) -> None:
-    alert = staged["alerts"]["acknowledge"]
-    page = _french(site, "operator", f"/dashboard#/kit/{KITS[2]}")
+def _alert_done_in_the_page(site: dict[str, Any], alert: int, role: str, button: str,
+                            state: str, by: str, action: str) -> None:
+    """``role`` presses ``button`` on an alert of the kit page: the alert is in ``state``
+    by the key's name, and the audit has one ``action`` entry by it."""
+    page = _french(site, role, f"/dashboard#/kit/{KITS[2]}")
     _ready(page)
-    page.locator(f"#k-alerts button[data-alert='{alert}']", has_text="Prendre en compte").click()
+    page.locator(f"#k-alerts button[data-alert='{alert}']", has_text=button).click()
     page.wait_for_function(f"window.cizoKit.kit.alerts.some(a => a.id === {alert} "
-                           "&& a.state === 'acknowledged')", timeout=15000)
-    seen = next(a for a in _api(site, "operator", f"/v1/alerts?kit_id={KITS[2]}")["items"]
+                           f"&& a.state === '{state}')", timeout=15000)
+    name = _api(site, role, "/v1/dashboard/me")["name"]
+    seen = next(a for a in _api(site, role, f"/v1/alerts?kit_id={KITS[2]}")["items"]
                 if a["id"] == alert)
-    assert seen["state"] == "acknowledged" and seen["acknowledged_by"] == "ops"
+    assert seen["state"] == state and seen[by] == name
     assert [(e["actor"], e["after"]["alert_id"]) for e in
-            _audit(site, KITS[2], "alert.acknowledge")] == [("ops", alert)]
+            _audit(site, KITS[2], action)] == [(name, alert)]
     page.context.close()
+
+
+def _operator_acknowledges_an_alert(site: dict[str, Any], staged: dict[str, Any]) -> None:
+    _alert_done_in_the_page(site, staged["alerts"]["acknowledge"], "operator",
+                            "Prendre en compte", "acknowledged", "acknowledged_by",
+                            "alert.acknowledge")
 
 
 def _support_unlocks_a_kit_with_a_reason(site: dict[str, Any], staged: dict[str, Any]) -> None:
@@ -489,19 +498,8 @@ def _no_raw_codes(text: str) -> None:
 
 
 def _admin_closes_an_alert(site: dict[str, Any], staged: dict[str, Any]) -> None:
-    alert = staged["alerts"]["close"]
-    page = _french(site, "admin", f"/dashboard#/kit/{KITS[2]}")
-    _ready(page)
-    page.locator(f"#k-alerts button[data-alert='{alert}']", has_text="Clore").click()
-    page.wait_for_function(f"window.cizoKit.kit.alerts.some(a => a.id === {alert} "
-                           "&& a.state === 'closed')", timeout=15000)
-    admin = _api(site, "admin", "/v1/dashboard/me")["name"]
-    seen = next(a for a in _api(site, "admin", f"/v1/alerts?kit_id={KITS[2]}")["items"]
-                if a["id"] == alert)
-    assert seen["state"] == "closed" and seen["closed_by"] == admin
-    assert [(e["actor"], e["after"]["alert_id"]) for e in
-            _audit(site, KITS[2], "alert.close")] == [(admin, alert)]
-    page.context.close()
+    _alert_done_in_the_page(site, staged["alerts"]["close"], "admin", "Clore", "closed",
+                            "closed_by", "alert.close")
 
 
 def _regulator_reads_the_national_figures(site: dict[str, Any], staged: dict[str, Any]) -> None:

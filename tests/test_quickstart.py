@@ -50,6 +50,7 @@ def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) 
         wait_for(lambda: "La pile CIZO est démarrée".encode() in (tmp_path / "up.log")
                  .read_bytes()
                  or proc.poll() is not None, timeout_s=420, what="the stack to come up")
+        up_at = time.monotonic()
         out = (tmp_path / "up.log").read_text()
         assert proc.poll() is None, out
         assert f"{api}/dashboard" in out and f"mqtt://127.0.0.1:{ports['mqtt']}" in out
@@ -86,6 +87,7 @@ def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) 
         assert min(p["t"] for p in chart["points"]) < time.time() - 5 * 86_400
         wait_for(lambda: httpx.get(f"{api}/v1/dashboard/kits/SIM00001", headers=headers)
                  .json()["metrics"] is not None, timeout_s=60, what="the start-up analytics")
+        _charts_drawn_in_french(api, headers["Authorization"].split()[1], up_at)
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does in a terminal
         try:
@@ -101,6 +103,35 @@ def test_scripts_up_from_a_fresh_clone_starts_answers_and_stops(tmp_path: Path) 
         assert services.port_is_free(port), f"{name} port {port} still held after Ctrl-C"
     leftover = subprocess.run(["pgrep", "-f", str(clone)], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", f"processes left behind: {leftover.stdout}"
+
+
+def _charts_drawn_in_french(api: str, key: str, up_at: float) -> None:
+    """What an operator sees in Chromium, waiting at most until 60 s after "stack is up"
+    (the promise of a first open): the fleet page's charts and tiles and a kit's week of
+    charts drawn, in French."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser_support import CHROMIUM_ARGS, french_page
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = french_page(browser, f"{api}/dashboard#/fleet", key)
+            page.wait_for_function("window.cizoCharts && window.cizoCharts['c-health']",
+                                   timeout=max(1_000, (up_at + 60 - time.monotonic()) * 1000))
+            charts = page.evaluate("window.cizoCharts")
+            assert sum(charts["c-online"]["series"][0]["values"]) == 3
+            assert sum(charts["c-health"]["series"][0]["values"]) == 3
+            assert page.inner_text("#t-kits") == "3" and "FCFA" in page.inner_text("#t-month")
+            assert "Santé des batteries" in page.inner_text("body")
+            page.goto(f"{api}/dashboard#/kit/SIM00001")
+            page.wait_for_function("window.cizoKit && window.cizoCharts['c-power']",
+                                   timeout=max(1_000, (up_at + 60 - time.monotonic()) * 1000))
+            charts = page.evaluate("window.cizoCharts")
+            assert len(charts["c-soc"]["series"][0]["points"]) > 24  # days, not minutes
+            assert max(max(s["values"]) for s in charts["c-power"]["series"]) > 0
+        finally:
+            browser.close()
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
