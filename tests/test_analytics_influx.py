@@ -106,6 +106,9 @@ def test_analytics_find_each_planted_fault(
     assert (ids[2], "pv_below_neighbours") in found
     assert (ids[3], "power_while_locked") in found
     assert (ids[4], "capacity_fading") in found
+    fading = next(f for f in findings if (f.kit_id, f.kind) == (ids[4], "capacity_fading"))
+    # the page words it from this evidence, the figure it was judged against included
+    assert fading.evidence["expected_fade_per_year"] == analytics.EXPECTED_FADE_PER_YEAR
     assert (ids[6], "silent") in found
     kinds_of_normal = {kind for k, kind in found if k in ids[7:]}
     assert kinds_of_normal == set(), found

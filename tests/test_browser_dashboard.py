@@ -337,7 +337,8 @@ def staged(site: dict[str, Any]) -> dict[str, Any]:
                  {"silent_days": 2.5}),
                 ("close", KITS[2], "capacity_fading",
                  "capacity fading 9 %/year (expected about 5 %)",
-                 {"fade_per_year": 0.092, "health_pct": 91.0})):
+                 {"fade_per_year": 0.092, "health_pct": 91.0,
+                  "expected_fade_per_year": 0.05})):
             alert = Alert(kit_id=kit, desco_id="default", kind=kind, state="open", detail=detail,
                           evidence=evidence, opened_at=now - 3600, last_seen_at=now)
             s.add(alert)

@@ -202,7 +202,8 @@ def _findings(settings: Settings, kits: list[KitRow], group: np.ndarray[Any, Any
                 kit.id, "capacity_fading",
                 f"capacity fading {100 * fade:.0f} %/year "
                 f"(expected about {100 * analytics.EXPECTED_FADE_PER_YEAR:.0f} %)",
-                {"fade_per_year": fade, "health_pct": _num(w.health_pct[i])}))
+                {"fade_per_year": fade, "health_pct": _num(w.health_pct[i]),
+                 "expected_fade_per_year": analytics.EXPECTED_FADE_PER_YEAR}))
         r = w.pv_ratio[i]
         if compared[i] and np.isfinite(r) and r < analytics.PV_NEIGHBOUR_RATIO:
             findings.append(Finding(kit.id, "pv_below_neighbours",

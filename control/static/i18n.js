@@ -120,9 +120,6 @@ function reasonText(reason) {
   return reason;
 }
 
-// the analytics job's "expected" fade (telemetry/analytics.py EXPECTED_FADE_PER_YEAR)
-const EXPECTED_FADE_PER_YEAR = 0.05;
-
 // an alert's description in the page's language, from its kind and evidence (the numbers);
 // the stored English sentence when the evidence lacks them
 function alertText(a) {
@@ -133,9 +130,10 @@ function alertText(a) {
       if (has("hours")) return t("power drawn while locked in {hours} hours", { hours: num(e.hours, 0) });
       break;
     case "capacity_fading":
-      if (has("fade_per_year")) {
+      if (has("fade_per_year") && has("expected_fade_per_year")) {
         return t("capacity fading {fade} %/year (expected about {expected} %)",
-                 { fade: num(100 * e.fade_per_year, 0), expected: num(100 * EXPECTED_FADE_PER_YEAR, 0) });
+                 { fade: num(100 * e.fade_per_year, 0),
+                   expected: num(100 * e.expected_fade_per_year, 0) });
       }
       break;
     case "pv_below_neighbours":
