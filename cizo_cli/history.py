@@ -173,7 +173,7 @@ def play(opts: HistoryOptions, *, env: dict[str, str], data_dir: Path, mqtt_port
     started = time.monotonic()
     now = time.time()
     sc = scenario(opts, kits, plan, now)
-    clock = AcceleratedClock(sc.start_ts, sc.speed)
+    clock = AcceleratedClock(sc.start_ts, sc.speed, until=sc.end_ts)  # never past now
     clock.pause()  # provisioning takes real time: the week starts when the fleet does
     api_port = services.free_port()
     paygate = run_in_thread(PayGateSimConfig(

@@ -20,26 +20,35 @@ from cizo.clock import Clock
 
 
 class AcceleratedClock:
-    """``now() = start + speed * (real seconds elapsed while running)``."""
+    """``now() = start + speed * (real seconds elapsed while running)``, never past
+    ``until`` when given: at a high speed a few milliseconds of a late event loop are
+    minutes simulated, and a history that must end at the wall clock's now would otherwise
+    stamp its last payments in the future."""
 
-    def __init__(self, start: float, speed: float = 1.0) -> None:
+    def __init__(self, start: float, speed: float = 1.0, *, until: float | None = None) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
         self.speed = float(speed)
+        self.until = until
         self._lock = threading.Lock()
         self._base_sim = float(start)
         self._base_real: float | None = time.monotonic()
+
+    def _capped(self, t: float) -> float:
+        return t if self.until is None else min(t, self.until)
 
     def now(self) -> float:
         with self._lock:
             if self._base_real is None:
                 return self._base_sim
-            return self._base_sim + (time.monotonic() - self._base_real) * self.speed
+            return self._capped(
+                self._base_sim + (time.monotonic() - self._base_real) * self.speed)
 
     def pause(self) -> None:
         with self._lock:
             if self._base_real is not None:
-                self._base_sim += (time.monotonic() - self._base_real) * self.speed
+                self._base_sim = self._capped(
+                    self._base_sim + (time.monotonic() - self._base_real) * self.speed)
                 self._base_real = None
 
     def resume(self) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import json
 import random
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -213,6 +214,18 @@ def test_drifting_clock_and_paused_accelerated_clock() -> None:
     assert acc.now() == t and acc.paused
     acc.resume()
     assert not acc.paused and acc.real_seconds(1000) == 1.0
+
+
+def test_an_accelerated_clock_stops_at_its_end_running_or_paused() -> None:
+    start = 1_767_225_600
+    acc = AcceleratedClock(start, speed=1e6, until=start + 60)  # a minute in 60 µs
+    time.sleep(0.01)  # 10,000 s simulated, far past the end
+    assert acc.now() == start + 60
+    acc.pause()
+    assert acc.now() == start + 60
+    acc.resume()
+    time.sleep(0.01)
+    assert acc.now() == start + 60
 
 
 def test_tamper_and_stuck_sensor() -> None:
