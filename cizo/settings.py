@@ -173,6 +173,13 @@ class Settings(BaseSettings):
     # how long a silent analytics run keeps other control processes off the job (renewed
     # at every step; a crashed holder's lease runs out after this)
     analytics_lease_s: float = Field(default=900.0, gt=0)
+    # a day's hourly rollups are final this long after the day ends (the rollup job redoes
+    # only the last hour it wrote): from then on its analytics numbers are kept in the
+    # ledger and the day is never read from InfluxDB again
+    analytics_day_final_after_s: float = Field(default=7200.0, ge=0)
+    # InfluxQL queries that read one day for the nightly job side by side (influxd works
+    # through a query's series on one core)
+    analytics_read_parallel: int = Field(default=2, ge=1, le=16)
     silent_alert_days: float = 3.0
     opendata_min_households: int = Field(default=10, ge=1)
     # the first month of the programme's data: open data is served from it to this month

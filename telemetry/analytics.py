@@ -124,27 +124,47 @@ class DayHours:
                         self.prev_present, self.prev_soc_last)
 
 
+def blank_day(kits: int) -> DayHours:
+    """A day with no hour seen yet, for ``place_hours`` to fill."""
+    return DayHours(np.zeros((kits, 24), dtype=bool),
+                    {name: np.zeros((kits, 24)) for name in HOURLY_FIELDS},
+                    np.zeros(kits, dtype=bool), np.zeros(kits))
+
+
+def place_hours(day: DayHours, kit: Values, t: Values, values: FloatArray, *,
+                day_start: int) -> None:
+    """Put rollup rows (kit index, hour start, ``HOURLY_FIELDS`` columns; NaN = missing)
+    on the day's grid, in place, so a reader can fill it a chunk at a time.
+
+    A row of the hour before 00:00 (the previous day's 23:00) becomes the link that ties the
+    day's first hour to the day before; other hours outside the day are ignored.
+    """
+    hour = ((as_float(t) - day_start) // HOUR_S).astype(np.int64)
+    k = np.asarray(kit, dtype=np.int64)
+    v = np.nan_to_num(np.asarray(values, dtype=np.float64).reshape(len(k), -1), nan=0.0)
+    link = hour == -1
+    day.prev_present[k[link]] = True
+    day.prev_soc_last[k[link]] = v[link, HOURLY_FIELDS.index("soc_last")]
+    ok = (hour >= 0) & (hour < 24)
+    k, hr = k[ok], hour[ok]
+    day.present[k, hr] = True
+    for j, name in enumerate(HOURLY_FIELDS):
+        day.fields[name][k, hr] = v[ok, j]
+
+
 def day_hours(kit: IntArray, t: Values, values: dict[str, FloatArray], *, kits: int,
               day_start: int, before: DayHours | None = None) -> DayHours:
     """Scatter one day's rollup rows (kit index, hour start, fields; NaN = missing) on a grid.
 
     ``before`` is the previous day's grid, whose 23:00 hour links this day's first hour.
     """
-    hour = ((as_float(t) - day_start) // HOUR_S).astype(np.int64)
-    ok = (hour >= 0) & (hour < 24)
-    k, hr = np.asarray(kit, dtype=np.int64)[ok], hour[ok]
-    present = np.zeros((kits, 24), dtype=bool)
-    present[k, hr] = True
-    grids = {}
-    for name in HOURLY_FIELDS:
-        grid = np.zeros((kits, 24))
-        grid[k, hr] = np.nan_to_num(as_float(values[name])[ok], nan=0.0)
-        grids[name] = grid
-    if before is None:
-        prev_present, prev_last = np.zeros(kits, dtype=bool), np.zeros(kits)
-    else:
-        prev_present, prev_last = before.present[:, -1], before.fields["soc_last"][:, -1]
-    return DayHours(present, grids, prev_present, prev_last)
+    day = blank_day(kits)
+    place_hours(day, kit, t, np.column_stack([as_float(values[f]) for f in HOURLY_FIELDS])
+                if len(kit) else np.zeros((0, len(HOURLY_FIELDS))), day_start=day_start)
+    if before is not None:
+        day.prev_present[:] = before.present[:, -1]
+        day.prev_soc_last[:] = before.fields["soc_last"][:, -1]
+    return day
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import gzip as _gzip
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -208,38 +208,65 @@ class InfluxClient:
         """Run InfluxQL; the series as the server sends them (``tags``, ``columns``,
         ``values``): for bulk reads that build arrays without a dict per row.
 
-        ``chunk_size``: the server streams the answer in chunks of that many points (one
-        JSON document per line; a series may come in several parts) instead of building
-        it whole, which is several times faster on 1.x for large answers.
+        ``chunk_size``: the server streams the answer in chunks of that many points (a
+        series may come in several parts) instead of building it whole, which is several
+        times faster on 1.x for large answers; ``stream_series`` hands them over one by one.
         """
-        url_params: dict[str, str] = {"db": self.db if db is None else db}
-        if not url_params["db"]:
-            del url_params["db"]
-        if epoch:
-            url_params["epoch"] = epoch
         if chunk_size:
-            url_params.update(chunked="true", chunk_size=str(chunk_size))
+            return [one for part in self.stream_series(q, chunk_size, params=params,
+                                                       epoch=epoch, db=db) for one in part]
+        response = self._post("/query", params=self._query_params(epoch, db),
+                              data=self._query_form(q, params))
+        _raise_for_query(response)
+        try:
+            return _series(response.json(), response.status_code)
+        except ValueError as exc:
+            raise InfluxQueryError(response.status_code, "response is not JSON") from exc
+
+    def stream_series(
+        self,
+        q: str,
+        chunk_size: int,
+        *,
+        params: Mapping[str, Any] | None = None,
+        epoch: str | None = "s",
+        db: str | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Run InfluxQL; the series of each chunk of ``chunk_size`` points as it arrives,
+        so a reader of millions of points holds one chunk of them at a time."""
+        url_params = {**self._query_params(epoch, db), "chunked": "true",
+                      "chunk_size": str(chunk_size), **self._auth_params}
+        try:
+            with self._http.stream("POST", "/query", params=url_params,
+                                   data=self._query_form(q, params)) as response:
+                if response.status_code != 200:
+                    response.read()
+                    _raise_for_query(response)
+                for line in response.iter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        payload = json.loads(line)
+                    except ValueError as exc:
+                        raise InfluxQueryError(200, "response is not JSON") from exc
+                    yield _series(payload, 200)
+        except httpx.TransportError as exc:  # refused, reset, or cut off mid-answer
+            raise InfluxUnavailable(f"/query: {type(exc).__name__}: {exc}") from exc
+
+    def _query_params(self, epoch: str | None, db: str | None) -> dict[str, str]:
+        out: dict[str, str] = {"db": self.db if db is None else db}
+        if not out["db"]:
+            del out["db"]
+        if epoch:
+            out["epoch"] = epoch
+        return out
+
+    @staticmethod
+    def _query_form(q: str, params: Mapping[str, Any] | None) -> dict[str, str]:
         form = {"q": q}
         if params:
             form["params"] = json.dumps(dict(params))
-        response = self._post("/query", params=url_params, data=form)
-        if _is_retryable(response.status_code):
-            raise InfluxUnavailable(
-                f"/query: HTTP {response.status_code}: {_error_text(response)}",
-                response.status_code,
-            )
-        if response.status_code != 200:
-            raise InfluxQueryError(response.status_code, _error_text(response))
-        try:
-            if not chunk_size:
-                return _series(response.json(), response.status_code)
-            out: list[dict[str, Any]] = []
-            for line in response.text.splitlines():
-                if line.strip():
-                    out.extend(_series(json.loads(line), response.status_code))
-            return out
-        except ValueError as exc:
-            raise InfluxQueryError(response.status_code, "response is not JSON") from exc
+        return form
 
     def create_database(self) -> None:
         """``CREATE DATABASE`` (idempotent on 1.x; 2.x/3.x refuse it: buckets exist there)."""
@@ -313,6 +340,16 @@ def _v2_error_text(body: Any) -> str:
     if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
         return str(parsed["message"])
     return text.strip()[:500]
+
+
+def _raise_for_query(response: httpx.Response) -> None:
+    if _is_retryable(response.status_code):
+        raise InfluxUnavailable(
+            f"/query: HTTP {response.status_code}: {_error_text(response)}",
+            response.status_code,
+        )
+    if response.status_code != 200:
+        raise InfluxQueryError(response.status_code, _error_text(response))
 
 
 def _series(payload: Any, status_code: int) -> list[dict[str, Any]]:

@@ -7,13 +7,16 @@ lives here only, as the yardstick; the product has one implementation (telemetry
 
 from __future__ import annotations
 
+import io
+import zlib
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 import pytest
 
 from telemetry import analytics as a
-from telemetry import habits
+from telemetry import day_state, habits
 
 DAY = a.DAY_S
 HOUR = a.HOUR_S
@@ -187,21 +190,31 @@ def make_fleet(kits: int, now: float, seed: int = 3
 
 def fleet_window(hourly: dict[int, dict[str, np.ndarray]], region: list[str], kits: int,
                  now: float) -> a.Window:
-    """The product's way: one day at a time, all kits at once."""
-    since = now - 30 * DAY
+    """The product's way: one day at a time, all kits at once, each day kept as the nightly
+    job keeps it (packed, unpacked, laid back on the kit list) before it joins the window.
+
+    Each day is stored with its kits in another order, an extra (since decommissioned) kit
+    and without the kits that never reported, as a day stored on an earlier night may be.
+    """
     groups = np.array([sorted(set(region)).index(r) for r in region], dtype=np.int64)
     ids = np.concatenate([np.full(h["time"].size, i) for i, h in hourly.items()])
     cols = {f: np.concatenate([h[f] for h in hourly.values()])
             for f in ("time", *a.HOURLY_FIELDS)}
+    names = [f"K{i:05d}" for i in range(kits)]
+    index = {k: i for i, k in enumerate(names)}
+    stored_rows = [i for i in range(kits)[::-1] if i in hourly] + [kits]
     builder = a.WindowBuilder(kits)
-    before = None
-    for day in range(int(since // DAY), int(now // DAY) + 1):
-        sel = (cols["time"] >= day * DAY) & (cols["time"] < (day + 1) * DAY)
+    for day in range(int(now // DAY) - 30, int(now // DAY) + 1):
+        # the hour before 00:00 comes with the day: it links the first hour
+        sel = (cols["time"] >= day * DAY - HOUR) & (cols["time"] < (day + 1) * DAY)
         grid = a.day_hours(ids[sel], cols["time"][sel], {f: v[sel] for f, v in cols.items()},
-                           kits=kits, day_start=day * DAY, before=before)
+                           kits=kits + 1, day_start=day * DAY)
         stats = a.day_stats(grid, rows=300)  # in several slices of kits, as at scale
+        kept = a.DayStats(**{f.name: getattr(stats, f.name)[stored_rows]
+                             for f in fields(a.DayStats)})
+        blob = day_state.pack([[*names, "K-gone"][i] for i in stored_rows], kept)
+        stats = day_state.aligned(*day_state.unpack(blob), index)
         builder.add(stats, a.pv_ratios_by_group(stats.pv, groups))
-        before = grid.last_hour()
     return builder.finish()
 
 
@@ -227,7 +240,7 @@ def test_fleet_analytics_match_the_per_kit_rules(kits: int) -> None:
         assert (int(w.locked_hours[i]), int(w.locked_readings[i])) == (
             r["locked_hours"], r["locked_readings"]), i
         np.testing.assert_array_equal(w.profiles[i], r["profile"])
-        daily = {int(d * DAY): v for d, v in zip(range(int((now - 30 * DAY) // DAY),
+        daily = {int(d * DAY): v for d, v in zip(range(int(now // DAY) - 30,
                                                        int(now // DAY) + 1),
                                                  w.daily_load_wh[i], strict=True)
                  if np.isfinite(v)}
@@ -264,3 +277,21 @@ def test_leave_one_out_median_is_the_median_of_the_others() -> None:
                 assert med[i, j] == np.median(rest)
             else:
                 assert np.isnan(med[i, j])
+
+
+def test_a_stored_day_gives_back_every_bit_and_refuses_another_format() -> None:
+    rng = np.random.default_rng(4)
+    grid = a.blank_day(50)
+    a.place_hours(grid, np.repeat(np.arange(50), 25), np.tile(np.arange(-1, 24) * HOUR, 50),
+                  rng.uniform(0, 100, (50 * 25, len(a.HOURLY_FIELDS))), day_start=0)
+    stats = a.day_stats(grid)
+    ids, back = day_state.unpack(day_state.pack([f"k{i}" for i in range(50)], stats))
+    assert ids.tolist() == [f"k{i}" for i in range(50)]
+    for f in fields(a.DayStats):
+        np.testing.assert_array_equal(getattr(back, f.name), getattr(stats, f.name))
+        assert getattr(back, f.name).dtype == getattr(stats, f.name).dtype, f.name
+    assert grid.prev_present.all()  # the hour before 00:00 became the link
+    other = io.BytesIO()
+    np.savez(other, format=np.array(day_state.FORMAT + 1), kit_ids=ids)
+    with pytest.raises(day_state.UnknownFormat):
+        day_state.unpack(zlib.compress(other.getvalue()))

@@ -21,7 +21,7 @@ from cizo.settings import Settings
 from control.fleet import jobs
 from control.ledger.db import Database, migrate
 from control.ledger.leases import Lease
-from control.ledger.models import Alert, Desco, JobLease, Kit, KitMetrics
+from control.ledger.models import Alert, AnalyticsDay, Desco, JobLease, Kit, KitMetrics
 from telemetry import analytics, rollups
 from telemetry.influx import InfluxClient
 from tests.compose_support import env_of, rendered_services
@@ -253,3 +253,72 @@ def test_every_grafana_panel_returns_data(fleet: tuple[InfluxFleet, Settings],
         values = [v for r in rows for k, v in r.items() if k not in ("time", "kit_id")]
         assert any(v is not None for v in values), (name, title, q)
     assert np.isfinite(1.0)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_each_final_day_is_read_from_influxdb_once_and_changes_nothing(
+    fleet: tuple[InfluxFleet, Settings], database_url: str
+) -> None:
+    data, settings = fleet
+    db = _ledger(database_url, data)
+    settings = settings.model_copy(update={"analytics_read_parallel": 1})
+
+    def run(now: float, **kw: Any) -> tuple[list[str], Any, Any]:
+        steps: list[dict[str, Any]] = []
+        found = jobs.run_analytics(settings, db, now, progress=steps.append, **kw)
+        assert found is not None
+        with db.session() as s:
+            metrics = sorted((m.kit_id, m.energy_wh_30d, m.battery_health_pct, m.sizing,
+                              m.load_pattern, m.solvency_score) for m in s.query(KitMetrics))
+        return ([p["source"] for p in steps if p["step"] == "day read"],
+                sorted((f.kit_id, f.kind, f.detail) for f in found), metrics)
+
+    class Crash(Exception):
+        pass
+
+    def crash_on_day(n: int) -> Any:
+        def progress(info: dict[str, Any]) -> None:
+            if info["step"] == "day read" and info["day"] == n:
+                raise Crash
+        return progress
+
+    now = data.now + 60
+    days = jobs.window_days(now)
+    final = [(d + 1) * 86400 + settings.analytics_day_final_after_s <= now for d in days]
+    with pytest.raises(Crash):  # a first night that dies on its fifth day...
+        jobs.run_analytics(settings, db, now, progress=crash_on_day(5))
+    sources, cold_findings, cold = run(now)  # ...is resumed: those days are not read again
+    assert sources == ["stored" if i < 5 and final[i] else "influx" for i in range(len(days))]
+    # the next run reads only the days that were not final yet, in parts side by side
+    settings = settings.model_copy(update={"analytics_read_parallel": 3})
+    sources, findings, metrics = run(now + 60)
+    assert sources == ["stored" if f else "influx" for f in final]
+    assert findings == cold_findings and metrics == cold
+    # read again from InfluxDB in one go, the window is the same to the last bit
+    with db.session() as s:
+        s.query(AnalyticsDay).delete()
+    settings = settings.model_copy(update={"analytics_read_parallel": 1})
+    sources, findings, metrics = run(now + 120)
+    assert set(sources) == {"influx"}
+    assert findings == cold_findings and metrics == cold
+    # days that leave the window are let go
+    run(now + 40 * 86400)
+    with db.session() as s:
+        assert min(d.day for d in s.query(AnalyticsDay)) >= jobs.window_days(
+            now + 40 * 86400)[0]
+    db.dispose()
+
+
+def test_kit_parts_split_every_kit_into_exactly_one_query() -> None:
+    kits = [f"K{i:05d}" for i in range(1000)] + ["a-b", "x_y", "kit-", "k]", "k^", "k/", "k\\"]
+    for n in (1, 2, 3, 7):
+        parts = jobs.kit_parts(kits, n)
+        assert len(parts) == n
+        if n == 1:
+            assert parts == [""]
+            continue
+        patterns = [re.compile(p.split("=~ /")[1].rstrip("/")) for p in parts]
+        for k in kits:
+            assert sum(bool(p.search(k)) for p in patterns) == 1, (k, parts)
+        sizes = [sum(bool(p.search(k)) for k in kits) for p in patterns]
+        assert max(sizes) - min(sizes) <= 150, sizes

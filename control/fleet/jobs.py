@@ -2,16 +2,19 @@
 
 - ``control.fleet.summary.refresh_fleet_summary`` (every ``fleet_summary_interval_s``):
   one row of figures per (DESCO, region), so the fleet page reads a handful of rows.
-- ``run_analytics`` (every ``analytics_interval_s``): reads the hourly tier per batch of
-  kits, computes per-kit metrics (telemetry.analytics) and opens alerts for anomalies.
+- ``run_analytics`` (every ``analytics_interval_s``): each day of the window from the
+  ledger when it was read before (final days are kept), else from the hourly tier; per-kit
+  metrics (telemetry.analytics), solvency scores, and alerts for anomalies.
 - ``telemetry.rollups.run_rollups`` (every ``rollup_interval_s``; 0: not here).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from itertools import groupby
 from typing import Any, cast
@@ -32,10 +35,17 @@ from cizo.settings import Settings
 from control.fleet.summary import refresh_fleet_summary
 from control.ledger.db import Database
 from control.ledger.leases import Lease
-from control.ledger.models import Account, Alert, Kit, KitMetrics, LedgerEntry
-from telemetry import analytics, habits, opendata, rollups, solvency
+from control.ledger.models import (
+    Account,
+    Alert,
+    AnalyticsDay,
+    Kit,
+    KitMetrics,
+    LedgerEntry,
+)
+from telemetry import analytics, day_state, habits, opendata, rollups, solvency
 from telemetry.errors import InfluxQueryError
-from telemetry.influx import InfluxClient, quote_ident
+from telemetry.influx import quote_ident
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +56,6 @@ ALERT_KINDS = ("power_while_locked", "capacity_fading", "pv_below_neighbours", "
 ANALYTICS_WINDOW_DAYS = 30
 MIN_NEIGHBOURS = 4
 HOUR = analytics.HOUR_S
-READ_POINTS_PER_QUERY = 400_000  # hourly points per InfluxQL query: bounds the JSON in memory
 READ_CHUNK_POINTS = 20_000  # influxd streams its answer in chunks of this many points
 STORE_BATCH = 20_000
 ANALYTICS_LEASE = "analytics"
@@ -81,9 +90,10 @@ def run_analytics(settings: Settings, db: Database, now: float, *,
     """Per-kit metrics, solvency scores and alerts for the whole fleet, under a lease.
 
     Returns the findings, or None when another control process holds the lease (it is
-    running the job now). Nothing is written before the end, in one transaction: a run
-    that crashes leaves the previous results, and the next run starts again from the top
-    (an open alert is refreshed, never opened twice).
+    running the job now). Each final day is kept as soon as it is read; metrics, scores
+    and alerts are written at the end, in one transaction: a run that crashes leaves the
+    previous results, and the next run takes the days already read from the ledger and
+    starts the rest again (an open alert is refreshed, never opened twice).
     """
     with Lease(db, ANALYTICS_LEASE, settings.analytics_lease_s) as lease:
         if not lease.held:
@@ -111,69 +121,152 @@ def _analytics(settings: Settings, db: Database, now: float, lease: Lease,
     index = {k.id: i for i, k in enumerate(kits)}
     regions = sorted({k.region for k in kits})
     group = np.array([regions.index(k.region) for k in kits], dtype=np.int64)
-    since = int(now - ANALYTICS_WINDOW_DAYS * DAY)
-    days = list(range(since // DAY, int(now // DAY) + 1))
-    step("start", kits=len(kits), days=len(days))
+    days = window_days(now)
+    stored = _stored_days(db, days[0])
+    step("start", kits=len(kits), days=len(days), stored_days=len(stored & set(days)))
     builder = analytics.WindowBuilder(len(kits))
-    before: analytics.DayHours | None = None
     tiers = rollups.Tiers.from_settings(settings)
-    with rollups.client_for(settings, tiers.hourly, timeout_s=300.0) as client:
-        for n, day in enumerate(days, 1):
-            grid = _read_day(client, index, day * DAY, since, before)
-            stats = analytics.day_stats(grid)
-            builder.add(stats, analytics.pv_ratios_by_group(stats.pv, group))
-            before = grid.last_hour()
-            reporting = int(stats.reported.sum())
-            del grid, stats  # one day's grid at a time: ~1.5 KB a kit
-            step("day read", day=n, days=len(days), kits_reporting=reporting)
+    reader = DayReader(settings, tiers.hourly, index)
+    for n, day in enumerate(days, 1):
+        stats = _load_day(db, day, index) if day in stored else None
+        source = "stored"
+        if stats is None:
+            source = "influx"
+            stats = analytics.day_stats(reader.read(day * DAY))
+            if (day + 1) * DAY + settings.analytics_day_final_after_s <= now:
+                _save_day(db, day, [k.id for k in kits], stats, now)
+        builder.add(stats, analytics.pv_ratios_by_group(stats.pv, group))
+        reporting = int(stats.reported.sum())
+        del stats  # one day at a time: the window keeps ~75 bytes a kit of it
+        step("day read", day=n, days=len(days), source=source, kits_reporting=reporting)
     w = builder.finish()
-    del before
     findings = _findings(settings, kits, group, w, now)
     patterns = (habits.household_patterns(w.profiles[w.reported])
                 if w.reported.any() else None)
     step("computed", findings=len(findings))
     scores = _solvency(db, kits, w, now)
     step("scored", accounts=len(scores))
-    _store(db, now, kits, w, patterns, scores, findings)
+    _store(db, now, kits, w, patterns, scores, findings, days[0])
     step("stored", findings=len(findings))
     return findings
 
 
-def _read_day(client: InfluxClient, index: dict[str, int], day_start: int, since: int,
-              before: analytics.DayHours | None) -> analytics.DayHours:
-    """One UTC day of the hourly tier for every kit, a few hours per query (bounded memory)."""
-    fields = analytics.HOURLY_FIELDS
-    per_query = max(1, min(24, READ_POINTS_PER_QUERY // max(1, len(index))))
-    kit_parts: list[np.ndarray[Any, Any]] = []
-    value_parts: list[np.ndarray[Any, Any]] = []
-    for a in range(day_start, day_start + DAY, per_query * HOUR):
-        lo, hi = max(a, since), min(a + per_query * HOUR, day_start + DAY)
-        if lo >= hi:
-            continue
-        series = client.query_series(
-            f"SELECT {', '.join(fields)} FROM {quote_ident(rollups.HOURLY_MEASUREMENT)} "
-            f"WHERE time >= {lo}s AND time < {hi}s GROUP BY {quote_ident('kit_id')}",
-            chunk_size=READ_CHUNK_POINTS)
-        rows: list[list[Any]] = []
-        kit_of: list[int] = []
-        for one in series:
-            i = index.get((one.get("tags") or {}).get("kit_id", ""))
-            values = one.get("values") or []
-            if i is None or not values:
-                continue  # a decommissioned or unknown kit
-            if one.get("columns") != ["time", *fields]:
-                raise InfluxQueryError(200, f"unexpected columns {one.get('columns')}")
-            rows.extend(values)
-            kit_of.extend([i] * len(values))
-        if rows:
-            value_parts.append(np.array(rows, dtype=np.float64))
-            kit_parts.append(np.array(kit_of, dtype=np.int64))
-    values = (np.concatenate(value_parts) if value_parts
-              else np.zeros((0, len(fields) + 1)))
-    kit = np.concatenate(kit_parts) if kit_parts else np.zeros(0, dtype=np.int64)
-    return analytics.day_hours(kit, values[:, 0],
-                               {f: values[:, j + 1] for j, f in enumerate(fields)},
-                               kits=len(index), day_start=day_start, before=before)
+def window_days(now: float) -> list[int]:
+    """The window's UTC days (unix time // 86400): the last ``ANALYTICS_WINDOW_DAYS``
+    whole days and today so far. Whole days, so each is read once and kept when final."""
+    today = int(now // DAY)
+    return list(range(today - ANALYTICS_WINDOW_DAYS, today + 1))
+
+
+# --- each day read once: final days kept in the ledger ------------------------------------
+
+
+def _stored_days(db: Database, first: int) -> set[int]:
+    with db.session() as s:
+        return set(s.scalars(select(AnalyticsDay.day).where(AnalyticsDay.day >= first)))
+
+
+def _load_day(db: Database, day: int, index: dict[str, int]) -> analytics.DayStats | None:
+    """A stored day laid on tonight's kits; None when it must be read again (a format
+    this version does not know)."""
+    with db.session() as s:
+        blob = s.scalar(select(AnalyticsDay.data).where(AnalyticsDay.day == day))
+    if blob is None:
+        return None
+    try:
+        kit_ids, stats = day_state.unpack(bytes(blob))
+    except day_state.UnknownFormat:
+        log.info("analytics: stored day %d is of another format; reading it again", day)
+        return None
+    return day_state.aligned(kit_ids, stats, index)
+
+
+def _save_day(db: Database, day: int, kit_ids: list[str], stats: analytics.DayStats,
+              now: float) -> None:
+    """Keep a final day's numbers, committed at once: a run that crashes later resumes
+    from the days it had read."""
+    blob = day_state.pack(kit_ids, stats)
+    with db.session() as s:
+        s.execute(delete(AnalyticsDay).where(AnalyticsDay.day == day))
+        s.add(AnalyticsDay(day=day, kits=len(kit_ids), stored_at=now, data=blob))
+
+
+class DayReader:
+    """One UTC day of the hourly tier for every kit, straight onto the day's grid.
+
+    One query per day and part of the kits (influxd 1.6 walks every series of the shard
+    for each query, so a query per hour costs that walk 24 times), the parts side by side
+    on ``analytics_read_parallel`` connections, each answer parsed as it streams in.
+    The hour before 00:00 comes with it: it ties the day's first hour to the day before.
+    """
+
+    def __init__(self, settings: Settings, tier: str, index: dict[str, int]) -> None:
+        self.settings = settings
+        self.tier = tier
+        self.index = index
+        self.parts = kit_parts(list(index), settings.analytics_read_parallel)
+
+    def read(self, day_start: int) -> analytics.DayHours:
+        grid = analytics.blank_day(len(self.index))
+        if not self.index:
+            return grid
+        lock = threading.Lock()
+        fields = analytics.HOURLY_FIELDS
+        q = (f"SELECT {', '.join(fields)} FROM {quote_ident(rollups.HOURLY_MEASUREMENT)} "
+             f"WHERE time >= {day_start - HOUR}s AND time < {day_start + DAY}s{{part}} "
+             f"GROUP BY {quote_ident('kit_id')}")
+
+        def read_part(part: str) -> None:
+            with rollups.client_for(self.settings, self.tier, timeout_s=600.0) as client:
+                for chunk in client.stream_series(q.format(part=part), READ_CHUNK_POINTS):
+                    rows: list[list[Any]] = []
+                    kit_of: list[int] = []
+                    for one in chunk:
+                        i = self.index.get((one.get("tags") or {}).get("kit_id", ""))
+                        values = one.get("values") or []
+                        if i is None or not values:
+                            continue  # a decommissioned or unknown kit
+                        if one.get("columns") != ["time", *fields]:
+                            raise InfluxQueryError(200,
+                                                   f"unexpected columns {one.get('columns')}")
+                        rows.extend(values)
+                        kit_of.extend([i] * len(values))
+                    if rows:
+                        v = np.array(rows, dtype=np.float64)
+                        with lock:
+                            analytics.place_hours(grid, np.array(kit_of), v[:, 0], v[:, 1:],
+                                                  day_start=day_start)
+
+        if len(self.parts) == 1:
+            read_part(self.parts[0])
+        else:
+            with ThreadPoolExecutor(len(self.parts)) as pool:
+                for done in [pool.submit(read_part, part) for part in self.parts]:
+                    done.result()  # the first failure is the day's failure
+        return grid
+
+
+def kit_parts(kit_ids: list[str], n: int) -> list[str]:
+    """``n`` InfluxQL conditions that split the kits by the last character of their id,
+    about evenly (at most as many parts as characters used); one part is no condition."""
+    counts: dict[str, int] = {}
+    for k in kit_ids:
+        counts[k[-1]] = counts.get(k[-1], 0) + 1
+    if n <= 1 or len(counts) <= 1:
+        return [""]
+    bins: list[list[str]] = [[] for _ in range(min(n, len(counts)))]
+    size = [0] * len(bins)
+    for char, count in sorted(counts.items(), key=lambda c: (-c[1], c[0])):
+        j = size.index(min(size))
+        bins[j].append(char)
+        size[j] += count
+    return [f" AND {quote_ident('kit_id')} =~ /[{''.join(_in_class(c) for c in sorted(b))}]$/"
+            for b in bins]
+
+
+def _in_class(char: str) -> str:
+    """A character inside an InfluxQL /regex/ character class."""
+    return "\\" + char if char in "\\]^-[/" else char
 
 
 def _findings(settings: Settings, kits: list[KitRow], group: np.ndarray[Any, Any],
@@ -220,7 +313,7 @@ def _solvency(db: Database, kits: list[KitRow], w: analytics.Window, now: float
               ) -> dict[str, tuple[float, dict[str, Any]]]:
     """Every account's score from one ordered read of the ledger (streamed, not one per kit)."""
     index = {k.id: i for i, k in enumerate(kits)}
-    day0 = (int(now - ANALYTICS_WINDOW_DAYS * DAY) // DAY) * DAY
+    day0 = window_days(now)[0] * DAY
     out: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def score(acct_id: int, entries: list[Any]) -> None:
@@ -259,8 +352,9 @@ def _solvency(db: Database, kits: list[KitRow], w: analytics.Window, now: float
 
 def _store(db: Database, now: float, kits: list[KitRow], w: analytics.Window,
            patterns: habits.Patterns | None, scores: dict[str, tuple[float, dict[str, Any]]],
-           findings: list[Finding]) -> None:
-    """Metrics replaced, alerts opened, refreshed and closed: one transaction."""
+           findings: list[Finding], first_day: int) -> None:
+    """Metrics replaced, alerts opened, refreshed and closed, days that left the window
+    let go: one transaction."""
     pattern_of: dict[str, str] = {}
     if patterns is not None:
         reported = [k.id for k, r in zip(kits, w.reported, strict=True) if r]
@@ -281,6 +375,7 @@ def _store(db: Database, now: float, kits: list[KitRow], w: analytics.Window,
     # a kind is judged for a kit only with the evidence for it; no data is no verdict
     judged = {k.id for k, r in zip(kits, w.reported, strict=True) if r}
     with db.session() as s:
+        s.execute(delete(AnalyticsDay).where(AnalyticsDay.day < first_day))
         s.execute(delete(KitMetrics).where(KitMetrics.kit_id.in_(select(Kit.id).where(
             Kit.decommissioned_at.is_(None)))))
         for a in range(0, len(rows), STORE_BATCH):

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -313,6 +314,18 @@ class JobLease(Base):
     holder: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[float] = mapped_column(Float)  # wall clock; renewed while it runs
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the holder's last step
+
+
+class AnalyticsDay(Base):
+    """One UTC day's per-kit analytics numbers (telemetry.day_state), kept once the day's
+    hourly rollups are final, so the nightly job reads each day of telemetry once."""
+
+    __tablename__ = "analytics_days"
+
+    day: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kits: Mapped[int] = mapped_column(Integer)
+    stored_at: Mapped[float] = mapped_column(Float)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class FleetSummary(Base):
