@@ -270,7 +270,8 @@ def test_each_final_day_is_read_from_influxdb_once_and_changes_nothing(
         with db.session() as s:
             metrics = sorted((m.kit_id, m.energy_wh_30d, m.battery_health_pct, m.sizing,
                               m.load_pattern, m.solvency_score) for m in s.query(KitMetrics))
-        return ([p["source"] for p in steps if p["step"] == "day read"],
+        return (["influx" if i + 1 in {p["day"] for p in steps if p["step"] == "day read"}
+                 else "stored" for i in range(len(jobs.window_days(now)))],
                 sorted((f.kit_id, f.kind, f.detail) for f in found), metrics)
 
     class Crash(Exception):

@@ -122,23 +122,31 @@ def _analytics(settings: Settings, db: Database, now: float, lease: Lease,
     regions = sorted({k.region for k in kits})
     group = np.array([regions.index(k.region) for k in kits], dtype=np.int64)
     days = window_days(now)
-    stored = _stored_days(db, days[0])
-    step("start", kits=len(kits), days=len(days), stored_days=len(stored & set(days)))
-    builder = analytics.WindowBuilder(len(kits))
-    tiers = rollups.Tiers.from_settings(settings)
-    reader = DayReader(settings, tiers.hourly, index)
+    stored = _stored_days(db, days[0]) & set(days)
+    step("start", kits=len(kits), days=len(days), stored_days=len(stored))
+    # the days to read first, so one day's grid is never in memory beside the window's
+    # numbers: final ones are kept at once (a crash resumes after them), the others wait
+    fresh: dict[int, analytics.DayStats] = {}
+    reader = DayReader(settings, rollups.Tiers.from_settings(settings).hourly, index)
     for n, day in enumerate(days, 1):
-        stats = _load_day(db, day, index) if day in stored else None
-        source = "stored"
-        if stats is None:
-            source = "influx"
-            stats = analytics.day_stats(reader.read(day * DAY))
-            if (day + 1) * DAY + settings.analytics_day_final_after_s <= now:
-                _save_day(db, day, [k.id for k in kits], stats, now)
-        builder.add(stats, analytics.pv_ratios_by_group(stats.pv, group))
-        reporting = int(stats.reported.sum())
-        del stats  # one day at a time: the window keeps ~75 bytes a kit of it
-        step("day read", day=n, days=len(days), source=source, kits_reporting=reporting)
+        if day in stored:
+            continue
+        stats = analytics.day_stats(reader.read(day * DAY))
+        if (day + 1) * DAY + settings.analytics_day_final_after_s <= now:
+            save_day(db, day, [k.id for k in kits], stats, now)
+            stored.add(day)
+        else:
+            fresh[day] = stats
+        step("day read", day=n, days=len(days), kits_reporting=int(stats.reported.sum()))
+        del stats
+    builder = analytics.WindowBuilder(len(kits))
+    for day in days:
+        one = fresh.pop(day) if day in fresh else _load_day(db, day, index)
+        if one is None:  # kept in a format this version does not know: read it again
+            one = analytics.day_stats(reader.read(day * DAY))
+        builder.add(one, analytics.pv_ratios_by_group(one.pv, group))
+        del one  # the window keeps ~75 bytes a kit of each day
+    step("days added", days=len(days))
     w = builder.finish()
     findings = _findings(settings, kits, group, w, now)
     patterns = (habits.household_patterns(w.profiles[w.reported])
@@ -181,10 +189,10 @@ def _load_day(db: Database, day: int, index: dict[str, int]) -> analytics.DaySta
     return day_state.aligned(kit_ids, stats, index)
 
 
-def _save_day(db: Database, day: int, kit_ids: list[str], stats: analytics.DayStats,
+def save_day(db: Database, day: int, kit_ids: list[str], stats: analytics.DayStats,
               now: float) -> None:
-    """Keep a final day's numbers, committed at once: a run that crashes later resumes
-    from the days it had read."""
+    """Keep a final day's numbers (``kit_ids[i]`` is row i), committed at once: a run that
+    crashes later resumes from the days it had read."""
     blob = day_state.pack(kit_ids, stats)
     with db.session() as s:
         s.execute(delete(AnalyticsDay).where(AnalyticsDay.day == day))
