@@ -1,22 +1,26 @@
-"""The nightly analytics job at national size: 300,000 kits, 30 days of hourly rollups.
+"""The nightly analytics job at national size: 300,000 kits, a 30-day window.
 
-Starts a private influxd 1.x and a fresh PostgreSQL database, writes the kits, accounts and
-ledgers (COPY) and 30 days of hourly rollups (line protocol, 50,000 lines per POST) across
-four DESCOs and Togo's five regions, then runs ``control.fleet.jobs.run_analytics`` once in
-a child process (read, compute, store metrics and solvency scores, open and close alerts)
-and reports its wall time and peak RSS beside the goals (10 minutes, 2 GiB). Set-up time is
-reported apart. Env: CIZO_BENCH_KITS (default 300000), CIZO_BENCH_DAYS (30),
-CIZO_TEST_PG_ADMIN_URL; CIZO_BENCH_COMPUTE_ONLY=1 times only the pure per-day pipeline on
-generated arrays (no servers); CIZO_BENCH_COMPARE_TREE=<dir> also runs that tree's job first on the
-same data (e.g. ``git archive main | tar -x -C /tmp/main-tree``): an A/B in one run.
-After the job, the regulator's national view is timed on the same ledger (bench/regulator.py:
-``regulator_p95_ms``, goal < 300 ms); CIZO_BENCH_REGULATOR_ONLY=1 loads the ledger and times
-only that (no influxd, no job).
+Starts a private influxd 1.x and a fresh PostgreSQL database and writes the kits, accounts
+and ledgers (COPY) across four DESCOs and Togo's five regions. The night is the job's steady
+state: the 29 earlier days of hourly rollups are already kept in the ledger as the job of
+earlier nights left them (generated, put through ``day_stats`` and ``jobs.save_day``), and
+influxd holds the new day and tonight's first two hours (line protocol, 50,000 lines per
+POST). Then ``control.fleet.jobs.run_analytics`` runs once in a child process (read the new
+day, build the window, compute, store metrics and solvency scores, open and close alerts)
+and its wall time and peak RSS are printed beside the goals (10 minutes, 2 GiB); set-up
+times are reported apart. After it, the regulator's national view is timed on the same
+ledger (bench/regulator.py: ``regulator_p95_ms``, goal < 300 ms).
+
+Env: CIZO_BENCH_KITS (default 300000), CIZO_BENCH_DAYS (30), CIZO_TEST_PG_ADMIN_URL;
+CIZO_BENCH_COLD=1 writes every day to influxd instead and runs the job twice on the same
+night: cold (every day read from influxd, nothing kept yet) then warm (an A/B in one run:
+``cold_job_s`` beside ``job_s``, and whether both found the same alerts);
+CIZO_BENCH_COMPUTE_ONLY=1 times only the pure per-day pipeline on generated arrays (no
+servers); CIZO_BENCH_REGULATOR_ONLY=1 loads the ledger and times only the regulator's view.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
@@ -25,6 +29,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +46,13 @@ import regulator
 from cizo import services
 from cizo.settings import Settings
 from control.fleet import jobs
-from control.ledger.db import migrate
-from telemetry import rollups
+from control.ledger.db import Database, migrate
+from telemetry import analytics, rollups
 
 ADMIN = os.environ.get("CIZO_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 KITS = int(os.environ.get("CIZO_BENCH_KITS", "300000"))
 DAYS = int(os.environ.get("CIZO_BENCH_DAYS", "30"))
+COLD = bool(os.environ.get("CIZO_BENCH_COLD"))
 DESCOS = ("d1", "d2", "d3", "d4")
 REGIONS = jobs.REGIONS
 REGION_SHARE = (0.40, 0.20, 0.15, 0.13, 0.12)  # Maritime (Lomé) holds most households
@@ -118,45 +125,108 @@ def _copy(conn: psycopg.Connection[Any], table: str, rows: list[tuple[Any, ...]]
             cp.write_row(row)
 
 
-def write_rollups(url: str, db: str, n: int, now: float, days: int) -> int:
-    """``days`` of hourly rollups for every kit (5 % of hours missing), as line protocol."""
+def hourly_rollups(n: int, now: float, days: int
+                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Every kit's hourly rollup from 00:00 ``days`` days ago to the last whole hour, as
+    (hour start, kits seen (5 % of hours missing), their ``HOURLY_FIELDS`` columns)."""
     rng = np.random.default_rng(9)
-    prefix = [f"{rollups.HOURLY_MEASUREMENT},kit_id={k} " for k in kit_ids(n)]
     panel = rng.uniform(60, 90, n)
     panel[::37] = 25.0  # dirty or broken panels: below their neighbours
     cap = rng.uniform(300, 600, n)
     evening_w = rng.uniform(4, 16, n)
     locked_kit = np.arange(n) % 53 == 0
     soc = np.full(n, 60.0)
-    start = int(now // HOUR) * HOUR - days * DAY
-    lines: list[str] = []
-    written = 0
-    with httpx.Client(base_url=url, timeout=300) as c:
-        for t in range(start, int(now // HOUR) * HOUR, HOUR):
-            hod = (t % DAY) // HOUR
-            sun = max(0.0, float(np.sin((hod - 6) / 12 * np.pi)))
-            pv = panel * sun * rng.uniform(0.7, 1.0, n)
-            load = (evening_w if 18 <= hod < 23 else evening_w * 0.1) * rng.uniform(0.5, 1.5, n)
-            first = soc.copy()
-            soc = np.clip(soc + 100 * (pv - load) / cap, 0, 100)
-            full_n = np.where(soc >= 98, 60, 0)
-            locked = np.where(locked_kit & (rng.random(n) < 0.02), 3, 0)
-            seen = rng.random(n) > 0.05
-            cols = (np.minimum(first, soc).round(1), first.round(1), soc.round(1),
-                    pv.round(2), load.round(2), full_n, locked)
-            for i in np.flatnonzero(seen).tolist():
-                lines.append(
-                    f"{prefix[i]}soc_min={cols[0][i]},soc_first={cols[1][i]},"
-                    f"soc_last={cols[2][i]},pv_wh={cols[3][i]},load_wh={cols[4][i]},n=60i,"
-                    f"full_n={cols[5][i]}i,locked_load_n={cols[6][i]}i {t}")
-                if len(lines) >= LINES_PER_POST:
-                    written += _post(c, db, lines)
-                    lines = []
-            if hod == 0:
-                print(f"rollups: day {(t - start) // DAY + 1}/{days}, {written} points",
-                      file=sys.stderr, flush=True)
-        written += _post(c, db, lines)
-    return written
+    for t in range((int(now // DAY) - days) * DAY, int(now // HOUR) * HOUR, HOUR):
+        hod = (t % DAY) // HOUR
+        sun = max(0.0, float(np.sin((hod - 6) / 12 * np.pi)))
+        pv = panel * sun * rng.uniform(0.7, 1.0, n)
+        load = (evening_w if 18 <= hod < 23 else evening_w * 0.1) * rng.uniform(0.5, 1.5, n)
+        first = soc.copy()
+        soc = np.clip(soc + 100 * (pv - load) / cap, 0, 100)
+        full_n = np.where(soc >= 98, 60, 0)
+        locked = np.where(locked_kit & (rng.random(n) < 0.02), 3, 0)
+        seen = np.flatnonzero(rng.random(n) > 0.05)
+        cols = {"soc_min": np.minimum(first, soc).round(1), "soc_first": first.round(1),
+                "soc_last": soc.round(1), "pv_wh": pv.round(2), "load_wh": load.round(2),
+                "n": np.full(n, 60.0), "full_n": full_n.astype(float),
+                "locked_load_n": locked.astype(float)}
+        yield t, seen, np.column_stack([cols[f][seen] for f in analytics.HOURLY_FIELDS])
+
+
+class LineWriter:
+    """Hours of rollups into influxd as line protocol, 50,000 lines per POST, two at once."""
+
+    def __init__(self, url: str, db: str, ids: list[str]) -> None:
+        self.db = db
+        self.prefix = [f"{rollups.HOURLY_MEASUREMENT},kit_id={k} " for k in ids]
+        self.client = httpx.Client(base_url=url, timeout=600)
+        self.pool = ThreadPoolExecutor(2)
+        self.pending: list[Future[int]] = []
+        self.written = 0
+
+    def add(self, t: int, seen: np.ndarray, values: np.ndarray) -> None:
+        names = analytics.HOURLY_FIELDS
+        ints = {"n", "full_n", "locked_load_n"}
+        text = [[f"{v:.0f}i" if f in ints else repr(v) for v in col]
+                for f, col in zip(names, values.T.tolist(), strict=True)]
+        lines = [self.prefix[i] + ",".join(f"{f}={text[j][r]}" for j, f in enumerate(names))
+                 + f" {t}" for r, i in enumerate(seen.tolist())]
+        for a in range(0, len(lines), LINES_PER_POST):
+            self.pending.append(self.pool.submit(_post, self.client, self.db,
+                                                 lines[a:a + LINES_PER_POST]))
+            while len(self.pending) > 2:
+                self.written += self.pending.pop(0).result()
+        if t % DAY == DAY - HOUR:
+            print(f"influx: {time.strftime('%Y-%m-%d', time.gmtime(t))} written, "
+                  f"{self.written} points", file=sys.stderr, flush=True)
+
+    def close(self) -> int:
+        self.written += sum(f.result() for f in self.pending)
+        self.pool.shutdown()
+        self.client.close()
+        return self.written
+
+
+class DayKeeper:
+    """Hours of rollups straight into the job's kept days (``jobs.save_day``), as the job
+    of earlier nights would have left them: day by day through the same ``day_stats``,
+    each day linked to the previous day's 23:00 like the job's read."""
+
+    def __init__(self, url: str, ids: list[str], now: float) -> None:
+        self.db = Database(url.replace("postgresql://", "postgresql+psycopg://"))
+        self.ids, self.now = ids, now
+        self.grid: analytics.DayHours | None = None
+        self.day = 0
+        self.link: tuple[int, np.ndarray, np.ndarray] | None = None
+        self.kept = 0
+
+    def add(self, t: int, seen: np.ndarray, values: np.ndarray) -> None:
+        if self.grid is not None and t // DAY != self.day:
+            self._keep()
+        if self.grid is None:
+            self.grid, self.day = analytics.blank_day(len(self.ids)), t // DAY
+            if self.link is not None and self.link[0] == t - HOUR:
+                lt, ls, lv = self.link
+                analytics.place_hours(self.grid, ls, np.full(len(ls), lt), lv,
+                                      day_start=self.day * DAY)
+        analytics.place_hours(self.grid, seen, np.full(len(seen), t), values,
+                              day_start=self.day * DAY)
+        if t % DAY == DAY - HOUR:
+            self.link = (t, seen, values)
+
+    def _keep(self) -> None:
+        assert self.grid is not None
+        jobs.save_day(self.db, self.day, self.ids, analytics.day_stats(self.grid), self.now)
+        self.kept += 1
+        self.grid = None
+        print(f"kept: {time.strftime('%Y-%m-%d', time.gmtime(self.day * DAY))}",
+              file=sys.stderr, flush=True)
+
+    def close(self) -> int:
+        if self.grid is not None:
+            self._keep()
+        self.db.dispose()
+        return self.kept
 
 
 def _post(c: httpx.Client, db: str, lines: list[str]) -> int:
@@ -174,27 +244,17 @@ def _post(c: httpx.Client, db: str, lines: list[str]) -> int:
     return len(lines)
 
 
-def job(now: float, tree: str | None = None) -> None:
+def job(now: float) -> None:
     """The child: the nightly job, as the control service's scheduler runs it (settings
-    from the CIZO_* environment), from this tree or from ``tree``."""
-    if tree:
-        sys.path.insert(0, tree)
-        for name in [m for m in sys.modules if m.split(".")[0] in ("control", "telemetry",
-                                                                    "cizo")]:
-            del sys.modules[name]
-    from cizo.settings import Settings
-    from control.fleet import jobs
-    from control.ledger.db import Database
-
+    from the CIZO_* environment), its progress on stderr."""
     settings = Settings()
     db = Database(settings.database_url)
     t0 = time.perf_counter()
+
     def show(info: dict[str, Any]) -> None:
         print(json.dumps(info), file=sys.stderr, flush=True)
 
-    has_progress = "progress" in inspect.signature(jobs.run_analytics).parameters
-    findings = jobs.run_analytics(settings, db, now,  # the previous tree's has no progress
-                                  **({"progress": show} if has_progress else {}))
+    findings = jobs.run_analytics(settings, db, now, progress=show)
     assert findings is not None, "the lease was held by another run"
     kinds: dict[str, int] = {}
     for f in findings:
@@ -228,11 +288,10 @@ def compute_only(n: int, days: int) -> None:
     print(json.dumps({"job_s": round(time.perf_counter() - t0, 1), "findings": {}}))
 
 
-def run_child(env: dict[str, str], now: float, tree: str | None,
-              mode: str = "--job") -> dict[str, Any]:
+def run_child(env: dict[str, str], now: float, mode: str = "--job") -> dict[str, Any]:
     """One run of the job in a child process of its own: its time and its peak RSS."""
     t0 = time.perf_counter()
-    argv = [sys.executable, __file__, mode, str(now), *([tree] if tree else [])]
+    argv = [sys.executable, __file__, mode, str(now)]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen(argv, env=env, stdout=out, stderr=err)
         _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
@@ -243,8 +302,11 @@ def run_child(env: dict[str, str], now: float, tree: str | None,
     if child.returncode:
         raise RuntimeError(f"the job failed: {stderr[-4000:]}")
     steps = [line for line in stderr.splitlines() if line.startswith('{"job"')]
-    sys.stderr.write("".join(f"  {line}\n" for line in steps[:2] + steps[-4:]))
+    sys.stderr.write("".join(f"  {line}\n" for line in steps[:2] + steps[-5:]))
     result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    # seconds at the end of each step (the last one of a kind when it repeats)
+    result["steps"] = {json.loads(line)["step"]: json.loads(line)["elapsed_s"]
+                       for line in steps}
     result["rss_mib"] = usage.ru_maxrss / 1024
     result["wall_s"] = time.perf_counter() - t0
     return result
@@ -252,7 +314,7 @@ def run_child(env: dict[str, str], now: float, tree: str | None,
 
 def main() -> int:
     if os.environ.get("CIZO_BENCH_COMPUTE_ONLY"):
-        r = run_child(dict(os.environ), float(KITS), None, mode="--compute")
+        r = run_child(dict(os.environ), float(KITS), mode="--compute")
         print(f"compute only, {KITS} kits x {DAYS + 1} days: {r['job_s']} s, peak RSS "
               f"{r['rss_mib']:.0f} MiB", file=sys.stderr)
         print(json.dumps({"kits": KITS, "compute_s": r["job_s"],
@@ -280,33 +342,51 @@ def main() -> int:
         influx_url = f"http://127.0.0.1:{influx.port}"
         settings = Settings(database_url=sa_url, influx_url=influx_url, influx_db="bench")
         assert rollups.ensure_tiers(settings)
+        ids = kit_ids(KITS)
+        new_day = (int(now // DAY) - 1) * DAY  # yesterday: the day tonight's job reads
+        keeper = None if COLD else DayKeeper(url, ids, now)
+        writer = LineWriter(influx_url, rollups.Tiers.from_settings(settings).hourly, ids)
+        spent = {"state": 0.0, "influx": 0.0}
+        for t, seen, values in hourly_rollups(KITS, now, DAYS):
+            t0 = time.perf_counter()
+            if keeper is not None and t < new_day:
+                keeper.add(t, seen, values)
+                spent["state"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+            if keeper is None or t >= new_day - HOUR:  # with the hour that links it
+                writer.add(t, seen, values)
+                spent["influx"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        points = write_rollups(influx_url, rollups.Tiers.from_settings(settings).hourly,
-                               KITS, now, DAYS)
-        influx_s = time.perf_counter() - t0
-        print(f"influx: {points} hourly points in {influx_s:.1f} s "
-              f"({points / influx_s:,.0f}/s)", file=sys.stderr)
+        kept = keeper.close() if keeper is not None else 0
+        spent["state"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        points = writer.close()
+        influx_s = spent["influx"] + time.perf_counter() - t0
+        state_s = spent["state"]
+        print(f"set-up: {kept} earlier days kept in {state_s:.1f} s; {points} hourly points "
+              f"in influxd in {influx_s:.1f} s ({points / influx_s:,.0f}/s)", file=sys.stderr)
         env = {**os.environ, "CIZO_DATABASE_URL": settings.database_url,
                "CIZO_INFLUX_URL": influx_url, "CIZO_INFLUX_DB": settings.influx_db}
-        compare = os.environ.get("CIZO_BENCH_COMPARE_TREE")
-        before = run_child(env, now, compare) if compare else None
-        if before:
-            print(f"previous tree ({compare}): {before['job_s']} s, peak RSS "
-                  f"{before['rss_mib']:.0f} MiB; findings {before['findings']}",
-                  file=sys.stderr)
-        result = run_child(env, now, None)
+        cold = run_child(env, now) if COLD else None
+        if cold:
+            print(f"cold (every day read from influxd): {cold['job_s']} s, peak RSS "
+                  f"{cold['rss_mib']:.0f} MiB; findings {cold['findings']}", file=sys.stderr)
+        result = run_child(env, now)
         wall_s, rss_mib = result["wall_s"], result["rss_mib"]
         print(f"job: {result['job_s']} s (goal <= {GOAL_JOB_S:.0f} s), process wall "
               f"{wall_s:.1f} s, peak RSS {rss_mib:.0f} MiB (goal <= {GOAL_RSS_MIB:.0f}); "
               f"findings {result['findings']}", file=sys.stderr)
         national = regulator.figures(sa_url, regions_of(KITS), work)
-        out = {"kits": KITS, "days": DAYS, "hourly_points": points,
-               "job_s": result["job_s"], "peak_rss_mib": round(rss_mib),
-               **national, "setup_ledger_s": round(ledger_s, 1),
+        out = {"kits": KITS, "days": DAYS, "job_s": result["job_s"],
+               "peak_rss_mib": round(rss_mib), **national,
+               "hourly_points_in_influxd": points, "days_kept_before": kept,
+               "setup_ledger_s": round(ledger_s, 1), "setup_kept_days_s": round(state_s, 1),
                "setup_influx_s": round(influx_s, 1), "goal_job_s": GOAL_JOB_S,
                "goal_rss_mib": GOAL_RSS_MIB, "findings": result["findings"],
-               "previous_tree_job_s": before and before["job_s"],
-               "previous_tree_rss_mib": before and round(before["rss_mib"])}
+               "steps_s": result["steps"],
+               "cold_job_s": cold and cold["job_s"],
+               "cold_peak_rss_mib": cold and round(cold["rss_mib"]),
+               "cold_findings_same": cold and cold["findings"] == result["findings"]}
         print(json.dumps(out))
         return 0 if out["job_s"] <= GOAL_JOB_S and out["peak_rss_mib"] <= GOAL_RSS_MIB \
             and out["regulator_p95_ms"] < regulator.GOAL_MS else 1
@@ -321,7 +401,7 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--compute":
         compute_only(int(float(sys.argv[2])), DAYS)
         sys.exit(0)
-    if len(sys.argv) in (3, 4) and sys.argv[1] == "--job":
-        job(float(sys.argv[2]), sys.argv[3] if len(sys.argv) == 4 else None)
+    if len(sys.argv) == 3 and sys.argv[1] == "--job":
+        job(float(sys.argv[2]))
         sys.exit(0)
     sys.exit(main())
