@@ -91,6 +91,18 @@ def _ledger(url: str, data: InfluxFleet) -> Database:
     return db
 
 
+class Crash(Exception):
+    """The control process dies here."""
+
+
+def crash_at(step: str, *, day: int | None = None) -> Any:
+    """A progress callback that dies at ``step`` (of the ``day``-th day read, if given)."""
+    def progress(info: dict[str, Any]) -> None:
+        if info["step"] == step and day in (None, info.get("day")):
+            raise Crash(step)
+    return progress
+
+
 def test_analytics_find_each_planted_fault(
     fleet: tuple[InfluxFleet, Settings], tmp_path: Path
 ) -> None:
@@ -146,15 +158,6 @@ def test_analytics_resume_after_a_crash_without_opening_alerts_twice(
     db = _ledger(database_url, data)
     first = jobs.run_analytics(settings, db, data.now)
     assert first
-
-    class Crash(Exception):
-        pass
-
-    def crash_at(step: str) -> Any:
-        def progress(info: dict[str, Any]) -> None:
-            if info["step"] == step:
-                raise Crash(step)
-        return progress
 
     with db.session() as s:  # a kit's alert acknowledged by an operator stays one alert
         ack = s.query(Alert).filter(Alert.kind == "silent").one()
@@ -274,20 +277,11 @@ def test_each_final_day_is_read_from_influxdb_once_and_changes_nothing(
                  else "stored" for i in range(len(jobs.window_days(now)))],
                 sorted((f.kit_id, f.kind, f.detail) for f in found), metrics)
 
-    class Crash(Exception):
-        pass
-
-    def crash_on_day(n: int) -> Any:
-        def progress(info: dict[str, Any]) -> None:
-            if info["step"] == "day read" and info["day"] == n:
-                raise Crash
-        return progress
-
     now = data.now + 60
     days = jobs.window_days(now)
     final = [(d + 1) * 86400 + settings.analytics_day_final_after_s <= now for d in days]
     with pytest.raises(Crash):  # a first night that dies on its fifth day...
-        jobs.run_analytics(settings, db, now, progress=crash_on_day(5))
+        jobs.run_analytics(settings, db, now, progress=crash_at("day read", day=5))
     sources, cold_findings, cold = run(now)  # ...is resumed: those days are not read again
     assert sources == ["stored" if i < 5 and final[i] else "influx" for i in range(len(days))]
     # the next run reads only the days that were not final yet, in parts side by side
