@@ -135,6 +135,16 @@ def test_the_monthly_release_writes_csv_and_metadata(
     assert [r["region"] for r in rows] == ["Kara", "Togo"]
     meta = json.loads(meta_path.read_text())
     assert meta["path"] == csv_path.name and meta["temporal"] == "2026-03"
+    # and the repayment health per DESCO and region, with its own metadata
+    health = opendata.from_csv((csv_path.parent / "cizo-opendata-health-2026-03.csv")
+                               .read_text())
+    assert {(r["group"], r["name"], r["households"]) for r in health} >= {
+        ("national", "Togo", "12"), ("desco", "default", "12"), ("region", "Kara", "12")}
+    health_meta = json.loads((csv_path.parent / "cizo-opendata-health-2026-03.json")
+                             .read_text())
+    assert [f["name"] for f in health_meta["schema"]["fields"]] == list(
+        opendata.HEALTH_COLUMNS)
+    assert health_meta["suppression"]["min_households"] == 10
     sched = BackgroundScheduler(timezone="UTC")
     publication.add_publish_job(sched, settings, db, lambda: 0.0)
     job = sched.get_job("opendata")
