@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -62,34 +63,29 @@ def publish_health(settings: Settings, db: Database, month: str, now: float
 def write_release(settings: Settings, month: str, rows: list[dict[str, str]]
                   ) -> tuple[Path, Path]:
     """One month's CSV and metadata files from its rows (``opendata.build_rows``)."""
-    out = release_dir(settings)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / f"cizo-opendata-{month}.csv"
-    meta_path = out / f"cizo-opendata-{month}.json"
-    meta = opendata.metadata(month, min_households=settings.opendata_min_households,
-                             licence=settings.opendata_licence,
-                             publisher=settings.opendata_publisher,
-                             csv_name=csv_path.name)
-    _replace(csv_path, opendata.to_csv(rows))
-    _replace(meta_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-    log.info("open data %s published: %d rows in %s", month, len(rows), out)
-    return csv_path, meta_path
+    return _write(settings, f"cizo-opendata-{month}", opendata.to_csv(rows),
+                  opendata.metadata, month, f"{len(rows)} rows")
 
 
 def write_health(settings: Settings, month: str, rows: list[dict[str, str]]
                  ) -> tuple[Path, Path]:
     """The month's health file (``opendata.build_health_rows``) and its metadata."""
+    return _write(settings, f"cizo-opendata-health-{month}",
+                  opendata.to_csv(rows, opendata.HEALTH_COLUMNS), opendata.health_metadata,
+                  month, f"health of {len(rows)} groups")
+
+
+def _write(settings: Settings, stem: str, text: str, describe: Callable[..., dict[str, Any]],
+           month: str, what: str) -> tuple[Path, Path]:
     out = release_dir(settings)
     out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / f"cizo-opendata-health-{month}.csv"
-    meta_path = out / f"cizo-opendata-health-{month}.json"
-    meta = opendata.health_metadata(month, min_households=settings.opendata_min_households,
-                                    licence=settings.opendata_licence,
-                                    publisher=settings.opendata_publisher,
-                                    csv_name=csv_path.name)
-    _replace(csv_path, opendata.to_csv(rows, opendata.HEALTH_COLUMNS))
+    csv_path, meta_path = out / f"{stem}.csv", out / f"{stem}.json"
+    meta = describe(month, min_households=settings.opendata_min_households,
+                    licence=settings.opendata_licence, publisher=settings.opendata_publisher,
+                    csv_name=csv_path.name)
+    _replace(csv_path, text)
     _replace(meta_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-    log.info("open data %s: health of %d groups published in %s", month, len(rows), out)
+    log.info("open data %s published: %s in %s", month, what, out)
     return csv_path, meta_path
 
 
