@@ -51,6 +51,18 @@ def publish(settings: Settings, db: Database, month: str) -> tuple[Path, Path] |
         return written
 
 
+def catch_up(settings: Settings, db: Database, now: float) -> bool:
+    """Publish the month before ``now`` if it is not published yet (a process that was
+    down on the release day, or a stack just started); True when it published."""
+    month = opendata.previous_month(now)
+    out = release_dir(settings)
+    if month < settings.programme_start_month or all(
+            (out / name).exists() for name in (f"cizo-opendata-{month}.csv",
+                                               f"cizo-opendata-health-{month}.csv")):
+        return False
+    return publish(settings, db, month) is not None
+
+
 def publish_health(settings: Settings, db: Database, month: str, now: float
                    ) -> tuple[Path, Path]:
     """The month's health file from the fleet summary, refreshed first: as on ``now``."""
