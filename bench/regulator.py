@@ -2,9 +2,9 @@
 real HTTP (uvicorn) against a ledger already loaded (bench/analytics.py loads 300,000 kits,
 accounts and ledgers on PostgreSQL), beside the 300 ms goal (p95).
 
-The request reads the fleet summary's rows (one per DESCO and region) and the published
-open-data files, so the set-up refreshes the summary once (timed apart) and publishes 24
-months of files, each built by ``opendata.build_rows`` from one household per kit: the
+The request reads only the published open-data files, so the set-up publishes the latest
+health file (the fleet summary refreshed on the loaded ledger, timed apart) and 24 months
+of files per region, each built by ``opendata.build_rows`` from one household per kit: the
 files a programme two years in has, at the size the kits give them.
 """
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cizo.clock import SystemClock
 from cizo.settings import Settings
 from control.api import create_app
-from control.fleet import jobs, national, publication, summary
+from control.fleet import jobs, national, publication
 from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
 from control.security.api_keys import create_api_key
@@ -61,15 +61,21 @@ def publish_months(settings: Settings, region: np.ndarray, now: float) -> int:
     return written
 
 
+def publish_health(settings: Settings, rt: Runtime, now: float) -> float:
+    """The latest month's health file, as the release writes it; its time in ms (the
+    summary refreshed inside, on the loaded ledger)."""
+    t0 = time.perf_counter()
+    publication.publish_health(settings, rt.db, _months(now, 1)[-1], now)
+    return (time.perf_counter() - t0) * 1000
+
+
 def figures(database_url: str, region: np.ndarray, work: Path) -> dict[str, Any]:
     """Refresh the summary, publish the months, then time the endpoint ``RUNS`` times."""
     settings = Settings(database_url=database_url, secret_key=generate_secret_key(),
                         influx_url="http://127.0.0.1:9", opendata_dir=work / "opendata")
     rt = Runtime.build(settings, SystemClock())
     try:
-        t0 = time.perf_counter()
-        summary.refresh_fleet_summary(rt.db, rt.clock.now())
-        refresh_ms = (time.perf_counter() - t0) * 1000
+        refresh_ms = publish_health(settings, rt, rt.clock.now())
         t0 = time.perf_counter()
         rows = publish_months(settings, region, rt.clock.now())
         publish_s = time.perf_counter() - t0
@@ -91,10 +97,11 @@ def figures(database_url: str, region: np.ndarray, work: Path) -> dict[str, Any]
         rt.db.dispose()
     lat.sort()
     p95 = round(lat[max(0, int(len(lat) * 0.95) - 1)], 1)
+    households = body["health"]["national"]["households"]
     print(f"regulator: GET /v1/regulator/national p95 {p95} ms (goal < {GOAL_MS:.0f} ms), "
-          f"{body['live']['households']} households, {len(body['open_data']['trend'])} months "
-          f"of open data ({rows} rows, published in {publish_s:.1f} s); summary refresh "
-          f"{refresh_ms:.0f} ms", file=sys.stderr)
+          f"{households} households, {len(body['open_data']['trend'])} months "
+          f"of open data ({rows} rows, published in {publish_s:.1f} s); health file "
+          f"(summary refreshed) {refresh_ms:.0f} ms", file=sys.stderr)
     return {"regulator_p95_ms": p95, "regulator_p50_ms": round(statistics.median(lat), 1),
-            "regulator_goal_ms": GOAL_MS, "regulator_households": body["live"]["households"],
-            "regulator_summary_refresh_ms": round(refresh_ms, 1)}
+            "regulator_goal_ms": GOAL_MS, "regulator_households": households,
+            "regulator_health_publish_ms": round(refresh_ms, 1)}

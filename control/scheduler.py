@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from control.fleet.jobs import add_jobs as add_fleet_jobs
-from control.fleet.publication import add_publish_job
+from control.fleet.publication import add_publish_job, catch_up
 from control.payments.poll import add_poll_job
 from control.payments.receipts import send_reminders
 from control.runtime import Runtime
@@ -52,7 +52,9 @@ def start(rt: Runtime) -> BackgroundScheduler:
         max_instances=1, coalesce=True,
     )
     add_poll_job(scheduler, rt)
-    add_fleet_jobs(scheduler, rt.settings, rt.db, rt.clock.now)
+    # after the start-up analytics: the month before, if no release has published it yet
+    add_fleet_jobs(scheduler, rt.settings, rt.db, rt.clock.now,
+                   then_at_start=lambda now: catch_up(rt.settings, rt.db, now))
     add_publish_job(scheduler, rt.settings, rt.db, rt.clock.now)
     scheduler.start()
     return scheduler

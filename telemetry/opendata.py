@@ -1,4 +1,5 @@
-"""Open data: anonymised aggregates per region and month, as CSV plus its metadata.
+"""Open data: anonymised aggregates per region and month, and the repayment health per
+DESCO and region, as CSV plus their metadata.
 
 No kit id, account, phone or place finer than the region leaves here. Every cell is built
 from at least ``min_households`` households (primary suppression), and because the table
@@ -93,9 +94,9 @@ def build_rows(households: Iterable[HouseholdMonth], min_households: int = 10
     return rows
 
 
-def to_csv(rows: list[dict[str, str]]) -> str:
+def to_csv(rows: list[dict[str, str]], columns: tuple[str, ...] = COLUMNS) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
@@ -141,6 +142,98 @@ def metadata(month: str, *, min_households: int, licence: str, publisher: str,
                      "are emptied until the empty cells of that column are at least two and "
                      f"hold at least {min_households} households together, so the national "
                      "total minus the published regions never gives a small cell back."),
+        },
+    }
+
+
+# --- repayment health: the regulator's figures per DESCO and region, published monthly ----
+
+HEALTH_COLUMNS = ("group", "name", "month", "households", "owned", "energy_delivered_kwh_30d",
+                  "repayment_rate", "par30", "default_rate")
+HEALTH_GROUPS = ("national", "desco", "region")
+_HEALTH_INTS = ("households", "owned")
+
+
+@dataclass(frozen=True, slots=True)
+class GroupHealth:
+    """One DESCO's, region's or the nation's figures (from the fleet summary)."""
+
+    group: str  # national | desco | region
+    name: str
+    households: int
+    owned: int
+    energy_wh_30d: float
+    repayment_rate: float | None
+    par30: float | None
+    default_rate: float | None
+
+
+def build_health_rows(month: str, groups: Iterable[GroupHealth], min_households: int = 10
+                      ) -> list[dict[str, str]]:
+    """One row per group, cells empty below ``min_households``: within the DESCOs and
+    within the regions, by the same primary and complementary rule as ``build_rows``
+    (the national row is their total), so no small group comes back by differencing."""
+    groups = list(groups)
+    hidden: set[tuple[str, str]] = set()
+    for kind in ("desco", "region"):
+        # a group without households has nothing to hide (its row stays empty)
+        counts = {g.name: g.households for g in groups if g.group == kind and g.households}
+        hidden |= {(kind, name) for name in suppressed(counts, min_households)}
+    rows = []
+    for g in sorted(groups, key=lambda g: (HEALTH_GROUPS.index(g.group), g.name)):
+        row = {"group": g.group, "name": g.name, "month": month,
+               **dict.fromkeys(HEALTH_COLUMNS[3:], "")}
+        if (g.group, g.name) not in hidden and g.households >= min_households:
+            row.update(households=str(g.households), owned=str(g.owned),
+                       energy_delivered_kwh_30d=f"{g.energy_wh_30d / 1000:.1f}",
+                       **{k: "" if v is None else f"{v:.4f}" for k, v in (
+                           ("repayment_rate", g.repayment_rate), ("par30", g.par30),
+                           ("default_rate", g.default_rate))})
+        rows.append(row)
+    return rows
+
+
+def health_cell(row: dict[str, str], column: str) -> int | float | None:
+    """One published health cell as a number; ``None`` for a suppressed (empty) cell."""
+    text = row.get(column, "")
+    if text == "":
+        return None
+    return int(text) if column in _HEALTH_INTS else float(text)
+
+
+def health_metadata(month: str, *, min_households: int, licence: str, publisher: str,
+                    csv_name: str) -> dict[str, Any]:
+    """The health file's description (a Frictionless Table Schema)."""
+    rate = "share of the money owed ({}) on the publication day"
+    return {
+        "name": f"cizo-opendata-health-{month}",
+        "title": f"Solar home kits: repayment health per DESCO and region, {month}",
+        "path": csv_name, "format": "csv", "encoding": "utf-8", "publisher": publisher,
+        "licenses": [{"name": licence}], "temporal": month,
+        "schema": {"primaryKey": ["group", "name", "month"], "missingValues": [""], "fields": [
+            {"name": "group", "type": "string", "enum": list(HEALTH_GROUPS)},
+            {"name": "name", "type": "string",
+             "description": "the DESCO's id, Togo's region, or Togo for the whole country"},
+            {"name": "month", "type": "yearmonth",
+             "description": "the month released (figures as on the publication day)"},
+            {"name": "households", "type": "integer", "description": "kits in service"},
+            {"name": "owned", "type": "integer", "description": "kits paid off"},
+            {"name": "energy_delivered_kwh_30d", "type": "number",
+             "description": "load energy the kits delivered over the last 30 days (kWh)"},
+            {"name": "repayment_rate", "type": "number",
+             "description": "money paid over money due since each sale"},
+            {"name": "par30", "type": "number",
+             "description": rate.format("portfolio at risk: credit over 30 days behind")},
+            {"name": "default_rate", "type": "number",
+             "description": rate.format("in default: credit over 90 days behind")},
+        ]},
+        "suppression": {
+            "min_households": min_households,
+            "rule": (f"A DESCO's or a region's row built from fewer than {min_households} "
+                     "households is empty; further rows (the smallest) are emptied until "
+                     "the empty rows are at least two and hold at least "
+                     f"{min_households} households together, so the national row minus the "
+                     "published ones never gives a small DESCO or region back."),
         },
     }
 

@@ -15,7 +15,7 @@ from playwright.sync_api import sync_playwright
 from cizo.clock import ManualClock
 from cizo.settings import Settings
 from control.api import create_app
-from control.fleet import publication, summary
+from control.fleet import publication
 from control.ledger.db import migrate
 from control.ledger.secrets import generate_secret_key
 from control.runtime import Runtime
@@ -50,7 +50,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                     days_powered=18, energy_wh=3000.0 * scale,
                                     paid_fcfa=700 * scale)
             for region, n in SIZES.items() for _ in range(n)))
-    summary.refresh_fleet_summary(rt.db, rt.clock.now())
+    publication.publish_health(settings, rt.db, "2026-03", rt.clock.now())
     key = create_api_key(rt, name="arse", role="regulator")[1]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
@@ -80,7 +80,9 @@ def test_the_national_page_draws_the_regions_with_the_open_data_in_french(
             "kits_active": r["kits_active"], "energy_delivered_kwh": r["energy_delivered_kwh"]}
     assert drawn["regions"]["Savanes"]["kits_active"] is None  # 4 households: suppressed
     assert drawn["regions"]["Maritime"]["kits_active"] == 40
-    assert page.inner_text("#t-households") == "12"
+    assert page.inner_text("#t-households") == "12"  # the health file's national row
+    assert api["health"]["month"] == "2026-03"
+    assert "Chiffres publiés pour 2026-03" in page.inner_text("#age")
     # Centrale: 18 households paying 1,400 FCFA each, grouped the French way
     assert "25\u202f200 FCFA" in page.inner_text("#region-rows")
     trend = page.evaluate("window.cizoCharts['c-trend-kits']")

@@ -106,9 +106,11 @@ def test_kit_reports_customer_pays_kit_unlocks_credit_ends_kit_locks(stack: Stac
     kit.start()
     try:
         # 1. telemetry reaches InfluxDB and is read back with InfluxQL
-        rows = wait_for(lambda: stack.influxql(
-            f"SELECT soc, locked FROM kit_telemetry WHERE kit_id = '{kit_id}'"),
-            what="telemetry in InfluxDB")
+        # a point's fields land in influxd one by one: a query racing the write can see
+        # `locked` before `soc`, so wait for a whole point
+        rows = wait_for(lambda: [r for r in stack.influxql(
+            f"SELECT soc, locked FROM kit_telemetry WHERE kit_id = '{kit_id}'")
+            if None not in r], what="telemetry in InfluxDB")
         assert rows[0][2] is True  # a new kit is locked until it is paid
         assert 0 <= rows[0][1] <= 100
         wait_for(lambda: stack.kit(kit_id)["online"], what="kit online")

@@ -135,6 +135,25 @@ def test_the_monthly_release_writes_csv_and_metadata(
     assert [r["region"] for r in rows] == ["Kara", "Togo"]
     meta = json.loads(meta_path.read_text())
     assert meta["path"] == csv_path.name and meta["temporal"] == "2026-03"
+    # and the repayment health per DESCO and region, with its own metadata
+    health = opendata.from_csv((csv_path.parent / "cizo-opendata-health-2026-03.csv")
+                               .read_text())
+    assert {(r["group"], r["name"], r["households"]) for r in health} >= {
+        ("national", "Togo", "12"), ("desco", "default", "12"), ("region", "Kara", "12")}
+    health_meta = json.loads((csv_path.parent / "cizo-opendata-health-2026-03.json")
+                             .read_text())
+    assert [f["name"] for f in health_meta["schema"]["fields"]] == list(
+        opendata.HEALTH_COLUMNS)
+    assert health_meta["suppression"]["min_households"] == 10
+    # at start (a stack just up, or down on the release day): the month before, once
+    april = opendata.month_bounds("2026-04")[0] + 5 * 86_400
+    assert not publication.catch_up(settings, db, april)  # 2026-03 is out already
+    fresh = settings.model_copy(update={"opendata_dir": tmp_path / "fresh"})
+    assert publication.catch_up(fresh, db, april)
+    assert (tmp_path / "fresh" / "cizo-opendata-health-2026-03.csv").exists()
+    assert not publication.catch_up(fresh, db, april)
+    early = fresh.model_copy(update={"programme_start_month": "2026-04"})
+    assert not publication.catch_up(early, db, opendata.month_bounds("2026-05")[0] - 1)
     sched = BackgroundScheduler(timezone="UTC")
     publication.add_publish_job(sched, settings, db, lambda: 0.0)
     job = sched.get_job("opendata")

@@ -48,20 +48,56 @@ def _row(desco: str, region: str, kits: int, **money: int) -> FleetSummary:
     return FleetSummary(desco_id=desco, region=region, computed_at=0.0, figures=f)
 
 
-def test_live_figures_per_desco_and_region_hide_money_below_the_threshold() -> None:
+def test_health_rows_suppress_small_groups_and_enough_others_against_differencing() -> None:
     rows = [_row("d1", "Kara", 40, expected_fcfa=1000, paid_due_fcfa=900,
                  outstanding_fcfa=10_000, par30_outstanding_fcfa=2000,
                  default_outstanding_fcfa=500),
-            _row("d2", "Kara", 3, expected_fcfa=100, paid_due_fcfa=0, outstanding_fcfa=900)]
-    live = national.live_figures(rows, jobs.REGIONS, 10)
-    assert live["households"] == 43
-    d1, d2 = live["descos"]
-    assert (d1["repayment_rate"], d1["par30"], d1["default_rate"]) == (0.9, 0.2, 0.05)
-    assert d2 == {"desco_id": "d2", "kits": 3, "owned": None, "energy_wh_30d": None,
-                  "repayment_rate": None, "par30": None, "default_rate": None, "suppressed": True}
-    assert [r["region"] for r in live["regions"]] == list(jobs.REGIONS)
-    kara = next(r for r in live["regions"] if r["region"] == "Kara")
-    assert kara["kits"] == 43 and kara["repayment_rate"] == round(900 / 1100, 4)
+            _row("d2", "Kara", 3, expected_fcfa=100, paid_due_fcfa=0, outstanding_fcfa=900),
+            _row("d3", "Maritime", 8, expected_fcfa=100, paid_due_fcfa=50),
+            _row("d4", "Maritime", 25, expected_fcfa=100, paid_due_fcfa=100)]
+    published = opendata.from_csv(opendata.to_csv(opendata.build_health_rows(
+        "2026-03", national.health_groups(rows, jobs.REGIONS), 10), opendata.HEALTH_COLUMNS))
+    view = national.published_health(published, None)
+    assert view["month"] == "2026-03"
+    togo = view["national"]
+    assert togo["households"] == 76 and togo["repayment_rate"] == round(1050 / 1300, 4)
+    by = {d["name"]: d for d in view["descos"]}
+    assert (by["d1"]["repayment_rate"], by["d1"]["par30"], by["d1"]["default_rate"]) == (
+        0.9, 0.2, 0.05)
+    # d2 (3) and d3 (8) are too small, and together hold 11 households: enough
+    assert by["d2"]["suppressed"] and by["d3"]["suppressed"] and not by["d4"]["suppressed"]
+    assert by["d2"] == {"name": "d2", "suppressed": True,
+                        **dict.fromkeys(opendata.HEALTH_COLUMNS[3:])}
+    hidden = togo["households"] - sum(d["households"] for d in by.values() if d["households"])
+    assert hidden >= 10  # the national row minus the published DESCOs: only their sum
+    regions = {r["name"]: r for r in view["regions"]}
+    assert regions["Kara"]["households"] == 43 and regions["Maritime"]["households"] == 33
+    # empty regions are suppressed cells, and nothing here is recoverable by differencing
+    assert regions["Savanes"]["suppressed"]
+    # a DESCO-scoped key is shown its own row only
+    assert [d["name"] for d in national.published_health(published, "d4")["descos"]] == ["d4"]
+
+
+def test_every_published_health_cell_is_built_from_enough_households() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        rows = [_row(f"d{i}", rng.choice(jobs.REGIONS), rng.randint(1, 30),
+                     expected_fcfa=100, paid_due_fcfa=rng.randint(0, 100))
+                for i in range(rng.randint(1, 6))]
+        groups = national.health_groups(rows, jobs.REGIONS)
+        out = opendata.build_health_rows("2026-03", groups, 10)
+        size = {(g.group, g.name): g.households for g in groups}
+        for kind in ("desco", "region"):
+            mine = [r for r in out if r["group"] == kind]
+            shown = [r for r in mine if r["households"] != ""]
+            assert all(size[(kind, r["name"])] >= 10 for r in shown)
+            hidden = [size[(kind, r["name"])] for r in mine
+                      if r["households"] == "" and size[(kind, r["name"])]]
+            # what the national row minus the shown rows gives back: nothing (no national
+            # row, or nothing hidden), or the sum of 2+ groups holding 10+ households
+            national_shown = out[0]["group"] == "national" and out[0]["households"] != ""
+            assert not hidden or not national_shown or (len(hidden) >= 2
+                                                        and sum(hidden) >= 10), out
 
 
 def test_published_figures_are_the_cells_of_the_latest_month_and_the_national_trend() -> None:
@@ -125,7 +161,8 @@ def test_no_kit_account_or_phone_in_the_national_view(client: TestClient, rt: Ru
                                                       keys: Keys, published: Path) -> None:
     for i in range(12):
         provision(client, keys.admin, f"KIT-R{i:02d}")
-    provision(client, keys.north_admin, "KIT-NORTH", desco_id="north")
+    for i in range(11):
+        provision(client, keys.north_admin, f"KIT-NORTH{i:02d}", desco_id="north")
     now = rt.clock.now()
     with rt.db.session() as s:
         late = s.query(Account).filter_by(kit_id="KIT-R00").one()
@@ -133,23 +170,28 @@ def test_no_kit_account_or_phone_in_the_national_view(client: TestClient, rt: Ru
         late.credit_until = int(now - 100 * DAY)
         numbers = {a.account_number for a in s.query(Account)}
         kits = {k.id for k in s.query(Kit)}
-    summary.refresh_fleet_summary(rt.db, now)
+    publication.publish_health(rt.settings, rt.db, "2026-03", now)
     regulator = create_api_key(rt, name="arse", role="regulator")[1]
     body = client.get("/v1/regulator/national", headers=Keys.auth(regulator)).json()
     text = json.dumps(body)
     assert not [k for k in kits if k in text] and not [n for n in numbers if n in text]
     assert "90 12" not in text and "+228" not in text and "phone" not in text
-    live = body["live"]
-    assert live["households"] == 13
-    default, north = live["descos"]
-    assert default["desco_id"] == "default" and default["kits"] == 12
+    health = body["health"]
+    assert health["month"] == "2026-03" and health["national"]["households"] == 23
+    default, north = health["descos"]
+    assert default["name"] == "default" and default["households"] == 12
     assert 0 < default["default_rate"] <= default["par30"] <= 1
-    assert north == {"desco_id": "north", "kits": 1, "owned": None, "energy_wh_30d": None,
-                     "repayment_rate": None, "par30": None, "default_rate": None,
-                     "suppressed": True}
-    # a DESCO-scoped admin sees its own DESCO only
+    assert north["name"] == "north" and north["households"] == 11
+    # a DESCO-scoped admin is shown its own DESCO's row only
     scoped = client.get("/v1/regulator/national", headers=Keys.auth(keys.north_admin)).json()
-    assert [d["desco_id"] for d in scoped["live"]["descos"]] == ["north"]
+    assert [d["name"] for d in scoped["health"]["descos"]] == ["north"]
+    # each figure is the published file's cell
+    published = (rt.settings.opendata_dir or Path()) / "cizo-opendata-health-2026-03.csv"
+    cells = {(r["group"], r["name"]): r for r in opendata.from_csv(published.read_text())}
+    for row in [health["national"], *health["descos"]]:
+        group = "national" if row is health["national"] else "desco"
+        for column in opendata.HEALTH_COLUMNS[3:]:
+            assert row[column] == opendata.health_cell(cells[(group, row["name"])], column)
 
 
 def test_the_map_and_trend_equal_the_published_open_data(client: TestClient, rt: Runtime,

@@ -1,6 +1,7 @@
 """/v1/regulator/national: the regulator's national view across every DESCO.
 
-National aggregates only (control.fleet.national): no kit, account, payment or phone.
+National aggregates only, read from the published open data (control.fleet.national):
+no kit, account, payment or phone.
 Each DESCO's repayment health is there, so a DESCO's own staff do not read it: the
 regulator and admin keys only.
 """
@@ -12,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from control.api.auth import RegulatorKey, RuntimeDep
-from control.fleet import jobs, national, publication, summary
+from control.fleet import jobs, national, publication
 
 router = APIRouter(tags=["regulator"])
 
@@ -20,10 +21,9 @@ router = APIRouter(tags=["regulator"])
 @router.get("/v1/regulator/national",
             summary="National figures per DESCO and region, and the monthly trend")
 def national_figures(rt: RuntimeDep, actor: RegulatorKey) -> dict[str, Any]:
-    # a DESCO-scoped admin key sees its own DESCO, never the others' repayment health
-    rows = [r for r in summary.current_rows(rt.db, rt.clock.now())
-            if actor.desco_id in (None, r.desco_id)]
-    published = publication.published_rows(rt.settings, national.TREND_MONTHS)
+    # every figure is a published open-data cell; a DESCO-scoped admin key is shown its own
+    # DESCO's row, never the others' repayment health
     return national.national_view(
-        rows, published, jobs.REGIONS, rt.settings.opendata_min_households, rt.clock.now(),
-        min((r.computed_at for r in rows), default=None))
+        publication.published_health(rt.settings),
+        publication.published_rows(rt.settings, national.TREND_MONTHS), jobs.REGIONS,
+        rt.settings.opendata_min_households, actor.desco_id)

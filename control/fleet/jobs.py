@@ -419,8 +419,9 @@ def _store(db: Database, now: float, kits: list[KitRow], w: analytics.Window,
 
 
 def add_jobs(scheduler: BackgroundScheduler, settings: Settings, db: Database,
-             clock_now: Any) -> None:
-    """Add the summary, analytics and rollup jobs to the control service's scheduler."""
+             clock_now: Any, *, then_at_start: Callable[[float], object] | None = None) -> None:
+    """Add the summary, analytics and rollup jobs to the control service's scheduler;
+    ``then_at_start`` runs after the start-up run (``analytics_at_start``)."""
 
     def summary() -> None:
         try:
@@ -449,20 +450,25 @@ def add_jobs(scheduler: BackgroundScheduler, settings: Settings, db: Database,
     scheduler.add_job(analytics_job, "interval", seconds=settings.analytics_interval_s,
                       id="analytics", max_instances=1, coalesce=True)
     if settings.analytics_at_start:
-        scheduler.add_job(lambda: run_at_start(settings, db, clock_now()), id="at_start",
+        scheduler.add_job(lambda: run_at_start(settings, db, clock_now(), then_at_start),
+                          id="at_start",
                           next_run_time=_soon())
 
 
-def run_at_start(settings: Settings, db: Database, now: float) -> None:
+def run_at_start(settings: Settings, db: Database, now: float,
+                 then: Callable[[float], object] | None = None) -> None:
     """Rollups, analytics and the fleet summary once, in that order (each reads what the
-    one before wrote), so a stack started on existing telemetry shows every figure at
-    once instead of after the first interval of each job (an hour for analytics)."""
+    one before wrote), then ``then`` (the open data's catch-up), so a stack started on
+    existing telemetry shows every figure at once instead of after the first interval of
+    each job (an hour for analytics, a month for the open data)."""
     try:
         if settings.rollup_interval_s > 0:
             rollups.ensure_tiers(settings)  # a fresh InfluxDB: the tiers do not exist yet
             rollups.run_rollups(settings, now)
         run_analytics(settings, db, now)
         refresh_fleet_summary(db, now)
+        if then is not None:
+            then(now)
     except Exception:
         log.exception("the start-up analytics failed; the scheduled runs will retry")
 

@@ -1,11 +1,11 @@
 """The regulator's national view: every DESCO's repayment health, kits and energy per
 region, and the month-by-month trend (docs/analytics.md, "The regulator's view").
 
-Two sources, never a kit: the fleet summary's pre-aggregated rows (one per DESCO and
-region, at most a minute old) for the live figures, and the published open-data files for
-the map and the trend, so those figures are the published cells themselves. A DESCO or a
-region with fewer than ``min_households`` kits shows its count and no money figures: a
-rate over a handful of accounts would tell about those accounts.
+Every figure is a cell of the published open data, never a kit: the health file (the
+nation, each DESCO and each region, from the fleet summary's rows on the publication day)
+for the tiles and the DESCO table, and the monthly files per region for the map and the
+trend. A DESCO or a region with fewer than ``min_households`` kits is an empty row there,
+with complementary suppression (``opendata.suppressed``).
 """
 
 from __future__ import annotations
@@ -22,31 +22,41 @@ OPEN_COLUMNS = ("kits_active", "energy_delivered_kwh", "payments_fcfa",
 TREND_MONTHS = 24
 
 
-def _health(rows: Sequence[FleetSummary], min_households: int) -> dict[str, Any]:
-    f = summary.combine(list(rows))
-    shown = f["kits"] >= min_households
-    return {"kits": f["kits"], "owned": f["owned"] if shown else None,
-            "energy_wh_30d": round(f["energy_wh_30d"], 1) if shown else None,
-            "repayment_rate": f["repayment_rate"] if shown else None,
-            "par30": f["par30"] if shown else None,
-            "default_rate": f["default_rate"] if shown else None,
-            "suppressed": not shown}
+def health_groups(rows: Sequence[FleetSummary], regions: Iterable[str]
+                  ) -> list[opendata.GroupHealth]:
+    """The nation, each DESCO and each region, from the fleet summary's rows: what the
+    monthly release publishes as the health file (``opendata.build_health_rows``)."""
+    def one(group: str, name: str, part: list[FleetSummary]) -> opendata.GroupHealth:
+        f = summary.combine(part)
+        return opendata.GroupHealth(group, name, f["kits"], f["owned"], f["energy_wh_30d"],
+                                    f["repayment_rate"], f["par30"], f["default_rate"])
+
+    return [one("national", opendata.NATIONAL, list(rows)),
+            *(one("desco", d, [r for r in rows if r.desco_id == d])
+              for d in sorted({r.desco_id for r in rows})),
+            *(one("region", g, [r for r in rows if r.region == g]) for g in regions)]
 
 
-def live_figures(rows: Sequence[FleetSummary], regions: Iterable[str], min_households: int
-                 ) -> dict[str, Any]:
-    """National totals, and per DESCO and per region, from the fleet summary's rows."""
-    national = summary.combine(list(rows))
-    descos = sorted({r.desco_id for r in rows})
+def published_health(rows: Sequence[Mapping[str, str]], desco_id: str | None
+                     ) -> dict[str, Any]:
+    """The latest published health file's rows: the nation, the DESCOs (only its own for
+    a DESCO-scoped key) and the regions; an empty cell stays ``None``."""
+    month = max((r["month"] for r in rows), default=None)
+    latest = [r for r in rows if r["month"] == month]
+
+    def figures(r: Mapping[str, str]) -> dict[str, Any]:
+        cells = {c: opendata.health_cell(dict(r), c) for c in opendata.HEALTH_COLUMNS[3:]}
+        return {"name": r["name"], **cells, "suppressed": cells["households"] is None}
+
+    national = next((figures(r) for r in latest if r["group"] == "national"), None)
     return {
-        "households": national["kits"],
-        "energy_wh_30d": round(national["energy_wh_30d"], 1),
-        "repayment_rate": national["repayment_rate"], "par30": national["par30"],
-        "default_rate": national["default_rate"],
-        "descos": [{"desco_id": d, **_health([r for r in rows if r.desco_id == d],
-                                             min_households)} for d in descos],
-        "regions": [{"region": g, **_health([r for r in rows if r.region == g],
-                                            min_households)} for g in regions],
+        "month": month,
+        "national": national or {"name": opendata.NATIONAL,
+                                 **dict.fromkeys(opendata.HEALTH_COLUMNS[3:]),
+                                 "suppressed": True},
+        "descos": [figures(r) for r in latest
+                   if r["group"] == "desco" and desco_id in (None, r["name"])],
+        "regions": [figures(r) for r in latest if r["group"] == "region"],
     }
 
 
@@ -71,13 +81,11 @@ def published_figures(rows: Sequence[Mapping[str, str]], regions: Iterable[str]
     }
 
 
-def national_view(rows: Sequence[FleetSummary], published: Sequence[Mapping[str, str]],
-                  regions: Sequence[str], min_households: int, now: float,
-                  computed_at: float | None) -> dict[str, Any]:
+def national_view(health: Sequence[Mapping[str, str]],
+                  published: Sequence[Mapping[str, str]], regions: Sequence[str],
+                  min_households: int, desco_id: str | None) -> dict[str, Any]:
     return {
-        "live": live_figures(rows, regions, min_households),
+        "health": published_health(health, desco_id),
         "open_data": published_figures(published, regions),
-        "computed_at": computed_at,
-        "age_s": None if computed_at is None else max(0.0, now - computed_at),
         "min_households": min_households,
     }

@@ -1,9 +1,11 @@
 """The monthly open-data release: one CSV and its metadata per month, written by a job.
 
 On ``opendata_publish_day`` of each month the scheduler publishes the month before into
-``opendata_dir`` (``cizo-opendata-YYYY-MM.csv`` and ``.json``), the files a portal such as
-data.gouv.tg harvests. Files are replaced whole (written aside, then renamed), so a reader
-never sees half a file; a lease keeps two control processes from writing at once.
+``opendata_dir`` (``cizo-opendata-YYYY-MM.csv`` and ``.json``, per region; and
+``cizo-opendata-health-YYYY-MM.csv`` and ``.json``, the repayment health per DESCO and
+region on the publication day), the files a portal such as data.gouv.tg harvests. Files
+are replaced whole (written aside, then renamed), so a reader never sees half a file; a
+lease keeps two control processes from writing at once.
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from cizo.settings import Settings
-from control.fleet.jobs import opendata_households
+from control.fleet import national, summary
+from control.fleet.jobs import REGIONS, opendata_households
+from control.fleet.summary import refresh_fleet_summary
 from control.ledger.db import Database
 from control.ledger.leases import Lease
 from telemetry import opendata
@@ -40,24 +46,66 @@ def publish(settings: Settings, db: Database, month: str) -> tuple[Path, Path] |
             return None
         rows = opendata.build_rows(opendata_households(settings, db, month),
                                    settings.opendata_min_households)
-        return write_release(settings, month, rows)
+        written = write_release(settings, month, rows)
+        publish_health(settings, db, month, time.time())
+        return written
+
+
+def catch_up(settings: Settings, db: Database, now: float) -> bool:
+    """Publish the month before ``now`` if it is not published yet (a process that was
+    down on the release day, or a stack just started); True when it published."""
+    month = opendata.previous_month(now)
+    out = release_dir(settings)
+    if month < settings.programme_start_month or all(
+            (out / name).exists() for name in (f"cizo-opendata-{month}.csv",
+                                               f"cizo-opendata-health-{month}.csv")):
+        return False
+    return publish(settings, db, month) is not None
+
+
+def publish_health(settings: Settings, db: Database, month: str, now: float
+                   ) -> tuple[Path, Path]:
+    """The month's health file from the fleet summary, refreshed first: as on ``now``."""
+    refresh_fleet_summary(db, now)
+    return write_health(settings, month, opendata.build_health_rows(
+        month, national.health_groups(summary.current_rows(db, now), REGIONS),
+        settings.opendata_min_households))
 
 
 def write_release(settings: Settings, month: str, rows: list[dict[str, str]]
                   ) -> tuple[Path, Path]:
     """One month's CSV and metadata files from its rows (``opendata.build_rows``)."""
+    return _write(settings, f"cizo-opendata-{month}", opendata.to_csv(rows),
+                  opendata.metadata, month, f"{len(rows)} rows")
+
+
+def write_health(settings: Settings, month: str, rows: list[dict[str, str]]
+                 ) -> tuple[Path, Path]:
+    """The month's health file (``opendata.build_health_rows``) and its metadata."""
+    return _write(settings, f"cizo-opendata-health-{month}",
+                  opendata.to_csv(rows, opendata.HEALTH_COLUMNS), opendata.health_metadata,
+                  month, f"health of {len(rows)} groups")
+
+
+def _write(settings: Settings, stem: str, text: str, describe: Callable[..., dict[str, Any]],
+           month: str, what: str) -> tuple[Path, Path]:
     out = release_dir(settings)
     out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / f"cizo-opendata-{month}.csv"
-    meta_path = out / f"cizo-opendata-{month}.json"
-    meta = opendata.metadata(month, min_households=settings.opendata_min_households,
-                             licence=settings.opendata_licence,
-                             publisher=settings.opendata_publisher,
-                             csv_name=csv_path.name)
-    _replace(csv_path, opendata.to_csv(rows))
+    csv_path, meta_path = out / f"{stem}.csv", out / f"{stem}.json"
+    meta = describe(month, min_households=settings.opendata_min_households,
+                    licence=settings.opendata_licence, publisher=settings.opendata_publisher,
+                    csv_name=csv_path.name)
+    _replace(csv_path, text)
     _replace(meta_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-    log.info("open data %s published: %d rows in %s", month, len(rows), out)
+    log.info("open data %s published: %s in %s", month, what, out)
     return csv_path, meta_path
+
+
+def published_health(settings: Settings) -> list[dict[str, str]]:
+    """The rows of the latest published health file (none before the first release)."""
+    paths = sorted(release_dir(settings).glob(
+        "cizo-opendata-health-[0-9][0-9][0-9][0-9]-[0-9][0-9].csv"))
+    return opendata.from_csv(paths[-1].read_text(encoding="utf-8")) if paths else []
 
 
 def published_rows(settings: Settings, months: int) -> list[dict[str, str]]:

@@ -1,6 +1,6 @@
 // The regulator's national page: every DESCO's repayment health, Togo's regions on a map
 // drawn from control/static/geo/togo-regions.geojson (plain SVG), and the month-by-month
-// trend, from GET /v1/regulator/national. What it drew is kept in window.cizoNational,
+// trend, from GET /v1/regulator/national: every figure a published open-data cell. What it drew is kept in window.cizoNational,
 // window.cizoMap and window.cizoCharts, so tests can check it shows the API's numbers.
 "use strict";
 
@@ -57,24 +57,24 @@ function centre(ring) {
 function fillTables(v) {
   const rows = $("desco-rows");
   rows.replaceChildren();
-  for (const d of v.live.descos) {
+  for (const d of v.health.descos) {
     const tr = document.createElement("tr");
-    cell(tr, d.desco_id);
-    cell(tr, count(d.kits));
+    cell(tr, d.name);
     if (d.suppressed) {
       const td = document.createElement("td");
-      td.colSpan = 4;
+      td.colSpan = 5;
       td.textContent = t("suppressed (fewer than {n} households)", { n: v.min_households });
       tr.appendChild(td);
     } else {
+      cell(tr, count(d.households));
       cell(tr, pct(d.repayment_rate));
       cell(tr, pct(d.par30));
       cell(tr, pct(d.default_rate));
-      cell(tr, kwh(d.energy_wh_30d / 1000));
+      cell(tr, kwh(d.energy_delivered_kwh_30d));
     }
     rows.appendChild(tr);
   }
-  const live = Object.fromEntries(v.live.regions.map((r) => [r.region, r]));
+  const health = Object.fromEntries(v.health.regions.map((r) => [r.name, r]));
   const regionRows = $("region-rows");
   regionRows.replaceChildren();
   for (const r of v.open_data.regions) {
@@ -84,7 +84,7 @@ function fillTables(v) {
     cell(tr, count(r.kits_active));
     cell(tr, r.energy_delivered_kwh == null ? "–" : num(r.energy_delivered_kwh, 1));
     cell(tr, fcfa(r.payments_fcfa));
-    cell(tr, count(live[r.region] ? live[r.region].kits : null));
+    cell(tr, count(health[r.region] ? health[r.region].households : null));
     regionRows.appendChild(tr);
   }
 }
@@ -92,13 +92,15 @@ function fillTables(v) {
 async function loadNational() {
   const v = await api("/v1/regulator/national");
   window.cizoNational = v;
-  $("age").textContent = t("figures {age} s old (computed {when})",
-                           { age: Math.round(v.age_s || 0), when: when(v.computed_at) });
-  $("t-households").textContent = count(v.live.households);
-  $("t-energy").textContent = kwh(v.live.energy_wh_30d / 1000);
-  $("t-repay").textContent = pct(v.live.repayment_rate);
-  $("t-par30").textContent = pct(v.live.par30);
-  $("t-default").textContent = pct(v.live.default_rate);
+  const nation = v.health.national;
+  $("age").textContent = v.health.month
+    ? t("Figures as published for {month} (open data: health file)", { month: v.health.month })
+    : t("No health figures published yet.");
+  $("t-households").textContent = count(nation.households);
+  $("t-energy").textContent = kwh(nation.energy_delivered_kwh_30d);
+  $("t-repay").textContent = pct(nation.repayment_rate);
+  $("t-par30").textContent = pct(nation.par30);
+  $("t-default").textContent = pct(nation.default_rate);
   $("map-title").textContent = v.open_data.month
     ? t("Kits and energy by region, {month} (open data)", { month: v.open_data.month })
     : t("No open data published yet.");
