@@ -117,12 +117,6 @@ class DayHours:
         return DayHours(self.present[sl], {k: v[sl] for k, v in self.fields.items()},
                         self.prev_present[sl], self.prev_soc_last[sl])
 
-    def last_hour(self) -> DayHours:
-        """Only the day's last hour (copied): all the next day needs, at 1/24 of the size."""
-        return DayHours(self.present[:, -1:].copy(),
-                        {"soc_last": self.fields["soc_last"][:, -1:].copy()},
-                        self.prev_present, self.prev_soc_last)
-
 
 def blank_day(kits: int) -> DayHours:
     """A day with no hour seen yet, for ``place_hours`` to fill."""
@@ -153,17 +147,12 @@ def place_hours(day: DayHours, kit: Values, t: Values, values: FloatArray, *,
 
 
 def day_hours(kit: IntArray, t: Values, values: dict[str, FloatArray], *, kits: int,
-              day_start: int, before: DayHours | None = None) -> DayHours:
-    """Scatter one day's rollup rows (kit index, hour start, fields; NaN = missing) on a grid.
-
-    ``before`` is the previous day's grid, whose 23:00 hour links this day's first hour.
-    """
+              day_start: int) -> DayHours:
+    """Scatter one day's rollup rows (kit index, hour start, fields; NaN = missing) on a
+    grid; a row of the hour before 00:00 links the day's first hour (``place_hours``)."""
     day = blank_day(kits)
     place_hours(day, kit, t, np.column_stack([as_float(values[f]) for f in HOURLY_FIELDS])
                 if len(kit) else np.zeros((0, len(HOURLY_FIELDS))), day_start=day_start)
-    if before is not None:
-        day.prev_present[:] = before.present[:, -1]
-        day.prev_soc_last[:] = before.fields["soc_last"][:, -1]
     return day
 
 
