@@ -89,10 +89,12 @@ def test_after_the_history_every_dashboard_endpoint_has_data(
         # the charts read the raw tier: the week's readings are there at once, in the past
         # influxd 1.x can answer a query racing its compactions with a field of a point
         # missing (influxdata/influxdb#9941, #20789): a later answer is whole
-        chart = wait_for(lambda: (c := get("/v1/dashboard/kits/SIM00001/telemetry",
-                                           hours=24 * 7))
-                         and all(p["soc"] is not None for p in c["points"]) and c,
-                         timeout_s=10, what="a chart of whole points")
+        def whole_chart() -> dict[str, Any] | None:
+            c: dict[str, Any] = get("/v1/dashboard/kits/SIM00001/telemetry", hours=24 * 7)
+            return c if all(p["soc"] is not None for p in c["points"]) else None
+
+        chart = wait_for(whole_chart, timeout_s=10, what="a chart of whole points")
+        assert chart is not None
         assert len(chart["points"]) > 24, chart
         assert min(p["t"] for p in chart["points"]) < time.time() - 2 * DAY
         # the analytics and their tiles, from the start-up run
