@@ -35,7 +35,10 @@ def make_engine(url: str, *, pool_size: int = 20, max_overflow: int = 10) -> Eng
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            # WAL is kept in the file: set it once. Setting it takes a lock that the busy
+            # timeout does not wait for, so a connection opened while others write failed.
+            if cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
