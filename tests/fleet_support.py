@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +27,12 @@ from firmware_sim.driver import FleetDriver
 from firmware_sim.kit import KitIdentity
 from firmware_sim.scenario import FleetPlan, PlanSpec
 from payment_sim.paygate import PayGateHandle, PayGateSimConfig, run_in_thread
-from tests.support import ServerThread, wait_for
+from payment_sim.paygate_wire import PAID, PENDING
+from tests.support import ServerThread, wait_until_none_left
+
+log = logging.getLogger(__name__)
+
+HEAL_STEPS = 3  # at the end, at most this many re-send delays pass for the kits to agree
 
 
 def fleet_control(mosquitto: services.ManagedProcess, tmp_path: Path, clock: AcceleratedClock,
@@ -129,6 +135,7 @@ class ControlledFleet:
     api: httpx.Client
     admin_key: str
     identities: list[KitIdentity]
+    resends_awaited: int = 0  # times ``converge`` let the re-send delay pass
 
     def accounts(self) -> dict[str, dict[str, Any]]:
         """The fleet's accounts as the API shows them, by kit id."""
@@ -159,23 +166,74 @@ class ControlledFleet:
             await asyncio.sleep(poll_s)
         self.clock.pause()
 
-    async def settle(self, driver: FleetDriver, payments_done: Callable[[], bool],
-                     timeout_s: float, what: str) -> None:
-        """The last payments made and ``payments_done`` on the PayGate side; then every
-        customer types the codes they hold."""
-        assert driver.pay_task is not None
-        await asyncio.wait_for(driver.pay_task, timeout_s)
-        await asyncio.to_thread(wait_for, payments_done, timeout_s, what)
+    def unsettled_payments(self) -> list[str]:
+        """PayGate transactions not settled yet: still pending, or paid and neither
+        acknowledged by the control service's callback endpoint nor found by its poll job
+        (PayGate gives a callback up after a few tries; the ledger then learns of the
+        payment by asking PayGate)."""
+        left = []
+        for t in list(self.paygate.sim.by_ref.values()):
+            if t.state == PENDING:
+                left.append(f"{t.identifier} pending at PayGate")
+            elif t.state == PAID and not any(c["ok"] for c in t.callbacks):
+                r = self.api.get(f"/v1/payments/{t.identifier}")
+                if r.status_code != 200 or r.json()["status"] in ("initiated", "pending"):
+                    left.append(f"{t.identifier} paid, callback not acknowledged, "
+                                f"ledger {r.status_code} {r.text[:80]}")
+        return left
+
+    async def settle(self, driver: FleetDriver, stall_s: float) -> None:
+        """The last payments made and settled (``unsettled_payments``), then every customer
+        types the codes they hold. A loaded machine pays behind the simulated clock: the
+        wait lasts while payments keep being answered and fails after ``stall_s`` without
+        one."""
+        task, payers = driver.pay_task, driver.payers
+        assert task is not None and payers is not None
+        planned = sum(len(k.plan.payments) for k in driver.kits)
+
+        def unanswered() -> range:
+            return range(0 if task.done() else max(1, planned - payers.made - payers.failed))
+
+        await asyncio.to_thread(wait_until_none_left, unanswered, stall_s,
+                                "customers' payments answered by the control API")
+        await task
+        await asyncio.to_thread(wait_until_none_left, self.unsettled_payments, stall_s,
+                                "payments settled")
         driver.settle()
 
-    async def converge(self, problems: Callable[[], list[str]], timeout_s: float, what: str
+    def command_history(self, problems: list[str]) -> str:
+        """The commands of the first kits in ``problems`` (each starts with a kit id), as
+        the ledger has them: what a failed convergence needs to be understood."""
+        out = []
+        for kit_id in [p.split(":")[0].split(" ")[0] for p in problems[:3]]:
+            items = self.api.get(f"/v1/kits/{kit_id}/commands",
+                                 params={"limit": 50}).json().get("items", [])
+            out.append(f"{kit_id} commands: " + "; ".join(
+                f"seq {c.get('seq')} {c.get('action')} until {c.get('credit_until')} "
+                f"{c.get('status')} ({c.get('reason')}) attempts {c.get('attempts')} "
+                f"issued {c.get('issued_at')}" for c in items))
+        return "\n".join(out)
+
+    async def converge(self, problems: Callable[[], list[str]], stall_s: float, what: str
                        ) -> None:
-        """Wait until ``problems()`` is empty; fail with the kits still wrong."""
-        try:
-            await asyncio.to_thread(wait_for, lambda: not problems(), timeout_s, what)
-        except AssertionError as exc:
-            wrong = problems()
-            raise AssertionError(f"{exc}: {len(wrong)} kits: {wrong[:10]}") from None
+        """Wait until ``problems()`` is empty, as long as it keeps shrinking; fail with the
+        kits still wrong after ``stall_s`` without progress. A command lost on its way (a
+        publish or an ack caught in a reconnect on a loaded machine) is repaired by the
+        sweep's re-send, ``command_resend_after_s`` of simulated time later, which never
+        comes while the clock is frozen for the check: when the wait stalls, that much
+        simulated time passes, a few times at most."""
+        steps = HEAL_STEPS
+        for step in range(1, steps + 1):
+            try:
+                await asyncio.to_thread(wait_until_none_left, problems, stall_s / steps, what)
+                return
+            except AssertionError as exc:
+                if step == steps:
+                    raise AssertionError(f"{exc}\n{self.command_history(problems())}") from None
+            log.warning("%s: stalled; the clock moves on by the re-send delay", what)
+            self.resends_awaited += 1
+            await self.run_to(self.clock.now() + self.settings.command_resend_after_s + 60,
+                              0.02)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
@@ -56,6 +56,24 @@ def wait_for(predicate: Callable[[], T], timeout_s: float = 15.0, what: str = "c
         time.sleep(interval_s)
         last = predicate()
     return last
+
+
+def wait_until_none_left(left: Callable[[], Sized], stall_s: float, what: str,
+                         interval_s: float = 0.1) -> None:
+    """Poll until ``left()`` is empty; fail only when it has not shrunk for ``stall_s``:
+    a loaded machine that works through a backlog finishes late, a stuck one fails, and
+    the message shows what was left."""
+    remaining = left()
+    fewest, since = len(remaining), time.monotonic()
+    while len(remaining):
+        if time.monotonic() - since > stall_s:
+            shown = remaining[:10] if isinstance(remaining, list) else ""
+            raise AssertionError(f"{what}: {len(remaining)} left and none done in the last "
+                                 f"{stall_s:g} s {shown}")
+        time.sleep(interval_s)
+        remaining = left()
+        if len(remaining) < fewest:
+            fewest, since = len(remaining), time.monotonic()
 
 
 class Watcher:

@@ -24,7 +24,6 @@ from firmware_sim.scenario import (
     Scenario,
     build_plan,
 )
-from payment_sim.paygate_wire import PAID, PENDING
 from tests.fleet_support import controlled_fleet, kit_mismatches
 
 ADMIN = "month-admin-key-0123456789abcdef"
@@ -64,7 +63,7 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path, caplog) -> None:
     # receipts (with the codes keypad customers type) go to tmp_path / "sms.jsonl"
     with controlled_fleet(mosquitto, tmp_path, plan, admin_key=ADMIN,
                           paygate_token=PAYGATE_TOKEN, approve_after_s=0.2) as fleet:
-        paygate, api = fleet.paygate, fleet.api
+        api = fleet.api
         driver_box: list[FleetDriver] = []
         switched: list[str] = []
 
@@ -81,13 +80,7 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path, caplog) -> None:
                     assert got.status_code == 200, got.text
                     switched.append(kit.kit_id)
             await fleet.run_to(scenario.end_ts, 1.0)
-
-            def settled() -> bool:
-                txs = list(paygate.sim.by_ref.values())
-                return all(t.state != PENDING and (t.state != PAID or any(
-                    c["ok"] for c in t.callbacks)) for t in txs)
-
-            await fleet.settle(driver, settled, 60, "payments settled")
+            await fleet.settle(driver, 60)
             await fleet.converge(lambda: kit_mismatches(driver.kits, fleet.accounts(),
                                                      fleet.codes(driver.keypad_kits)),
                                  90, "every kit in the state its account says")
@@ -100,7 +93,8 @@ def test_a_month_of_200_kits_converges(mosquitto, tmp_path, caplog) -> None:
         final = fleet.accounts()
         assert kit_mismatches(driver.kits, final, fleet.codes(driver.keypad_kits)) == []
         s = driver.summary()
-        print(f"\n{text}\nmonth scenario took {time.monotonic() - started:.0f} s real")
+        print(f"\n{text}\nmonth scenario took {time.monotonic() - started:.0f} s real; "
+              f"re-send delays let pass at the end: {fleet.resends_awaited}")
         # the scenario really exercised the paths it claims to
         assert s.payments_made == sum(len(k.plan.payments) for k in driver.kits)
         assert s.payments_failed == 0
