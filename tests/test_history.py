@@ -76,7 +76,7 @@ def test_after_the_history_every_dashboard_endpoint_has_data(
                         influx_url=f"http://127.0.0.1:{influxd.port}", influx_db=influx_db,
                         database_url=db_url, admin_api_key=ADMIN, secret_key=secret,
                         api_port=services.free_port(), notify_file=tmp_path / "sms.jsonl",
-                        analytics_at_start=True)
+                        data_dir=tmp_path / "var", analytics_at_start=True)
     up = time.monotonic()
     with ServerThread(build_app(settings), settings.api_port) as server, \
             httpx.Client(base_url=server.url, timeout=30,
