@@ -132,6 +132,9 @@ class DrivenKit:
         self.token_count_seen = -1  # newest count read from the support API
         self.support_until = 0.0  # monotonic deadline: the customer waits on support
         self._announcing: asyncio.Task[None] | None = None
+        # the version whose command topic the broker has acknowledged a subscription to
+        # (its persistent session keeps it): until then every connect subscribes again
+        self._subscribed: int | None = None
         self.applied_at: list[float] = []  # time.monotonic() of each new command applied
 
     # --- schedule ------------------------------------------------------------------
@@ -263,10 +266,12 @@ class DrivenKit:
         await self.conn.connect()
         # v2 leans on its persistent session: the broker kept the subscription (and queued
         # the commands meanwhile), so a reconnect does not re-subscribe (nor get the
-        # retained command again); v1 kits always re-subscribe
+        # retained command again), once that subscription was acknowledged (a link that
+        # dropped just after a "protocol" command leaves none); v1 kits always re-subscribe
         try:
             await self._announce(subscribe=self.firmware.protocol != protocol.V2
-                                 or not self.conn.session_present)
+                                 or not self.conn.session_present
+                                 or self._subscribed != protocol.V2)
         except MqttError:
             self.conn.abort()  # connected but deaf to commands: start over
             raise
@@ -288,6 +293,7 @@ class DrivenKit:
             await self.conn.subscribe([protocol.cmd_topic(self.kit_id, version),
                                        protocol.replay_topic(version)], 1,
                                       timeout_s=SUBSCRIBE_TIMEOUT_S)
+            self._subscribed = version
 
     def _offline(self) -> tuple[str, bytes, int, bool]:
         """The retained offline status (the last will), in the version the kit speaks."""
@@ -295,8 +301,13 @@ class DrivenKit:
                 self.firmware.status(online=False), 1, True)
 
     async def _announce_once(self) -> None:
-        with contextlib.suppress(MqttError, TimeoutError):
+        """After a "protocol" command: announce and listen in the new version; if that
+        fails (the link dropped, no SUBACK), start the connection over, whose connect
+        subscribes again."""
+        try:
             await self._announce()
+        except (MqttError, TimeoutError):
+            self.conn.abort()
 
     async def stop(self) -> None:
         """Clean shutdown: offline status, DISCONNECT (the will is not sent then)."""

@@ -476,3 +476,40 @@ def test_a_settling_kit_inside_a_planned_outage_sleeps_instead_of_spinning() -> 
 
     asyncio.run(live_a_little())
     assert 1 <= rounds <= 3  # one round per TICK_REAL_S (0.5 s), not thousands
+
+
+def test_a_kit_whose_link_drops_as_it_moves_to_v2_subscribes_there_on_reconnect(
+        mosquitto) -> None:
+    """A "protocol" command applied just as the link drops: the kit's subscription to its
+    v2 command topic was never made, so its next connect must make it, although the
+    broker kept its (v1) session. It used to trust that session and stay deaf to every
+    later command while the server, told v2 by its status, sent only there (seen in the
+    month under load: an unlock re-sent 13 times, never received)."""
+    from firmware_sim.mqtt_async import MqttConnection
+
+    sc = Scenario(kits=1, days=1, kit_id_prefix=f"P{uuid.uuid4().hex[:4].upper()}-")
+    plan = build_plan(sc, 1)
+    driver = FleetDriver(plan, AcceleratedClock(sc.start_ts, 1.0), host="127.0.0.1",
+                         port=mosquitto.port)
+    kit = driver.kits[0]
+    assert kit.has_modem and kit.firmware.protocol == 1
+
+    async def run() -> int:
+        await kit.connect()  # v1, a persistent session subscribed to kits/{id}/cmd
+        kit.firmware.protocol = protocol.V2  # what the applied "protocol" command does
+        kit.conn.abort()  # ...and the link drops before the kit says so
+        await kit._announce_once()
+        await kit.connect()
+        assert kit.conn.session_present
+        server = MqttConnection("127.0.0.1", mosquitto.port, f"srv-{uuid.uuid4().hex[:6]}",
+                                clean_session=True)
+        await server.connect()
+        server.publish(protocol.cmd_topic(kit.kit_id, protocol.V2), b"\xa0", 1)
+        deadline = time.monotonic() + 5
+        while kit.counters.commands_received == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await server.disconnect()
+        await kit.stop()
+        return kit.counters.commands_received
+
+    assert asyncio.run(run()) == 1
