@@ -37,7 +37,7 @@ def poll_pending(rt: Runtime, *, limit: int = 200) -> PollResult:
     with rt.db.session() as s:
         due = list(s.execute(
             select(Payment.id, Payment.provider, Payment.provider_ref, Payment.check_attempts)
-            .where(Payment.status.in_(("initiated", "pending")),
+            .where(Payment.status.in_(callbacks.OPEN),
                    Payment.next_check_at.is_not(None), Payment.next_check_at <= now)
             .order_by(Payment.next_check_at).limit(limit)))
     result = PollResult()

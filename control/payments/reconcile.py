@@ -19,6 +19,7 @@ from control.ledger import accounts as ledger
 from control.ledger.accounts import Actor
 from control.ledger.models import Payment, ReconImport, ReconProposal
 from control.payments import statements
+from control.payments.callbacks import OPEN
 from control.payments.posting import Receipt
 from control.payments.receive import Incoming, receive
 from control.payments.suspense import SuspenseError, decide
@@ -122,7 +123,7 @@ def import_statement(rt: Runtime, *, provider: str, desco_id: str, filename: str
 def _recheck(s: Session, provider: str, tx: str, now: float) -> None:
     for p in s.scalars(select(Payment).where(Payment.provider == provider,
                                              Payment.provider_ref == tx,
-                                             Payment.status.in_(("initiated", "pending")))):
+                                             Payment.status.in_(OPEN))):
         p.next_check_at = now
 
 
