@@ -20,6 +20,7 @@ from cizo import services
 from cizo.settings import Settings
 from control.ledger.secrets import generate_secret_key
 from control.main import build_app
+from control.payments.callbacks import OPEN
 from firmware_sim.clocks import AcceleratedClock
 from firmware_sim.customers import PaymentOptions
 from firmware_sim.driven_kit import DrivenKit
@@ -177,7 +178,7 @@ class ControlledFleet:
                 left.append(f"{t.identifier} pending at PayGate")
             elif t.state == PAID and not any(c["ok"] for c in t.callbacks):
                 r = self.api.get(f"/v1/payments/{t.identifier}")
-                if r.status_code != 200 or r.json()["status"] in ("initiated", "pending"):
+                if r.status_code != 200 or r.json()["status"] in OPEN:
                     left.append(f"{t.identifier} paid, callback not acknowledged, "
                                 f"ledger {r.status_code} {r.text[:80]}")
         return left
@@ -222,13 +223,13 @@ class ControlledFleet:
         sweep's re-send, ``command_resend_after_s`` of simulated time later, which never
         comes while the clock is frozen for the check: when the wait stalls, that much
         simulated time passes, a few times at most."""
-        steps = HEAL_STEPS
-        for step in range(1, steps + 1):
+        for step in range(1, HEAL_STEPS + 1):
             try:
-                await asyncio.to_thread(wait_until_none_left, problems, stall_s / steps, what)
+                await asyncio.to_thread(wait_until_none_left, problems, stall_s / HEAL_STEPS,
+                                        what)
                 return
             except AssertionError as exc:
-                if step == steps:
+                if step == HEAL_STEPS:
                     raise AssertionError(f"{exc}\n{self.command_history(problems())}") from None
             log.warning("%s: stalled; the clock moves on by the re-send delay", what)
             self.resends_awaited += 1
